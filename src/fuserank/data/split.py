@@ -1,0 +1,105 @@
+"""Temporal per-user splits with no leakage: a user's held-out events are always their latest.
+
+Order within a user is (timestamp, item_id): two events at the same second are ordered by item id,
+so a split is a pure function of the data, whatever order the rows arrived in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from fuserank import schema
+
+_ORDER = (schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID)
+_FROM_END = "__fuserank_from_end"
+_COUNT = "__fuserank_count"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Interaction frames (schema.INTERACTIONS columns plus any extras), each sorted.
+
+    For every user with a test row, valid holds their second-latest event and train the rest;
+    users with too few events appear in train only.
+    """
+
+    train: pl.DataFrame
+    valid: pl.DataFrame
+    test: pl.DataFrame
+
+
+def sort_interactions(interactions: pl.DataFrame) -> pl.DataFrame:
+    """Sort by user_id, then timestamp, then item_id (the tie-break for equal timestamps).
+
+    Args:
+        interactions: any frame with user_id, timestamp and item_id.
+
+    Returns:
+        The same rows in that order; rows equal on all three keep their input order.
+    """
+    return interactions.sort(list(_ORDER), maintain_order=True)
+
+
+def holdout_last(
+    interactions: pl.DataFrame, n: int = 1, min_interactions: int = 2
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Hold out each user's last `n` interactions.
+
+    Args:
+        interactions: schema.INTERACTIONS rows (extra columns are carried along).
+        n: interactions per user moved to targets (>= 1).
+        min_interactions: only users with at least this many interactions get targets; the
+            others stay entirely in history. Must be >= n; with min_interactions == n a user
+            with exactly n events keeps no history.
+
+    Returns:
+        (history, targets), both sorted with `sort_interactions`, disjoint, their union the
+        input. Every target is later than (or tied and after by item_id) every history row of
+        the same user.
+
+    Raises:
+        ValueError: n < 1 or min_interactions < n.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if min_interactions < n:
+        raise ValueError(f"min_interactions ({min_interactions}) must be >= n ({n})")
+    ordered = sort_interactions(interactions).with_columns(
+        (pl.len().over(schema.USER_ID) - 1 - pl.int_range(pl.len()).over(schema.USER_ID)).alias(_FROM_END),
+        pl.len().over(schema.USER_ID).alias(_COUNT),
+    )
+    is_target = (pl.col(_FROM_END) < n) & (pl.col(_COUNT) >= min_interactions)
+    helpers = [_FROM_END, _COUNT]
+    history = ordered.filter(~is_target).drop(helpers)
+    targets = ordered.filter(is_target).drop(helpers)
+    return history, targets
+
+
+def leave_last_out(interactions: pl.DataFrame, min_interactions: int = 3) -> Split:
+    """Per-user temporal leave-last-out.
+
+    For each user with at least `min_interactions` events: the latest goes to test, the
+    second-latest to valid, the rest to train. Users with fewer events stay in train only, so
+    they can still be used as history but are never evaluated.
+
+    Args:
+        interactions: schema.INTERACTIONS rows (extra columns are carried along).
+        min_interactions: >= 1; with 3 (the default) every evaluated user keeps at least one
+            train event; with 1 or 2 an evaluated user may have no valid or no train event.
+
+    Returns:
+        Split(train, valid, test): disjoint, union equal to the input, each sorted.
+
+    Raises:
+        ValueError: min_interactions < 1.
+    """
+    if min_interactions < 1:
+        raise ValueError(f"min_interactions must be >= 1, got {min_interactions}")
+    rest, test = holdout_last(interactions, n=1, min_interactions=min_interactions)
+    # Valid comes only from users that got a test row; a short user must not enter valid.
+    evaluated = rest[schema.USER_ID].is_in(test[schema.USER_ID].implode())
+    before_valid, valid = holdout_last(rest.filter(evaluated), n=1, min_interactions=1)
+    train = sort_interactions(pl.concat([before_valid, rest.filter(~evaluated)]))
+    return Split(train=train, valid=valid, test=test)

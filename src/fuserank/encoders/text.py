@@ -1,0 +1,169 @@
+"""Text encoder: a local transformers model, mean pooled over the attention mask.
+
+The model folder is read with `local_files_only=True`; nothing is fetched from a hub. Vectors
+are cached by content hash (model fingerprint, max_length, text), so re-encoding a catalog
+costs only the texts that changed, and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from fuserank import progress, schema
+from fuserank.encoders.base import Embeddings
+from fuserank.encoders.cache import EmbeddingCache, content_key
+
+def model_fingerprint(model_dir: Path) -> str:
+    """sha256 hex over the names and bytes of the files in `model_dir`.
+
+    Config, weights and tokenizer files all change the vectors, so all of them are hashed;
+    README files and hidden files or folders (.gitattributes, .cache/) are not.
+    """
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        parts = path.relative_to(model_dir).parts
+        if parts[-1].lower().startswith("readme") or any(part.startswith(".") for part in parts):
+            continue
+        digest.update("/".join(parts).encode("utf-8") + b"\0")
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def resolve_device(device: str) -> str:
+    """Map "auto" to "cuda" when torch sees a GPU, else "cpu"; return any other value as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TextEncoder:
+    """Mean-pooled sentence vectors from a transformers encoder model (e.g. all-MiniLM-L6-v2).
+
+    Args:
+        model_dir: a folder with config, weights and tokenizer (what `save_pretrained` writes).
+        batch_size: texts per forward pass.
+        max_length: tokens kept per text; longer texts are truncated.
+        device: "auto" (cuda when available), "cpu", "cuda" or any torch device string.
+        cache_dir: root of the embedding cache; vectors go to a sub-folder named after the model
+            fingerprint. None disables caching.
+        chunk_batches: batches encoded between two cache writes; smaller means less lost work
+            on interruption and more shard files.
+
+    Attributes:
+        name: "text".
+        dim: the model's hidden size (384 for all-MiniLM-L6-v2).
+        fingerprint: sha256 hex of the model folder's files.
+        model, tokenizer: the loaded transformers objects (model in eval mode on `device`).
+    """
+
+    name = "text"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        batch_size: int = 128,
+        max_length: int = 128,
+        device: str = "auto",
+        cache_dir: Path | None = None,
+        chunk_batches: int = 16,
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        if batch_size < 1 or max_length < 2 or chunk_batches < 1:
+            raise ValueError("batch_size and chunk_batches must be >= 1 and max_length >= 2")
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise FileNotFoundError(f"text model folder not found: {self.model_dir}")
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.chunk_batches = chunk_batches
+        self.device = resolve_device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).to(self.device).eval()
+        self.dim = int(self.model.config.hidden_size)
+        self.fingerprint = model_fingerprint(self.model_dir)
+        self.cache = None
+        if cache_dir is not None:
+            self.cache = EmbeddingCache(Path(cache_dir) / f"text-{self.fingerprint[:16]}", self.dim)
+
+    def encode(self, items: pl.DataFrame) -> Embeddings:
+        """Encode the schema.TEXT column of `items`.
+
+        Returns:
+            Embeddings in the order of items[schema.ITEM_ID], shape (n, dim); a null or blank
+            text gives a zero row and mask False.
+        """
+        texts = items[schema.TEXT].to_list()
+        mask = np.array([t is not None and t.strip() != "" for t in texts], dtype=bool)
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if mask.any():
+            vectors[mask] = self.encode_texts([t for t, ok in zip(texts, mask) if ok])
+        return Embeddings(tuple(items[schema.ITEM_ID].to_list()), vectors, mask)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for `texts`, in the given order.
+
+        Only texts missing from the cache are run through the model, each distinct text once,
+        longest first so batches hold texts of similar length (less padding) and an
+        out-of-memory error shows up in the first batch rather than the last.
+
+        Returns:
+            float32 array (len(texts), dim), rows L2-normalised.
+        """
+        keys = [content_key(self.fingerprint, str(self.max_length), text) for text in texts]
+        if self.cache is not None:
+            vectors, found = self.cache.get(keys)
+        else:
+            vectors, found = np.zeros((len(texts), self.dim), dtype=np.float32), np.zeros(len(texts), dtype=bool)
+
+        rows_of_key: dict[str, list[int]] = {}
+        for row in np.flatnonzero(~found):
+            rows_of_key.setdefault(keys[row], []).append(int(row))
+        todo = sorted(rows_of_key, key=lambda k: -len(texts[rows_of_key[k][0]]))
+        if not todo:
+            return vectors
+
+        n_batches = -(-len(todo) // self.batch_size)
+        done_keys: list[str] = []
+        done_vectors: list[np.ndarray] = []
+        for b in progress.bar(range(n_batches), desc="text", total=n_batches, unit="batch"):
+            batch_keys = todo[b * self.batch_size : (b + 1) * self.batch_size]
+            batch_vectors = self._forward([texts[rows_of_key[k][0]] for k in batch_keys])
+            for key, vector in zip(batch_keys, batch_vectors):
+                vectors[rows_of_key[key]] = vector
+            done_keys += batch_keys
+            done_vectors.append(batch_vectors)
+            if self.cache is not None and (len(done_vectors) == self.chunk_batches or b == n_batches - 1):
+                self.cache.put(done_keys, np.concatenate(done_vectors))
+                done_keys, done_vectors = [], []
+        return vectors
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        """One batch through the model: mean over non-padding tokens, then L2 normalisation."""
+        import torch
+
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        encoded = {name: tensor.to(self.device) for name, tensor in encoded.items()}
+        with torch.inference_mode():
+            hidden = self.model(**encoded).last_hidden_state
+            weights = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+        return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+    def __repr__(self) -> str:
+        return f"TextEncoder({self.model_dir}, dim={self.dim}, device={self.device!r})"
+

@@ -1,0 +1,304 @@
+"""Features per (user, candidate): pure polars/numpy functions adding named columns.
+
+Every statistic here is computed from the `history` frame handed in, which the caller builds from
+the interactions before the targets being predicted; nothing here can see a target.
+
+Time features use each user's reference time: the timestamp of the user's latest history
+interaction. Under leave-last-out the target follows it, so "as of the reference time" is the
+most recent moment the model may know about for that user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from fuserank import schema
+from fuserank.config import FeatureConfig
+from fuserank.encoders.base import Embeddings
+
+DAY = 86_400.0
+_ROW_CHUNK_BYTES = 64_000_000
+
+# Feature groups, for importance plots and ablations: prefix of the feature name -> group.
+GROUP_PREFIXES = {
+    "cos_text": "text",
+    "cos_behaviour": "behaviour",
+    "cos_image": "image",
+    "cos_audio": "audio",
+    "cos_video": "video",
+    "has_": "coverage",
+    "fused_": "retrieval",
+    "retrieval_": "retrieval",
+    "from_": "retrieval",
+    "item_": "popularity",
+    "user_": "user",
+}
+
+
+def feature_group(name: str) -> str:
+    """The group a feature belongs to (e.g. "cos_text_last" -> "text"); "other" if none matches."""
+    for prefix, group in GROUP_PREFIXES.items():
+        if name.startswith(prefix):
+            return group
+    return "other"
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    """Per-user history as item rows, newest first, for the users of one candidate frame.
+
+    Attributes:
+        user_ids: users in row order.
+        recent: int64 (n_users, k) item rows of the k newest interactions, -1 padded.
+        weights: float32 (n_users, r) recency weights aligned with `profile_rows`.
+        profile_rows: int64 (n_users, r) item rows used for the profile vector, -1 padded.
+        ref_time: int64 (n_users,) timestamp of the newest history interaction (seconds).
+    """
+
+    user_ids: tuple[str, ...]
+    recent: np.ndarray
+    profile_rows: np.ndarray
+    weights: np.ndarray
+    ref_time: np.ndarray
+
+
+def summarise_history(
+    history: pl.DataFrame,
+    users: Sequence[str],
+    item_ids: Sequence[str],
+    recent_k: int,
+    profile_items: int,
+    half_life: float,
+) -> UserHistory:
+    """Collect each user's newest items (ties broken by item_id) as padded row matrices."""
+    index = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_row": np.arange(len(item_ids))})
+    width = max(recent_k, profile_items)
+    newest = (
+        history.select(schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP)
+        .filter(pl.col(schema.USER_ID).is_in(list(users)))
+        .join(index, on=schema.ITEM_ID, how="inner")
+        .sort([schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID], descending=[False, True, True])
+        .with_columns(pl.int_range(pl.len()).over(schema.USER_ID).alias("_age"))
+        .filter(pl.col("_age") < width)
+    )
+    user_index = {u: i for i, u in enumerate(users)}
+    u = np.array([user_index[x] for x in newest[schema.USER_ID].to_list()], dtype=np.int64)
+    age = newest["_age"].to_numpy().astype(np.int64)
+    rows = newest["_row"].to_numpy().astype(np.int64)
+    matrix = np.full((len(users), width), -1, dtype=np.int64)
+    matrix[u, age] = rows
+    ref = np.zeros(len(users), dtype=np.int64)
+    first = age == 0
+    ref[u[first]] = newest[schema.TIMESTAMP].to_numpy()[first]
+    profile = matrix[:, :profile_items]
+    weights = np.where(profile >= 0, 0.5 ** (np.arange(profile_items) / half_life), 0.0).astype(np.float32)
+    return UserHistory(tuple(users), matrix[:, :recent_k], profile, weights, ref)
+
+
+def _chunks(n_rows: int, row_bytes: int) -> list[slice]:
+    step = max(1, _ROW_CHUNK_BYTES // max(row_bytes, 1))
+    return [slice(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]
+
+
+def similarity_features(
+    user_rows: np.ndarray,
+    item_rows: np.ndarray,
+    hist: UserHistory,
+    vectors: np.ndarray,
+    prefix: str,
+) -> dict[str, np.ndarray]:
+    """Cosines between a candidate and the user's history in one modality.
+
+    Args:
+        user_rows: int64 (n,) row of each candidate's user in `hist`.
+        item_rows: int64 (n,) row of each candidate item in `vectors`.
+        hist: the users' summarised history.
+        vectors: float32 (n_items, d), L2-normalised rows (zero rows for items without this modality).
+        prefix: start of the feature names, e.g. "cos_text".
+
+    Returns:
+        float32 (n,) arrays: `<prefix>_profile` (recency-weighted mean profile), `<prefix>_last`
+        (newest item), `<prefix>_max_recent` and `<prefix>_mean_recent` (over the newest k items).
+    """
+    d = vectors.shape[1]
+    padded = np.vstack([vectors, np.zeros((1, d), dtype=np.float32)])  # row -1 -> zeros
+    profile = np.einsum("urd,ur->ud", padded[hist.profile_rows], hist.weights)
+    norms = np.linalg.norm(profile, axis=1, keepdims=True)
+    profile = np.divide(profile, norms, out=np.zeros_like(profile), where=norms > 0)
+    k = hist.recent.shape[1]
+    out = {name: np.zeros(len(item_rows), dtype=np.float32) for name in ("profile", "last", "max_recent", "mean_recent")}
+    valid_recent = hist.recent >= 0
+    for part in _chunks(len(item_rows), 4 * d * (k + 2)):
+        cand = padded[item_rows[part]]
+        users = user_rows[part]
+        out["profile"][part] = np.einsum("nd,nd->n", cand, profile[users])
+        sims = np.einsum("nd,nkd->nk", cand, padded[hist.recent[users]])
+        mask = valid_recent[users]
+        out["last"][part] = sims[:, 0]
+        out["max_recent"][part] = np.where(mask, sims, -1.0).max(axis=1)
+        count = np.maximum(mask.sum(axis=1), 1)
+        out["mean_recent"][part] = np.where(mask, sims, 0.0).sum(axis=1) / count
+    return {f"{prefix}_{name}": values for name, values in out.items()}
+
+
+def popularity_features(
+    user_rows: np.ndarray,
+    item_rows: np.ndarray,
+    hist: UserHistory,
+    history: pl.DataFrame,
+    item_ids: Sequence[str],
+    window_days: Sequence[int],
+) -> dict[str, np.ndarray]:
+    """Item popularity and recency from history, overall and as of each user's reference time.
+
+    Returns float32 (n,) arrays: log counts overall and in each window before the reference time,
+    days since the item's last interaction before it, the item's age (days since its first
+    interaction, negative when it first appears later), mean rating and its count.
+    """
+    n_items = len(item_ids)
+    index = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_row": np.arange(n_items)})
+    events = history.select(schema.ITEM_ID, schema.TIMESTAMP, schema.RATING).join(index, on=schema.ITEM_ID)
+    rows = events["_row"].to_numpy().astype(np.int64)
+    times = events[schema.TIMESTAMP].to_numpy().astype(np.int64)
+    # Offsets start one window before the earliest time so that no window bound goes negative.
+    longest = int(max(window_days, default=0) * DAY)
+    t0 = int(min(times.min(initial=0), hist.ref_time.min(initial=0))) - longest - 1
+    # One sorted key per event (item row in the high bits, time offset in the low 32) turns
+    # "events of item i up to time t" into two binary searches for all candidates at once.
+    if max(times.max(initial=t0), hist.ref_time.max(initial=t0)) - t0 >= 2**32:
+        raise ValueError("interaction timestamps span more than 136 years; are they in seconds?")
+    keys = np.sort((rows << 32) | (times - t0))
+    ref = hist.ref_time[user_rows] - t0
+
+    def key(item: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        return (item << 32) | offset
+
+    upto_ref = np.searchsorted(keys, key(item_rows, ref), side="right")
+    item_start = np.searchsorted(keys, item_rows << 32, side="left")
+    counts = np.bincount(rows, minlength=n_items).astype(np.float32)
+    out: dict[str, np.ndarray] = {
+        "item_log_count": np.log1p(counts[item_rows]),
+        "item_log_count_before_ref": np.log1p(upto_ref - item_start).astype(np.float32),
+    }
+    for days in window_days:
+        lower = np.searchsorted(keys, key(item_rows, ref - int(days * DAY)), side="right")
+        out[f"item_log_count_{days}d"] = np.log1p(upto_ref - lower).astype(np.float32)
+    has_before = upto_ref > item_start
+    last_before = (keys[np.maximum(upto_ref - 1, 0)] & (2**32 - 1)).astype(np.float64)
+    out["item_days_since_last"] = np.where(has_before, (ref - last_before) / DAY, np.nan).astype(np.float32)
+    first = np.full(n_items, np.nan)
+    np.fmin.at(first, rows, times.astype(np.float64))
+    out["item_age_days"] = ((hist.ref_time[user_rows] - first[item_rows]) / DAY).astype(np.float32)
+
+    rated = ~np.isnan(events[schema.RATING].fill_null(np.nan).to_numpy().astype(np.float64))
+    rating = events[schema.RATING].fill_null(0.0).to_numpy().astype(np.float64)
+    n_rated = np.bincount(rows[rated], minlength=n_items)
+    total = np.bincount(rows[rated], weights=rating[rated], minlength=n_items)
+    mean = np.divide(total, n_rated, out=np.full(n_items, np.nan), where=n_rated > 0)
+    out["item_mean_rating"] = mean[item_rows].astype(np.float32)
+    out["item_log_rating_count"] = np.log1p(n_rated[item_rows]).astype(np.float32)
+    return out
+
+
+def user_features(
+    user_rows: np.ndarray,
+    item_rows: np.ndarray,
+    hist: UserHistory,
+    history: pl.DataFrame,
+    item_ids: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """User activity, and how the candidate's popularity compares with what the user usually picks."""
+    item_log_count = (
+        history.group_by(schema.ITEM_ID).agg(pl.len().log1p().alias("_lc"))
+    )
+    stats = (
+        history.filter(pl.col(schema.USER_ID).is_in(list(hist.user_ids)))
+        .join(item_log_count, on=schema.ITEM_ID, how="left")
+        .group_by(schema.USER_ID)
+        .agg(
+            pl.len().alias("n"),
+            pl.col(schema.RATING).mean().alias("mean_rating"),
+            pl.col(schema.TIMESTAMP).min().alias("first"),
+            pl.col("_lc").mean().alias("mean_log_count"),
+        )
+    )
+    frame = pl.DataFrame({schema.USER_ID: list(hist.user_ids)}).join(
+        stats, on=schema.USER_ID, how="left", maintain_order="left"
+    )
+    n = frame["n"].fill_null(0).to_numpy().astype(np.float64)
+    mean_rating = frame["mean_rating"].fill_null(np.nan).to_numpy().astype(np.float64)
+    first = frame["first"].fill_null(0).to_numpy().astype(np.float64)
+    taste = frame["mean_log_count"].fill_null(0.0).to_numpy().astype(np.float64)
+    counts = (
+        pl.DataFrame({schema.ITEM_ID: list(item_ids)})
+        .join(item_log_count, on=schema.ITEM_ID, how="left", maintain_order="left")["_lc"]
+        .fill_null(0.0)
+        .to_numpy()
+    )
+    return {
+        "user_log_history": np.log1p(n[user_rows]).astype(np.float32),
+        "user_mean_rating": mean_rating[user_rows].astype(np.float32),
+        "user_active_days": ((hist.ref_time - first) / DAY)[user_rows].astype(np.float32),
+        "user_popularity_gap": (counts[item_rows] - taste[user_rows]).astype(np.float32),
+    }
+
+
+def build_features(
+    candidates: pl.DataFrame,
+    history: pl.DataFrame,
+    embeddings: Mapping[str, Embeddings],
+    fused: np.ndarray,
+    config: FeatureConfig,
+    profile_items: int = 50,
+    half_life: float = 10.0,
+    sources: Sequence[str] = ("ann", "popular"),
+) -> tuple[pl.DataFrame, list[str]]:
+    """Add every feature column to a candidates frame.
+
+    Args:
+        candidates: schema.CANDIDATES rows (any order; order is kept).
+        history: the interactions known before the targets (schema.INTERACTIONS).
+        embeddings: per-modality item embeddings, all with the same item_ids order.
+        fused: float32 (n_items, D) fused item vectors in that order.
+        config: recent_k and window_days.
+        profile_items, half_life: how the user profile vector is formed (as in retrieval).
+        sources: candidate sources that get a `from_<source>` indicator.
+
+    Returns:
+        (frame, feature_names): candidates plus float32 feature columns, and their ordered names.
+    """
+    item_ids = next(iter(embeddings.values())).item_ids
+    users = candidates[schema.USER_ID].unique(maintain_order=True).to_list()
+    hist = summarise_history(history, users, item_ids, config.recent_k, profile_items, half_life)
+    user_index = pl.DataFrame({schema.USER_ID: users, "_u": np.arange(len(users))})
+    item_index = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_i": np.arange(len(item_ids))})
+    rows = candidates.join(user_index, on=schema.USER_ID, how="left", maintain_order="left").join(
+        item_index, on=schema.ITEM_ID, how="left", maintain_order="left"
+    )
+    if rows["_i"].null_count():
+        missing = rows.filter(pl.col("_i").is_null())[schema.ITEM_ID][0]
+        raise ValueError(f"candidate item {missing!r} has no embedding row")
+    user_rows = rows["_u"].to_numpy().astype(np.int64)
+    item_rows = rows["_i"].to_numpy().astype(np.int64)
+
+    columns: dict[str, np.ndarray] = {
+        "retrieval_rank": candidates[schema.RETRIEVAL_RANK].to_numpy().astype(np.float32),
+        "retrieval_score": candidates[schema.RETRIEVAL_SCORE].to_numpy().astype(np.float32),
+    }
+    source = candidates[schema.SOURCE].to_numpy()
+    for name in sources:
+        columns[f"from_{name}"] = (source == name).astype(np.float32)
+    columns.update(similarity_features(user_rows, item_rows, hist, fused, "fused"))
+    for modality, emb in embeddings.items():
+        columns.update(similarity_features(user_rows, item_rows, hist, emb.vectors, f"cos_{modality}"))
+        columns[f"has_{modality}"] = emb.mask[item_rows].astype(np.float32)
+    popularity = popularity_features(user_rows, item_rows, hist, history, item_ids, config.window_days)
+    columns.update(popularity)
+    columns.update(user_features(user_rows, item_rows, hist, history, item_ids))
+    names = list(columns)
+    frame = candidates.with_columns(pl.Series(name, values, dtype=pl.Float32) for name, values in columns.items())
+    return frame, names

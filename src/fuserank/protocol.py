@@ -1,0 +1,137 @@
+"""The primary evaluation protocol: temporal leave-last-out, ranker labels from train only.
+
+Label scheme (also in the README):
+- split: per user, the last interaction is the test target, the second-to-last the validation
+  target, the rest is train (users with fewer than `min_interactions` stay in train only).
+- ranker training: per user, the last `label_window` train interactions are the positives; stage 1
+  (behaviour embedding, index, popularity, features) is fitted on the train interactions before
+  them. Every other candidate of that user is a negative.
+- early stopping: validation targets, with stage 1 fitted on the whole train part.
+- test: stage 1 fitted on train + validation; the ranker scores the candidates of each test user.
+No test interaction reaches candidates, features, embeddings, statistics or early stopping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from fuserank import schema
+from fuserank.config import RunConfig
+from fuserank.data.split import Split, holdout_last, leave_last_out
+from fuserank.encoders.base import Embeddings
+from fuserank.evaluate import most_popular_rankings, score_lists, stage_one_rankings, stage_one_recall
+from fuserank.progress import step
+from fuserank.ranking import Ranker, fit_ranker
+from fuserank.two_stage import candidate_features, fit_stage_one, label_candidates, rank_candidates
+
+SYSTEMS = ("fuserank", "popular", "retrieval")
+
+
+@dataclass(frozen=True)
+class ProtocolResult:
+    """What one train-and-evaluate produces.
+
+    Attributes:
+        metrics: flat name -> value (test_*, valid_*, counts).
+        per_user: one row per (system, user) with the test metrics of that user.
+        ranked: top-k test lists of the ranker (schema.RANKED_LIST).
+        ranker: the fitted LightGBM ranker.
+        feature_names: ordered feature list the ranker was trained on.
+    """
+
+    metrics: dict[str, float]
+    per_user: pl.DataFrame
+    ranked: pl.DataFrame
+    ranker: Ranker
+    feature_names: list[str]
+
+
+def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, targets: pl.DataFrame,
+                  content: Mapping[str, Embeddings]) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
+    """Fit stage 1 on `history`, build labelled features for the target users.
+
+    Returns (features with labels, feature names, stage-1 candidates in stage-1 order).
+    """
+    users = targets[schema.USER_ID].unique().sort().to_list()
+    with step(f"stage 1 [{stage_name}]") as s:
+        stage = fit_stage_one(history, content, config.behaviour, config.fusion, config.retrieval, config.seed)
+        frame, names = candidate_features(stage, history, users, config.retrieval, config.features)
+        frame = label_candidates(frame, targets)
+        s.done(f"{len(users):,} users, {frame.height:,} candidates x {len(names)} features")
+    candidates = frame.select(list(schema.CANDIDATES))
+    return frame, names, candidates
+
+
+def make_split(interactions: pl.DataFrame, config: RunConfig) -> Split:
+    """The leave-last-out split of the run's interactions."""
+    return leave_last_out(interactions, min_interactions=config.split.min_interactions)
+
+
+def run_protocol(
+    interactions: pl.DataFrame, content: Mapping[str, Embeddings], config: RunConfig
+) -> ProtocolResult:
+    """Train on train, stop early on validation, evaluate once on test; baselines on the same split.
+
+    Args:
+        interactions: every interaction (validated, schema.INTERACTIONS).
+        content: content embeddings of every catalog item (e.g. {"text": ...}), one item order.
+        config: the run configuration (only its stage sections are handed further down).
+    """
+    split = make_split(interactions, config)
+    n_items = len(next(iter(content.values())).item_ids)
+    ks = config.eval.ks
+
+    label_history, label_targets = holdout_last(
+        split.train, n=config.split.label_window, min_interactions=config.split.label_window + 1
+    )
+    fit_frame, names, _ = _cutoff_frame(config, "ranker labels", label_history, label_targets, content)
+    valid_frame, _, valid_candidates = _cutoff_frame(config, "validation", split.train, split.valid, content)
+    test_history = pl.concat([split.train, split.valid])
+    test_frame, _, test_candidates = _cutoff_frame(config, "test", test_history, split.test, content)
+
+    with step("train ranker") as s:
+        ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed)
+        s.done(f"{ranker.best_iteration} trees on {fit_frame.height:,} rows")
+
+    metrics: dict[str, float] = {
+        "n_items": float(n_items),
+        "n_interactions": float(interactions.height),
+        "n_users": float(interactions[schema.USER_ID].n_unique()),
+        "n_test_users": float(split.test.height),
+        "n_train_interactions": float(split.train.height),
+        "ranker_train_rows": float(fit_frame.height),
+        "ranker_best_iteration": float(ranker.best_iteration),
+    }
+    with step("evaluate") as s:
+        top_k = max(max(ks), config.eval.top_k)
+        valid_ranked = rank_candidates(valid_frame, ranker.score(valid_frame), top_k)
+        _, valid_summary = score_lists(valid_ranked, split.valid, ks, n_items, "valid_")
+        metrics.update(valid_summary)
+        metrics.update(stage_one_recall(valid_candidates, split.valid, "valid_"))
+
+        test_users = split.test[schema.USER_ID].unique().sort().to_list()
+        lists = {
+            "fuserank": rank_candidates(test_frame, ranker.score(test_frame), top_k),
+            "popular": most_popular_rankings(test_history, test_users, top_k),
+            "retrieval": stage_one_rankings(test_candidates, top_k),
+        }
+        per_user = []
+        for system, ranked in lists.items():
+            prefix = "test_" if system == "fuserank" else f"test_{system}_"
+            users_metrics, summary = score_lists(ranked, split.test, ks, n_items, prefix)
+            metrics.update(summary)
+            per_user.append(users_metrics.with_columns(pl.lit(system).alias("system")))
+        metrics.update(stage_one_recall(test_candidates, split.test, "test_"))
+        s.done(f"{len(test_users):,} test users, {len(lists)} systems")
+    ranked = lists["fuserank"].filter(pl.col(schema.RANK) <= config.eval.top_k)
+    return ProtocolResult(metrics, pl.concat(per_user), ranked, ranker, names)
+
+
+def ranker_label_rate(frame: pl.DataFrame) -> float:
+    """Share of labelled users whose positive is among the candidates (the training signal)."""
+    per_user = frame.group_by(schema.USER_ID).agg(pl.col(schema.LABEL).max())
+    return float(np.mean(per_user[schema.LABEL].to_numpy())) if per_user.height else 0.0

@@ -1,0 +1,225 @@
+"""LightGBM lambdarank re-ranker: fit, score, save and load.
+
+Training uses `lightgbm.train` on a `lightgbm.Dataset` with query groups (one group per user)
+rather than the sklearn wrapper, whose `eval_set` is deprecated in lightgbm 4.7. A model is
+saved as LightGBM's own text format plus a JSON file with the ordered feature names; nothing is
+pickled, so a saved model can be read by any LightGBM build and inspected by eye.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fuserank import atomic
+from fuserank.config import RankerConfig
+from fuserank.schema import LABEL, USER_ID
+
+MODEL_FILE = "model.txt"
+FEATURES_FILE = "features.json"
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """A fitted lambdarank booster and the ordered feature columns it reads.
+
+    Attributes:
+        booster: the `lightgbm.Booster`.
+        feature_names: feature columns in the order the booster expects them.
+        best_iteration: number of boosting rounds used for scoring (early-stopping best, 1-based).
+    """
+
+    booster: Any
+    feature_names: tuple[str, ...]
+    best_iteration: int
+
+    def score(self, frame: pl.DataFrame) -> np.ndarray:
+        """Relevance scores of every row of `frame` (higher = better).
+
+        Args:
+            frame: holds every column of `feature_names` (numeric or boolean; nulls are missing).
+
+        Returns:
+            (n_rows,) float32 scores, comparable within one user's candidates.
+        """
+        x = _feature_matrix(frame, self.feature_names, "frame")
+        if x.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        return np.asarray(self.booster.predict(x, num_iteration=self.best_iteration), dtype=np.float32)
+
+    def gain_importance(self) -> dict[str, float]:
+        """Total split gain of each feature over the first `best_iteration` trees, in feature order."""
+        gains = self.booster.feature_importance(importance_type="gain", iteration=self.best_iteration)
+        return {name: float(g) for name, g in zip(self.feature_names, gains, strict=True)}
+
+
+def _feature_matrix(frame: pl.DataFrame, feature_names: Sequence[str], what: str) -> np.ndarray:
+    missing = [f for f in feature_names if f not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks feature column(s) {missing}; it has {frame.columns}")
+    # Float32 halves memory on millions of candidate rows; LightGBM bins the values anyway.
+    # Casting turns nulls into NaN, which LightGBM treats as missing.
+    return (
+        frame.select(pl.col(f).cast(pl.Float32) for f in feature_names)
+        .to_numpy()
+        .astype(np.float32, copy=False)
+    )
+
+
+def _query_groups(
+    frame: pl.DataFrame, feature_names: Sequence[str], what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort by user and drop users without a positive.
+
+    Returns:
+        X (n_rows, n_features) float32, labels (n_rows,) int32, group sizes (n_users,) int32.
+    """
+    for col in (USER_ID, LABEL):
+        if col not in frame.columns:
+            raise ValueError(f"{what} lacks column {col!r}; it has {frame.columns}")
+    if frame[LABEL].null_count():
+        raise ValueError(f"{what}: column {LABEL!r} holds nulls")
+
+    ordered = frame.sort(USER_ID, maintain_order=True)
+    # A group without a positive has zero lambdarank gradient and an NDCG LightGBM counts as 1.
+    kept = ordered.filter((pl.col(LABEL) > 0).any().over(USER_ID))
+    sizes = kept.group_by(USER_ID, maintain_order=True).len()["len"].to_numpy().astype(np.int32)
+    labels = kept[LABEL].cast(pl.Int32).to_numpy()
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{what}: labels must be non-negative integers")
+    return _feature_matrix(kept, feature_names, what), labels, sizes
+
+
+def _params(config: RankerConfig, seed: int) -> dict[str, Any]:
+    return {
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "eval_at": [config.eval_at],
+        "learning_rate": config.learning_rate,
+        "num_leaves": config.num_leaves,
+        "min_data_in_leaf": config.min_child_samples,
+        "feature_fraction": config.feature_fraction,
+        "bagging_fraction": config.bagging_fraction,
+        "bagging_freq": config.bagging_freq,
+        "lambda_l2": config.lambda_l2,
+        "num_threads": config.n_jobs,
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+    }
+
+
+def fit_ranker(
+    train: pl.DataFrame,
+    valid: pl.DataFrame | None,
+    feature_names: Sequence[str],
+    config: RankerConfig,
+    seed: int,
+) -> Ranker:
+    """Fit a LightGBM lambdarank model, one query group per user.
+
+    Args:
+        train: rows (user_id, candidate) with user_id, label (int, > 0 = relevant) and every column
+            of `feature_names` (numeric or boolean; nulls are missing values).
+        valid: the same columns for early stopping on NDCG@config.eval_at, or None to train a
+            fixed config.n_estimators rounds.
+        feature_names: feature columns, in the order the model will read them.
+        config: the ranker stage's hyper-parameters.
+        seed: LightGBM seed; the same data, config and seed give identical scores.
+
+    Returns:
+        The fitted `Ranker`. Users without any positive label are dropped before training
+        (they carry no lambdarank gradient).
+
+    Raises:
+        ValueError: a feature or the user_id/label column is missing, feature names are empty or
+            repeated, or train (or valid) has no user with a positive label.
+    """
+    import lightgbm
+
+    feature_names = tuple(feature_names)
+    if not feature_names:
+        raise ValueError("feature_names is empty")
+    if len(set(feature_names)) != len(feature_names):
+        raise ValueError(f"feature_names holds duplicates: {feature_names}")
+
+    params = _params(config, seed)
+    x, y, groups = _query_groups(train, feature_names, "train")
+    if groups.size == 0:
+        raise ValueError("train has no user with a positive label; lambdarank has nothing to learn")
+    dtrain = lightgbm.Dataset(x, label=y, group=groups, feature_name=list(feature_names), params=params)
+
+    valid_sets: list[Any] = []
+    callbacks: list[Any] = []
+    if valid is not None:
+        xv, yv, gv = _query_groups(valid, feature_names, "valid")
+        if gv.size == 0:
+            raise ValueError("valid has no user with a positive label; early stopping has nothing to measure")
+        valid_sets.append(lightgbm.Dataset(xv, label=yv, group=gv, reference=dtrain))
+        if config.early_stopping_rounds > 0:
+            rounds = config.early_stopping_rounds
+            callbacks.append(lightgbm.early_stopping(rounds, first_metric_only=True, verbose=False))
+
+    booster = lightgbm.train(
+        params,
+        dtrain,
+        num_boost_round=config.n_estimators,
+        valid_sets=valid_sets or None,
+        valid_names=["valid"] if valid_sets else None,
+        callbacks=callbacks or None,
+    )
+    if booster.feature_name() != list(feature_names):
+        raise ValueError(
+            f"LightGBM renamed the features to {booster.feature_name()}; use names without spaces "
+            "or JSON special characters"
+        )
+    best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
+    return Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best))
+
+
+def save_ranker(ranker: Ranker, folder: Path) -> None:
+    """Write `model.txt` (LightGBM text, the first best_iteration trees) and `features.json`.
+
+    Each file is written to a temporary file in `folder` and moved into place, so a reader never
+    sees half a model. `folder` is created when missing.
+    """
+    folder = Path(folder)
+    model = ranker.booster.model_to_string(num_iteration=ranker.best_iteration)
+    meta = {"feature_names": list(ranker.feature_names), "best_iteration": ranker.best_iteration}
+    atomic.write_text(folder / MODEL_FILE, model)
+    atomic.write_text(folder / FEATURES_FILE, json.dumps(meta, indent=2) + "\n")
+
+
+def load_ranker(folder: Path) -> Ranker:
+    """Read a ranker written by `save_ranker`.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: the feature list in features.json disagrees with the booster's, or the
+            stored best_iteration exceeds the trees in model.txt.
+    """
+    import lightgbm
+
+    folder = Path(folder)
+    meta = json.loads((folder / FEATURES_FILE).read_text(encoding="utf-8"))
+    booster = lightgbm.Booster(model_str=(folder / MODEL_FILE).read_text(encoding="utf-8"))
+    feature_names = tuple(meta["feature_names"])
+    if tuple(booster.feature_name()) != feature_names:
+        raise ValueError(
+            f"{folder}: {FEATURES_FILE} lists {list(feature_names)} but {MODEL_FILE} was trained on "
+            f"{booster.feature_name()}"
+        )
+    best = int(meta["best_iteration"])
+    if not 0 < best <= booster.current_iteration():
+        raise ValueError(
+            f"{folder}: best_iteration {best} is outside the {booster.current_iteration()} rounds "
+            f"in {MODEL_FILE}"
+        )
+    return Ranker(booster=booster, feature_names=feature_names, best_iteration=best)

@@ -1,0 +1,139 @@
+"""One pass of the two-stage system for one cut-off: fit stage 1 on a history, then build the
+candidates and features for the users whose next interaction is predicted.
+
+The evaluation protocol calls this three times with growing histories (ranker labels,
+validation, test) so that every stage-1 statistic is fitted on exactly what precedes the targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from fuserank import schema
+from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig
+from fuserank.encoders.base import Embeddings
+from fuserank.encoders.behaviour import fit_behaviour
+from fuserank.features import build_features
+from fuserank.fusion import fuse
+from fuserank.retrieval import ItemIndex, build_index, merge_candidates, popular_candidates, retrieve
+
+SOURCES = ("ann", "popular")
+
+
+@dataclass(frozen=True)
+class StageOne:
+    """Stage 1 fitted on one history.
+
+    Attributes:
+        embeddings: per-modality item embeddings (content modalities plus behaviour), one item order.
+        fused: float32 (n_items, D) fused, L2-normalised item vectors in that order.
+        index: FAISS index over `fused`.
+    """
+
+    embeddings: dict[str, Embeddings]
+    fused: np.ndarray
+    index: ItemIndex
+
+
+def fit_stage_one(
+    history: pl.DataFrame,
+    content: Mapping[str, Embeddings],
+    behaviour: BehaviourConfig,
+    fusion: FusionConfig,
+    retrieval: RetrievalConfig,
+    seed: int,
+) -> StageOne:
+    """Learn the behaviour embedding from `history`, fuse it with the content embeddings, index it.
+
+    Args:
+        history: interactions the stage may learn from (schema.INTERACTIONS).
+        content: content-only embeddings (text, image, ...) of every catalog item, same item order.
+        behaviour, fusion, retrieval: stage configs.
+        seed: seed for the behaviour embedding.
+    """
+    item_ids = next(iter(content.values())).item_ids
+    embeddings = dict(content)
+    # Behaviour is always fitted: with a fusion weight of 0 it still feeds the ranker's features.
+    embeddings["behaviour"] = fit_behaviour(
+        history, item_ids, dim=behaviour.dim, seed=seed, min_item_count=behaviour.min_item_count
+    )
+    weights = {m: w for m, w in fusion.weights.items() if m in embeddings and w > 0}
+    fused = fuse({m: embeddings[m] for m in weights}, weights)
+    index = build_index(
+        fused,
+        item_ids,
+        kind=retrieval.index,
+        hnsw_m=retrieval.hnsw_m,
+        hnsw_ef_search=retrieval.hnsw_ef_search,
+        use_gpu=retrieval.use_gpu,
+    )
+    return StageOne(embeddings, fused, index)
+
+
+def generate_candidates(
+    stage: StageOne, history: pl.DataFrame, users: Sequence[str], retrieval: RetrievalConfig
+) -> pl.DataFrame:
+    """ANN candidates over the fused index, then the most popular items; deduplicated.
+
+    Returns a schema.CANDIDATES frame in stage-1 order (ANN by rank, then popular by rank).
+    """
+    frames = [
+        retrieve(
+            stage.index,
+            history,
+            stage.fused,
+            retrieval.n_candidates,
+            recent_items=retrieval.recent_items,
+            half_life=retrieval.recency_half_life,
+            users=users,
+            batch_size=retrieval.batch_size,
+        )
+    ]
+    if retrieval.popular_candidates > 0:
+        frames.append(popular_candidates(history, users, retrieval.popular_candidates))
+    return merge_candidates(frames)
+
+
+def label_candidates(candidates: pl.DataFrame, targets: pl.DataFrame) -> pl.DataFrame:
+    """Add schema.LABEL: 1 where (user, item) is a target, else 0."""
+    hits = targets.select(schema.USER_ID, schema.ITEM_ID).unique().with_columns(pl.lit(1, pl.Int8).alias(schema.LABEL))
+    return candidates.join(hits, on=[schema.USER_ID, schema.ITEM_ID], how="left", maintain_order="left").with_columns(
+        pl.col(schema.LABEL).fill_null(0)
+    )
+
+
+def candidate_features(
+    stage: StageOne,
+    history: pl.DataFrame,
+    users: Sequence[str],
+    retrieval: RetrievalConfig,
+    features: FeatureConfig,
+) -> tuple[pl.DataFrame, list[str]]:
+    """Candidates for `users` with every feature column; returns (frame, feature names)."""
+    candidates = generate_candidates(stage, history, users, retrieval)
+    return build_features(
+        candidates,
+        history,
+        stage.embeddings,
+        stage.fused,
+        features,
+        profile_items=retrieval.recent_items,
+        half_life=retrieval.recency_half_life,
+        sources=SOURCES,
+    )
+
+
+def rank_candidates(frame: pl.DataFrame, scores: np.ndarray, top_k: int) -> pl.DataFrame:
+    """Top `top_k` per user by score (ties: stage-1 order), as schema.RANKED_LIST."""
+    return (
+        frame.select(schema.USER_ID, schema.ITEM_ID)
+        .with_columns(pl.Series(schema.SCORE, scores, dtype=pl.Float32), pl.int_range(pl.len()).alias("_order"))
+        .sort([schema.USER_ID, schema.SCORE, "_order"], descending=[False, True, False])
+        .with_columns((pl.int_range(pl.len()).over(schema.USER_ID) + 1).cast(pl.Int32).alias(schema.RANK))
+        .filter(pl.col(schema.RANK) <= top_k)
+        .select(list(schema.RANKED_LIST))
+    )

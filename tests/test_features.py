@@ -1,0 +1,104 @@
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from fuserank import schema
+from fuserank.config import FeatureConfig
+from fuserank.encoders.base import Embeddings
+from fuserank.features import DAY, build_features, feature_group
+
+S = 1 / math.sqrt(2)
+
+
+@pytest.fixture()
+def planted():
+    items = ("a", "b", "c", "d")
+    text = Embeddings(
+        items,
+        np.array([[1, 0], [0, 1], [S, S], [0, 0]], dtype=np.float32),
+        np.array([True, True, True, False]),
+    )
+    history = pl.DataFrame(
+        {
+            schema.USER_ID: ["u", "u", "v"],
+            schema.ITEM_ID: ["a", "b", "c"],
+            schema.TIMESTAMP: [0, int(10 * DAY), int(5 * DAY)],
+            schema.RATING: [4.0, 2.0, None],
+        },
+        schema=schema.INTERACTIONS,
+    )
+    candidates = pl.DataFrame(
+        {
+            schema.USER_ID: ["u", "u", "v", "v"],
+            schema.ITEM_ID: ["c", "d", "a", "b"],
+            schema.SOURCE: ["ann", "ann", "ann", "popular"],
+            schema.RETRIEVAL_SCORE: [0.9, 0.1, 0.7, 3.0],
+            schema.RETRIEVAL_RANK: [1, 2, 1, 1],
+        },
+        schema=schema.CANDIDATES,
+    )
+    frame, names = build_features(
+        candidates, history, {"text": text}, text.vectors, FeatureConfig(recent_k=2, window_days=(7,)),
+        profile_items=2, half_life=1.0,
+    )
+    return frame, names
+
+
+def col(frame, name):
+    return frame[name].to_list()
+
+
+def test_similarity_features_match_hand_values(planted):
+    frame, _ = planted
+    # u's profile: b (newest, weight 1) + a (weight 0.5) -> (0.5, 1) / sqrt(1.25)
+    profile_c = (0.5 * S + 1.0 * S) / math.sqrt(1.25)
+    assert col(frame, "cos_text_profile") == pytest.approx([profile_c, 0.0, S, S], abs=1e-6)
+    assert col(frame, "cos_text_last") == pytest.approx([S, 0.0, S, S], abs=1e-6)
+    # u's recent items are b and a: cos(c, b) = cos(c, a) = S
+    assert col(frame, "cos_text_max_recent") == pytest.approx([S, 0.0, S, S], abs=1e-6)
+    assert col(frame, "cos_text_mean_recent") == pytest.approx([S, 0.0, S, S], abs=1e-6)
+    assert col(frame, "has_text") == [1.0, 0.0, 1.0, 1.0]
+    assert col(frame, "fused_profile") == col(frame, "cos_text_profile")
+
+
+def test_popularity_features_are_as_of_each_users_reference_time(planted):
+    frame, _ = planted
+    # every item has one interaction overall; d has none
+    assert col(frame, "item_log_count") == pytest.approx([math.log(2), 0.0, math.log(2), math.log(2)])
+    # v's reference time is day 5: b is only seen on day 10, after it
+    assert col(frame, "item_log_count_before_ref") == pytest.approx([math.log(2), 0, math.log(2), 0])
+    assert col(frame, "item_log_count_7d") == pytest.approx([math.log(2), 0, math.log(2), 0])
+    days = col(frame, "item_days_since_last")
+    assert days[0] == pytest.approx(5.0) and days[2] == pytest.approx(5.0)
+    assert days[1] is None or math.isnan(days[1])
+    assert days[3] is None or math.isnan(days[3])
+    assert col(frame, "item_age_days")[0] == pytest.approx(5.0)
+    assert col(frame, "item_age_days")[3] == pytest.approx(-5.0)  # first seen after v's time
+    assert col(frame, "item_mean_rating")[2] == pytest.approx(4.0)
+
+
+def test_user_features(planted):
+    frame, _ = planted
+    assert col(frame, "user_log_history") == pytest.approx([math.log(3)] * 2 + [math.log(2)] * 2)
+    assert col(frame, "user_active_days") == pytest.approx([10.0, 10.0, 0.0, 0.0])
+    assert col(frame, "user_mean_rating")[:2] == pytest.approx([3.0, 3.0])
+
+
+def test_frame_keeps_candidate_rows_and_lists_every_feature(planted):
+    frame, names = planted
+    assert frame[schema.ITEM_ID].to_list() == ["c", "d", "a", "b"]
+    assert set(names) <= set(frame.columns)
+    assert len(names) == len(set(names))
+    assert all(frame[n].dtype == pl.Float32 for n in names)
+    assert col(frame, "from_popular") == [0.0, 0.0, 0.0, 1.0]
+    assert not any(name.startswith("cos_fused") for name in names)
+
+
+def test_feature_groups():
+    assert feature_group("cos_text_last") == "text"
+    assert feature_group("cos_behaviour_profile") == "behaviour"
+    assert feature_group("item_log_count_7d") == "popularity"
+    assert feature_group("retrieval_rank") == "retrieval"
+    assert feature_group("user_log_history") == "user"

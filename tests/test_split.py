@@ -1,0 +1,101 @@
+"""Temporal splits on planted data: which row goes where is known in advance."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from fuserank import schema
+from fuserank.data.split import Split, holdout_last, leave_last_out, sort_interactions
+
+KEY = [schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP]
+
+
+def _frame(rows: list[tuple[str, str, int]]) -> pl.DataFrame:
+    users, items, times = zip(*rows)
+    return pl.DataFrame(
+        {schema.USER_ID: list(users), schema.ITEM_ID: list(items), schema.TIMESTAMP: list(times),
+         schema.RATING: [float(i) for i in range(len(rows))]},
+        schema=schema.INTERACTIONS,
+    )
+
+
+# Shuffled on purpose. u1: five events, the last two tied at t=50 (tie broken by item id: "m" < "z").
+# u2: three events. u3: two events (short). u4: one event (short).
+PLANTED = _frame([
+    ("u2", "b", 300), ("u1", "z", 50), ("u3", "x", 7), ("u1", "a", 10), ("u4", "q", 1),
+    ("u2", "c", 100), ("u1", "m", 50), ("u1", "c", 30), ("u3", "y", 8), ("u1", "b", 20), ("u2", "a", 200),
+])
+
+
+def _keys(frame: pl.DataFrame) -> list[tuple[str, str, int]]:
+    return [tuple(r) for r in frame.select(KEY).rows()]
+
+
+def test_sort_breaks_timestamp_ties_by_item_id():
+    ordered = sort_interactions(PLANTED)
+    u1 = ordered.filter(pl.col(schema.USER_ID) == "u1")[schema.ITEM_ID].to_list()
+    assert u1 == ["a", "b", "c", "m", "z"]
+    assert ordered[schema.USER_ID].to_list() == ["u1"] * 5 + ["u2"] * 3 + ["u3"] * 2 + ["u4"]
+    # The order does not depend on the input order.
+    assert sort_interactions(PLANTED.reverse()).equals(ordered)
+
+
+def test_holdout_last_takes_the_latest_n_of_long_enough_users():
+    history, targets = holdout_last(PLANTED, n=2, min_interactions=3)
+    assert _keys(targets) == [("u1", "m", 50), ("u1", "z", 50), ("u2", "a", 200), ("u2", "b", 300)]
+    assert set(history[schema.USER_ID]) == {"u1", "u2", "u3", "u4"}
+    assert history.filter(pl.col(schema.USER_ID) == "u3").height == 2  # short: all history
+    assert history.columns == PLANTED.columns and targets.columns == PLANTED.columns
+    assert history.height + targets.height == PLANTED.height
+
+
+def test_holdout_last_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        holdout_last(PLANTED, n=0)
+    with pytest.raises(ValueError):
+        holdout_last(PLANTED, n=3, min_interactions=2)
+
+
+def test_leave_last_out_planted_answer():
+    split = leave_last_out(PLANTED, min_interactions=3)
+    assert isinstance(split, Split)
+    assert _keys(split.test) == [("u1", "z", 50), ("u2", "b", 300)]
+    assert _keys(split.valid) == [("u1", "m", 50), ("u2", "a", 200)]
+    assert _keys(split.train) == [
+        ("u1", "a", 10), ("u1", "b", 20), ("u1", "c", 30), ("u2", "c", 100),
+        ("u3", "x", 7), ("u3", "y", 8), ("u4", "q", 1),
+    ]
+    assert split.train.schema == PLANTED.schema
+
+
+def test_short_users_stay_in_train_only():
+    split = leave_last_out(PLANTED, min_interactions=3)
+    evaluated = set(split.test[schema.USER_ID]) | set(split.valid[schema.USER_ID])
+    assert evaluated == {"u1", "u2"}
+    # u3 has exactly min_interactions - 1 events: it must not leak into valid either.
+    assert "u3" not in set(split.valid[schema.USER_ID])
+
+
+def test_parts_are_disjoint_and_their_union_is_the_input():
+    split = leave_last_out(PLANTED, min_interactions=2)
+    parts = [set(_keys(p)) for p in (split.train, split.valid, split.test)]
+    assert sum(len(p) for p in parts) == PLANTED.height
+    assert parts[0] | parts[1] | parts[2] == set(_keys(PLANTED))
+    # min_interactions=2: u3 is evaluated with no train event left; u4 stays train only.
+    assert set(split.test[schema.USER_ID]) == {"u1", "u2", "u3"}
+    assert "u3" not in set(split.train[schema.USER_ID])
+    assert set(split.valid[schema.USER_ID]) == {"u1", "u2", "u3"}
+
+
+def test_test_is_latest_and_valid_precedes_it():
+    split = leave_last_out(PLANTED)
+    order = {k: i for i, k in enumerate(_keys(sort_interactions(PLANTED)))}
+    for user in split.test[schema.USER_ID]:
+        test_pos = [order[k] for k in _keys(split.test.filter(pl.col(schema.USER_ID) == user))]
+        valid_pos = [order[k] for k in _keys(split.valid.filter(pl.col(schema.USER_ID) == user))]
+        train_pos = [order[k] for k in _keys(split.train.filter(pl.col(schema.USER_ID) == user))]
+        assert len(test_pos) == len(valid_pos) == 1
+        assert max(train_pos) < valid_pos[0] < test_pos[0]
+        latest = PLANTED.filter(pl.col(schema.USER_ID) == user)[schema.TIMESTAMP].max()
+        assert split.test.filter(pl.col(schema.USER_ID) == user)[schema.TIMESTAMP].item() == latest
