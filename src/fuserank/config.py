@@ -48,11 +48,14 @@ class SplitConfig:
     """Temporal leave-last-out, and which train interactions give the ranker its labels.
 
     min_interactions: users with fewer interactions stay in train only.
-    label_window: the last `label_window` train interactions of each user are the ranker's
-        positives; stage 1 for ranker training is fitted on the train interactions before them.
+    label_cutoffs: how many cut-offs, stepping back through each user's train interactions,
+        give the ranker training queries (one query per user and cut-off).
+    label_window: at each cut-off, the user's last `label_window` interactions are the
+        positives; stage 1 for that cut-off is fitted on the interactions before them.
     """
 
     min_interactions: int = 3
+    label_cutoffs: int = 3
     label_window: int = 1
 
 

@@ -3,9 +3,10 @@
 Label scheme (also in the README):
 - split: per user, the last interaction is the test target, the second-to-last the validation
   target, the rest is train (users with fewer than `min_interactions` stay in train only).
-- ranker training: per user, the last `label_window` train interactions are the positives; stage 1
+- ranker training: `label_cutoffs` cut-offs step back through each user's train interactions. At
+  cut-off j the user's j-th last `label_window` train interactions are the positives and stage 1
   (behaviour embedding, index, popularity, features) is fitted on the train interactions before
-  them. Every other candidate of that user is a negative.
+  them; every other candidate is a negative. Each (user, cut-off) is one lambdarank query.
 - early stopping: validation targets, with stage 1 fitted on the whole train part.
 - test: stage 1 fitted on train + validation; the ranker scores the candidates of each test user.
 No test interaction reaches candidates, features, embeddings, statistics or early stopping.
@@ -16,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
 import polars as pl
 
 from fuserank import schema
@@ -29,6 +29,7 @@ from fuserank.ranking import Ranker, fit_ranker
 from fuserank.two_stage import candidate_features, fit_stage_one, label_candidates, rank_candidates
 
 SYSTEMS = ("fuserank", "popular", "retrieval")
+QUERY = "query"
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,24 @@ def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, tar
     return frame, names, candidates
 
 
+def ranker_training_frame(
+    train: pl.DataFrame, content: Mapping[str, Embeddings], config: RunConfig
+) -> tuple[pl.DataFrame, list[str]]:
+    """Labelled candidates from successive cut-offs of the train part, with a QUERY column."""
+    window = config.split.label_window
+    history, frames, names = train, [], []
+    for cutoff in range(1, config.split.label_cutoffs + 1):
+        history, targets = holdout_last(history, n=window, min_interactions=window + 1)
+        if targets.is_empty():
+            break
+        frame, names, _ = _cutoff_frame(config, f"ranker labels {cutoff}", history, targets, content)
+        query = pl.concat_str(pl.col(schema.USER_ID), pl.lit(f"#{cutoff}"))
+        frames.append(frame.with_columns(query.alias(QUERY)))
+    if not frames:
+        raise ValueError("no user has enough train interactions to give the ranker a label")
+    return pl.concat(frames), names
+
+
 def make_split(interactions: pl.DataFrame, config: RunConfig) -> Split:
     """The leave-last-out split of the run's interactions."""
     return leave_last_out(interactions, min_interactions=config.split.min_interactions)
@@ -85,16 +104,13 @@ def run_protocol(
     n_items = len(next(iter(content.values())).item_ids)
     ks = config.eval.ks
 
-    label_history, label_targets = holdout_last(
-        split.train, n=config.split.label_window, min_interactions=config.split.label_window + 1
-    )
-    fit_frame, names, _ = _cutoff_frame(config, "ranker labels", label_history, label_targets, content)
+    fit_frame, names = ranker_training_frame(split.train, content, config)
     valid_frame, _, valid_candidates = _cutoff_frame(config, "validation", split.train, split.valid, content)
     test_history = pl.concat([split.train, split.valid])
     test_frame, _, test_candidates = _cutoff_frame(config, "test", test_history, split.test, content)
 
     with step("train ranker") as s:
-        ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed)
+        ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
         s.done(f"{ranker.best_iteration} trees on {fit_frame.height:,} rows")
 
     metrics: dict[str, float] = {
@@ -104,6 +120,7 @@ def run_protocol(
         "n_test_users": float(split.test.height),
         "n_train_interactions": float(split.train.height),
         "ranker_train_rows": float(fit_frame.height),
+        "ranker_train_queries_with_positive": float(fit_frame.filter(pl.col(schema.LABEL) > 0)[QUERY].n_unique()),
         "ranker_best_iteration": float(ranker.best_iteration),
     }
     with step("evaluate") as s:
@@ -129,9 +146,3 @@ def run_protocol(
         s.done(f"{len(test_users):,} test users, {len(lists)} systems")
     ranked = lists["fuserank"].filter(pl.col(schema.RANK) <= config.eval.top_k)
     return ProtocolResult(metrics, pl.concat(per_user), ranked, ranker, names)
-
-
-def ranker_label_rate(frame: pl.DataFrame) -> float:
-    """Share of labelled users whose positive is among the candidates (the training signal)."""
-    per_user = frame.group_by(schema.USER_ID).agg(pl.col(schema.LABEL).max())
-    return float(np.mean(per_user[schema.LABEL].to_numpy())) if per_user.height else 0.0

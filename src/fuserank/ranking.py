@@ -73,23 +73,23 @@ def _feature_matrix(frame: pl.DataFrame, feature_names: Sequence[str], what: str
 
 
 def _query_groups(
-    frame: pl.DataFrame, feature_names: Sequence[str], what: str
+    frame: pl.DataFrame, feature_names: Sequence[str], what: str, group: str = USER_ID
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sort by user and drop users without a positive.
+    """Sort by query (`group` column) and drop queries without a positive.
 
     Returns:
-        X (n_rows, n_features) float32, labels (n_rows,) int32, group sizes (n_users,) int32.
+        X (n_rows, n_features) float32, labels (n_rows,) int32, group sizes (n_queries,) int32.
     """
-    for col in (USER_ID, LABEL):
+    for col in (group, LABEL):
         if col not in frame.columns:
             raise ValueError(f"{what} lacks column {col!r}; it has {frame.columns}")
     if frame[LABEL].null_count():
         raise ValueError(f"{what}: column {LABEL!r} holds nulls")
 
-    ordered = frame.sort(USER_ID, maintain_order=True)
+    ordered = frame.sort(group, maintain_order=True)
     # A group without a positive has zero lambdarank gradient and an NDCG LightGBM counts as 1.
-    kept = ordered.filter((pl.col(LABEL) > 0).any().over(USER_ID))
-    sizes = kept.group_by(USER_ID, maintain_order=True).len()["len"].to_numpy().astype(np.int32)
+    kept = ordered.filter((pl.col(LABEL) > 0).any().over(group))
+    sizes = kept.group_by(group, maintain_order=True).len()["len"].to_numpy().astype(np.int32)
     labels = kept[LABEL].cast(pl.Int32).to_numpy()
     if labels.size and labels.min() < 0:
         raise ValueError(f"{what}: labels must be non-negative integers")
@@ -122,8 +122,9 @@ def fit_ranker(
     feature_names: Sequence[str],
     config: RankerConfig,
     seed: int,
+    group: str = USER_ID,
 ) -> Ranker:
-    """Fit a LightGBM lambdarank model, one query group per user.
+    """Fit a LightGBM lambdarank model, one query group per user (or per value of `group`).
 
     Args:
         train: rows (user_id, candidate) with user_id, label (int, > 0 = relevant) and every column
@@ -133,6 +134,8 @@ def fit_ranker(
         feature_names: feature columns, in the order the model will read them.
         config: the ranker stage's hyper-parameters.
         seed: LightGBM seed; the same data, config and seed give identical scores.
+        group: the train column naming each row's query, when one user forms several queries
+            (e.g. one per label cut-off); valid is always grouped by user.
 
     Returns:
         The fitted `Ranker`. Users without any positive label are dropped before training
@@ -151,7 +154,7 @@ def fit_ranker(
         raise ValueError(f"feature_names holds duplicates: {feature_names}")
 
     params = _params(config, seed)
-    x, y, groups = _query_groups(train, feature_names, "train")
+    x, y, groups = _query_groups(train, feature_names, "train", group)
     if groups.size == 0:
         raise ValueError("train has no user with a positive label; lambdarank has nothing to learn")
     dtrain = lightgbm.Dataset(x, label=y, group=groups, feature_name=list(feature_names), params=params)
