@@ -14,10 +14,7 @@ from fuserank.encoders.base import Embeddings, Encoder, l2_normalise
 from fuserank.encoders.behaviour import BehaviourEncoder
 from fuserank.encoders.text import TextEncoder
 
-try:  # tests/ on sys.path (pytest's default rootdir-relative import)
-    from test_text_encoder import save_tiny_bert
-except ImportError:  # tests/ imported as a package
-    from tests.test_text_encoder import save_tiny_bert
+from tiny_models import save_tiny_bert
 
 ITEMS = pl.DataFrame(
     {

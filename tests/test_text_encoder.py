@@ -10,8 +10,8 @@ import pytest
 
 from fuserank import schema
 from fuserank.encoders.text import TextEncoder, model_fingerprint
+from tiny_models import WORDS, save_tiny_bert
 
-WORDS = "a photo picture of the cat kitten dog red blue green quarterly tax report and with".split()
 TEXTS = [
     "a cat",
     "a photo of the red cat with a blue dog and a green kitten",
@@ -21,45 +21,6 @@ TEXTS = [
     "a picture of a kitten",
     "zebra unknown words",
 ]
-
-
-def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
-    """Save a 2-layer, 32-wide random BERT and a word-level tokenizer to `folder`; return it."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {token: i for i, token in enumerate(special + WORDS)}
-    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=64,
-    )
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = BertModel(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

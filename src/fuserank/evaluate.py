@@ -65,11 +65,16 @@ def score_lists(
     return per_user, summary
 
 
-def stage_one_recall(candidates: pl.DataFrame, targets: pl.DataFrame, prefix: str) -> dict[str, float]:
-    """The ceiling of stage 2: the share of targets found among the candidates, with the mean
-    candidate count per user."""
+def stage_one_recall(candidates: pl.DataFrame, targets: pl.DataFrame, n: int, prefix: str) -> dict[str, float]:
+    """The ceiling of stage 2.
+
+    Returns the share of targets among all candidates (`stage1_recall`, what the ranker can reach),
+    among the first `n` in stage-1 order (`stage1_recall_at_<n>`), and the mean candidates per user.
+    """
+    first_n = candidates.filter(pl.int_range(pl.len()).over(schema.USER_ID) < n)
     per_user = candidates.group_by(schema.USER_ID).len()
     return {
         f"{prefix}stage1_recall": candidate_recall(candidates, targets),
+        f"{prefix}stage1_recall_at_{n}": candidate_recall(first_n, targets),
         f"{prefix}stage1_candidates_per_user": float(per_user["len"].mean() or 0.0),
     }

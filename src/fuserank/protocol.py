@@ -128,7 +128,7 @@ def run_protocol(
         valid_ranked = rank_candidates(valid_frame, ranker.score(valid_frame), top_k)
         _, valid_summary = score_lists(valid_ranked, split.valid, ks, n_items, "valid_")
         metrics.update(valid_summary)
-        metrics.update(stage_one_recall(valid_candidates, split.valid, "valid_"))
+        metrics.update(stage_one_recall(valid_candidates, split.valid, config.retrieval.n_candidates, "valid_"))
 
         test_users = split.test[schema.USER_ID].unique().sort().to_list()
         lists = {
@@ -142,7 +142,7 @@ def run_protocol(
             users_metrics, summary = score_lists(ranked, split.test, ks, n_items, prefix)
             metrics.update(summary)
             per_user.append(users_metrics.with_columns(pl.lit(system).alias("system")))
-        metrics.update(stage_one_recall(test_candidates, split.test, "test_"))
+        metrics.update(stage_one_recall(test_candidates, split.test, config.retrieval.n_candidates, "test_"))
         s.done(f"{len(test_users):,} test users, {len(lists)} systems")
     ranked = lists["fuserank"].filter(pl.col(schema.RANK) <= config.eval.top_k)
     return ProtocolResult(metrics, pl.concat(per_user), ranked, ranker, names)

@@ -152,8 +152,8 @@ def train_evaluate(config: RunConfig) -> tuple[dict[str, float], Path]:
 
 
 def format_summary(metrics: dict[str, float]) -> str:
-    """The headline numbers as aligned lines."""
-    width = max(len(k) for k in HEADLINE)
-    lines = [f"{k:<{width}}  {metrics[k]:.4f}" for k in HEADLINE if k in metrics]
-    lines.append(f"{'wall_seconds':<{width}}  {metrics.get('wall_seconds', float('nan')):.1f}")
-    return "\n".join(lines)
+    """The headline numbers as aligned lines (stage-1 recall at N first, whatever N is)."""
+    keys = sorted(k for k in metrics if k.startswith("test_stage1_recall_at_")) + list(HEADLINE)
+    keys = [k for k in keys if k in metrics] + ["wall_seconds"]
+    width = max(len(k) for k in keys)
+    return "\n".join(f"{k:<{width}}  {metrics.get(k, float('nan')):.{1 if k == 'wall_seconds' else 4}f}" for k in keys)

@@ -79,7 +79,10 @@ class TextEncoder:
         chunk_batches: int = 16,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        if progress.is_quiet():
+            hf_logging.disable_progress_bar()
         if batch_size < 1 or max_length < 2 or chunk_batches < 1:
             raise ValueError("batch_size and chunk_batches must be >= 1 and max_length >= 2")
         self.model_dir = Path(model_dir)

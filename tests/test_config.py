@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from fuserank.config import ConfigError, RunConfig, cache_dir, flatten, from_dict, load_config, to_dict, with_overrides
+
+PIPELINE_CONFIGS = sorted((Path(__file__).parents[1] / "pipelines" / "configs").glob("*.yaml"))
+
+
+def test_defaults_round_trip_through_a_dict():
+    config = RunConfig()
+    assert from_dict(RunConfig, to_dict(config)) == config
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"retrieval": {"n_candidate": 5}}, ["config.retrieval", "n_candidate"]),
+        ({"nonsense": 1}, ["nonsense"]),
+        ({"retrieval": {"n_candidates": "many"}}, ["config.retrieval.n_candidates", "expected int"]),
+        ({"ranker": {"learning_rate": True}}, ["config.ranker.learning_rate"]),
+        ({"eval": {"ks": 10}}, ["config.eval.ks", "expected a list"]),
+        ({"fusion": {"weights": ["text"]}}, ["config.fusion.weights"]),
+    ],
+)
+def test_bad_values_are_errors_that_name_the_key(values, words):
+    with pytest.raises(ConfigError) as err:
+        from_dict(RunConfig, values)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_ints_are_accepted_for_floats_and_lists_become_tuples():
+    config = from_dict(RunConfig, {"ranker": {"learning_rate": 1}, "eval": {"ks": [1, 2]}})
+    assert config.ranker.learning_rate == 1.0 and isinstance(config.ranker.learning_rate, float)
+    assert config.eval.ks == (1, 2)
+
+
+def test_overrides_parse_yaml_values_and_reject_unknown_keys():
+    config = with_overrides(RunConfig(), ["retrieval.index=hnsw", "eval.ks=[5, 10]", "fusion.weights={text: 1.0}"])
+    assert config.retrieval.index == "hnsw" and config.eval.ks == (5, 10) and config.fusion.weights == {"text": 1.0}
+    with pytest.raises(ConfigError, match="retrival"):
+        with_overrides(RunConfig(), ["retrival.index=hnsw"])
+    with pytest.raises(ConfigError, match="index2"):
+        with_overrides(RunConfig(), ["retrieval.index2=hnsw"])
+
+
+def test_flatten_gives_dotted_scalar_keys():
+    flat = flatten(RunConfig())
+    assert flat["ranker.learning_rate"] == 0.05
+    assert flat["fusion.weights.text"] == 0.5
+    assert flat["eval.ks"] == [5, 10, 20, 50]
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("FUSERANK_CACHE", str(tmp_path / "env"))
+    assert cache_dir(RunConfig().sources) == tmp_path / "env"
+    config = with_overrides(RunConfig(), [f"sources.cache_dir={tmp_path / 'cfg'}"])
+    assert cache_dir(config.sources) == tmp_path / "cfg"
+    monkeypatch.delenv("FUSERANK_CACHE")
+    assert cache_dir(RunConfig().sources) == Path("~/.cache/fuserank").expanduser()
+
+
+@pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    if path.name == "movielens_100k.yaml":  # documented as "the defaults, written out"
+        assert config == RunConfig()

@@ -1,0 +1,76 @@
+import math
+
+import polars as pl
+import pytest
+
+from fuserank import schema
+from fuserank.evaluate import most_popular_rankings, score_lists, stage_one_rankings, stage_one_recall
+
+
+def interactions(rows):
+    return pl.DataFrame(
+        {
+            schema.USER_ID: [r[0] for r in rows],
+            schema.ITEM_ID: [r[1] for r in rows],
+            schema.TIMESTAMP: list(range(len(rows))),
+            schema.RATING: [None] * len(rows),
+        },
+        schema=schema.INTERACTIONS,
+    )
+
+
+def candidates(rows):
+    return pl.DataFrame(
+        {
+            schema.USER_ID: [r[0] for r in rows],
+            schema.ITEM_ID: [r[1] for r in rows],
+            schema.SOURCE: [r[2] for r in rows],
+            schema.RETRIEVAL_SCORE: [0.5] * len(rows),
+            schema.RETRIEVAL_RANK: [r[3] for r in rows],
+        },
+        schema=schema.CANDIDATES,
+    )
+
+
+def test_most_popular_skips_each_users_own_history():
+    history = interactions([("u", "a"), ("v", "a"), ("w", "a"), ("v", "b"), ("w", "b"), ("w", "c")])
+    ranked = most_popular_rankings(history, ["u", "w"], k=2)
+    assert dict(ranked.schema) == schema.RANKED_LIST
+    lists = {u: g.sort(schema.RANK)[schema.ITEM_ID].to_list() for (u,), g in ranked.group_by(schema.USER_ID)}
+    # w has seen every item, so w gets no list at all
+    assert lists == {"u": ["b", "c"]}
+
+
+def test_stage_one_order_is_kept_across_sources():
+    cands = candidates([("u", "x", "ann", 1), ("u", "y", "ann", 2), ("u", "z", "popular", 1), ("v", "q", "popular", 1)])
+    ranked = stage_one_rankings(cands, k=2)
+    assert ranked.filter(pl.col(schema.USER_ID) == "u")[schema.ITEM_ID].to_list() == ["x", "y"]
+    assert ranked[schema.RANK].to_list() == [1, 2, 1]
+
+
+def test_score_lists_by_hand():
+    ranked = pl.DataFrame(
+        {schema.USER_ID: ["u", "u", "v", "v"], schema.ITEM_ID: ["a", "b", "a", "c"], schema.RANK: [1, 2, 1, 2],
+         schema.SCORE: [2.0, 1.0, 2.0, 1.0]},
+        schema=schema.RANKED_LIST,
+    )
+    targets = pl.DataFrame({schema.USER_ID: ["u", "v", "w"], schema.ITEM_ID: ["b", "z", "a"]})
+    per_user, summary = score_lists(ranked, targets, ks=(1, 2), n_items=10, prefix="test_")
+    assert per_user.height == 3
+    # u hits at rank 2, v misses, w has no list
+    assert summary["test_ndcg_at_2"] == pytest.approx((1 / math.log2(3)) / 3)
+    assert summary["test_recall_at_1"] == 0.0
+    assert summary["test_recall_at_2"] == pytest.approx(1 / 3)
+    assert summary["test_mrr_at_2"] == pytest.approx(0.5 / 3)
+    # top-1 items of u and v are both "a"; top-2 adds b and c
+    assert summary["test_coverage_at_1"] == pytest.approx(1 / 10)
+    assert summary["test_coverage_at_2"] == pytest.approx(3 / 10)
+
+
+def test_stage_one_recall_reports_the_ceiling_and_recall_at_n():
+    cands = candidates([("u", "x", "ann", 1), ("u", "y", "popular", 1), ("v", "q", "ann", 1)])
+    targets = pl.DataFrame({schema.USER_ID: ["u", "v", "w"], schema.ITEM_ID: ["y", "q", "x"]})
+    out = stage_one_recall(cands, targets, n=1, prefix="test_")
+    assert out["test_stage1_recall"] == pytest.approx(2 / 3)
+    assert out["test_stage1_recall_at_1"] == pytest.approx(1 / 3)
+    assert out["test_stage1_candidates_per_user"] == pytest.approx(1.5)
