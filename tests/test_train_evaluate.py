@@ -117,3 +117,15 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
     bad.write_text("retrieval:\n  n_candidate: 10\n")
     assert main(["train-evaluate", "--config", str(bad), "--quiet"]) == 2
     assert "n_candidate" in capsys.readouterr().err
+
+
+def test_bad_catalog_is_a_clear_error_naming_file_and_column(tmp_path, capsys):
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,text\na,first\nb,second\n")
+    interactions = tmp_path / "interactions.csv"
+    interactions.write_text("user_id,item_id,timestamp\nu,a,1\nu,zz,2\n")
+    code = main(["train-evaluate", "--quiet", "--set", "data.dataset=catalog",
+                 "--set", f"data.items_path={items}", "--set", f"data.interactions_path={interactions}"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "interactions.csv" in err and "row 2" in err and "item_id" in err

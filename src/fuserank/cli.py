@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fuserank.config import RunConfig
 
 
 def _configure_process() -> None:
@@ -50,7 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as err:
         print(f"fuserank: {err}", file=sys.stderr)
         return 2
-    if args.command == "fetch":
+    from fuserank.data.validate import DataError
+    from fuserank.sources import SourceError
+
+    try:
+        return _run(args.command, config)
+    except (DataError, SourceError) as err:
+        print(f"fuserank: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(command: str, config: RunConfig) -> int:
+    if command == "fetch":
         from fuserank.config import cache_dir
         from fuserank.sources import resolve
 
@@ -60,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         for ref in refs:
             print(f"{ref} -> {resolve(ref, cache_dir(config.sources))}")
         return 0
-    if args.command == "train-evaluate":
+    if command == "train-evaluate":
         from fuserank.train_evaluate import format_summary, train_evaluate
 
         metrics, folder = train_evaluate(config)

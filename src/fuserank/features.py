@@ -19,6 +19,7 @@ import polars as pl
 from fuserank import schema
 from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
+from fuserank.retrieval import user_queries
 
 DAY = 86_400.0
 _ROW_CHUNK_BYTES = 64_000_000
@@ -49,54 +50,54 @@ def feature_group(name: str) -> str:
 
 @dataclass(frozen=True)
 class UserHistory:
-    """Per-user history as item rows, newest first, for the users of one candidate frame.
+    """Per-user history of the users of one candidate frame, in that frame's user order.
 
     Attributes:
         user_ids: users in row order.
-        recent: int64 (n_users, k) item rows of the k newest interactions, -1 padded.
-        weights: float32 (n_users, r) recency weights aligned with `profile_rows`.
-        profile_rows: int64 (n_users, r) item rows used for the profile vector, -1 padded.
+        recent: int64 (n_users, k) item rows of the k newest interactions, newest first, -1 padded.
         ref_time: int64 (n_users,) timestamp of the newest history interaction (seconds).
     """
 
     user_ids: tuple[str, ...]
     recent: np.ndarray
-    profile_rows: np.ndarray
-    weights: np.ndarray
     ref_time: np.ndarray
 
 
-def summarise_history(
-    history: pl.DataFrame,
-    users: Sequence[str],
-    item_ids: Sequence[str],
-    recent_k: int,
-    profile_items: int,
-    half_life: float,
-) -> UserHistory:
-    """Collect each user's newest items (ties broken by item_id) as padded row matrices."""
+def summarise_history(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str], recent_k: int) -> UserHistory:
+    """Collect each user's newest items (equal timestamps: larger item_id is newer, as in retrieval)."""
     index = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_row": np.arange(len(item_ids))})
-    width = max(recent_k, profile_items)
     newest = (
         history.select(schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP)
         .filter(pl.col(schema.USER_ID).is_in(list(users)))
         .join(index, on=schema.ITEM_ID, how="inner")
         .sort([schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID], descending=[False, True, True])
         .with_columns(pl.int_range(pl.len()).over(schema.USER_ID).alias("_age"))
-        .filter(pl.col("_age") < width)
+        .filter(pl.col("_age") < recent_k)
     )
     user_index = {u: i for i, u in enumerate(users)}
     u = np.array([user_index[x] for x in newest[schema.USER_ID].to_list()], dtype=np.int64)
     age = newest["_age"].to_numpy().astype(np.int64)
-    rows = newest["_row"].to_numpy().astype(np.int64)
-    matrix = np.full((len(users), width), -1, dtype=np.int64)
-    matrix[u, age] = rows
+    recent = np.full((len(users), recent_k), -1, dtype=np.int64)
+    recent[u, age] = newest["_row"].to_numpy().astype(np.int64)
     ref = np.zeros(len(users), dtype=np.int64)
     first = age == 0
     ref[u[first]] = newest[schema.TIMESTAMP].to_numpy()[first]
-    profile = matrix[:, :profile_items]
-    weights = np.where(profile >= 0, 0.5 ** (np.arange(profile_items) / half_life), 0.0).astype(np.float32)
-    return UserHistory(tuple(users), matrix[:, :recent_k], profile, weights, ref)
+    return UserHistory(tuple(users), recent, ref)
+
+
+def user_profiles(
+    history: pl.DataFrame, hist: UserHistory, item_ids: Sequence[str], vectors: np.ndarray,
+    profile_items: int, half_life: float,
+) -> np.ndarray:
+    """float32 (n_users, d) profile per user of `hist`: the same recency-weighted mean as the
+    retrieval query (zero for a user without history)."""
+    ids, queries, _ = user_queries(history, item_ids, vectors, profile_items, half_life)
+    profiles = np.zeros((len(hist.user_ids), vectors.shape[1]), dtype=np.float32)
+    row = {u: i for i, u in enumerate(ids)}
+    for target, user in enumerate(hist.user_ids):
+        if user in row:
+            profiles[target] = queries[row[user]]
+    return profiles
 
 
 def _chunks(n_rows: int, row_bytes: int) -> list[slice]:
@@ -108,6 +109,7 @@ def similarity_features(
     user_rows: np.ndarray,
     item_rows: np.ndarray,
     hist: UserHistory,
+    profile: np.ndarray,
     vectors: np.ndarray,
     prefix: str,
 ) -> dict[str, np.ndarray]:
@@ -117,6 +119,7 @@ def similarity_features(
         user_rows: int64 (n,) row of each candidate's user in `hist`.
         item_rows: int64 (n,) row of each candidate item in `vectors`.
         hist: the users' summarised history.
+        profile: float32 (n_users, d) unit profile vector per user of `hist` (see user_profiles).
         vectors: float32 (n_items, d), L2-normalised rows (zero rows for items without this modality).
         prefix: start of the feature names, e.g. "cos_text".
 
@@ -126,9 +129,6 @@ def similarity_features(
     """
     d = vectors.shape[1]
     padded = np.vstack([vectors, np.zeros((1, d), dtype=np.float32)])  # row -1 -> zeros
-    profile = np.einsum("urd,ur->ud", padded[hist.profile_rows], hist.weights)
-    norms = np.linalg.norm(profile, axis=1, keepdims=True)
-    profile = np.divide(profile, norms, out=np.zeros_like(profile), where=norms > 0)
     k = hist.recent.shape[1]
     out = {name: np.zeros(len(item_rows), dtype=np.float32) for name in ("profile", "last", "max_recent", "mean_recent")}
     valid_recent = hist.recent >= 0
@@ -273,7 +273,7 @@ def build_features(
     """
     item_ids = next(iter(embeddings.values())).item_ids
     users = candidates[schema.USER_ID].unique(maintain_order=True).to_list()
-    hist = summarise_history(history, users, item_ids, config.recent_k, profile_items, half_life)
+    hist = summarise_history(history, users, item_ids, config.recent_k)
     user_index = pl.DataFrame({schema.USER_ID: users, "_u": np.arange(len(users))})
     item_index = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_i": np.arange(len(item_ids))})
     rows = candidates.join(user_index, on=schema.USER_ID, how="left", maintain_order="left").join(
@@ -292,9 +292,11 @@ def build_features(
     source = candidates[schema.SOURCE].to_numpy()
     for name in sources:
         columns[f"from_{name}"] = (source == name).astype(np.float32)
-    columns.update(similarity_features(user_rows, item_rows, hist, fused, "fused"))
+    views = {"fused": fused} | {f"cos_{m}": emb.vectors for m, emb in embeddings.items()}
+    for prefix, vectors in views.items():
+        profile = user_profiles(history, hist, item_ids, vectors, profile_items, half_life)
+        columns.update(similarity_features(user_rows, item_rows, hist, profile, vectors, prefix))
     for modality, emb in embeddings.items():
-        columns.update(similarity_features(user_rows, item_rows, hist, emb.vectors, f"cos_{modality}"))
         columns[f"has_{modality}"] = emb.mask[item_rows].astype(np.float32)
     popularity = popularity_features(user_rows, item_rows, hist, history, item_ids, config.window_days)
     columns.update(popularity)

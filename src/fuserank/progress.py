@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -32,6 +32,15 @@ def bar(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = 
     from tqdm.auto import tqdm
 
     yield from tqdm(iterable, desc=desc, total=total, unit=unit, disable=_quiet, leave=False, file=sys.stderr)
+
+
+@contextmanager
+def counter(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Any]:
+    """A tqdm bar to `update(n)` by hand (e.g. from a training callback); disabled when quiet."""
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=desc, total=total, unit=unit, disable=_quiet, leave=False, file=sys.stderr) as progress_bar:
+        yield progress_bar
 
 
 class Step:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fuserank import atomic
+from fuserank import atomic, progress
 from fuserank.config import RankerConfig
 from fuserank.schema import LABEL, USER_ID
 
@@ -170,14 +170,15 @@ def fit_ranker(
             rounds = config.early_stopping_rounds
             callbacks.append(lightgbm.early_stopping(rounds, first_metric_only=True, verbose=False))
 
-    booster = lightgbm.train(
-        params,
-        dtrain,
-        num_boost_round=config.n_estimators,
-        valid_sets=valid_sets or None,
-        valid_names=["valid"] if valid_sets else None,
-        callbacks=callbacks or None,
-    )
+    with progress.counter("ranker", total=config.n_estimators, unit="tree") as trees:
+        booster = lightgbm.train(
+            params,
+            dtrain,
+            num_boost_round=config.n_estimators,
+            valid_sets=valid_sets or None,
+            valid_names=["valid"] if valid_sets else None,
+            callbacks=[*callbacks, lambda env: trees.update(1)],
+        )
     if booster.feature_name() != list(feature_names):
         raise ValueError(
             f"LightGBM renamed the features to {booster.feature_name()}; use names without spaces "
