@@ -74,3 +74,19 @@ def test_stage_one_recall_reports_the_ceiling_and_recall_at_n():
     assert out["test_stage1_recall"] == pytest.approx(2 / 3)
     assert out["test_stage1_recall_at_1"] == pytest.approx(1 / 3)
     assert out["test_stage1_candidates_per_user"] == pytest.approx(1.5)
+
+
+def test_confidence_intervals_of_a_planted_gain():
+    from fuserank.evaluate import confidence_intervals
+
+    users = [f"u{i}" for i in range(50)]
+    per_user = pl.concat([
+        pl.DataFrame({schema.USER_ID: users, "ndcg_at_10": [1.0] * 50, "system": ["ours"] * 50}),
+        pl.DataFrame({schema.USER_ID: users[::-1], "ndcg_at_10": [0.0] * 50, "system": ["base"] * 50}),
+        pl.DataFrame({schema.USER_ID: users, "ndcg_at_10": [float(i % 2) for i in range(50)], "system": ["half"] * 50}),
+    ])
+    out = confidence_intervals(per_user, "ours", "ndcg_at_10", "test_", seed=0)
+    assert out["test_ndcg_at_10_ci_low"] == out["test_ndcg_at_10_ci_high"] == 1.0
+    assert out["test_ndcg_at_10_gain_vs_base_ci_low"] == 1.0
+    assert 0.3 < out["test_ndcg_at_10_gain_vs_half_ci_low"] < 0.5 < out["test_ndcg_at_10_gain_vs_half_ci_high"] < 0.7
+    assert confidence_intervals(per_user, "ours", "ndcg_at_10", "test_", seed=0) == out

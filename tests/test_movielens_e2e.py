@@ -17,4 +17,7 @@ def test_train_evaluate_on_movielens_100k_beats_both_baselines(tmp_path):
     assert metrics["test_stage1_recall"] > 0.6
     assert metrics["test_ndcg_at_10"] > metrics["test_popular_ndcg_at_10"]
     assert metrics["test_ndcg_at_10"] > metrics["test_retrieval_ndcg_at_10"]
+    # beyond noise: the paired bootstrap 95% CI of the gain over each baseline excludes 0
+    assert metrics["test_ndcg_at_10_gain_vs_popular_ci_low"] > 0
+    assert metrics["test_ndcg_at_10_gain_vs_retrieval_ci_low"] > 0
     assert (folder / "ranked_lists.parquet").is_file()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from fuserank import schema
-from fuserank.metrics import catalog_coverage, evaluate_rankings, summarise
+from fuserank.metrics import bootstrap_ci, catalog_coverage, evaluate_rankings, paired_bootstrap_ci, summarise
 from fuserank.retrieval import candidate_recall, popular_candidates
 
 
@@ -78,3 +78,24 @@ def stage_one_recall(candidates: pl.DataFrame, targets: pl.DataFrame, n: int, pr
         f"{prefix}stage1_recall_at_{n}": candidate_recall(first_n, targets),
         f"{prefix}stage1_candidates_per_user": float(per_user["len"].mean() or 0.0),
     }
+
+
+def confidence_intervals(
+    per_user: pl.DataFrame, system: str, metric: str, prefix: str, seed: int, n_boot: int = 1000
+) -> dict[str, float]:
+    """Bootstrap 95% CIs over users: of `system`'s mean `metric`, and of its paired gain over
+    every other system in `per_user` (rows: system, user_id, metric columns).
+
+    Keys: `<prefix><metric>_ci_low/high` and `<prefix><metric>_gain_vs_<other>_ci_low/high`.
+    """
+    wide = per_user.pivot(on="system", index=schema.USER_ID, values=metric).sort(schema.USER_ID)
+    ours = wide[system].to_numpy()
+    low, high = bootstrap_ci(ours, n_boot=n_boot, seed=seed)
+    out = {f"{prefix}{metric}_ci_low": low, f"{prefix}{metric}_ci_high": high}
+    for other in wide.columns:
+        if other in (schema.USER_ID, system):
+            continue
+        low, high = paired_bootstrap_ci(ours, wide[other].to_numpy(), n_boot=n_boot, seed=seed)
+        out[f"{prefix}{metric}_gain_vs_{other}_ci_low"] = low
+        out[f"{prefix}{metric}_gain_vs_{other}_ci_high"] = high
+    return out

@@ -23,7 +23,13 @@ from fuserank import schema
 from fuserank.config import RunConfig
 from fuserank.data.split import Split, holdout_last, leave_last_out
 from fuserank.encoders.base import Embeddings
-from fuserank.evaluate import most_popular_rankings, score_lists, stage_one_rankings, stage_one_recall
+from fuserank.evaluate import (
+    confidence_intervals,
+    most_popular_rankings,
+    score_lists,
+    stage_one_rankings,
+    stage_one_recall,
+)
 from fuserank.progress import step
 from fuserank.ranking import Ranker, fit_ranker
 from fuserank.two_stage import candidate_features, fit_stage_one, label_candidates, rank_candidates
@@ -136,13 +142,15 @@ def run_protocol(
             "popular": most_popular_rankings(test_history, test_users, top_k),
             "retrieval": stage_one_rankings(test_candidates, top_k),
         }
-        per_user = []
+        frames = []
         for system, ranked in lists.items():
             prefix = "test_" if system == "fuserank" else f"test_{system}_"
             users_metrics, summary = score_lists(ranked, split.test, ks, n_items, prefix)
             metrics.update(summary)
-            per_user.append(users_metrics.with_columns(pl.lit(system).alias("system")))
+            frames.append(users_metrics.with_columns(pl.lit(system).alias("system")))
         metrics.update(stage_one_recall(test_candidates, split.test, config.retrieval.n_candidates, "test_"))
+        per_user = pl.concat(frames)
+        metrics.update(confidence_intervals(per_user, "fuserank", "ndcg_at_10", "test_", seed=config.seed))
         s.done(f"{len(test_users):,} test users, {len(lists)} systems")
     ranked = lists["fuserank"].filter(pl.col(schema.RANK) <= config.eval.top_k)
-    return ProtocolResult(metrics, pl.concat(per_user), ranked, ranker, names)
+    return ProtocolResult(metrics, per_user, ranked, ranker, names)

@@ -152,8 +152,15 @@ def train_evaluate(config: RunConfig) -> tuple[dict[str, float], Path]:
 
 
 def format_summary(metrics: dict[str, float]) -> str:
-    """The headline numbers as aligned lines (stage-1 recall at N first, whatever N is)."""
+    """The headline numbers as aligned lines, with bootstrap 95% CIs where the run has them."""
     keys = sorted(k for k in metrics if k.startswith("test_stage1_recall_at_")) + list(HEADLINE)
-    keys = [k for k in keys if k in metrics] + ["wall_seconds"]
+    keys += sorted(k.removesuffix("_ci_low") for k in metrics if "_gain_vs_" in k and k.endswith("_ci_low"))
+    keys = [k for k in keys if k in metrics or f"{k}_ci_low" in metrics] + ["wall_seconds"]
     width = max(len(k) for k in keys)
-    return "\n".join(f"{k:<{width}}  {metrics.get(k, float('nan')):.{1 if k == 'wall_seconds' else 4}f}" for k in keys)
+    lines = []
+    for k in keys:
+        value = f"{metrics[k]:.{1 if k == 'wall_seconds' else 4}f}" if k in metrics else " " * 6
+        if f"{k}_ci_low" in metrics:
+            value += f"  95% CI [{metrics[f'{k}_ci_low']:.4f}, {metrics[f'{k}_ci_high']:.4f}]"
+        lines.append(f"{k:<{width}}  {value}")
+    return "\n".join(lines)
