@@ -88,7 +88,7 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(tiny_run):
     root, _, _ = tiny_run
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("e2e")
-    (run,) = client.search_runs([experiment.experiment_id])
+    (run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'tiny'")
     assert run.info.status == "FINISHED"
     metrics = json.loads((root / "outputs" / "tiny" / "metrics.json").read_text())
     assert run.data.metrics["test_ndcg_at_10"] == pytest.approx(metrics["test_ndcg_at_10"])
@@ -129,3 +129,19 @@ def test_bad_catalog_is_a_clear_error_naming_file_and_column(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "interactions.csv" in err and "row 2" in err and "item_id" in err
+
+
+def test_ablate_command_reports_every_modality_and_logs_the_table(tiny_run, capsys):
+    from mlflow.tracking import MlflowClient
+
+    root, config_path, _ = tiny_run
+    assert main(["ablate", "--config", str(config_path), "--quiet", "--set", "run_name=ablation"]) == 0
+    out = capsys.readouterr().out
+    table = pl.read_csv(root / "outputs" / "ablation" / "ablation.csv")
+    assert table["variant"].to_list() == ["full", "without_text", "without_behaviour"]
+    assert "without_behaviour" in out
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id], "tags.kind = 'ablation'")
+    assert len(runs) == 1
+    assert runs[0].data.metrics["without_behaviour_test_ndcg_at_10"] == table.filter(
+        pl.col("variant") == "without_behaviour")["test_ndcg_at_10"][0]

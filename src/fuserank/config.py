@@ -107,17 +107,23 @@ class VideoConfig:
 
 @dataclass(frozen=True)
 class BehaviourConfig:
-    """Behaviour embedding learned from train interactions only."""
+    """Behaviour embedding learned from train interactions only (off: no behaviour in fusion or features)."""
 
+    enabled: bool = True
     dim: int = 64
     min_item_count: int = 1
 
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """Per-modality weights applied before concatenation; a weight of 0 drops the modality."""
+    """Per-modality weights applied before concatenation; a weight of 0 drops the modality.
 
-    weights: dict[str, float] = field(default_factory=lambda: {"text": 0.5, "behaviour": 1.0})
+    Weights of modalities the catalog does not have are ignored.
+    """
+
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"text": 0.5, "behaviour": 1.0, "image": 0.5, "audio": 0.5, "video": 0.5}
+    )
 
 
 @dataclass(frozen=True)

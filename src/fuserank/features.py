@@ -271,7 +271,9 @@ def build_features(
     Returns:
         (frame, feature_names): candidates plus float32 feature columns, and their ordered names.
     """
-    item_ids = next(iter(embeddings.values())).item_ids
+    item_ids = next(iter(embeddings.values())).item_ids if embeddings else None
+    if item_ids is None:
+        raise ValueError("build_features needs at least one modality's embeddings")
     users = candidates[schema.USER_ID].unique(maintain_order=True).to_list()
     hist = summarise_history(history, users, item_ids, config.recent_k)
     user_index = pl.DataFrame({schema.USER_ID: users, "_u": np.arange(len(users))})

@@ -14,7 +14,7 @@ No test interaction reaches candidates, features, embeddings, statistics or earl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -58,14 +58,16 @@ class ProtocolResult:
 
 
 def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, targets: pl.DataFrame,
-                  content: Mapping[str, Embeddings]) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
+                  item_ids: Sequence[str], content: Mapping[str, Embeddings]
+                  ) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
     """Fit stage 1 on `history`, build labelled features for the target users.
 
     Returns (features with labels, feature names, stage-1 candidates in stage-1 order).
     """
     users = targets[schema.USER_ID].unique().sort().to_list()
     with step(f"stage 1 [{stage_name}]") as s:
-        stage = fit_stage_one(history, content, config.behaviour, config.fusion, config.retrieval, config.seed)
+        stage = fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval,
+                              config.seed)
         frame, names = candidate_features(stage, history, users, config.retrieval, config.features)
         frame = label_candidates(frame, targets)
         s.done(f"{len(users):,} users, {frame.height:,} candidates x {len(names)} features")
@@ -74,7 +76,7 @@ def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, tar
 
 
 def ranker_training_frame(
-    train: pl.DataFrame, content: Mapping[str, Embeddings], config: RunConfig
+    train: pl.DataFrame, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig
 ) -> tuple[pl.DataFrame, list[str]]:
     """Labelled candidates from successive cut-offs of the train part, with a QUERY column."""
     window = config.split.label_window
@@ -83,7 +85,7 @@ def ranker_training_frame(
         history, targets = holdout_last(history, n=window, min_interactions=window + 1)
         if targets.is_empty():
             break
-        frame, names, _ = _cutoff_frame(config, f"ranker labels {cutoff}", history, targets, content)
+        frame, names, _ = _cutoff_frame(config, f"ranker labels {cutoff}", history, targets, item_ids, content)
         query = pl.concat_str(pl.col(schema.USER_ID), pl.lit(f"#{cutoff}"))
         frames.append(frame.with_columns(query.alias(QUERY)))
     if not frames:
@@ -97,23 +99,24 @@ def make_split(interactions: pl.DataFrame, config: RunConfig) -> Split:
 
 
 def run_protocol(
-    interactions: pl.DataFrame, content: Mapping[str, Embeddings], config: RunConfig
+    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig
 ) -> ProtocolResult:
     """Train on train, stop early on validation, evaluate once on test; baselines on the same split.
 
     Args:
-        interactions: every interaction (validated, schema.INTERACTIONS).
-        content: content embeddings of every catalog item (e.g. {"text": ...}), one item order.
+        split: the leave-last-out split (see make_split).
+        item_ids: every catalog item, in the row order of the content embeddings.
+        content: content embeddings of the catalog, e.g. {"text": ..., "image": ...} (may be empty
+            when behaviour is enabled).
         config: the run configuration (only its stage sections are handed further down).
     """
-    split = make_split(interactions, config)
-    n_items = len(next(iter(content.values())).item_ids)
+    n_items = len(item_ids)
     ks = config.eval.ks
 
-    fit_frame, names = ranker_training_frame(split.train, content, config)
-    valid_frame, _, valid_candidates = _cutoff_frame(config, "validation", split.train, split.valid, content)
+    fit_frame, names = ranker_training_frame(split.train, item_ids, content, config)
+    valid_frame, _, valid_candidates = _cutoff_frame(config, "validation", split.train, split.valid, item_ids, content)
     test_history = pl.concat([split.train, split.valid])
-    test_frame, _, test_candidates = _cutoff_frame(config, "test", test_history, split.test, content)
+    test_frame, _, test_candidates = _cutoff_frame(config, "test", test_history, split.test, item_ids, content)
 
     with step("train ranker") as s:
         ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
@@ -121,8 +124,8 @@ def run_protocol(
 
     metrics: dict[str, float] = {
         "n_items": float(n_items),
-        "n_interactions": float(interactions.height),
-        "n_users": float(interactions[schema.USER_ID].n_unique()),
+        "n_interactions": float(test_history.height + split.test.height),
+        "n_users": float(split.train[schema.USER_ID].n_unique()),
         "n_test_users": float(split.test.height),
         "n_train_interactions": float(split.train.height),
         "ranker_train_rows": float(fit_frame.height),

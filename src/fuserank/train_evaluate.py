@@ -3,19 +3,23 @@ records the MLflow run around the pure protocol in protocol.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from fuserank import atomic, schema
 from fuserank.config import RunConfig, cache_dir, flatten, to_dict
+from fuserank.progress import step
+from fuserank.content import encode_content
+from fuserank.data.split import Split
 from fuserank.encoders.base import Embeddings
-from fuserank.progress import megabytes, step
-from fuserank.protocol import ProtocolResult, run_protocol
+from fuserank.protocol import ProtocolResult, make_split, run_protocol
 from fuserank.sources import resolve
 
 HEADLINE = (
@@ -55,27 +59,6 @@ def load_data(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     raise ValueError(f"data.dataset: unknown dataset {data.dataset!r}; use 'movielens-100k' or 'catalog'")
 
 
-def encode_content(items: pl.DataFrame, config: RunConfig) -> dict[str, Embeddings]:
-    """Content embeddings of every item (cached by content hash under the cache folder)."""
-    from fuserank.encoders.text import TextEncoder
-
-    root = cache_dir(config.sources)
-    with step("fetch text model") as s:
-        model_dir = resolve(config.sources.text_model, root)
-        s.done(str(model_dir))
-    encoder = TextEncoder(
-        model_dir,
-        batch_size=config.text.batch_size,
-        max_length=config.text.max_length,
-        device=config.text.device,
-        cache_dir=root / "embeddings" / "text",
-    )
-    with step("encode text") as s:
-        text = encoder.encode(items)
-        s.done(f"{len(text.item_ids):,} items x {text.vectors.shape[1]}-d, {megabytes(text.vectors.nbytes)}")
-    return {"text": text}
-
-
 def frame_digest(frame: pl.DataFrame) -> str:
     """sha256 of a frame's CSV form: stable across runs and library versions."""
     return hashlib.sha256(frame.write_csv().encode("utf-8")).hexdigest()
@@ -110,28 +93,47 @@ def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_i
     return paths
 
 
-def train_evaluate(config: RunConfig) -> tuple[dict[str, float], Path]:
-    """Run the whole job; returns (metrics, output folder)."""
-    from fuserank import tracking
+@dataclass(frozen=True)
+class Prepared:
+    """Data, split and content embeddings shared by train-evaluate and ablate."""
 
-    start = time.perf_counter()
+    items: pl.DataFrame
+    split: Split
+    content: dict[str, Embeddings]
+    media: dict[str, float]
+    tags: dict[str, str]
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load and validate the data, split it, encode every modality; tags for the run record."""
     items, interactions = load_data(config)
-    content = encode_content(items, config)
-    run_name = config.run_name or f"train-evaluate-{config.data.dataset}"
-    folder = Path(config.output_dir) / run_name
+    split = make_split(interactions, config)
+    content, media = encode_content(items, split.train[schema.ITEM_ID].unique(), config)
     tags = {
         "git_commit": git_commit(),
         "data_hash": frame_digest(interactions.select(list(schema.INTERACTIONS))),
         "items_hash": frame_digest(items.select(schema.ITEM_ID, schema.TEXT)),
         "text_model": config.sources.text_model,
+        "image_weights": str(config.image.clip_weights),
         "command": " ".join(sys.argv),
     }
-    with tracking.tracked_run(config.tracking, run_name, tags) as run_id:
+    return Prepared(items, split, content, media, tags)
+
+
+def train_evaluate(config: RunConfig) -> tuple[dict[str, float], Path]:
+    """Run the whole job; returns (metrics, output folder)."""
+    from fuserank import tracking
+
+    start = time.perf_counter()
+    data = prepare(config)
+    run_name = config.run_name or f"train-evaluate-{config.data.dataset}"
+    folder = Path(config.output_dir) / run_name
+    with tracking.tracked_run(config.tracking, run_name, data.tags) as run_id:
         if run_id is not None:
             tracking.log_params(flatten(config))
-        result = run_protocol(interactions, content, config)
-        metrics = {**result.metrics, "wall_seconds": time.perf_counter() - start}
-        result = ProtocolResult(metrics, result.per_user, result.ranked, result.ranker, result.feature_names)
+        result = run_protocol(data.split, data.items[schema.ITEM_ID].to_list(), data.content, config)
+        metrics = {**result.metrics, **data.media, "wall_seconds": time.perf_counter() - start}
+        result = dataclasses.replace(result, metrics=metrics)
         with step("write outputs") as s:
             paths = write_outputs(result, config, folder, run_id)
             s.done(str(folder))
@@ -149,6 +151,32 @@ def train_evaluate(config: RunConfig) -> tuple[dict[str, float], Path]:
                 tracking.log_lightgbm(result.ranker.booster)
                 s.done(f"run {run_id}")
     return metrics, folder
+
+
+def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
+    """Per-modality ablation on one split; writes ablation.csv/.txt and records one MLflow run."""
+    from fuserank import tracking
+    from fuserank.ablation import format_table, run_ablation
+
+    data = prepare(config)
+    run_name = config.run_name or f"ablation-{config.data.dataset}"
+    folder = Path(config.output_dir) / run_name
+    with tracking.tracked_run(config.tracking, run_name, data.tags | {"kind": "ablation"}) as run_id:
+        if run_id is not None:
+            tracking.log_params(flatten(config))
+        table, _ = run_ablation(data.split, data.items[schema.ITEM_ID].to_list(), data.content, config)
+        paths = [
+            atomic.write_atomic(folder / "ablation.csv", lambda tmp: table.write_csv(tmp)),
+            atomic.write_text(folder / "ablation.txt", format_table(table) + "\n"),
+        ]
+        if run_id is not None:
+            metrics = dict(data.media)
+            for row in table.iter_rows(named=True):
+                for key in ("test_ndcg_at_10", "ci_low", "ci_high", "delta_vs_full", "delta_ci_low", "delta_ci_high"):
+                    metrics[f"{row['variant']}_{key}"] = row[key]
+            tracking.log_metrics(metrics)
+            tracking.log_artifacts([("", path) for path in paths])
+    return table, folder
 
 
 def format_summary(metrics: dict[str, float]) -> str:

@@ -41,6 +41,7 @@ class StageOne:
 
 def fit_stage_one(
     history: pl.DataFrame,
+    item_ids: Sequence[str],
     content: Mapping[str, Embeddings],
     behaviour: BehaviourConfig,
     fusion: FusionConfig,
@@ -51,17 +52,21 @@ def fit_stage_one(
 
     Args:
         history: interactions the stage may learn from (schema.INTERACTIONS).
-        content: content-only embeddings (text, image, ...) of every catalog item, same item order.
+        item_ids: every catalog item, in the row order of the content embeddings.
+        content: content-only embeddings (text, image, ...) of every catalog item (may be empty).
         behaviour, fusion, retrieval: stage configs.
         seed: seed for the behaviour embedding.
     """
-    item_ids = next(iter(content.values())).item_ids
-    embeddings = dict(content)
-    # Behaviour is always fitted: with a fusion weight of 0 it still feeds the ranker's features.
-    embeddings["behaviour"] = fit_behaviour(
-        history, item_ids, dim=behaviour.dim, seed=seed, min_item_count=behaviour.min_item_count
-    )
+    item_ids = tuple(item_ids)
+    embeddings = {name: emb.align(item_ids) for name, emb in content.items()}
+    # Behaviour is fitted whenever enabled: with a fusion weight of 0 it still feeds the features.
+    if behaviour.enabled:
+        embeddings["behaviour"] = fit_behaviour(
+            history, item_ids, dim=behaviour.dim, seed=seed, min_item_count=behaviour.min_item_count
+        )
     weights = {m: w for m, w in fusion.weights.items() if m in embeddings and w > 0}
+    if not weights:
+        raise ValueError(f"no modality to fuse: embeddings {sorted(embeddings)}, fusion weights {fusion.weights}")
     fused = fuse({m: embeddings[m] for m in weights}, weights)
     index = build_index(
         fused,

@@ -1,18 +1,26 @@
-"""A seeded synthetic catalog with a planted answer: users have a favourite genre.
+"""Seeded synthetic catalogs with a planted answer.
 
-Item text names the genre only part of the time, and item popularity is skewed, so a model that
-learns the users' tastes beats most-popular by a margin that a test can check. The output is the
-same items/interactions contract a user supplies (schema.ITEMS, schema.INTERACTIONS).
+`generate_catalog` is text only: users have a favourite genre. `generate_multimodal_catalog`
+writes a catalog with images, audio and video on disk, where each user's taste is of one kind
+(a colour seen only in images, a pitch register heard only in audio, or a genre that the text
+names only part of the time), so the worth of each modality can be measured. Both produce the
+items/interactions contract a user supplies (schema.ITEMS, schema.INTERACTIONS).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from fuserank import atomic, schema
+from fuserank import atomic, progress, schema
+from fuserank.data.synthetic_media import AUDIO_FORMATS, COLOURS, PITCHES, SHAPES, TEMPOS, TEXTURES, TIMBRES
+
+logger = logging.getLogger(__name__)
 
 GENRES = ("comedy", "drama", "horror", "western")
 GENRE = "genre"
@@ -81,4 +89,179 @@ def write_catalog(folder: Path, items: pl.DataFrame, interactions: pl.DataFrame)
     return (
         atomic.write_parquet(folder / "items.parquet", items),
         atomic.write_parquet(folder / "interactions.parquet", interactions),
+    )
+
+
+# ---- the multimodal catalog ------------------------------------------------------------------
+
+MEDIA_GENRES = ("comedy", "drama", "horror", "western", "documentary")
+COLOUR, SHAPE, TEXTURE, PITCH, TEMPO, TIMBRE = "colour", "shape", "texture", "pitch", "tempo", "timbre"
+ATTRIBUTES = {
+    GENRE: MEDIA_GENRES,
+    COLOUR: tuple(COLOURS),
+    SHAPE: SHAPES,
+    TEXTURE: TEXTURES,
+    PITCH: tuple(PITCHES),
+    TEMPO: tuple(TEMPOS),
+    TIMBRE: TIMBRES,
+}
+TASTE_KIND = "taste_kind"
+TASTE_KINDS = ("image", "audio", "text")
+# Which item attributes a taste of each kind fixes; "fine" tastes are narrower (and harder).
+TASTES = {
+    "coarse": {"image": (COLOUR,), "audio": (PITCH,), "text": (GENRE,)},
+    "fine": {"image": (COLOUR, SHAPE), "audio": (PITCH, TEMPO), "text": (GENRE,)},
+}
+ITEMS_FILE, INTERACTIONS_FILE, USERS_FILE, MANIFEST_FILE = "items.parquet", "interactions.parquet", "users.parquet", "synthetic.json"
+MEDIA_DIR = "media"
+FORMAT_VERSION = 1  # bump when the drawing or rendering changes: reruns then regenerate all media
+
+# Title words name no colour, shape, texture, pitch, tempo or timbre: text carries only the genre.
+_ADJECTIVES = ("silent", "broken", "hidden", "last", "lost", "wild", "quiet", "distant", "hollow", "endless",
+               "secret", "frozen", "northern", "restless", "forgotten", "little", "strange", "early", "final", "open")
+_NOUNS = ("river", "city", "garden", "letter", "journey", "harbour", "mountain", "promise", "stranger", "kingdom",
+          "window", "summer", "winter", "machine", "island", "bridge", "forest", "road", "station", "house")
+_NAMED = ("{title}, a {genre} story", "{title} ({genre})", "A {genre} tale: {title}")
+_UNNAMED = ("{title}", "{title}, a story", "A tale: {title}")
+_EPOCH = 1_600_000_000  # seconds; interactions start in the 30 days after it
+
+
+def taste_column(attribute: str) -> str:
+    """Column of the users table holding the preferred value of `attribute` (null: any)."""
+    return f"taste_{attribute}"
+
+
+def draw_items(
+    n_items: int,
+    seed: int,
+    video_share: float = 0.1,
+    text_informative: float = 0.5,
+    audio_format_shares: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    with_video: bool = True,
+) -> pl.DataFrame:
+    """Draw the items of a multimodal catalog (no files are written).
+
+    Args:
+        n_items: number of items.
+        seed: the only source of randomness.
+        video_share: fraction of items (rounded to a count) that get a video.
+        text_informative: probability that an item's text names its genre.
+        audio_format_shares: shares of FLAC, WAV and Ogg Vorbis audio files.
+        with_video: False leaves video_path null for every item (no video writer available).
+
+    Returns:
+        One row per item: item_id, text, image_path, audio_path, video_path (String; paths relative
+        to the catalog folder, video_path null without a video) and the attribute columns of
+        ATTRIBUTES (String), each drawn uniformly and independently.
+    """
+    rng = np.random.default_rng([seed, 0])
+    width = max(5, len(str(n_items - 1)))
+    ids = [f"i{i:0{width}d}" for i in range(n_items)]
+    attributes = {name: [values[j] for j in rng.integers(len(values), size=n_items)] for name, values in ATTRIBUTES.items()}
+    named = rng.random(n_items) < text_informative
+    adjectives = rng.integers(len(_ADJECTIVES), size=n_items)
+    nouns = rng.integers(len(_NOUNS), size=n_items)
+    templates = rng.integers(len(_NAMED), size=n_items)
+    texts = [
+        (_NAMED if named[i] else _UNNAMED)[templates[i]].format(
+            title=f"The {_ADJECTIVES[adjectives[i]]} {_NOUNS[nouns[i]]}".title(), genre=attributes[GENRE][i]
+        )
+        for i in range(n_items)
+    ]
+    shares = np.asarray(audio_format_shares, dtype=float)
+    formats = rng.choice(len(AUDIO_FORMATS), size=n_items, p=shares / shares.sum())
+    has_video = np.zeros(n_items, dtype=bool)
+    has_video[rng.permutation(n_items)[: int(round(video_share * n_items))]] = True
+    return pl.DataFrame(
+        {
+            schema.ITEM_ID: ids,
+            schema.TEXT: texts,
+            schema.IMAGE_PATH: [f"{MEDIA_DIR}/images/{i}.png" for i in ids],
+            schema.AUDIO_PATH: [f"{MEDIA_DIR}/audio/{i}.{AUDIO_FORMATS[f]}" for i, f in zip(ids, formats, strict=True)],
+            schema.VIDEO_PATH: [f"{MEDIA_DIR}/video/{i}.mp4" if v and with_video else None for i, v in zip(ids, has_video, strict=True)],
+            **attributes,
+        },
+        schema={name: pl.String for name in (schema.ITEM_ID, schema.TEXT, *schema.MEDIA_PATH_COLUMNS, *ATTRIBUTES)},
+    )
+
+
+def draw_users(
+    n_users: int, seed: int, taste_shares: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), taste_detail: str = "coarse"
+) -> pl.DataFrame:
+    """Draw each user's latent taste: one kind (TASTE_KINDS, with `taste_shares`) and its values.
+
+    Returns:
+        One row per user: user_id, taste_kind, and taste_column(a) for every attribute a in
+        ATTRIBUTES (String; the preferred value, null where the taste does not constrain a).
+    """
+    if taste_detail not in TASTES:
+        raise ValueError(f"unknown taste_detail {taste_detail!r}; expected one of {sorted(TASTES)}")
+    rng = np.random.default_rng([seed, 1])
+    shares = np.asarray(taste_shares, dtype=float)
+    kinds = rng.choice(len(TASTE_KINDS), size=n_users, p=shares / shares.sum())
+    columns: dict[str, list[str | None]] = {taste_column(a): [None] * n_users for a in ATTRIBUTES}
+    for u, kind in enumerate(kinds):
+        for attribute in TASTES[taste_detail][TASTE_KINDS[kind]]:
+            values = ATTRIBUTES[attribute]
+            columns[taste_column(attribute)][u] = values[rng.integers(len(values))]
+    width = max(5, len(str(n_users - 1)))
+    return pl.DataFrame(
+        {schema.USER_ID: [f"u{u:0{width}d}" for u in range(n_users)], TASTE_KIND: [TASTE_KINDS[k] for k in kinds], **columns},
+        schema={schema.USER_ID: pl.String, TASTE_KIND: pl.String, **{c: pl.String for c in columns}},
+    )
+
+
+def taste_matches(items: pl.DataFrame, users: pl.DataFrame) -> np.ndarray:
+    """bool (n_users, n_items): whether each item has every attribute value the user's taste fixes."""
+    match = np.ones((users.height, items.height), dtype=bool)
+    for attribute, values in ATTRIBUTES.items():
+        code = {v: k for k, v in enumerate(values)}
+        item_codes = np.array([code[v] for v in items[attribute]])
+        wanted = np.array([-1 if v is None else code[v] for v in users[taste_column(attribute)]])
+        match &= (wanted[:, None] == -1) | (wanted[:, None] == item_codes[None, :])
+    return match
+
+
+def draw_interactions(
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    seed: int,
+    interactions_per_user: tuple[int, int] = (10, 40),
+    taste_share: float = 0.8,
+    popularity_exponent: float = 0.8,
+) -> pl.DataFrame:
+    """Draw timestamped, rated interactions from popularity and the users' planted tastes.
+
+    Item popularity is Zipf-like, 1 / rank**popularity_exponent over a random order of items. A
+    user draws items without repeats with probability proportional to popularity * (1 + strength)
+    for items matching their taste and popularity otherwise, where strength is solved per user so
+    that a draw matches with probability `taste_share` (never below the popularity-weighted base
+    rate). Timestamps increase per user by 10 minutes to 2 days; matching items are rated 3-5,
+    others 1-3.
+
+    Returns:
+        schema.INTERACTIONS frame, grouped by user in time order.
+    """
+    rng = np.random.default_rng([seed, 2])
+    n_items = items.height
+    popularity = (1.0 / np.arange(1, n_items + 1) ** popularity_exponent)[rng.permutation(n_items)]
+    matches = taste_matches(items, users)
+    low, high = interactions_per_user
+    item_ids = items[schema.ITEM_ID].to_list()
+    user_col, item_col, time_col, rating_col = [], [], [], []
+    for u, user_id in enumerate(users[schema.USER_ID]):
+        match = matches[u]
+        in_taste, elsewhere = popularity[match].sum(), popularity[~match].sum()
+        boost = max(taste_share * elsewhere / ((1 - taste_share) * in_taste), 1.0) if in_taste > 0 else 1.0
+        weights = popularity * np.where(match, boost, 1.0)
+        count = min(int(rng.integers(low, high + 1)), n_items)
+        picks = rng.choice(n_items, size=count, replace=False, p=weights / weights.sum())
+        start = _EPOCH + int(rng.integers(0, 30 * 86_400))
+        user_col += [user_id] * count
+        item_col += [item_ids[i] for i in picks]
+        time_col += (start + np.cumsum(rng.integers(600, 2 * 86_400, size=count))).tolist()
+        rating_col += np.where(match[picks], rng.integers(3, 6, size=count), rng.integers(1, 4, size=count)).tolist()
+    return pl.DataFrame(
+        {schema.USER_ID: user_col, schema.ITEM_ID: item_col, schema.TIMESTAMP: time_col, schema.RATING: rating_col},
+        schema=schema.INTERACTIONS,
     )

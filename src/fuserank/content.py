@@ -1,0 +1,127 @@
+"""Content embeddings of a catalog: one encoder per modality the items carry.
+
+Text always; image, audio and video when the items table has the path column with at least one
+value. A missing or corrupt media file degrades that item's modality (zero row, mask False); the
+counts are returned so the run can log them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from fuserank import schema
+from fuserank.config import RunConfig, cache_dir
+from fuserank.encoders.base import Embeddings
+from fuserank.progress import megabytes, step
+from fuserank.sources import resolve
+
+
+def catalog_root(config: RunConfig) -> Path:
+    """Folder that media paths are relative to: data.catalog_root, else the items file's folder."""
+    if config.data.catalog_root:
+        return Path(config.data.catalog_root)
+    if config.data.items_path:
+        return Path(config.data.items_path).parent
+    return Path.cwd()
+
+
+def has_media(items: pl.DataFrame, column: str) -> bool:
+    return column in items.columns and items[column].is_not_null().any()
+
+
+def _summary(name: str, emb: Embeddings) -> str:
+    return f"{int(emb.mask.sum()):,}/{len(emb.item_ids):,} items x {emb.dim}-d, {megabytes(emb.vectors.nbytes)}"
+
+
+def encode_content(
+    items: pl.DataFrame, train_items: pl.Series, config: RunConfig
+) -> tuple[dict[str, Embeddings], dict[str, float]]:
+    """Encode every modality the catalog carries.
+
+    Args:
+        items: the validated items table.
+        train_items: ids of items in the train interactions; statistics that standardise a
+            modality (audio) are fitted on these items only.
+        config: the run configuration (encoder sections, sources, data).
+
+    Returns:
+        (embeddings by modality, all in the items' row order; media counts for logging, e.g.
+        {"media_image_with_path": 120, "media_image_encoded": 118, "media_image_failed": 2}).
+    """
+    root_cache = cache_dir(config.sources)
+    embeddings: dict[str, Embeddings] = {"text": _encode_text(items, config, root_cache)}
+    media_root = catalog_root(config)
+    image_encoder = None
+    if has_media(items, schema.IMAGE_PATH) or has_media(items, schema.VIDEO_PATH):
+        from fuserank.encoders.image import make_image_encoder
+
+        image_encoder = make_image_encoder(config.image, media_root, root_cache)
+    if has_media(items, schema.IMAGE_PATH):
+        with step("encode images") as s:
+            embeddings["image"] = image_encoder.encode(items)
+            s.done(_summary("image", embeddings["image"]))
+    audio_encoder = None
+    if has_media(items, schema.AUDIO_PATH) or has_media(items, schema.VIDEO_PATH):
+        from fuserank.encoders.audio import AudioEncoder
+
+        audio_encoder = AudioEncoder(
+            media_root, config.audio.sample_rate, config.audio.max_seconds, cache_dir=root_cache / "embeddings" / "audio"
+        )
+        fit_items = items.filter(pl.col(schema.ITEM_ID).is_in(train_items.implode()))
+        if has_media(fit_items, schema.AUDIO_PATH):
+            audio_encoder.fit(fit_items)
+    if has_media(items, schema.AUDIO_PATH):
+        with step("encode audio") as s:
+            embeddings["audio"] = audio_encoder.encode(items)
+            s.done(_summary("audio", embeddings["audio"]))
+    if has_media(items, schema.VIDEO_PATH):
+        from fuserank.encoders.video import VideoEncoder
+
+        video = VideoEncoder(
+            media_root,
+            image_encoder,
+            audio_encoder,
+            max_keyframes=config.video.max_keyframes,
+            sample_fps=config.video.sample_fps,
+            max_seconds=config.video.max_seconds,
+            cache_dir=root_cache / "embeddings" / "video",
+        )
+        with step("encode video") as s:
+            embeddings["video"] = video.encode(items)
+            s.done(_summary("video", embeddings["video"]))
+    return embeddings, media_counts(items, embeddings)
+
+
+def media_counts(items: pl.DataFrame, embeddings: dict[str, Embeddings]) -> dict[str, float]:
+    """Per media modality: items with a path, items encoded, and items whose file failed."""
+    counts: dict[str, float] = {}
+    for modality, column in (("image", schema.IMAGE_PATH), ("audio", schema.AUDIO_PATH), ("video", schema.VIDEO_PATH)):
+        if modality not in embeddings:
+            continue
+        with_path = int(items[column].is_not_null().sum())
+        encoded = int(embeddings[modality].mask.sum())
+        counts[f"media_{modality}_with_path"] = float(with_path)
+        counts[f"media_{modality}_encoded"] = float(encoded)
+        counts[f"media_{modality}_failed"] = float(with_path - encoded)
+    return counts
+
+
+def _encode_text(items: pl.DataFrame, config: RunConfig, root_cache: Path) -> Embeddings:
+    from fuserank.encoders.text import TextEncoder
+
+    with step("fetch text model") as s:
+        model_dir = resolve(config.sources.text_model, root_cache)
+        s.done(str(model_dir))
+    encoder = TextEncoder(
+        model_dir,
+        batch_size=config.text.batch_size,
+        max_length=config.text.max_length,
+        device=config.text.device,
+        cache_dir=root_cache / "embeddings" / "text",
+    )
+    with step("encode text") as s:
+        text = encoder.encode(items)
+        s.done(_summary("text", text))
+    return text

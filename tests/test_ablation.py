@@ -1,0 +1,41 @@
+import numpy as np
+import polars as pl
+
+from fuserank import schema
+from fuserank.ablation import ablation_table, ablation_variants, format_table
+from fuserank.config import RunConfig
+from fuserank.encoders.base import Embeddings
+from fuserank.protocol import ProtocolResult
+
+
+def embeddings(ids):
+    return Embeddings(tuple(ids), np.eye(len(ids), dtype=np.float32), np.ones(len(ids), dtype=bool))
+
+
+def test_one_variant_per_modality_and_behaviour_switched_off_in_its_config():
+    content = {"text": embeddings("ab"), "image": embeddings("ab")}
+    variants = ablation_variants(content, RunConfig())
+    assert list(variants) == ["full", "without_text", "without_image", "without_behaviour"]
+    assert set(variants["without_image"][0]) == {"text"}
+    assert variants["without_image"][1].behaviour.enabled
+    assert set(variants["without_behaviour"][0]) == {"text", "image"}
+    assert not variants["without_behaviour"][1].behaviour.enabled
+
+
+def result(values):
+    users = [f"u{i}" for i in range(len(values))]
+    per_user = pl.DataFrame({schema.USER_ID: users, "ndcg_at_10": values, "system": ["fuserank"] * len(values)})
+    return ProtocolResult({"test_stage1_recall": 0.5, "test_ndcg_at_10": float(np.mean(values))}, per_user,
+                          pl.DataFrame(), None, [])
+
+
+def test_table_by_hand():
+    full = [1.0, 0.0] * 20
+    table = ablation_table({"full": result(full), "without_a": result([0.0] * 40), "without_b": result(full)}, seed=0)
+    rows = {r["variant"]: r for r in table.iter_rows(named=True)}
+    assert rows["full"]["test_ndcg_at_10"] == 0.5 and not rows["full"]["beyond_ci"]
+    assert rows["without_a"]["delta_vs_full"] == -0.5
+    assert rows["without_a"]["delta_ci_high"] < 0 and rows["without_a"]["beyond_ci"]
+    assert rows["without_b"]["delta_vs_full"] == 0.0 and not rows["without_b"]["beyond_ci"]
+    assert rows["full"]["ci_low"] < 0.5 < rows["full"]["ci_high"]
+    assert "without_a" in format_table(table)
