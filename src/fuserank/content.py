@@ -7,8 +7,10 @@ counts are returned so the run can log them.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from fuserank import schema
@@ -16,6 +18,8 @@ from fuserank.config import RunConfig, cache_dir
 from fuserank.encoders.base import Embeddings
 from fuserank.progress import megabytes, step
 from fuserank.sources import resolve
+
+log = logging.getLogger(__name__)
 
 
 def catalog_root(config: RunConfig) -> Path:
@@ -71,10 +75,16 @@ def encode_content(
         )
         fit_items = items.filter(pl.col(schema.ITEM_ID).is_in(train_items.implode()))
         if has_media(fit_items, schema.AUDIO_PATH):
-            audio_encoder.fit(fit_items)
+            try:
+                audio_encoder.fit(fit_items)
+            except ValueError as err:  # no training clip decoded: the modality degrades, the run goes on
+                log.warning("audio statistics could not be fitted on the training catalog: %s", err)
     if has_media(items, schema.AUDIO_PATH):
         with step("encode audio") as s:
-            embeddings["audio"] = audio_encoder.encode(items)
+            if audio_encoder.is_fitted:
+                embeddings["audio"] = audio_encoder.encode(items)
+            else:
+                embeddings["audio"] = _nothing_encoded(items, audio_encoder.dim)
             s.done(_summary("audio", embeddings["audio"]))
     if has_media(items, schema.VIDEO_PATH):
         from fuserank.encoders.video import VideoEncoder
@@ -89,9 +99,19 @@ def encode_content(
             cache_dir=root_cache / "embeddings" / "video",
         )
         with step("encode video") as s:
+            if not audio_encoder.is_fitted:  # the catalog's only sound is in its videos
+                try:
+                    video.fit_audio(fit_items)
+                except ValueError as err:  # videos then keep their image half only
+                    log.warning("video soundtracks could not be standardised: %s", err)
             embeddings["video"] = video.encode(items)
             s.done(_summary("video", embeddings["video"]))
     return embeddings, media_counts(items, embeddings)
+
+
+def _nothing_encoded(items: pl.DataFrame, dim: int) -> Embeddings:
+    n = items.height
+    return Embeddings(tuple(items[schema.ITEM_ID].to_list()), np.zeros((n, dim), np.float32), np.zeros(n, bool))
 
 
 def media_counts(items: pl.DataFrame, embeddings: dict[str, Embeddings]) -> dict[str, float]:

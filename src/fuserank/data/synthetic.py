@@ -17,8 +17,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from fuserank import atomic, progress, schema
-from fuserank.data.synthetic_media import AUDIO_FORMATS, COLOURS, PITCHES, SHAPES, TEMPOS, TEXTURES, TIMBRES
+from fuserank import atomic, schema
+from fuserank.data.synthetic_media import (
+    AUDIO_FORMATS,
+    COLOURS,
+    PITCHES,
+    SHAPES,
+    TEMPOS,
+    TEXTURES,
+    TIMBRES,
+    write_all_media,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +121,9 @@ TASTES = {
     "coarse": {"image": (COLOUR,), "audio": (PITCH,), "text": (GENRE,)},
     "fine": {"image": (COLOUR, SHAPE), "audio": (PITCH, TEMPO), "text": (GENRE,)},
 }
-ITEMS_FILE, INTERACTIONS_FILE, USERS_FILE, MANIFEST_FILE = "items.parquet", "interactions.parquet", "users.parquet", "synthetic.json"
+TASTE_ATTRIBUTES = (GENRE, COLOUR, SHAPE, PITCH, TEMPO)  # every attribute some taste fixes
+ITEMS_FILE, INTERACTIONS_FILE = "items.parquet", "interactions.parquet"
+USERS_FILE, MANIFEST_FILE = "users.parquet", "synthetic.json"
 MEDIA_DIR = "media"
 FORMAT_VERSION = 1  # bump when the drawing or rendering changes: reruns then regenerate all media
 
@@ -157,7 +168,9 @@ def draw_items(
     rng = np.random.default_rng([seed, 0])
     width = max(5, len(str(n_items - 1)))
     ids = [f"i{i:0{width}d}" for i in range(n_items)]
-    attributes = {name: [values[j] for j in rng.integers(len(values), size=n_items)] for name, values in ATTRIBUTES.items()}
+    attributes = {
+        name: [values[j] for j in rng.integers(len(values), size=n_items)] for name, values in ATTRIBUTES.items()
+    }
     named = rng.random(n_items) < text_informative
     adjectives = rng.integers(len(_ADJECTIVES), size=n_items)
     nouns = rng.integers(len(_NOUNS), size=n_items)
@@ -178,7 +191,9 @@ def draw_items(
             schema.TEXT: texts,
             schema.IMAGE_PATH: [f"{MEDIA_DIR}/images/{i}.png" for i in ids],
             schema.AUDIO_PATH: [f"{MEDIA_DIR}/audio/{i}.{AUDIO_FORMATS[f]}" for i, f in zip(ids, formats, strict=True)],
-            schema.VIDEO_PATH: [f"{MEDIA_DIR}/video/{i}.mp4" if v and with_video else None for i, v in zip(ids, has_video, strict=True)],
+            schema.VIDEO_PATH: [
+                f"{MEDIA_DIR}/video/{i}.mp4" if v and with_video else None for i, v in zip(ids, has_video, strict=True)
+            ],
             **attributes,
         },
         schema={name: pl.String for name in (schema.ITEM_ID, schema.TEXT, *schema.MEDIA_PATH_COLUMNS, *ATTRIBUTES)},
@@ -186,27 +201,34 @@ def draw_items(
 
 
 def draw_users(
-    n_users: int, seed: int, taste_shares: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), taste_detail: str = "coarse"
+    n_users: int,
+    seed: int,
+    taste_shares: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
+    taste_detail: str = "coarse",
 ) -> pl.DataFrame:
     """Draw each user's latent taste: one kind (TASTE_KINDS, with `taste_shares`) and its values.
 
     Returns:
-        One row per user: user_id, taste_kind, and taste_column(a) for every attribute a in
-        ATTRIBUTES (String; the preferred value, null where the taste does not constrain a).
+        One row per user: user_id, taste_kind, and taste_column(a) for every a in TASTE_ATTRIBUTES
+        (String; the preferred value, null where the user's taste does not constrain a).
     """
     if taste_detail not in TASTES:
         raise ValueError(f"unknown taste_detail {taste_detail!r}; expected one of {sorted(TASTES)}")
     rng = np.random.default_rng([seed, 1])
     shares = np.asarray(taste_shares, dtype=float)
     kinds = rng.choice(len(TASTE_KINDS), size=n_users, p=shares / shares.sum())
-    columns: dict[str, list[str | None]] = {taste_column(a): [None] * n_users for a in ATTRIBUTES}
+    columns: dict[str, list[str | None]] = {taste_column(a): [None] * n_users for a in TASTE_ATTRIBUTES}
     for u, kind in enumerate(kinds):
         for attribute in TASTES[taste_detail][TASTE_KINDS[kind]]:
             values = ATTRIBUTES[attribute]
             columns[taste_column(attribute)][u] = values[rng.integers(len(values))]
     width = max(5, len(str(n_users - 1)))
     return pl.DataFrame(
-        {schema.USER_ID: [f"u{u:0{width}d}" for u in range(n_users)], TASTE_KIND: [TASTE_KINDS[k] for k in kinds], **columns},
+        {
+            schema.USER_ID: [f"u{u:0{width}d}" for u in range(n_users)],
+            TASTE_KIND: [TASTE_KINDS[k] for k in kinds],
+            **columns,
+        },
         schema={schema.USER_ID: pl.String, TASTE_KIND: pl.String, **{c: pl.String for c in columns}},
     )
 
@@ -214,7 +236,8 @@ def draw_users(
 def taste_matches(items: pl.DataFrame, users: pl.DataFrame) -> np.ndarray:
     """bool (n_users, n_items): whether each item has every attribute value the user's taste fixes."""
     match = np.ones((users.height, items.height), dtype=bool)
-    for attribute, values in ATTRIBUTES.items():
+    for attribute in TASTE_ATTRIBUTES:
+        values = ATTRIBUTES[attribute]
         code = {v: k for k, v in enumerate(values)}
         item_codes = np.array([code[v] for v in items[attribute]])
         wanted = np.array([-1 if v is None else code[v] for v in users[taste_column(attribute)]])
@@ -265,3 +288,134 @@ def draw_interactions(
         {schema.USER_ID: user_col, schema.ITEM_ID: item_col, schema.TIMESTAMP: time_col, schema.RATING: rating_col},
         schema=schema.INTERACTIONS,
     )
+
+
+def generate_multimodal_catalog(
+    folder: Path,
+    n_items: int = 200,
+    n_users: int = 150,
+    seed: int = 0,
+    video_share: float = 0.1,
+    *,
+    taste_shares: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
+    taste_detail: str = "coarse",
+    taste_share: float = 0.8,
+    interactions_per_user: tuple[int, int] = (10, 40),
+    popularity_exponent: float = 0.8,
+    text_informative: float = 0.5,
+    audio_format_shares: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    workers: int = 1,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Write a multimodal catalog with planted tastes into `folder`, in the format a user supplies.
+
+    Writes `items.parquet` and `interactions.parquet` (schema.ITEMS / schema.INTERACTIONS plus the
+    attribute columns of ATTRIBUTES), media under `media/` (64x64 PNGs; 1.5-2 s 16 kHz mono FLAC,
+    WAV or Ogg Vorbis clips; for `video_share` of the items an 8 fps 64x64 MP4 whose audio track is
+    the item's clip), the true tastes in `users.parquet` (see `draw_users`) and the arguments in
+    `synthetic.json`. Every file is written atomically; the tables come last, so a folder without
+    `interactions.parquet` is an unfinished generation.
+
+    Rerunning into the same folder with the same arguments keeps the media files already there
+    (each is complete, being written atomically) and writes the rest: an interrupted run resumes.
+    With other arguments, the folder's earlier media and tables are deleted first. A folder that
+    holds a catalog not made by this function is refused.
+
+    Args:
+        folder: output folder (created).
+        n_items, n_users: sizes.
+        seed: the only source of randomness; the same arguments give byte-identical files.
+        video_share: fraction of items with a video; without PyAV (`av`) no item has one and a
+            warning is logged.
+        taste_shares: shares of users whose taste is of kind image, audio, text (TASTE_KINDS).
+        taste_detail: "coarse" (colour / pitch / genre) or "fine" (colour x shape / pitch x tempo /
+            genre), see TASTES.
+        taste_share: expected fraction of a user's interactions on items matching their taste.
+        interactions_per_user: inclusive range of each user's number of interactions.
+        popularity_exponent: Zipf exponent of item popularity.
+        text_informative: probability that an item's text names its genre.
+        audio_format_shares: shares of FLAC, WAV and Ogg audio files.
+        workers: processes rendering media (spawned); 1 renders in this process.
+
+    Returns:
+        (items, interactions) exactly as written.
+
+    Raises:
+        FileExistsError: `folder` holds tables or media but no `synthetic.json`.
+        ValueError: an argument out of range.
+    """
+    _check_arguments(n_items, n_users, video_share, taste_share, interactions_per_user, taste_detail)
+    folder = Path(folder)
+    with_video = video_share > 0 and _video_writer_available()
+    manifest = {
+        "generator": "fuserank.data.synthetic.generate_multimodal_catalog",
+        "format": FORMAT_VERSION,
+        "n_items": n_items,
+        "n_users": n_users,
+        "seed": seed,
+        "video_share": video_share,
+        "with_video": with_video,
+        "taste_shares": list(taste_shares),
+        "taste_detail": taste_detail,
+        "taste_share": taste_share,
+        "interactions_per_user": list(interactions_per_user),
+        "popularity_exponent": popularity_exponent,
+        "text_informative": text_informative,
+        "audio_format_shares": list(audio_format_shares),
+    }
+    _prepare_folder(folder, manifest)
+    items = draw_items(n_items, seed, video_share, text_informative, audio_format_shares, with_video)
+    users = draw_users(n_users, seed, taste_shares, taste_detail)
+    interactions = draw_interactions(items, users, seed, interactions_per_user, taste_share, popularity_exponent)
+    write_all_media(_media_jobs(items, seed, folder), workers)
+    atomic.write_parquet(folder / USERS_FILE, users)
+    atomic.write_parquet(folder / ITEMS_FILE, items)
+    atomic.write_parquet(folder / INTERACTIONS_FILE, interactions)
+    return items, interactions
+
+
+def _check_arguments(
+    n_items: int, n_users: int, video_share: float, taste_share: float, per_user: tuple[int, int], taste_detail: str
+) -> None:
+    if n_items < 1 or n_users < 1:
+        raise ValueError(f"n_items and n_users must be positive, got {n_items} and {n_users}")
+    if not 0.0 <= video_share <= 1.0:
+        raise ValueError(f"video_share must be in [0, 1], got {video_share}")
+    if not 0.0 < taste_share < 1.0:
+        raise ValueError(f"taste_share must be in (0, 1), got {taste_share}")
+    if not 1 <= per_user[0] <= per_user[1]:
+        raise ValueError(f"interactions_per_user must be (low, high) with 1 <= low <= high, got {per_user}")
+    if taste_detail not in TASTES:
+        raise ValueError(f"unknown taste_detail {taste_detail!r}; expected one of {sorted(TASTES)}")
+
+
+def _video_writer_available() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        logger.warning("PyAV (package `av`) is not installed: the synthetic catalog has no videos (video_path is null)")
+        return False
+    return True
+
+
+def _prepare_folder(folder: Path, manifest: dict) -> None:
+    """Keep the folder's media when it was made with the same arguments, else clear our files."""
+    path = folder / MANIFEST_FILE
+    ours = (ITEMS_FILE, INTERACTIONS_FILE, USERS_FILE, MEDIA_DIR)
+    if path.exists():
+        if json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(manifest)):
+            return
+        logger.info("%s was generated with other arguments: regenerating it", folder)
+        shutil.rmtree(folder / MEDIA_DIR, ignore_errors=True)
+        for name in (ITEMS_FILE, INTERACTIONS_FILE, USERS_FILE):
+            (folder / name).unlink(missing_ok=True)
+    elif any((folder / name).exists() for name in ours):
+        raise FileExistsError(
+            f"{folder} holds a catalog that generate_multimodal_catalog did not write; refusing to overwrite it"
+        )
+    atomic.write_json(path, manifest)
+
+
+def _media_jobs(items: pl.DataFrame, seed: int, folder: Path) -> list[dict]:
+    keep = [schema.IMAGE_PATH, schema.AUDIO_PATH, schema.VIDEO_PATH, COLOUR, SHAPE, TEXTURE, PITCH, TEMPO, TIMBRE]
+    rows = items.select(keep).iter_rows(named=True)
+    return [{"folder": folder, "seed": seed, "index": i, **row} for i, row in enumerate(rows)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fuserank import atomic
+from fuserank import atomic, progress
 
 # Hue in degrees; six hues 60 degrees apart so a little jitter never crosses into a neighbour.
 COLOURS = {"red": 0.0, "yellow": 60.0, "green": 120.0, "cyan": 180.0, "blue": 240.0, "magenta": 300.0}
@@ -34,7 +34,7 @@ SAMPLE_RATE = 16_000
 FPS = 8
 HUE_JITTER = 8.0  # degrees
 PITCH_JITTER = 3.0  # semitones
-NOISE_STD = 0.002  # audio noise, in full-scale units; small so FLAC stays compact
+NOISE_STD = 0.001  # audio noise, in full-scale units
 _SOUNDFILE_FORMATS = {"flac": "FLAC", "wav": "WAV", "ogg": "OGG"}
 _SOUNDFILE_SUBTYPES = {"flac": "PCM_16", "wav": "PCM_16", "ogg": "VORBIS"}
 _OGG_SERIAL = 0x5EED
@@ -79,7 +79,9 @@ def draw_background(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndar
     return np.clip(grey + shade + tint, 0, 255).astype(np.uint8)
 
 
-def render_scene(look: Look, background: np.ndarray, centre: tuple[float, float] | None = None, angle: float | None = None) -> np.ndarray:
+def render_scene(
+    look: Look, background: np.ndarray, centre: tuple[float, float] | None = None, angle: float | None = None
+) -> np.ndarray:
     """Draw `look` onto a copy of `background` (uint8 (h, w, 3)); `centre`/`angle` override the look's."""
     from PIL import Image, ImageDraw
 
@@ -181,9 +183,8 @@ def write_audio(path: Path, samples: np.ndarray, audio_format: str, sample_rate:
         raise ValueError(f"unknown audio format {audio_format!r}; expected one of {AUDIO_FORMATS}")
 
     def write(tmp: Path) -> None:
-        soundfile.write(
-            tmp, samples, sample_rate, format=_SOUNDFILE_FORMATS[audio_format], subtype=_SOUNDFILE_SUBTYPES[audio_format]
-        )
+        file_format, subtype = _SOUNDFILE_FORMATS[audio_format], _SOUNDFILE_SUBTYPES[audio_format]
+        soundfile.write(tmp, samples, sample_rate, format=file_format, subtype=subtype)
         if audio_format == "ogg":
             tmp.write_bytes(set_ogg_serial(tmp.read_bytes(), _OGG_SERIAL))
 
@@ -230,7 +231,7 @@ def video_frames(look: Look, background: np.ndarray, n_frames: int, rng: np.rand
     """The item's shape gliding across `background` and turning; uint8 (n_frames, h, w, 3)."""
     size = background.shape[0]
     direction = rng.uniform(0, 2 * np.pi)
-    reach = rng.uniform(0.1, 0.2) * size
+    reach = rng.uniform(0.08, 0.16) * size
     spin = rng.uniform(-90.0, 90.0)
     frames = []
     for step in np.linspace(-1.0, 1.0, n_frames):
@@ -240,7 +241,9 @@ def video_frames(look: Look, background: np.ndarray, n_frames: int, rng: np.rand
     return np.stack(frames)
 
 
-def write_video(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int = FPS, sample_rate: int = SAMPLE_RATE) -> Path:
+def write_video(
+    path: Path, frames: np.ndarray, audio: np.ndarray, fps: int = FPS, sample_rate: int = SAMPLE_RATE
+) -> Path:
     """Write frames (uint8 (n, h, w, 3)) and mono audio (float32) as MP4 (MPEG-4 Part 2 + AAC), atomically.
 
     Bit-exact flags keep encoder version strings out of the file. Needs PyAV.
@@ -254,6 +257,7 @@ def write_video(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int = FP
             video = container.add_stream("mpeg4", rate=fps)
             video.width, video.height = frames.shape[2], frames.shape[1]
             video.pix_fmt = "yuv420p"
+            video.bit_rate = 300_000
             video.codec_context.options = bitexact
             sound = container.add_stream("aac", rate=sample_rate, layout="mono")
             sound.codec_context.options = bitexact
@@ -314,3 +318,24 @@ def write_item_media(
         frames = video_frames(look, background, n_frames, np.random.default_rng([seed, 3, index, 2]))
         write_video(folder / video_path, frames, samples)
     return len(todo)
+
+
+def write_all_media(jobs: list[dict], workers: int = 1) -> int:
+    """Run `write_item_media(**job)` for every job, in `workers` spawned processes when above 1.
+
+    Returns:
+        Number of files written.
+    """
+    if workers <= 1:
+        return sum(write_item_media(**job) for job in progress.bar(jobs, "synthetic media", unit="item"))
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child hangs if this process has already run OpenMP code.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = pool.map(_write_item_media_job, jobs, chunksize=64)
+        return sum(progress.bar(done, "synthetic media", total=len(jobs), unit="item"))
+
+
+def _write_item_media_job(job: dict) -> int:
+    return write_item_media(**job)

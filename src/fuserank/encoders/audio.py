@@ -262,7 +262,8 @@ class AudioEncoder:
 
         done_keys: list[str] = []
         done_vectors: list[np.ndarray] = []
-        for key in progress.bar(rows_of_key, desc="audio", total=len(rows_of_key), unit="file"):
+        todo = progress.bar(rows_of_key, desc="audio", total=len(rows_of_key), unit="file") if rows_of_key else ()
+        for key in todo:
             try:
                 vector = audio_features(load_audio(paths[key], self.sample_rate, self.max_seconds), self.sample_rate)
             except Exception as error:  # one bad file degrades one item, never the run
@@ -359,7 +360,8 @@ class AudioEncoder:
         Raises:
             ValueError: the statistics were made by another feature definition.
         """
-        if statistics.get("feature_version") != FEATURE_VERSION or tuple(statistics.get("feature_names", ())) != FEATURE_NAMES:
+        names = tuple(statistics.get("feature_names", ()))
+        if statistics.get("feature_version") != FEATURE_VERSION or names != FEATURE_NAMES:
             raise ValueError(
                 f"audio statistics of feature version {statistics.get('feature_version')!r} do not match "
                 f"this fuserank (version {FEATURE_VERSION!r}, {len(FEATURE_NAMES)} features): re-fit them"

@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -40,12 +41,18 @@ class ClipLoadError(RuntimeError):
     """An open_clip model or its weights could not be loaded; the message names model and weights."""
 
 
-def load_image(path: Path, max_pixels: int) -> Image.Image:
+def load_image(path: Path, max_pixels: int, min_side: int | None = None) -> Image.Image:
     """Decode `path` into an RGB image, refusing files that would need unbounded memory.
 
     The header size is read before decoding. A JPEG above `max_pixels` is decoded at 1/2, 1/4
     or 1/8 scale (libjpeg's DCT scaling) when that brings it under the limit; any other image
     above it is rejected. Transparent pixels are composited onto white, EXIF rotation applied.
+
+    Args:
+        path: the image file.
+        max_pixels: largest width x height decoded.
+        min_side: when set, a JPEG is decoded at the strongest DCT reduction that keeps both
+            sides >= min_side: what an encoder that downsizes anyway needs, several times faster.
 
     Raises:
         MediaError: for a missing, unreadable, truncated or non-image file, one above
@@ -58,9 +65,8 @@ def load_image(path: Path, max_pixels: int) -> Image.Image:
                 width, height = image.size
                 if width < 1 or height < 1:
                     raise MediaError(f"image has an empty size {width}x{height}")
-                if width * height > max_pixels and image.format == "JPEG":
-                    scale = next((k for k in (2, 4, 8) if -(-width // k) * -(-height // k) <= max_pixels), 8)
-                    image.draft(None, (max(1, width // scale), max(1, height // scale)))
+                if image.format == "JPEG":
+                    _draft(image, max_pixels, min_side)
                 if image.size[0] * image.size[1] > max_pixels:
                     raise MediaError(f"{width}x{height} = {width * height:,} pixels exceeds max_pixels={max_pixels:,}")
                 image.load()
@@ -71,6 +77,17 @@ def load_image(path: Path, max_pixels: int) -> Image.Image:
         raise MediaError(f"refused as a decompression bomb: {error}") from error
     except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, struct.error ... on bad files
         raise MediaError(f"cannot decode image: {type(error).__name__}: {error}") from error
+
+
+def _draft(image: Image.Image, max_pixels: int, min_side: int | None) -> None:
+    """Ask libjpeg for a 1/2, 1/4 or 1/8 scale decode: enough to meet max_pixels, as much as min_side allows."""
+    width, height = image.size
+    scale = next((k for k in (1, 2, 4, 8) if -(-width // k) * -(-height // k) <= max_pixels), 8)
+    # draft picks the largest scale s with s <= width // wanted_width (and the same for height)
+    side = min_side if min_side is not None else max(width, height)
+    wanted = (max(1, min(side, width // scale)), max(1, min(side, height // scale)))
+    if wanted != (width, height):
+        image.draft(None, wanted)
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -88,27 +105,26 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode.startswith("I"):  # 16/32-bit greyscale: scale into 8 bits before converting
-        values = np.asarray(image, dtype=np.float64)
-        peak = values.max() if values.size and values.max() > 255 else 255.0
+        values = np.asarray(image, dtype=np.float32)
+        peak = max(float(values.max()), 255.0)
         return Image.fromarray((values / peak * 255).clip(0, 255).astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
 
-def _encode_files(
-    items: pl.DataFrame,
-    root: Path,
-    key_prefix: str,
-    cache: EmbeddingCache | None,
-    dim: int,
-    max_pixels: int,
-    batch_size: int,
-    embed: Callable[[list[Image.Image]], np.ndarray],
-) -> tuple[Embeddings, dict[str, str]]:
-    """The encode loop shared by both encoders: resolve, hash, look up, decode and embed in batches.
+def _encode_files(encoder: ClipImageEncoder | DescriptorImageEncoder, items: pl.DataFrame, batch_size: int
+                  ) -> tuple[Embeddings, dict[str, str]]:
+    """The encode loop both encoders share: resolve, hash, look up, decode, embed in batches.
+
+    Each image is reduced by `encoder._prepare` as soon as it is decoded, so at most one
+    full-size image is in memory at a time; `encoder._embed` turns a batch of prepared
+    images into unit rows. Uses encoder.root, max_pixels, min_side, cache, dim, fingerprint.
 
     Returns:
         Embeddings in item order (n, dim) and the failures {item_id: reason}.
     """
+    root, cache, dim, max_pixels = encoder.root, encoder.cache, encoder.dim, encoder.max_pixels
+    # the pixels a JPEG decodes to depend on max_pixels (DCT reduction), so it is part of the key
+    key_prefix = content_key(encoder.fingerprint, str(max_pixels))
     item_ids = items[schema.ITEM_ID].to_list()
     paths = items[schema.IMAGE_PATH].to_list() if schema.IMAGE_PATH in items.columns else [None] * len(item_ids)
     vectors = np.zeros((len(item_ids), dim), dtype=np.float32)
@@ -140,24 +156,27 @@ def _encode_files(
     pending_keys: list[str] = []
     pending: list[np.ndarray] = []
     n_batches = -(-len(todo) // batch_size)
-    for b in progress.bar(range(n_batches), desc="image", total=n_batches, unit="batch"):
-        images, done = [], []
+    batches = progress.bar(range(n_batches), desc="image", total=n_batches, unit="batch") if todo else ()
+    for b in batches:
+        prepared, done = [], []
         for key in todo[b * batch_size : (b + 1) * batch_size]:
             try:
-                images.append(load_image(file_of_key[key], max_pixels))
-                done.append(key)
+                image = load_image(file_of_key[key], max_pixels, encoder.min_side)
             except MediaError as error:
                 for row in rows_of_key[key]:
-                    failures[item_ids[row]] = f"{paths[row]}: {error}"
-        if not images:
+                    failures[item_ids[row]] = str(error)
+                continue
+            prepared.append(encoder._prepare(image))
+            done.append(key)
+        if not prepared:
             continue
-        batch_vectors = embed(images)
+        batch_vectors = encoder._embed(prepared)
         for key, vector in zip(done, batch_vectors):
             vectors[rows_of_key[key]] = vector
             mask[rows_of_key[key]] = True
         pending_keys += done
         pending.append(batch_vectors)
-        if cache is not None and (len(pending_keys) >= _CACHE_FLUSH_ROWS or b == n_batches - 1):
+        if cache is not None and len(pending_keys) >= _CACHE_FLUSH_ROWS:
             cache.put(pending_keys, np.concatenate(pending))
             pending_keys, pending = [], []
     if cache is not None and pending_keys:
@@ -230,6 +249,8 @@ class ClipImageEncoder:
             ) from error
         self.model = model.eval()
         self.preprocess = preprocess
+        image_size = getattr(model.visual, "image_size", None)
+        self.min_side = max(image_size) if isinstance(image_size, (tuple, list)) else image_size
         self.weights = pretrained
         config = open_clip.get_model_config(model_name)
         self.dim = int(config["embed_dim"]) if config and "embed_dim" in config else self._probe_dim()
@@ -248,24 +269,28 @@ class ClipImageEncoder:
             Embeddings (n, dim) in item order; a null path, or a file that cannot be used, gives
             a zero row and mask False (the latter also an entry in `self.failures`).
         """
-        embeddings, self.failures = _encode_files(
-            items, self.root, content_key(self.fingerprint, str(self.max_pixels)), self.cache, self.dim,
-            self.max_pixels, self.batch_size, lambda images: self.encode_images(images),
-        )
+        embeddings, self.failures = _encode_files(self, items, self.batch_size)
         return embeddings
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """float32 (len(images), dim), rows L2-normalised, computed in batches of `batch_size`."""
-        import torch
-
         out = [np.zeros((0, self.dim), dtype=np.float32)]
         for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(image) for image in images[start : start + self.batch_size]])
-            with torch.inference_mode():
-                features = self.model.encode_image(batch.to(self.device))
-                features = torch.nn.functional.normalize(features.float(), p=2, dim=-1)
-            out.append(features.cpu().numpy().astype(np.float32, copy=False))
+            out.append(self._embed([self._prepare(image) for image in images[start : start + self.batch_size]]))
         return np.concatenate(out)
+
+    def _prepare(self, image: Image.Image) -> Any:
+        """open_clip's eval transform: a float tensor (3, H, W)."""
+        return self.preprocess(image)
+
+    def _embed(self, prepared: list[Any]) -> np.ndarray:
+        """One forward pass over a batch of prepared tensors: float32 (len(prepared), dim), unit rows."""
+        import torch
+
+        with torch.inference_mode():
+            features = self.model.encode_image(torch.stack(prepared).to(self.device))
+            features = torch.nn.functional.normalize(features.float(), p=2, dim=-1)
+        return features.cpu().numpy().astype(np.float32, copy=False)
 
     def _probe_dim(self) -> int:
         import torch
@@ -309,18 +334,19 @@ def _checkpoint_file(path: Path) -> Path:
     return found[0]
 
 
-# Weight-free descriptor: five blocks, each normalised on its own so none dominates.
+# Weight-free descriptor: six blocks, each normalised on its own so none dominates.
 _HUE_BINS, _GREY_BINS = 12, 4
 _LAYOUT_GRID, _EDGE_GRID, _ORIENTATION_BINS = 4, 2, 8
 _DENSITY_THRESHOLDS = (0.1, 0.3)  # Sobel magnitude of lightness in [0, 1], divided by 4
 _BLOCK_SIZES = {
     "colour": _HUE_BINS * 2 * 2 + _GREY_BINS,
+    "hue": _HUE_BINS,
     "layout": _LAYOUT_GRID**2 * 3,
     "orientation": _EDGE_GRID**2 * _ORIENTATION_BINS,
     "texture": 10,
     "edge_density": _EDGE_GRID**2 * len(_DENSITY_THRESHOLDS),
 }
-_BLOCK_WEIGHTS = {"colour": 1.0, "layout": 1.0, "orientation": 1.0, "texture": 0.5, "edge_density": 0.5}
+_BLOCK_WEIGHTS = {"colour": 1.0, "hue": 1.0, "layout": 1.0, "orientation": 1.0, "texture": 0.5, "edge_density": 0.5}
 _BLOCK_STARTS = np.cumsum([0, *_BLOCK_SIZES.values()])
 DESCRIPTOR_BLOCKS: dict[str, slice] = {
     name: slice(int(start), int(start + n)) for (name, n), start in zip(_BLOCK_SIZES.items(), _BLOCK_STARTS)
@@ -341,7 +367,8 @@ def describe_image(image: Image.Image, size: int = 128) -> np.ndarray:
     """The weighted descriptor blocks of one image, concatenated (see DESCRIPTOR_BLOCKS).
 
     colour: hue x saturation x value histogram (12 x 2 x 2, plus 4 grey levels for unsaturated
-    or dark pixels); layout: mean CIE Lab per cell of a 4x4 grid; orientation: Sobel gradient
+    or dark pixels); hue: 12-bin hue histogram of the coloured pixels only, weighted by
+    saturation (zero for a greyscale image); layout: mean CIE Lab per cell of a 4x4 grid; orientation: Sobel gradient
     orientations (8 bins over 180 degrees, weighted by magnitude) per cell of a 2x2 grid;
     texture: rotation-invariant uniform LBP histogram; edge_density: share of pixels above two
     gradient magnitudes per 2x2 cell. Histograms are Hellinger-mapped (L1, then sqrt: unit L2).
@@ -360,8 +387,10 @@ def describe_image(image: Image.Image, size: int = 128) -> np.ndarray:
     lightness = lab[..., 0] / 100.0
     gx, gy = _sobel(lightness)
     magnitude = np.hypot(gx, gy) / 4.0
+    colour, hue = _hsv_histograms(rgb)
     blocks = {
-        "colour": _hellinger(_hsv_histogram(rgb)),
+        "colour": _hellinger(colour),
+        "hue": _hellinger(hue),
         "layout": _colour_layout(lab),
         "orientation": _hellinger(_orientation_histogram(gx, gy, magnitude)),
         "texture": _hellinger(_lbp_histogram(lightness)),
@@ -382,7 +411,7 @@ def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
 
 
-def _hsv_histogram(rgb: np.ndarray) -> np.ndarray:
+def _hsv_histograms(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     value = rgb.max(axis=-1)
     delta = value - rgb.min(axis=-1)
@@ -395,7 +424,11 @@ def _hsv_histogram(rgb: np.ndarray) -> np.ndarray:
     colour_index = hue_bin * 4 + (saturation >= 0.6) * 2 + (value >= 0.6)
     grey_index = _HUE_BINS * 4 + np.minimum((value * _GREY_BINS).astype(np.int64), _GREY_BINS - 1)
     index = np.where(chromatic, colour_index, grey_index)
-    return np.bincount(index.ravel(), minlength=_BLOCK_SIZES["colour"]).astype(np.float64)
+    colour = np.bincount(index.ravel(), minlength=_BLOCK_SIZES["colour"]).astype(np.float64)
+    # Hue alone, over coloured pixels only and weighted by saturation: which colours an image
+    # has, however little of its area they cover (a white background does not dilute it).
+    hue = np.bincount(hue_bin[chromatic], weights=saturation[chromatic], minlength=_HUE_BINS)
+    return colour, hue
 
 
 def _cells(x: np.ndarray, grid: int) -> np.ndarray:
@@ -473,6 +506,7 @@ class DescriptorImageEncoder:
         self.root = Path(root)
         self.max_pixels = max_pixels
         self.size = size
+        self.min_side = size
         self.failures: dict[str, str] = {}
         self.fingerprint = content_key(DESCRIPTOR_VERSION, str(size), LOADER_VERSION)
         self.cache = None
@@ -481,17 +515,20 @@ class DescriptorImageEncoder:
 
     def encode(self, items: pl.DataFrame) -> Embeddings:
         """Encode the schema.IMAGE_PATH column of `items` (same contract as ClipImageEncoder.encode)."""
-        embeddings, self.failures = _encode_files(
-            items, self.root, content_key(self.fingerprint, str(self.max_pixels)), self.cache, self.dim,
-            self.max_pixels, 64, lambda images: self.encode_images(images),
-        )
+        embeddings, self.failures = _encode_files(self, items, batch_size=64)
         return embeddings
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """float32 (len(images), DESCRIPTOR_DIM), rows L2-normalised."""
-        if len(images) == 0:
+        return self._embed([self._prepare(image) for image in images])
+
+    def _prepare(self, image: Image.Image) -> np.ndarray:
+        return describe_image(image, self.size)
+
+    def _embed(self, prepared: list[np.ndarray]) -> np.ndarray:
+        if not prepared:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return l2_normalise(np.stack([describe_image(image, self.size) for image in images]))
+        return l2_normalise(np.stack(prepared))
 
     def __repr__(self) -> str:
         return f"DescriptorImageEncoder(size={self.size}, dim={self.dim})"

@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 
 # Bump when keyframe selection or pooling changes, so cached parts are recomputed.
 KEYFRAME_VERSION = "1"
-NO_PYAV_MESSAGE = "PyAV is not installed (pip install 'fuserank[video]'): video items fall back to their other modalities"
+NO_PYAV_MESSAGE = (
+    "PyAV is not installed (pip install 'fuserank[video]'): video items fall back to their other modalities"
+)
 # Mean absolute greyscale difference (on [0, 1]) below which a frame adds nothing new.
 MIN_FRAME_DIFFERENCE = 0.02
 THUMBNAIL_SIZE = 32
@@ -111,7 +113,8 @@ class VideoEncoder:
         with_sound = ok & has_audio
         if with_sound.any():
             if self.audio_encoder.is_fitted:
-                vectors[with_sound, self.image_dim :] = l2_normalise(self.audio_encoder.standardise(audio_raw[with_sound]))
+                sound = self.audio_encoder.standardise(audio_raw[with_sound])
+                vectors[with_sound, self.image_dim :] = l2_normalise(sound)
             else:
                 logger.warning("the audio encoder has no statistics (fit it, or call VideoEncoder.fit_audio): "
                                "the soundtracks of %d videos are left out", int(with_sound.sum()))
@@ -181,7 +184,7 @@ class VideoEncoder:
 
         done_keys: list[str] = []
         done_rows: list[np.ndarray] = []
-        for key in progress.bar(todo, desc="video", total=len(todo), unit="file"):
+        for key in progress.bar(todo, desc="video", total=len(todo), unit="file") if todo else []:
             try:
                 row = self._decode(file_of_key[key])
             except Exception as error:  # one bad file degrades one item, never the run
@@ -299,7 +302,7 @@ class VideoEncoder:
         images = [image for _, image in self.keyframes(path)]
         embedded = np.asarray(self.image_encoder.encode_images(images), dtype=np.float32)
         if embedded.shape != (len(images), self.image_dim):
-            raise ValueError(f"image encoder returned shape {embedded.shape}, expected ({len(images)}, {self.image_dim})")
+            raise ValueError(f"image encoder gave shape {embedded.shape}, expected ({len(images)}, {self.image_dim})")
         row = np.zeros(self.dim + 1, dtype=np.float32)
         row[: self.image_dim] = l2_normalise(embedded.mean(axis=0, keepdims=True))[0]
         try:

@@ -1,0 +1,112 @@
+"""Encoder throughput on this machine: texts/s (ours against sentence-transformers on the same
+model and texts, as a ratio), images/s and audio clips/s. Writes benchmarks/encoders.json.
+
+    python pipelines/benchmark_encoders.py [--texts 2000] [--images 300] [--clips 200] [--repeats 3]
+
+Needs the `bench` extra (sentence-transformers). Caches are off: every item is really encoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from fuserank import atomic, schema  # noqa: E402
+from fuserank.config import RunConfig, cache_dir  # noqa: E402
+from fuserank.progress import set_quiet  # noqa: E402
+from fuserank.sources import resolve  # noqa: E402
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """Median seconds of `repeats` calls (after one warm-up call) and the last result."""
+    fn()
+    seconds, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), result
+
+
+def timed_pair(ours, theirs, repeats: int) -> tuple[float, float, object, object]:
+    """Median seconds of two functions, alternating them so that background load hits both alike."""
+    ours(), theirs()
+    ours_s, theirs_s = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ours_out = ours()
+        ours_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        theirs_out = theirs()
+        theirs_s.append(time.perf_counter() - start)
+    return statistics.median(ours_s), statistics.median(theirs_s), ours_out, theirs_out
+
+
+def benchmark_texts(n: int, repeats: int, batch_size: int) -> dict:
+    """Our TextEncoder against SentenceTransformer.encode on all-MiniLM-L6-v2, same texts."""
+    from sentence_transformers import SentenceTransformer
+
+    from fuserank.data.movielens import load_movielens_100k
+    from fuserank.encoders.text import TextEncoder
+
+    config = RunConfig()
+    root = cache_dir(config.sources)
+    model_dir = resolve(config.sources.text_model, root)
+    items, _ = load_movielens_100k(resolve(config.sources.movielens_100k, root))
+    base = [t for t in items[schema.TEXT].to_list() if t]
+    # Distinct texts (our encoder encodes each distinct text once, which would flatter it).
+    texts = [f"{base[i % len(base)]} Review {i}: {'a fine film ' * (i % 7)}".strip() for i in range(n)]
+
+    ours = TextEncoder(model_dir, batch_size=batch_size, device="cpu", cache_dir=None)
+    theirs = SentenceTransformer(str(model_dir), device="cpu")
+    ours_s, theirs_s, ours_vec, theirs_vec = timed_pair(
+        lambda: ours.encode_texts(texts),
+        lambda: theirs.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False),
+        repeats,
+    )
+    agreement = float(np.mean(np.sum(np.asarray(ours_vec) * np.asarray(theirs_vec), axis=1)))
+    return {
+        "texts": n,
+        "batch_size": batch_size,
+        "fuserank_texts_per_s": n / ours_s,
+        "sentence_transformers_texts_per_s": n / theirs_s,
+        "ratio_fuserank_over_sentence_transformers": theirs_s / ours_s,
+        "mean_cosine_between_the_two": agreement,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/encoders.json")
+    args = parser.parse_args()
+    set_quiet(True)
+    import torch
+
+    results = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                    "torch": torch.__version__},
+        "text": benchmark_texts(args.texts, args.repeats, args.batch_size),
+    }
+    atomic.write_json(Path(args.out), results)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
