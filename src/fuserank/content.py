@@ -61,7 +61,7 @@ def encode_content(
     if has_media(items, schema.IMAGE_PATH) or has_media(items, schema.VIDEO_PATH):
         from fuserank.encoders.image import make_image_encoder
 
-        image_encoder = make_image_encoder(config.image, media_root, root_cache)
+        image_encoder = make_image_encoder(config.image, media_root, root_cache / "embeddings", sources_cache=root_cache)
     if has_media(items, schema.IMAGE_PATH):
         with step("encode images") as s:
             embeddings["image"] = image_encoder.encode(items)
