@@ -102,3 +102,39 @@ def test_feature_groups():
     assert feature_group("item_log_count_7d") == "popularity"
     assert feature_group("retrieval_rank") == "retrieval"
     assert feature_group("user_log_history") == "user"
+
+
+def test_coherence_and_within_user_z():
+    items = ("a", "b", "c")
+    vectors = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    emb = Embeddings(items, vectors, np.ones(3, dtype=bool))
+    history = pl.DataFrame(
+        {schema.USER_ID: ["same", "same", "mixed", "mixed"], schema.ITEM_ID: ["a", "b", "a", "c"],
+         schema.TIMESTAMP: [1, 2, 1, 2], schema.RATING: [None] * 4},
+        schema=schema.INTERACTIONS,
+    )
+    candidates = pl.DataFrame(
+        {schema.USER_ID: ["same", "mixed", "mixed"], schema.ITEM_ID: ["c", "b", "b"], schema.SOURCE: ["ann"] * 3,
+         schema.RETRIEVAL_SCORE: [0.0] * 3, schema.RETRIEVAL_RANK: [1, 1, 2]},
+        schema=schema.CANDIDATES,
+    )
+    frame, _ = build_features(candidates, history, {"text": emb}, vectors, FeatureConfig(recent_k=2), half_life=1.0)
+    # "same" saw two identical items (mean pairwise cosine 1), "mixed" two orthogonal ones (0)
+    assert col(frame, "cos_text_coherence") == pytest.approx([1.0, 0.0, 0.0])
+    # one candidate, or equal values, standardise to 0
+    assert col(frame, "cos_text_profile_z") == pytest.approx([0.0, 0.0, 0.0])
+
+
+def test_centre_spreads_a_narrow_cone_and_uses_only_the_fit_rows():
+    from fuserank.encoders.base import centre
+
+    vectors = np.array([[1.0, 0.1], [1.0, -0.1], [1.0, 0.0], [0.0, 0.0]], dtype=np.float32)
+    vectors[:3] /= np.linalg.norm(vectors[:3], axis=1, keepdims=True)
+    emb = Embeddings(("a", "b", "c", "d"), vectors, np.array([True, True, True, False]))
+    out = centre(emb, np.array([True, True, False, False]))
+    # the mean of a and b is (0.995, 0): a and b become opposite, c (longer than the mean along
+    # x) points along x, orthogonal to both; d was never encoded and stays zero
+    assert out.vectors[0] @ out.vectors[1] == pytest.approx(-1.0)
+    assert out.vectors[2] @ out.vectors[0] == pytest.approx(0.0, abs=1e-6)
+    assert out.mask[2] and not out.mask[3] and not out.vectors[3].any()
+    assert np.allclose(np.linalg.norm(out.vectors[:2], axis=1), 1.0)

@@ -124,6 +124,7 @@ class FusionConfig:
     weights: dict[str, float] = field(
         default_factory=lambda: {"text": 0.5, "behaviour": 1.0, "image": 0.5, "audio": 0.5, "video": 0.5}
     )
+    centre: tuple[str, ...] = ("image", "audio", "video")  # modalities centred on the train items' mean
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,16 @@ class RetrievalConfig:
     """FAISS index and candidate generation.
 
     index: "flat", "hnsw", or any FAISS index-factory string (inner-product metric).
-    n_candidates: ANN candidates per user; popular_candidates: most-popular items added on top.
+    n_candidates: ANN candidates per user; popular_candidates: most-popular items added on top;
+        modality_candidates: candidates per modality from that modality's own index, for users
+        whose taste lives in one modality (a fused query dilutes it).
     recent_items: the user query is a recency-weighted mean of the last `recent_items` items.
     """
 
     index: str = "flat"
     n_candidates: int = 200
     popular_candidates: int = 50
+    modality_candidates: int = 0  # per modality, from an index over that modality alone (source ann_<m>)
     recent_items: int = 50
     recency_half_life: float = 10.0  # in interactions, newest item has weight 1
     hnsw_m: int = 32

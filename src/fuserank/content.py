@@ -15,7 +15,7 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.config import RunConfig, cache_dir
-from fuserank.encoders.base import Embeddings
+from fuserank.encoders.base import Embeddings, centre
 from fuserank.progress import megabytes, step
 from fuserank.sources import resolve
 
@@ -106,6 +106,10 @@ def encode_content(
                     log.warning("video soundtracks could not be standardised: %s", err)
             embeddings["video"] = video.encode(items)
             s.done(_summary("video", embeddings["video"]))
+    fit = items[schema.ITEM_ID].is_in(train_items.implode()).to_numpy()
+    for modality in config.fusion.centre:
+        if modality in embeddings:
+            embeddings[modality] = centre(embeddings[modality], fit)
     return embeddings, media_counts(items, embeddings)
 
 

@@ -125,11 +125,18 @@ def similarity_features(
 
     Returns:
         float32 (n,) arrays: `<prefix>_profile` (recency-weighted mean profile), `<prefix>_last`
-        (newest item), `<prefix>_max_recent` and `<prefix>_mean_recent` (over the newest k items).
+        (newest item), `<prefix>_max_recent` and `<prefix>_mean_recent` (over the newest k items),
+        `<prefix>_coherence` (mean pairwise cosine of the user's newest k items) and
+        `<prefix>_profile_z` (the profile cosine standardised within the user's candidates).
     """
     d = vectors.shape[1]
     padded = np.vstack([vectors, np.zeros((1, d), dtype=np.float32)])  # row -1 -> zeros
     k = hist.recent.shape[1]
+    # How alike the user's newest items are in this modality: the mean pairwise cosine, from the
+    # norm of their sum. High when the user's taste lives in this modality.
+    total = padded[hist.recent].sum(axis=1)
+    n = (hist.recent >= 0).sum(axis=1)
+    coherence = np.where(n > 1, (np.einsum("ud,ud->u", total, total) - n) / np.maximum(n * (n - 1), 1), 0.0)
     out = {name: np.zeros(len(item_rows), dtype=np.float32) for name in ("profile", "last", "max_recent", "mean_recent")}
     valid_recent = hist.recent >= 0
     for part in _chunks(len(item_rows), 4 * d * (k + 2)):
@@ -142,7 +149,19 @@ def similarity_features(
         out["max_recent"][part] = np.where(mask, sims, -1.0).max(axis=1)
         count = np.maximum(mask.sum(axis=1), 1)
         out["mean_recent"][part] = np.where(mask, sims, 0.0).sum(axis=1) / count
+    out["coherence"] = coherence[user_rows].astype(np.float32)
+    out["profile_z"] = _within_user_z(user_rows, out["profile"])
     return {f"{prefix}_{name}": values for name, values in out.items()}
+
+
+def _within_user_z(user_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`values` standardised within each user's candidates, so one tree split means the same for
+    every user whatever the user's own similarity level."""
+    count = np.maximum(np.bincount(user_rows), 1)
+    mean = np.bincount(user_rows, weights=values) / count
+    var = np.bincount(user_rows, weights=values.astype(np.float64) ** 2) / count - mean**2
+    std = np.sqrt(np.maximum(var, 0.0))
+    return ((values - mean[user_rows]) / np.where(std > 1e-6, std, 1.0)[user_rows]).astype(np.float32)
 
 
 def popularity_features(

@@ -21,8 +21,6 @@ from fuserank.features import build_features
 from fuserank.fusion import fuse
 from fuserank.retrieval import ItemIndex, build_index, merge_candidates, popular_candidates, retrieve
 
-SOURCES = ("ann", "popular")
-
 
 @dataclass(frozen=True)
 class StageOne:
@@ -32,11 +30,13 @@ class StageOne:
         embeddings: per-modality item embeddings (content modalities plus behaviour), one item order.
         fused: float32 (n_items, D) fused, L2-normalised item vectors in that order.
         index: FAISS index over `fused`.
+        modality_indexes: one index per fused modality, when per-modality candidates are on.
     """
 
     embeddings: dict[str, Embeddings]
     fused: np.ndarray
     index: ItemIndex
+    modality_indexes: dict[str, ItemIndex]
 
 
 def fit_stage_one(
@@ -68,23 +68,27 @@ def fit_stage_one(
     if not weights:
         raise ValueError(f"no modality to fuse: embeddings {sorted(embeddings)}, fusion weights {fusion.weights}")
     fused = fuse({m: embeddings[m] for m in weights}, weights)
-    index = build_index(
-        fused,
-        item_ids,
-        kind=retrieval.index,
-        hnsw_m=retrieval.hnsw_m,
-        hnsw_ef_search=retrieval.hnsw_ef_search,
-        use_gpu=retrieval.use_gpu,
-    )
-    return StageOne(embeddings, fused, index)
+    def index_of(vectors: np.ndarray) -> ItemIndex:
+        return build_index(
+            vectors,
+            item_ids,
+            kind=retrieval.index,
+            hnsw_m=retrieval.hnsw_m,
+            hnsw_ef_search=retrieval.hnsw_ef_search,
+            use_gpu=retrieval.use_gpu,
+        )
+
+    per_modality = {m: index_of(embeddings[m].vectors) for m in weights} if retrieval.modality_candidates > 0 else {}
+    return StageOne(embeddings, fused, index_of(fused), per_modality)
 
 
 def generate_candidates(
     stage: StageOne, history: pl.DataFrame, users: Sequence[str], retrieval: RetrievalConfig
 ) -> pl.DataFrame:
-    """ANN candidates over the fused index, then the most popular items; deduplicated.
+    """ANN candidates over the fused index, then over each modality's own index (when on), then
+    the most popular items; deduplicated.
 
-    Returns a schema.CANDIDATES frame in stage-1 order (ANN by rank, then popular by rank).
+    Returns a schema.CANDIDATES frame in stage-1 order (sources in that order, each by rank).
     """
     frames = [
         retrieve(
@@ -98,6 +102,18 @@ def generate_candidates(
             batch_size=retrieval.batch_size,
         )
     ]
+    for modality, index in stage.modality_indexes.items():
+        found = retrieve(
+            index,
+            history,
+            stage.embeddings[modality].vectors,
+            retrieval.modality_candidates,
+            recent_items=retrieval.recent_items,
+            half_life=retrieval.recency_half_life,
+            users=users,
+            batch_size=retrieval.batch_size,
+        )
+        frames.append(found.with_columns(pl.lit(f"ann_{modality}").alias(schema.SOURCE)))
     if retrieval.popular_candidates > 0:
         frames.append(popular_candidates(history, users, retrieval.popular_candidates))
     return merge_candidates(frames)
@@ -128,8 +144,13 @@ def candidate_features(
         features,
         profile_items=retrieval.recent_items,
         half_life=retrieval.recency_half_life,
-        sources=SOURCES,
+        sources=candidate_sources(stage),
     )
+
+
+def candidate_sources(stage: StageOne) -> tuple[str, ...]:
+    """Names of the candidate sources a stage can produce (each gets a `from_<source>` feature)."""
+    return ("ann", *(f"ann_{m}" for m in stage.modality_indexes), "popular")
 
 
 def rank_candidates(frame: pl.DataFrame, scores: np.ndarray, top_k: int) -> pl.DataFrame:

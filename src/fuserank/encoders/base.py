@@ -122,3 +122,26 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     out = np.zeros_like(x)
     np.divide(x, norms, out=out, where=norms > 0)
     return out
+
+
+def centre(embeddings: Embeddings, fit: np.ndarray) -> Embeddings:
+    """Subtract the mean vector of the encoded rows selected by `fit`, then re-normalise.
+
+    Many encoders put every item in one narrow cone (a colour histogram is never negative), so
+    raw cosines all sit near one value; centring on the training catalog's mean spreads them out.
+
+    Args:
+        embeddings: the modality to centre.
+        fit: bool (n,), the rows whose mean is subtracted (training items only).
+
+    Returns:
+        Embeddings with the same ids; rows that were not encoded stay zero.
+    """
+    rows = np.asarray(fit, dtype=bool) & embeddings.mask
+    if not rows.any():
+        return embeddings
+    mean = embeddings.vectors[rows].mean(axis=0)
+    vectors = np.where(embeddings.mask[:, None], embeddings.vectors - mean, 0.0).astype(np.float32)
+    vectors = l2_normalise(vectors)
+    mask = embeddings.mask & np.any(vectors != 0, axis=1)
+    return Embeddings(embeddings.item_ids, vectors, mask)
