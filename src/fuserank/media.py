@@ -1,4 +1,4 @@
-"""Media files of a catalog: safe path resolution and content digests for caching.
+"""Media files of a catalog: safe path resolution, content digests and cache keys.
 
 Media paths in the items table are relative to the catalog root. A path that is absolute,
 climbs out with `..`, or resolves (through a symlink) outside the root is rejected: a catalog
@@ -7,8 +7,11 @@ from someone else must not make fuserank read arbitrary files.
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Sequence
 from pathlib import Path
+
+from fuserank.encoders.cache import content_key
+from fuserank.sources import file_sha256
 
 
 class MediaError(ValueError):
@@ -39,10 +42,45 @@ def safe_media_path(root: Path, relative: str) -> Path:
     return resolved
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (1 MiB blocks): the cache key of its embedding."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# The embedding caches key a media file by the sha256 of its bytes, as sources verify downloads.
+file_digest = file_sha256
+
+
+def group_media_files(
+    item_ids: Sequence[str], paths: Sequence[str | None], root: Path, key_parts: Sequence[str]
+) -> tuple[dict[str, list[int]], dict[str, Path], dict[str, str]]:
+    """Resolve and content-key each item's media file, grouping the rows whose files have equal bytes.
+
+    What an encoder does before any decoding: byte-identical files share one key, so each is
+    decoded and cached once however many items point at it. A null path is skipped without a
+    failure (the item has no such media); nothing is logged here.
+
+    Args:
+        item_ids: one id per row.
+        paths: one media path per row, relative to `root`, or None.
+        root: the catalog root (see safe_media_path).
+        key_parts: what else the vector depends on (encoder, version, settings); a file's key is
+            content_key(*key_parts, file_digest(path)).
+
+    Returns:
+        rows_of_key: key -> the rows (positions in `item_ids`) whose file has those bytes, keys in
+            the order of their first row.
+        file_of_key: key -> the resolved path of the first such file.
+        failures: item_id -> reason, for the items whose path was rejected or whose file could
+            not be read (MediaError, OSError).
+    """
+    rows_of_key: dict[str, list[int]] = {}
+    file_of_key: dict[str, Path] = {}
+    failures: dict[str, str] = {}
+    for row, (item_id, relative) in enumerate(zip(item_ids, paths, strict=True)):
+        if relative is None:
+            continue
+        try:
+            path = safe_media_path(root, relative)
+            key = content_key(*key_parts, file_digest(path))
+        except (MediaError, OSError) as error:
+            failures[item_id] = str(error)
+            continue
+        rows_of_key.setdefault(key, []).append(row)
+        file_of_key.setdefault(key, path)
+    return rows_of_key, file_of_key, failures

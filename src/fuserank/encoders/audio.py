@@ -23,8 +23,8 @@ import polars as pl
 
 from fuserank import progress, schema
 from fuserank.encoders.base import Embeddings, l2_normalise
-from fuserank.encoders.cache import EmbeddingCache, content_key
-from fuserank.media import MediaError, file_digest, safe_media_path
+from fuserank.encoders.cache import CacheWriter, EmbeddingCache, fill_from_cache
+from fuserank.media import MediaError, group_media_files
 
 logger = logging.getLogger(__name__)
 
@@ -234,51 +234,28 @@ class AudioEncoder:
         """
         item_ids = items[schema.ITEM_ID].to_list()
         self.failures = {}
-        keys: list[str | None] = [None] * len(item_ids)
-        paths: dict[str, Path] = {}
-        for row, (item_id, relative) in enumerate(zip(item_ids, media_paths(items, schema.AUDIO_PATH))):
-            if relative is None:
-                continue
-            try:
-                path = safe_media_path(self.root, relative)
-                key = content_key("audio-raw", FEATURE_VERSION, str(self.sample_rate), repr(self.max_seconds),
-                                  file_digest(path))
-            except (MediaError, OSError) as error:
-                self._fail(item_id, str(error))
-                continue
-            keys[row] = key
-            paths.setdefault(key, path)
-
+        key_parts = ("audio-raw", FEATURE_VERSION, str(self.sample_rate), repr(self.max_seconds))
+        rows_of_key, paths, failures = group_media_files(
+            item_ids, media_paths(items, schema.AUDIO_PATH), self.root, key_parts
+        )
+        for item_id, reason in failures.items():
+            self._fail(item_id, reason)
         raw = np.zeros((len(item_ids), self.dim), dtype=np.float32)
-        ok = np.array([k is not None for k in keys], dtype=bool)
-        rows = np.flatnonzero(ok)
-        if self.cache is not None and rows.size:
-            cached, found = self.cache.get([keys[r] for r in rows])
-            raw[rows[found]] = cached[found]
-            rows = rows[~found]
-        rows_of_key: dict[str, list[int]] = {}
-        for row in rows:
-            rows_of_key.setdefault(keys[row], []).append(int(row))
+        ok = np.zeros(len(item_ids), dtype=bool)
+        todo = fill_from_cache(self.cache, rows_of_key, raw, ok)
 
-        done_keys: list[str] = []
-        done_vectors: list[np.ndarray] = []
-        todo = progress.bar(rows_of_key, desc="audio", total=len(rows_of_key), unit="file") if rows_of_key else ()
-        for key in todo:
+        writer = CacheWriter(self.cache, CACHE_CHUNK)
+        for key in progress.bar(todo, desc="audio", total=len(todo), unit="file") if todo else ():
             try:
                 vector = audio_features(load_audio(paths[key], self.sample_rate, self.max_seconds), self.sample_rate)
             except Exception as error:  # one bad file degrades one item, never the run
                 for row in rows_of_key[key]:
-                    ok[row] = False
                     self._fail(item_ids[row], str(error))
                 continue
             raw[rows_of_key[key]] = vector
-            done_keys.append(key)
-            done_vectors.append(vector)
-            if self.cache is not None and len(done_keys) >= CACHE_CHUNK:
-                self.cache.put(done_keys, np.stack(done_vectors))
-                done_keys, done_vectors = [], []
-        if self.cache is not None and done_keys:
-            self.cache.put(done_keys, np.stack(done_vectors))
+            ok[rows_of_key[key]] = True
+            writer.add([key], vector)
+        writer.flush()
         return raw, ok
 
     def fit(self, items: pl.DataFrame) -> AudioEncoder:

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +127,66 @@ class EmbeddingCache:
             logger.warning("skipping unreadable embedding cache shard %s: %s", path, error)
             return None
         return keys.tolist(), vectors
+
+
+def fill_from_cache(
+    cache: EmbeddingCache | None, rows_of_key: Mapping[str, Sequence[int]], out: np.ndarray, ok: np.ndarray
+) -> list[str]:
+    """Copy the cached vectors of `rows_of_key` into their rows of `out`, and mark those rows in `ok`.
+
+    Args:
+        cache: where to look; None caches nothing, so every key is a miss.
+        rows_of_key: key -> the rows of `out` that vector belongs to (media.group_media_files).
+        out: float array (n, cache.dim), written in place.
+        ok: bool array (n,), set True in place on the rows filled.
+
+    Returns:
+        The keys not in the cache (still to compute), in the order of `rows_of_key`.
+    """
+    keys = list(rows_of_key)
+    if cache is None or not keys:
+        return keys
+    cached, found = cache.get(keys)
+    for key, vector, hit in zip(keys, cached, found):
+        if hit:
+            out[rows_of_key[key]] = vector
+            ok[rows_of_key[key]] = True
+    return [key for key, hit in zip(keys, found) if not hit]
+
+
+class CacheWriter:
+    """Collects computed vectors and puts them into a cache as one shard every `chunk_rows` rows.
+
+    Writing as the work goes means an interrupted run keeps all but its last partial chunk;
+    `flush` writes that one. With cache None, vectors are dropped.
+
+    Args:
+        cache: the cache to fill, or None.
+        chunk_rows: rows per shard (a shard is written once at least this many are pending).
+    """
+
+    def __init__(self, cache: EmbeddingCache | None, chunk_rows: int) -> None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        self.cache = cache
+        self.chunk_rows = int(chunk_rows)
+        self._keys: list[str] = []
+        self._vectors: list[np.ndarray] = []
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Queue `vectors` (len(keys), dim), or one vector (dim,) for a single key."""
+        if self.cache is None:
+            return
+        self._keys.extend(keys)
+        self._vectors.append(np.asarray(vectors, dtype=np.float32).reshape(len(keys), -1))
+        if len(self._keys) >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Put what is pending into the cache as one shard (nothing when nothing is)."""
+        if self.cache is not None and self._keys:
+            self.cache.put(self._keys, np.concatenate(self._vectors))
+        self._keys, self._vectors = [], []
 
 
 def _write_shard(path: Path, keys: list[str], vectors: np.ndarray) -> None:

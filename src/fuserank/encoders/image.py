@@ -27,9 +27,9 @@ from PIL import Image, ImageOps
 from fuserank import progress, schema
 from fuserank.config import ImageConfig, SourcesConfig, cache_dir as default_sources_cache
 from fuserank.encoders.base import Embeddings
-from fuserank.encoders.cache import EmbeddingCache, content_key
+from fuserank.encoders.cache import CacheWriter, EmbeddingCache, content_key, fill_from_cache
 from fuserank.encoders.text import resolve_device
-from fuserank.media import MediaError, file_digest, safe_media_path
+from fuserank.media import MediaError, file_digest, group_media_files
 
 if TYPE_CHECKING:  # re-exported at run time by __getattr__ at the end of this module
     from fuserank.encoders.image_descriptor import (  # noqa: F401
@@ -155,32 +155,10 @@ def encode_image_files(encoder: PixelEncoder, items: pl.DataFrame, batch_size: i
     paths = items[schema.IMAGE_PATH].to_list() if schema.IMAGE_PATH in items.columns else [None] * len(item_ids)
     vectors = np.zeros((len(item_ids), dim), dtype=np.float32)
     mask = np.zeros(len(item_ids), dtype=bool)
-    failures: dict[str, str] = {}
-    rows_of_key: dict[str, list[int]] = {}
-    file_of_key: dict[str, Path] = {}
-    for row, relative in enumerate(paths):
-        if relative is None:
-            continue
-        try:
-            path = safe_media_path(root, relative)
-            key = content_key(key_prefix, file_digest(path))
-        except (MediaError, OSError) as error:
-            failures[item_ids[row]] = str(error)
-            continue
-        rows_of_key.setdefault(key, []).append(row)
-        file_of_key.setdefault(key, path)
+    rows_of_key, file_of_key, failures = group_media_files(item_ids, paths, root, (key_prefix,))
+    todo = fill_from_cache(cache, rows_of_key, vectors, mask)
 
-    keys = list(rows_of_key)
-    found = np.zeros(len(keys), dtype=bool)
-    if cache is not None and keys:
-        cached, found = cache.get(keys)
-        for key, vector in zip((k for k, f in zip(keys, found) if f), cached[found]):
-            vectors[rows_of_key[key]] = vector
-            mask[rows_of_key[key]] = True
-    todo = [key for key, hit in zip(keys, found) if not hit]
-
-    pending_keys: list[str] = []
-    pending: list[np.ndarray] = []
+    writer = CacheWriter(cache, _CACHE_FLUSH_ROWS)
     n_batches = -(-len(todo) // batch_size)
     batches = progress.bar(range(n_batches), desc="image", total=n_batches, unit="batch") if todo else ()
     for b in batches:
@@ -200,13 +178,8 @@ def encode_image_files(encoder: PixelEncoder, items: pl.DataFrame, batch_size: i
         for key, vector in zip(done, batch_vectors):
             vectors[rows_of_key[key]] = vector
             mask[rows_of_key[key]] = True
-        pending_keys += done
-        pending.append(batch_vectors)
-        if cache is not None and len(pending_keys) >= _CACHE_FLUSH_ROWS:
-            cache.put(pending_keys, np.concatenate(pending))
-            pending_keys, pending = [], []
-    if cache is not None and pending_keys:
-        cache.put(pending_keys, np.concatenate(pending))
+        writer.add(done, batch_vectors)
+    writer.flush()
 
     path_of = dict(zip(item_ids, paths))
     for item_id, reason in failures.items():

@@ -28,8 +28,8 @@ from fuserank import progress, schema
 from fuserank.encoders import audio as audio_module
 from fuserank.encoders.audio import AudioEncoder, media_paths
 from fuserank.encoders.base import Embeddings, l2_normalise
-from fuserank.encoders.cache import EmbeddingCache, content_key
-from fuserank.media import MediaError, file_digest, safe_media_path
+from fuserank.encoders.cache import CacheWriter, EmbeddingCache, content_key, fill_from_cache
+from fuserank.media import MediaError, group_media_files
 
 logger = logging.getLogger(__name__)
 
@@ -160,30 +160,12 @@ class VideoEncoder:
                 self.failures = {i: "PyAV is not installed" for i, r in zip(item_ids, relatives) if r is not None}
                 relatives = [None] * n
 
-        rows_of_key: dict[str, list[int]] = {}
-        file_of_key: dict[str, Path] = {}
-        for row, (item_id, relative) in enumerate(zip(item_ids, relatives)):
-            if relative is None:
-                continue
-            try:
-                path = safe_media_path(self.root, relative)
-                key = content_key(self._key_prefix, file_digest(path))
-            except (MediaError, OSError) as error:
-                self._fail(item_id, str(error))
-                continue
-            rows_of_key.setdefault(key, []).append(row)
-            file_of_key.setdefault(key, path)
+        rows_of_key, file_of_key, failures = group_media_files(item_ids, relatives, self.root, (self._key_prefix,))
+        for item_id, reason in failures.items():
+            self._fail(item_id, reason)
+        todo = fill_from_cache(self.cache, rows_of_key, rows, ok)
 
-        todo = list(rows_of_key)
-        if self.cache is not None and todo:
-            cached, found = self.cache.get(todo)
-            for key, vector in zip((k for k, f in zip(todo, found) if f), cached[found]):
-                rows[rows_of_key[key]] = vector
-                ok[rows_of_key[key]] = True
-            todo = [k for k, f in zip(todo, found) if not f]
-
-        done_keys: list[str] = []
-        done_rows: list[np.ndarray] = []
+        writer = CacheWriter(self.cache, CACHE_CHUNK)
         for key in progress.bar(todo, desc="video", total=len(todo), unit="file") if todo else []:
             try:
                 row = self._decode(file_of_key[key])
@@ -193,13 +175,8 @@ class VideoEncoder:
                 continue
             rows[rows_of_key[key]] = row
             ok[rows_of_key[key]] = True
-            done_keys.append(key)
-            done_rows.append(row)
-            if self.cache is not None and len(done_keys) >= CACHE_CHUNK:
-                self.cache.put(done_keys, np.stack(done_rows))
-                done_keys, done_rows = [], []
-        if self.cache is not None and done_keys:
-            self.cache.put(done_keys, np.stack(done_rows))
+            writer.add([key], row)
+        writer.flush()
         image = rows[:, : self.image_dim]
         audio_raw = rows[:, self.image_dim : self.dim]
         return image, audio_raw, rows[:, self.dim] > 0.5, ok
