@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--taste-share", type=float, default=0.8, help="expected share of a user's interactions on their taste"
     )
+    parser.add_argument("--interactions", type=int, nargs=2, default=(10, 40), metavar=("MIN", "MAX"),
+                        help="inclusive range of each user's number of interactions")
+    parser.add_argument("--popularity-exponent", type=float, default=0.8, help="Zipf exponent of item popularity")
+    parser.add_argument("--new-item-share", type=float, default=0.3, help="share of items released during the period")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="media rendering processes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -46,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             video_share=args.video_share,
             taste_detail=args.taste_detail,
             taste_share=args.taste_share,
+            interactions_per_user=tuple(args.interactions),
+            popularity_exponent=args.popularity_exponent,
+            new_item_share=args.new_item_share,
             workers=args.workers,
         )
     except (ValueError, FileExistsError) as err:

@@ -29,7 +29,7 @@ from fuserank.media import MediaError, group_media_files
 logger = logging.getLogger(__name__)
 
 # Bump when audio_features changes, so cached raw vectors of the old definition are not reused.
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"  # 2: YIN fundamental frequency
 
 N_FFT = 2048
 HOP_LENGTH = 512
@@ -64,10 +64,31 @@ def _feature_names() -> tuple[str, ...]:
     names += ["rms_mean", "rms_std", "zcr_mean", "zcr_std"]
     for spectral in ("centroid_hz", "bandwidth_hz", "rolloff_hz"):
         names += [f"{spectral}_mean", f"{spectral}_std"]
+    names += ["f0_median_log2_hz", "f0_std_log2_hz"]
     return tuple(names)
 
 
 FEATURE_NAMES: tuple[str, ...] = _feature_names()
+
+F0_MIN_HZ, F0_MAX_HZ = 50.0, 2000.0
+
+# Feature families (name prefix -> family); see AudioEncoder.embed.
+FAMILIES = {
+    "mfcc": "timbre", "delta_mfcc": "timbre dynamics", "log_mel": "spectral envelope", "chroma": "harmony",
+    "contrast": "spectral contrast", "centroid": "spectral shape", "bandwidth": "spectral shape",
+    "rolloff": "spectral shape", "rms": "energy", "zcr": "energy", "tempo": "rhythm", "onset": "rhythm",
+    "f0": "pitch",
+}
+
+
+def _family_weights() -> np.ndarray:
+    family = [next(f for prefix, f in sorted(FAMILIES.items(), key=lambda kv: -len(kv[0]))
+                   if name.startswith(prefix)) for name in FEATURE_NAMES]
+    size = {f: family.count(f) for f in set(family)}
+    return np.array([1.0 / np.sqrt(size[f]) for f in family], dtype=np.float32)
+
+
+FAMILY_WEIGHTS = _family_weights()
 
 
 def load_audio(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
@@ -151,6 +172,13 @@ def audio_features(y: np.ndarray, sr: int) -> np.ndarray:
     else:  # no onsets at all: librosa would report its prior (~117 BPM) for silence
         tempo, n_onsets = 0.0, 0
 
+    # Fundamental frequency (YIN) in octaves: the register, which the spectral statistics only
+    # show mixed with timbre. Frames quieter than 1% of the loudest are left out.
+    f0 = librosa.yin(y, fmin=F0_MIN_HZ, fmax=min(F0_MAX_HZ, 0.45 * sr), sr=sr, frame_length=N_FFT, hop_length=HOP_LENGTH)
+    loudness = librosa.feature.rms(y=y, frame_length=N_FFT, hop_length=HOP_LENGTH)[0][: len(f0)]
+    voiced = loudness > 0.01 * loudness.max(initial=0.0)
+    octaves = np.log2(f0[: len(loudness)][voiced]) if voiced.any() else np.zeros(1)
+
     rms = librosa.feature.rms(S=magnitude, frame_length=N_FFT, hop_length=HOP_LENGTH)
     zcr = librosa.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP_LENGTH)
     centroid = librosa.feature.spectral_centroid(S=magnitude, sr=sr)
@@ -172,6 +200,7 @@ def audio_features(y: np.ndarray, sr: int) -> np.ndarray:
         *mean_std(centroid),
         *mean_std(bandwidth),
         *mean_std(rolloff),
+        np.array([np.median(octaves), octaves.std()]),
     ]
     out = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
@@ -297,6 +326,12 @@ class AudioEncoder:
         scale = np.divide(1.0, self.std, out=np.zeros_like(self.std), where=varies)
         return np.clip((raw - self.mean) * scale, -Z_CLIP, Z_CLIP).astype(np.float32)
 
+    def embed(self, raw: np.ndarray) -> np.ndarray:
+        """Embedding rows from raw features: standardised, each feature family weighted so the
+        families count equally in a cosine (else 80 MFCC values outvote 6 spectral-shape ones),
+        then L2-normalised. float32 (m, dim)."""
+        return l2_normalise(self.standardise(raw) * FAMILY_WEIGHTS)
+
     def encode(self, items: pl.DataFrame) -> Embeddings:
         """Standardised, L2-normalised vectors of the items' audio (schema.AUDIO_PATH).
 
@@ -312,7 +347,7 @@ class AudioEncoder:
         raw, ok = self.raw_features(items)
         vectors = np.zeros_like(raw)
         if ok.any():
-            vectors[ok] = l2_normalise(self.standardise(raw[ok]))
+            vectors[ok] = self.embed(raw[ok])
         mask = ok & vectors.any(axis=1)
         return Embeddings(tuple(items[schema.ITEM_ID].to_list()), vectors, mask)
 

@@ -113,8 +113,7 @@ class VideoEncoder:
         with_sound = ok & has_audio
         if with_sound.any():
             if self.audio_encoder.is_fitted:
-                sound = self.audio_encoder.standardise(audio_raw[with_sound])
-                vectors[with_sound, self.image_dim :] = l2_normalise(sound)
+                vectors[with_sound, self.image_dim :] = self.audio_encoder.embed(audio_raw[with_sound])
             else:
                 logger.warning("the audio encoder has no statistics (fit it, or call VideoEncoder.fit_audio): "
                                "the soundtracks of %d videos are left out", int(with_sound.sum()))
