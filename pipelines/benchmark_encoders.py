@@ -41,8 +41,9 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(seconds), result
 
 
-def timed_pair(ours, theirs, repeats: int) -> tuple[float, float, object, object]:
-    """Median seconds of two functions, alternating them so that background load hits both alike."""
+def timed_pair(ours, theirs, repeats: int) -> tuple[list[float], list[float], object, object]:
+    """Seconds of each of `repeats` calls of two functions, alternating them so that background
+    load hits both alike (after one warm-up call each), and their last results."""
     ours(), theirs()
     ours_s, theirs_s = [], []
     for _ in range(repeats):
@@ -52,7 +53,7 @@ def timed_pair(ours, theirs, repeats: int) -> tuple[float, float, object, object
         start = time.perf_counter()
         theirs_out = theirs()
         theirs_s.append(time.perf_counter() - start)
-    return statistics.median(ours_s), statistics.median(theirs_s), ours_out, theirs_out
+    return ours_s, theirs_s, ours_out, theirs_out
 
 
 def benchmark_texts(n: int, repeats: int, batch_size: int) -> dict:
@@ -72,11 +73,12 @@ def benchmark_texts(n: int, repeats: int, batch_size: int) -> dict:
 
     ours = TextEncoder(model_dir, batch_size=batch_size, device="cpu", cache_dir=None)
     theirs = SentenceTransformer(str(model_dir), device="cpu")
-    ours_s, theirs_s, ours_vec, theirs_vec = timed_pair(
+    ours_times, theirs_times, ours_vec, theirs_vec = timed_pair(
         lambda: ours.encode_texts(texts),
         lambda: theirs.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False),
         repeats,
     )
+    ours_s, theirs_s = statistics.median(ours_times), statistics.median(theirs_times)
     agreement = float(np.mean(np.sum(np.asarray(ours_vec) * np.asarray(theirs_vec), axis=1)))
     return {
         "texts": n,
@@ -85,6 +87,8 @@ def benchmark_texts(n: int, repeats: int, batch_size: int) -> dict:
         "sentence_transformers_texts_per_s": n / theirs_s,
         "ratio_fuserank_over_sentence_transformers": theirs_s / ours_s,
         "mean_cosine_between_the_two": agreement,
+        "fuserank_seconds": ours_times,
+        "sentence_transformers_seconds": theirs_times,
     }
 
 
