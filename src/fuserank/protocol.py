@@ -34,7 +34,6 @@ from fuserank.progress import step
 from fuserank.ranking import Ranker, fit_ranker
 from fuserank.two_stage import candidate_features, fit_stage_one, label_candidates, rank_candidates
 
-SYSTEMS = ("fuserank", "popular", "retrieval")
 QUERY = "query"
 
 
