@@ -35,7 +35,7 @@ def has_media(items: pl.DataFrame, column: str) -> bool:
     return column in items.columns and items[column].is_not_null().any()
 
 
-def _summary(name: str, emb: Embeddings) -> str:
+def _summary(emb: Embeddings) -> str:
     return f"{int(emb.mask.sum()):,}/{len(emb.item_ids):,} items x {emb.dim}-d, {megabytes(emb.vectors.nbytes)}"
 
 
@@ -65,7 +65,7 @@ def encode_content(
     if has_media(items, schema.IMAGE_PATH):
         with step("encode images") as s:
             embeddings["image"] = image_encoder.encode(items)
-            s.done(_summary("image", embeddings["image"]))
+            s.done(_summary(embeddings["image"]))
     audio_encoder = None
     if has_media(items, schema.AUDIO_PATH) or has_media(items, schema.VIDEO_PATH):
         from fuserank.encoders.audio import AudioEncoder
@@ -85,7 +85,7 @@ def encode_content(
                 embeddings["audio"] = audio_encoder.encode(items)
             else:
                 embeddings["audio"] = _nothing_encoded(items, audio_encoder.dim)
-            s.done(_summary("audio", embeddings["audio"]))
+            s.done(_summary(embeddings["audio"]))
     if has_media(items, schema.VIDEO_PATH):
         from fuserank.encoders.video import VideoEncoder
 
@@ -105,7 +105,7 @@ def encode_content(
                 except ValueError as err:  # videos then keep their image half only
                     log.warning("video soundtracks could not be standardised: %s", err)
             embeddings["video"] = video.encode(items)
-            s.done(_summary("video", embeddings["video"]))
+            s.done(_summary(embeddings["video"]))
     fit = items[schema.ITEM_ID].is_in(train_items.implode()).to_numpy()
     for modality in config.fusion.centre:
         if modality in embeddings:
@@ -147,5 +147,5 @@ def _encode_text(items: pl.DataFrame, config: RunConfig, root_cache: Path) -> Em
     )
     with step("encode text") as s:
         text = encoder.encode(items)
-        s.done(_summary("text", text))
+        s.done(_summary(text))
     return text
