@@ -18,15 +18,10 @@ def _configure_process() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fuserank", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser(
-        "train-evaluate",
-        help="train the two-stage recommender and evaluate it with baselines (MovieLens-100K by default)",
-    )
-    train.add_argument("--config", help="YAML file with any RunConfig sections (unknown keys are errors)")
-    train.add_argument(
+def add_common_arguments(sub: argparse.ArgumentParser) -> None:
+    """--config, --set and --quiet, shared by every command that reads a RunConfig."""
+    sub.add_argument("--config", help="YAML file with any RunConfig sections (unknown keys are errors)")
+    sub.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -34,16 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one setting, e.g. --set retrieval.index=hnsw (repeatable)",
     )
-    train.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fuserank", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train-evaluate",
+        help="train the two-stage recommender and evaluate it with baselines (MovieLens-100K by default)",
+    )
     ablate = commands.add_parser(
         "ablate", help="test NDCG@10 with a 95%% CI for the full model and with each modality removed"
     )
     fetch = commands.add_parser("fetch", help="fetch and verify the configured data set and model weights")
-    for sub in (ablate, fetch):
-        sub.add_argument("--config", help="YAML file with any RunConfig sections (unknown keys are errors)")
-        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                         help="override one setting (repeatable)")
-        sub.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
+    for sub in (train, ablate, fetch):
+        add_common_arguments(sub)
     return parser
 
 
@@ -63,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     from fuserank.sources import SourceError
 
     try:
-        return _run(args.command, config)
+        return _run(args, config)
     except (DataError, SourceError) as err:
         print(f"fuserank: {err}", file=sys.stderr)
         return 1
 
 
-def _run(command: str, config: RunConfig) -> int:
+def _run(args: argparse.Namespace, config: RunConfig) -> int:
+    command = args.command
     if command == "fetch":
         from fuserank.config import cache_dir
         from fuserank.sources import resolve
