@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -20,7 +21,11 @@ from fuserank.metrics import bootstrap_ci, paired_bootstrap_ci
 from fuserank.progress import step
 from fuserank.protocol import ProtocolResult, run_protocol
 
+if TYPE_CHECKING:
+    from fuserank.llm_features import LLMSignals
+
 FULL = "full"
+LLM_VIEWS = ("llm_description", "llm_hidden")  # llm_features.VIEWS
 METRIC = "ndcg_at_10"
 
 
@@ -31,7 +36,12 @@ def ablation_variants(
     dropped from the content dict, behaviour is switched off in its config."""
     variants = {FULL: (dict(content), config)}
     for modality in content:
+        if modality in LLM_VIEWS:  # part of the LLM group below
+            continue
         variants[f"without_{modality}"] = ({m: e for m, e in content.items() if m != modality}, config)
+    if config.llm.enabled:  # the LLM feature group and its fusion view together
+        no_llm = dataclasses.replace(config, llm=dataclasses.replace(config.llm, enabled=False))
+        variants["without_llm"] = ({m: e for m, e in content.items() if m not in LLM_VIEWS}, no_llm)
     if config.behaviour.enabled:
         off = dataclasses.replace(config, behaviour=dataclasses.replace(config.behaviour, enabled=False))
         variants["without_behaviour"] = (dict(content), off)
@@ -67,13 +77,15 @@ def ablation_table(results: Mapping[str, ProtocolResult], seed: int, n_boot: int
 
 
 def run_ablation(
-    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig
+    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+    llm: LLMSignals | None = None,
 ) -> tuple[pl.DataFrame, dict[str, ProtocolResult]]:
-    """Run every variant of `ablation_variants`; returns (table, results by variant)."""
+    """Run every variant of `ablation_variants`; returns (table, results by variant). `llm`
+    (llm_features.prepare_llm) reaches every variant whose config keeps `llm.enabled`."""
     results: dict[str, ProtocolResult] = {}
     for name, (variant_content, variant_config) in ablation_variants(content, config).items():
         with step(f"ablation [{name}]") as s:
-            results[name] = run_protocol(split, item_ids, variant_content, variant_config)
+            results[name] = run_protocol(split, item_ids, variant_content, variant_config, llm)
             s.done(f"test {METRIC} {results[name].metrics[f'test_{METRIC}']:.4f}")
     return ablation_table(results, seed=config.seed), results
 

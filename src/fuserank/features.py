@@ -26,6 +26,9 @@ _ROW_CHUNK_BYTES = 64_000_000
 
 # Feature groups, for importance plots and ablations: prefix of the feature name -> group.
 GROUP_PREFIXES = {
+    "llm_": "llm",
+    "cos_llm": "llm",
+    "has_llm": "llm",
     "cos_text": "text",
     "cos_behaviour": "behaviour",
     "cos_image": "image",
@@ -46,6 +49,22 @@ def feature_group(name: str) -> str:
         if name.startswith(prefix):
             return group
     return "other"
+
+
+def select_features(names: Sequence[str], disabled_groups: Sequence[str]) -> list[str]:
+    """`names` without the features of `disabled_groups` (order kept).
+
+    Raises:
+        ValueError: a disabled group is not a known group, or nothing would be left.
+    """
+    known = set(GROUP_PREFIXES.values()) | {"other"}
+    unknown = sorted(set(disabled_groups) - known)
+    if unknown:
+        raise ValueError(f"features.disabled_groups: unknown group(s) {unknown}; known groups are {sorted(known)}")
+    kept = [n for n in names if feature_group(n) not in set(disabled_groups)]
+    if not kept:
+        raise ValueError(f"features.disabled_groups {list(disabled_groups)} leaves the ranker no feature")
+    return kept
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,10 @@ def user_profiles(
 ) -> np.ndarray:
     """float32 (n_users, d) profile per user of `hist`: the same recency-weighted mean as the
     retrieval query (zero for a user without history)."""
+    # A profile depends only on its own user's rows; the others would cost (n_all_users, d) memory
+    # per call, which batched export calls thousands of times.
+    wanted = pl.DataFrame({schema.USER_ID: pl.Series(list(hist.user_ids), dtype=pl.String)})
+    history = history.join(wanted, on=schema.USER_ID, how="semi")
     ids, queries, _ = user_queries(history, item_ids, vectors, profile_items, half_life)
     profiles = np.zeros((len(hist.user_ids), vectors.shape[1]), dtype=np.float32)
     row = {u: i for i, u in enumerate(ids)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -33,6 +34,9 @@ from fuserank.evaluate import (
 from fuserank.progress import step
 from fuserank.ranking import Ranker, fit_ranker
 from fuserank.two_stage import candidate_features, fit_stage_one, label_candidates, rank_candidates
+
+if TYPE_CHECKING:
+    from fuserank.llm_features import LLMSignals
 
 QUERY = "query"
 
@@ -57,7 +61,7 @@ class ProtocolResult:
 
 
 def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, targets: pl.DataFrame,
-                  item_ids: Sequence[str], content: Mapping[str, Embeddings]
+                  item_ids: Sequence[str], content: Mapping[str, Embeddings], llm: LLMSignals | None = None
                   ) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
     """Fit stage 1 on `history`, build labelled features for the target users.
 
@@ -67,7 +71,8 @@ def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, tar
     with step(f"stage 1 [{stage_name}]") as s:
         stage = fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval,
                               config.seed)
-        frame, names = candidate_features(stage, history, users, config.retrieval, config.features)
+        llm = llm if config.llm.enabled else None
+        frame, names = candidate_features(stage, history, users, config.retrieval, config.features, llm=llm)
         frame = label_candidates(frame, targets)
         s.done(f"{len(users):,} users, {frame.height:,} candidates x {len(names)} features")
     candidates = frame.select(list(schema.CANDIDATES))
@@ -75,7 +80,8 @@ def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, tar
 
 
 def ranker_training_frame(
-    train: pl.DataFrame, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig
+    train: pl.DataFrame, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+    llm: LLMSignals | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """Labelled candidates from successive cut-offs of the train part, with a QUERY column."""
     window = config.split.label_window
@@ -84,12 +90,50 @@ def ranker_training_frame(
         history, targets = holdout_last(history, n=window, min_interactions=window + 1)
         if targets.is_empty():
             break
-        frame, names, _ = _cutoff_frame(config, f"ranker labels {cutoff}", history, targets, item_ids, content)
+        frame, names, _ = _cutoff_frame(config, f"ranker labels {cutoff}", history, targets, item_ids, content, llm)
         query = pl.concat_str(pl.col(schema.USER_ID), pl.lit(f"#{cutoff}"))
         frames.append(frame.with_columns(query.alias(QUERY)))
     if not frames:
         raise ValueError("no user has enough train interactions to give the ranker a label")
     return pl.concat(frames), names
+
+
+@dataclass(frozen=True)
+class ValidationFrames:
+    """What tuning needs: ranker training rows and validation candidates, never a test frame.
+
+    Attributes:
+        fit: labelled candidates of the train cut-offs, with a QUERY column.
+        valid: labelled candidates of the validation users (stage 1 fitted on train).
+        names: ordered feature names (after `features.disabled_groups`).
+        valid_candidates: the validation candidates in stage-1 order (schema.CANDIDATES).
+    """
+
+    fit: pl.DataFrame
+    valid: pl.DataFrame
+    names: list[str]
+    valid_candidates: pl.DataFrame
+
+
+def validation_frames(
+    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+    llm: LLMSignals | None = None,
+) -> ValidationFrames:
+    """Build the ranker-training and validation frames from `split.train` only (test unseen)."""
+    fit, names = ranker_training_frame(split.train, item_ids, content, config, llm)
+    valid, _, valid_candidates = _cutoff_frame(config, "validation", split.train, split.valid, item_ids, content, llm)
+    return ValidationFrames(fit, valid, names, valid_candidates)
+
+
+def validation_metrics(
+    frames: ValidationFrames, valid_targets: pl.DataFrame, ranker: Ranker, ks: Sequence[int], n_items: int,
+    n_candidates: int,
+) -> dict[str, float]:
+    """valid_* metrics (full ranking, as in run_protocol) of `ranker` on the validation users."""
+    ranked = rank_candidates(frames.valid, ranker.score(frames.valid), max(ks))
+    _, metrics = score_lists(ranked, valid_targets, ks, n_items, "valid_")
+    metrics.update(stage_one_recall(frames.valid_candidates, valid_targets, n_candidates, "valid_"))
+    return metrics
 
 
 def make_split(interactions: pl.DataFrame, config: RunConfig) -> Split:
@@ -98,7 +142,8 @@ def make_split(interactions: pl.DataFrame, config: RunConfig) -> Split:
 
 
 def run_protocol(
-    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig
+    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+    llm: LLMSignals | None = None,
 ) -> ProtocolResult:
     """Train on train, stop early on validation, evaluate once on test; baselines on the same split.
 
@@ -108,14 +153,16 @@ def run_protocol(
         content: content embeddings of the catalog, e.g. {"text": ..., "image": ...} (may be empty
             when behaviour is enabled).
         config: the run configuration (only its stage sections are handed further down).
+        llm: LLM signals (llm_features.prepare_llm); used only while `config.llm.enabled`.
     """
     n_items = len(item_ids)
     ks = config.eval.ks
 
-    fit_frame, names = ranker_training_frame(split.train, item_ids, content, config)
-    valid_frame, _, valid_candidates = _cutoff_frame(config, "validation", split.train, split.valid, item_ids, content)
+    fit_frame, names = ranker_training_frame(split.train, item_ids, content, config, llm)
+    valid_frame, _, valid_candidates = _cutoff_frame(config, "validation", split.train, split.valid, item_ids, content,
+                                                     llm)
     test_history = pl.concat([split.train, split.valid])
-    test_frame, _, test_candidates = _cutoff_frame(config, "test", test_history, split.test, item_ids, content)
+    test_frame, _, test_candidates = _cutoff_frame(config, "test", test_history, split.test, item_ids, content, llm)
 
     with step("train ranker") as s:
         ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
@@ -125,7 +172,7 @@ def run_protocol(
         "n_items": float(n_items),
         "n_interactions": float(test_history.height + split.test.height),
         "n_users": float(split.train[schema.USER_ID].n_unique()),
-        "n_test_users": float(split.test.height),
+        "n_test_users": float(split.test[schema.USER_ID].n_unique()),
         "n_train_interactions": float(split.train.height),
         "ranker_train_rows": float(fit_frame.height),
         "ranker_train_queries_with_positive": float(fit_frame.filter(pl.col(schema.LABEL) > 0)[QUERY].n_unique()),

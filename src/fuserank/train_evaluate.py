@@ -19,6 +19,8 @@ from fuserank.progress import step
 from fuserank.content import encode_content
 from fuserank.data.split import Split
 from fuserank.encoders.base import Embeddings
+from fuserank.llm_features import VIEWS as LLM_VIEWS
+from fuserank.llm_features import LLMSignals, prepare_llm
 from fuserank.protocol import ProtocolResult, make_split, run_protocol
 from fuserank.sources import resolve
 
@@ -47,6 +49,16 @@ def load_data(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
             items, interactions = load_movielens_100k(folder)
             s.done(f"{items.height:,} items, {interactions.height:,} interactions")
         return items, interactions
+    if data.dataset == "movielens-1m":
+        from fuserank.data.movielens import load_movielens_1m
+
+        with step("fetch movielens-1m") as s:
+            folder = resolve(config.sources.movielens_1m, cache_dir(config.sources))
+            s.done(str(folder.name))
+        with step("load movielens-1m") as s:
+            items, interactions = load_movielens_1m(folder)
+            s.done(f"{items.height:,} items, {interactions.height:,} interactions")
+        return items, interactions
     if data.dataset == "catalog":
         from fuserank.data.catalog import load_catalog
 
@@ -56,7 +68,7 @@ def load_data(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
             items, interactions = load_catalog(Path(data.items_path), Path(data.interactions_path))
             s.done(f"{items.height:,} items, {interactions.height:,} interactions")
         return items, interactions
-    raise ValueError(f"data.dataset: unknown dataset {data.dataset!r}; use 'movielens-100k' or 'catalog'")
+    raise ValueError(f"data.dataset: unknown dataset {data.dataset!r}; use 'movielens-100k', 'movielens-1m' or 'catalog'")
 
 
 def frame_digest(frame: pl.DataFrame) -> str:
@@ -102,6 +114,7 @@ class Prepared:
     content: dict[str, Embeddings]
     media: dict[str, float]
     tags: dict[str, str]
+    llm: LLMSignals | None = None  # LLM signals when llm.enabled (llm_features.prepare_llm)
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -109,6 +122,9 @@ def prepare(config: RunConfig) -> Prepared:
     items, interactions = load_data(config)
     split = make_split(interactions, config)
     content, media = encode_content(items, split.train[schema.ITEM_ID].unique(), config)
+    llm = prepare_llm(items, split.train, content["text"], config)
+    if llm is not None:  # extra content views: fused by their fusion weight, features always
+        content.update({name: view for name, view in llm.views().items() if name in LLM_VIEWS})
     tags = {
         "git_commit": git_commit(),
         "data_hash": frame_digest(interactions.select(list(schema.INTERACTIONS))),
@@ -117,25 +133,32 @@ def prepare(config: RunConfig) -> Prepared:
         "image_weights": str(config.image.clip_weights),
         "command": " ".join(sys.argv),
     }
-    return Prepared(items, split, content, media, tags)
+    if llm is not None:
+        tags["llm_model"] = config.llm.model
+    return Prepared(items, split, content, media, tags, llm)
 
 
-def train_evaluate(config: RunConfig) -> tuple[dict[str, float], Path]:
-    """Run the whole job; returns (metrics, output folder)."""
-    from fuserank import tracking
+def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tuple[dict[str, float], Path]:
+    """Run the whole job; returns (metrics, output folder). `tags` are added to the MLflow run."""
+    from fuserank import plots, tracking
 
     start = time.perf_counter()
     data = prepare(config)
     run_name = config.run_name or f"train-evaluate-{config.data.dataset}"
     folder = Path(config.output_dir) / run_name
-    with tracking.tracked_run(config.tracking, run_name, data.tags) as run_id:
+    run_tags = data.tags | {"kind": "train-evaluate"} | (tags or {})
+    with tracking.tracked_run(config.tracking, run_name, run_tags) as run_id:
         if run_id is not None:
             tracking.log_params(flatten(config))
-        result = run_protocol(data.split, data.items[schema.ITEM_ID].to_list(), data.content, config)
+        result = run_protocol(data.split, data.items[schema.ITEM_ID].to_list(), data.content, config, data.llm)
         metrics = {**result.metrics, **data.media, "wall_seconds": time.perf_counter() - start}
         result = dataclasses.replace(result, metrics=metrics)
         with step("write outputs") as s:
             paths = write_outputs(result, config, folder, run_id)
+            figures = plots.write_run_figures(metrics, result.ranker.gain_importance(), folder / "plots",
+                                              prefixes=("test_", "valid_"))
+            if data.llm is not None:  # a sample of generated profiles and descriptions, to read
+                paths["llm_samples"] = atomic.write_json(folder / "llm_samples.json", data.llm.samples)
             s.done(str(folder))
         if run_id is not None:
             with step("log to mlflow") as s:
@@ -147,7 +170,10 @@ def train_evaluate(config: RunConfig) -> tuple[dict[str, float], Path]:
                     ("evaluation", paths["per_user_metrics"]),
                     ("ranker_text", paths["model"]),
                     ("ranker_text", paths["features"]),
+                    *(("plots", path) for path in figures.values()),
+                    *(("llm", paths[k]) for k in ("llm_samples",) if k in paths),
                 ])
+                tracking.set_tags({"model_hash": hashlib.sha256(paths["model"].read_bytes()).hexdigest()})
                 tracking.log_lightgbm(result.ranker.booster)
                 s.done(f"run {run_id}")
     return metrics, folder
@@ -164,10 +190,15 @@ def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
     with tracking.tracked_run(config.tracking, run_name, data.tags | {"kind": "ablation"}) as run_id:
         if run_id is not None:
             tracking.log_params(flatten(config))
-        table, _ = run_ablation(data.split, data.items[schema.ITEM_ID].to_list(), data.content, config)
+        table, results = run_ablation(data.split, data.items[schema.ITEM_ID].to_list(), data.content, config,
+                                      data.llm)
+        from fuserank.plots import gain_by_group
+
         paths = [
             atomic.write_atomic(folder / "ablation.csv", lambda tmp: table.write_csv(tmp)),
             atomic.write_text(folder / "ablation.txt", format_table(table) + "\n"),
+            atomic.write_json(folder / "gain_by_group.json",
+                              {name: gain_by_group(r.ranker.gain_importance()) for name, r in results.items()}),
         ]
         if run_id is not None:
             metrics = dict(data.media)

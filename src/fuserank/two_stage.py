@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -17,9 +18,19 @@ from fuserank import schema
 from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.encoders.behaviour import fit_behaviour
-from fuserank.features import build_features
+from fuserank.features import build_features, select_features
 from fuserank.fusion import fuse
-from fuserank.retrieval import ItemIndex, build_index, merge_candidates, popular_candidates, retrieve
+from fuserank.retrieval import (
+    ItemIndex,
+    build_index,
+    merge_candidates,
+    neighbourhood_popular,
+    popular_candidates,
+    retrieve,
+)
+
+if TYPE_CHECKING:
+    from fuserank.llm_features import LLMSignals
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,8 @@ def fit_stage_one(
             use_gpu=retrieval.use_gpu,
         )
 
-    per_modality = {m: index_of(embeddings[m].vectors) for m in weights} if retrieval.modality_candidates > 0 else {}
+    own_index = retrieval.modality_candidates > 0 or retrieval.neighbourhood_candidates > 0
+    per_modality = {m: index_of(embeddings[m].vectors) for m in weights} if own_index else {}
     return StageOne(embeddings, fused, index_of(fused), per_modality)
 
 
@@ -102,18 +114,27 @@ def generate_candidates(
             batch_size=retrieval.batch_size,
         )
     ]
+    popular_in = []
     for modality, index in stage.modality_indexes.items():
+        depth = max(retrieval.modality_candidates, retrieval.neighbourhood_pool if retrieval.neighbourhood_candidates else 0)
         found = retrieve(
             index,
             history,
             stage.embeddings[modality].vectors,
-            retrieval.modality_candidates,
+            depth,
             recent_items=retrieval.recent_items,
             half_life=retrieval.recency_half_life,
             users=users,
             batch_size=retrieval.batch_size,
         )
-        frames.append(found.with_columns(pl.lit(f"ann_{modality}").alias(schema.SOURCE)))
+        if retrieval.modality_candidates > 0:
+            nearest = found.filter(pl.col(schema.RETRIEVAL_RANK) <= retrieval.modality_candidates)
+            frames.append(nearest.with_columns(pl.lit(f"ann_{modality}").alias(schema.SOURCE)))
+        if retrieval.neighbourhood_candidates > 0:
+            popular_in.append(
+                neighbourhood_popular(found, history, retrieval.neighbourhood_candidates, f"pop_{modality}")
+            )
+    frames.extend(popular_in)
     if retrieval.popular_candidates > 0:
         frames.append(popular_candidates(history, users, retrieval.popular_candidates))
     return merge_candidates(frames)
@@ -133,10 +154,17 @@ def candidate_features(
     users: Sequence[str],
     retrieval: RetrievalConfig,
     features: FeatureConfig,
+    extra: pl.DataFrame | None = None,
+    llm: LLMSignals | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
-    """Candidates for `users` with every feature column; returns (frame, feature names)."""
+    """Candidates for `users` with every feature column; returns (frame, feature names), the names
+    without those of `features.disabled_groups` (the frame keeps every column). `extra`
+    (schema.CANDIDATES) is merged after stage 1's own candidates, e.g. seen items for export.
+    `llm` adds the LLM feature columns (llm_features.py)."""
     candidates = generate_candidates(stage, history, users, retrieval)
-    return build_features(
+    if extra is not None:
+        candidates = merge_candidates([candidates, extra])
+    frame, names = build_features(
         candidates,
         history,
         stage.embeddings,
@@ -144,13 +172,23 @@ def candidate_features(
         features,
         profile_items=retrieval.recent_items,
         half_life=retrieval.recency_half_life,
-        sources=candidate_sources(stage),
+        sources=candidate_sources(stage, retrieval),
     )
+    if llm is not None:
+        from fuserank.llm_features import add_llm_features
+
+        frame, names = add_llm_features(frame, names, history, llm)
+    return frame, select_features(names, features.disabled_groups)
 
 
-def candidate_sources(stage: StageOne) -> tuple[str, ...]:
+def candidate_sources(stage: StageOne, retrieval: RetrievalConfig) -> tuple[str, ...]:
     """Names of the candidate sources a stage can produce (each gets a `from_<source>` feature)."""
-    return ("ann", *(f"ann_{m}" for m in stage.modality_indexes), "popular")
+    per_modality = []
+    if retrieval.modality_candidates > 0:
+        per_modality += [f"ann_{m}" for m in stage.modality_indexes]
+    if retrieval.neighbourhood_candidates > 0:
+        per_modality += [f"pop_{m}" for m in stage.modality_indexes]
+    return ("ann", *per_modality, "popular")
 
 
 def rank_candidates(frame: pl.DataFrame, scores: np.ndarray, top_k: int) -> pl.DataFrame:
