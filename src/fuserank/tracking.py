@@ -91,3 +91,120 @@ def log_lightgbm(booster: Any, name: str = "ranker") -> None:
     import mlflow.lightgbm
 
     mlflow.lightgbm.log_model(booster, name=name, pip_requirements=[f"lightgbm=={lightgbm.__version__}"])
+
+
+# --- nested runs, tags, search and artifacts (tuning, comparison, UI) ---
+
+
+class NestedRun:
+    """A child run's id and the status it ends with ("FINISHED" unless changed, e.g. "KILLED")."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.status = "FINISHED"
+
+
+@contextmanager
+def nested_run(run_name: str, tags: Mapping[str, str]) -> Iterator[NestedRun]:
+    """A child of the active run, in the parent's experiment; ends FAILED on an exception."""
+    import mlflow
+
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError("nested_run needs an active parent run")
+    run = mlflow.start_run(
+        experiment_id=parent.info.experiment_id, run_name=run_name, nested=True, tags=dict(tags)
+    )
+    handle = NestedRun(run.info.run_id)
+    try:
+        yield handle
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status=handle.status)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def search_runs(
+    config: TrackingConfig, experiment: str | None = None, run_ids: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Runs by id (in the order given) or every run of an experiment (oldest first).
+
+    Returns:
+        One dict per run: run_id, run_name, experiment_id, status, start_time (ms), metrics,
+        params and tags (dicts of str -> float / str).
+
+    Raises:
+        ValueError: the experiment does not exist, or neither an experiment nor ids are given.
+    """
+    from mlflow.tracking import MlflowClient
+
+    _prepare_store(config)
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    if run_ids:
+        runs = [client.get_run(run_id) for run_id in run_ids]
+    elif experiment is not None:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise ValueError(f"MLflow experiment {experiment!r} does not exist in {config.tracking_uri}")
+        runs, token = [], None
+        while True:
+            page = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"],
+                                      max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    else:
+        raise ValueError("search_runs needs an experiment name or run ids")
+    return [
+        {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name or "",
+            "experiment_id": run.info.experiment_id,
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "metrics": dict(run.data.metrics),
+            "params": dict(run.data.params),
+            "tags": dict(run.data.tags),
+        }
+        for run in runs
+    ]
+
+
+def download_artifact(config: TrackingConfig, run_id: str, artifact_path: str, dst: Path) -> Path | None:
+    """Copy one artifact of a run into `dst` (a folder); None when the run has no such artifact."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    _prepare_store(config)
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=config.tracking_uri
+        )
+    except (MlflowException, OSError):
+        return None
+    return Path(local)
+
+
+def ui_command(config: TrackingConfig, port: int) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow ui` command line and environment for this store, bound to 127.0.0.1.
+
+    One worker, and no job-execution process: the UI then runs as 2 processes in ~0.5 GB.
+    """
+    import shutil
+    import sys
+
+    if config.tracking_uri.startswith("sqlite:///"):
+        Path(config.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    command = [mlflow_bin, "ui", "--backend-store-uri", config.tracking_uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", GIT_PYTHON_REFRESH="quiet")
+    return command, env

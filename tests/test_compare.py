@@ -1,0 +1,101 @@
+"""Run comparison: deltas against a baseline, paired bootstrap CI over users, MLflow edge."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from fuserank.compare import comparison_table, compare_runs, format_comparison, varying_params
+from fuserank.config import RunConfig, with_overrides
+
+USERS = [f"u{i}" for i in range(50)]
+
+
+def per_user(values: np.ndarray, system: str = "fuserank") -> pl.DataFrame:
+    return pl.DataFrame({"user_id": USERS, "ndcg_at_10": values, "system": [system] * len(USERS)})
+
+
+def run(run_id: str, ndcg: float, lr: str) -> dict:
+    return {"run_id": run_id, "run_name": f"name-{run_id}",
+            "metrics": {"test_ndcg_at_10": ndcg, "valid_ndcg_at_10": ndcg / 2},
+            "params": {"ranker.learning_rate": lr, "seed": "42", "tracking.experiment": run_id}}
+
+
+def planted() -> tuple[list[dict], dict[str, pl.DataFrame]]:
+    rng = np.random.default_rng(0)
+    base = rng.random(len(USERS)) * 0.5
+    noise = rng.normal(0, 0.3, len(USERS))
+    runs = [run("aaaa0000", base.mean(), "0.05"), run("bbbb1111", base.mean() + 0.1, "0.1"),
+            run("cccc2222", (base + noise).mean(), "0.05")]
+    # Other systems' rows in the artifact must be ignored.
+    frames = {"aaaa0000": pl.concat([per_user(base), per_user(base + 5, "popular")]),
+              "bbbb1111": per_user(base + 0.1), "cccc2222": per_user(base + noise)}
+    return runs, frames
+
+
+def test_varying_params_skip_bookkeeping_and_equal_values():
+    params = {"a": {"x": "1", "y": "2", "run_name": "a", "tracking.experiment": "e1"},
+              "b": {"x": "1", "y": "3", "z": "0", "run_name": "b", "tracking.experiment": "e2"}}
+    assert varying_params(params) == ["y", "z"]
+
+
+def test_deltas_and_paired_ci_against_the_baseline():
+    runs, frames = planted()
+    table = comparison_table(runs, frames, baseline="aaaa0000", seed=1)
+    rows = {r["run_id"]: r for r in table.iter_rows(named=True)}
+    assert rows["aaaa0000"]["baseline"] and rows["aaaa0000"]["delta_test_ndcg_at_10"] == 0.0
+    # Every user gains exactly 0.1: the interval collapses onto it.
+    shifted = rows["bbbb1111"]
+    assert shifted["delta_test_ndcg_at_10"] == pytest.approx(0.1)
+    assert shifted["delta_ndcg_ci_low"] == pytest.approx(0.1) and shifted["delta_ndcg_ci_high"] == pytest.approx(0.1)
+    assert shifted["beyond_ci"] and shifted["paired_users"] == 50
+    # Zero-mean-ish noise: the interval is wide and covers the observed difference.
+    noisy = rows["cccc2222"]
+    assert noisy["delta_ndcg_ci_low"] < noisy["delta_test_ndcg_at_10"] < noisy["delta_ndcg_ci_high"]
+    assert noisy["delta_ndcg_ci_high"] - noisy["delta_ndcg_ci_low"] > 0.1
+    assert [c for c in table.columns if c.startswith("param:")] == ["param:ranker.learning_rate"]
+    text = format_comparison(table)
+    assert "(baseline)" in text and "+0.1000" in text and "ranker.learning_rate=0.1" in text
+
+
+def test_runs_without_per_user_metrics_get_no_interval_and_a_bad_baseline_is_an_error():
+    runs, frames = planted()
+    frames["cccc2222"] = None
+    table = comparison_table(runs, frames, baseline="bbbb1111")
+    row = table.filter(pl.col("run_id") == "cccc2222").row(0, named=True)
+    assert row["delta_ndcg_ci_low"] is None and row["paired_users"] == 0 and not row["beyond_ci"]
+    assert table.filter(pl.col("run_id") == "aaaa0000")["delta_test_ndcg_at_10"][0] == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="zzz"):
+        comparison_table(runs, frames, baseline="zzz")
+
+
+def test_compare_runs_reads_mlflow_and_records_the_table(tmp_path):
+    from fuserank import atomic, tracking
+
+    store = tmp_path / "mlruns"
+    config = with_overrides(RunConfig(), [
+        f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}", f"tracking.artifact_root={store / 'artifacts'}",
+        "tracking.experiment=cmp", f"output_dir={tmp_path / 'out'}"])
+    runs, frames = planted()
+    ids = {}
+    for planted_run in runs[:2]:
+        with tracking.tracked_run(config.tracking, planted_run["run_name"], {}) as run_id:
+            tracking.log_params(planted_run["params"])
+            tracking.log_metrics(planted_run["metrics"])
+            path = atomic.write_parquet(tmp_path / planted_run["run_id"] / "per_user_metrics.parquet",
+                                        frames[planted_run["run_id"]])
+            tracking.log_artifacts([("evaluation", path)])
+            ids[planted_run["run_id"]] = run_id
+    table, text, folder = compare_runs(config, "cmp", [], baseline=None)
+    assert table["run_id"].to_list() == [ids["aaaa0000"], ids["bbbb1111"]]  # oldest first, oldest is baseline
+    assert table["delta_ndcg_ci_low"][1] == pytest.approx(0.1)
+    assert (folder / "comparison.csv").is_file() and "(baseline)" in (folder / "comparison.txt").read_text()
+    recorded = [r for r in tracking.search_runs(config.tracking, "cmp") if r["tags"].get("kind") == "compare"]
+    assert len(recorded) == 1 and recorded[0]["tags"]["baseline_run"] == ids["aaaa0000"]
+    got = tracking.download_artifact(config.tracking, recorded[0]["run_id"], "comparison.txt", tmp_path / "dl")
+    assert got.read_text() == (folder / "comparison.txt").read_text()
+    # By ids with an explicit baseline; the compare run itself is never picked up as a run to compare.
+    table, _, _ = compare_runs(config, None, [ids["bbbb1111"], ids["aaaa0000"]], baseline=ids["bbbb1111"])
+    assert table["delta_test_ndcg_at_10"][1] == pytest.approx(-0.1)
+    assert len(compare_runs(config, "cmp", [], None)[0]) == 2

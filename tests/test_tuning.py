@@ -1,0 +1,155 @@
+"""Tuning: search space -> config, stage-1 frame cache, pruning, and `fuserank tune` end to end
+on a tiny catalog (study storage, nested MLflow runs, best config, its single test run)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import polars as pl
+import pytest
+import yaml
+
+from fuserank import schema, tracking
+from fuserank.cli import main
+from fuserank.config import RunConfig, load_config
+from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
+from fuserank.features import select_features
+from fuserank.protocol import validation_frames
+from fuserank.tuning import FrameCache, run_trial, stage_one_key, trial_config
+from tiny_models import save_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    items, interactions = generate_catalog(n_items=200, n_users=150, seed=3)
+    items_path, interactions_path = write_catalog(root / "catalog", items, interactions)
+    model = save_tiny_bert(root / "bert", words=["a", "story", "number", *GENRES])
+    values = {
+        "seed": 7,
+        "output_dir": str(root / "outputs"),
+        "data": {"dataset": "catalog", "items_path": str(items_path), "interactions_path": str(interactions_path)},
+        "sources": {"cache_dir": str(root / "cache"), "text_model": str(model)},
+        "retrieval": {"n_candidates": 40, "popular_candidates": 10},
+        "ranker": {"n_estimators": 60, "min_child_samples": 10, "early_stopping_rounds": 20},
+        "eval": {"top_k": 20},
+        "tracking": {"tracking_uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+                     "artifact_root": str(root / "mlruns" / "artifacts"), "experiment": "tune-test"},
+        "tune": {"storage": f"sqlite:///{root / 'mlruns' / 'optuna.db'}", "n_trials": 3, "n_startup_trials": 1,
+                 "prune_rounds": 5, "n_candidates": [20, 40], "fusion_weights": [0.5, 1.0]},
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return root, path
+
+
+def test_trial_params_become_a_config():
+    params = {"ranker.learning_rate": 0.1, "retrieval.n_candidates": 300, "fusion.weights.text": 0.0,
+              "features.use_popularity": False, "features.use_user": True}
+    config = trial_config(RunConfig(), params)
+    assert config.ranker.learning_rate == 0.1 and config.retrieval.n_candidates == 300
+    assert config.fusion.weights["text"] == 0.0 and config.fusion.weights["behaviour"] == 1.0
+    assert config.features.disabled_groups == ("popularity",)
+    assert config.ranker.num_leaves == RunConfig().ranker.num_leaves
+
+
+def test_stage_one_key_ignores_feature_groups_only():
+    base = RunConfig()
+    assert stage_one_key(trial_config(base, {"features.use_user": False})) == stage_one_key(base)
+    assert stage_one_key(trial_config(base, {"ranker.num_leaves": 7})) == stage_one_key(base)
+    assert stage_one_key(trial_config(base, {"retrieval.n_candidates": 50})) != stage_one_key(base)
+    assert stage_one_key(trial_config(base, {"fusion.weights.text": 1.0})) != stage_one_key(base)
+
+
+def test_frame_cache_builds_each_stage_one_setting_once_and_drops_the_oldest():
+    built = []
+
+    def build(config):
+        built.append(config)
+        return f"frames-{config.retrieval.n_candidates}"
+
+    cache = FrameCache(build, max_entries=2)
+    a, b, c = (trial_config(RunConfig(), {"retrieval.n_candidates": n}) for n in (10, 20, 30))
+    assert cache.get(a) == ("frames-10", False)
+    assert cache.get(trial_config(a, {"features.use_user": False, "ranker.num_leaves": 8})) == ("frames-10", True)
+    assert all(c.features.disabled_groups == () for c in built)  # frames always hold every group
+    cache.get(b), cache.get(c)
+    assert cache.get(a) == ("frames-10", False) and len(built) == 4  # a was evicted
+    assert FrameCache(build, 0).get(a)[1] is False and FrameCache(build, 0).get(a)[1] is False
+
+
+def test_select_features_drops_groups_and_rejects_unknown_ones():
+    names = ["retrieval_rank", "cos_text_last", "item_log_count", "user_log_history"]
+    assert select_features(names, ["text", "user"]) == ["retrieval_rank", "item_log_count"]
+    with pytest.raises(ValueError, match="texts"):
+        select_features(names, ["texts"])
+    with pytest.raises(ValueError, match="no feature"):
+        select_features(["cos_text_last"], ["text"])
+
+
+class FakeTrial:
+    def __init__(self, prune: bool) -> None:
+        self.prune, self.reports = prune, []
+
+    def report(self, value, step):
+        self.reports.append((step, value))
+
+    def should_prune(self):
+        return self.prune
+
+
+def test_validation_frames_never_read_test_and_pruning_stops_after_the_short_fit(tiny):
+    from fuserank.train_evaluate import prepare
+
+    _, path = tiny
+    config = load_config(path)
+    data = prepare(config)
+    item_ids = data.items[schema.ITEM_ID].to_list()
+    # A test part no stage could use (unknown items, far future): the frames must not change.
+    poisoned = pl.DataFrame({"user_id": ["nobody"], "item_id": ["no-such-item"], "timestamp": [2**40], "rating": [None]},
+                            schema=schema.INTERACTIONS)
+    clean = validation_frames(data.split, item_ids, data.content, config)
+    dirty = validation_frames(dataclasses.replace(data.split, test=poisoned), item_ids, data.content, config)
+    assert clean.fit.equals(dirty.fit) and clean.valid.equals(dirty.valid)
+
+    cache = FrameCache(lambda c: validation_frames(data.split, item_ids, data.content, c), 2)
+    kept = run_trial(FakeTrial(prune=False), config, cache, data.split.valid, len(item_ids), prune_rounds=5)
+    trial = FakeTrial(prune=True)
+    pruned = run_trial(trial, config, cache, data.split.valid, len(item_ids), prune_rounds=5)
+    assert not kept.pruned and pruned.pruned and pruned.metrics["stage1_cached"] == 1.0
+    assert trial.reports == [(5, pruned.value)] and pruned.metrics["ranker_best_iteration"] <= 5
+    assert kept.metrics["ranker_best_iteration"] > 5
+    assert not any(k.startswith("test_") for k in kept.metrics)
+
+
+def test_tune_records_a_resumable_study_and_tests_the_best_config_once(tiny):
+    root, path = tiny
+    assert main(["tune", "--config", str(path), "--quiet"]) == 0
+    config = load_config(path)
+    study = optuna.load_study(study_name="fuserank", storage=config.tune.storage)
+    assert len(study.trials) == 3
+
+    runs = tracking.search_runs(config.tracking, "tune-test")
+    parent = next(r for r in runs if r["tags"].get("kind") == "tune")
+    trials = [r for r in runs if r["tags"].get("mlflow.parentRunId") == parent["run_id"]]
+    assert len(trials) == 3 and all("valid_ndcg_at_10" in r["metrics"] for r in trials)
+    assert not any(k.startswith("test_") for r in trials for k in r["metrics"])  # trials never see test
+    assert parent["metrics"]["best_valid_ndcg_at_10"] == pytest.approx(study.best_value)
+
+    folder = root / "outputs" / "tune-fuserank"
+    for name in ("best_config.yaml", "optimisation_history.png", "param_importances.png", "trials.csv"):
+        assert (folder / name).is_file(), name
+    best = load_config(folder / "best_config.yaml")
+    assert best.ranker.learning_rate == study.best_params["ranker.learning_rate"]
+    assert best.retrieval.n_candidates == study.best_params["retrieval.n_candidates"]
+    tested = [r for r in runs if r["tags"].get("tuned_by") == parent["run_id"]]
+    assert len(tested) == 1
+    # Same protocol, seed and config: the test run reproduces the best trial's validation score.
+    assert tested[0]["metrics"]["valid_ndcg_at_10"] == pytest.approx(study.best_value, abs=1e-12)
+    assert "test_ndcg_at_10" in tested[0]["metrics"] and tested[0]["tags"]["model_hash"]
+
+    # Rerunning continues the same study (and may skip the test run).
+    assert main(["tune", "--config", str(path), "--quiet", "--set", "tune.n_trials=1",
+                 "--set", "tune.evaluate_best=false"]) == 0
+    assert len(optuna.load_study(study_name="fuserank", storage=config.tune.storage).trials) == 4
