@@ -50,6 +50,13 @@ CANDIDATES = {
 RANKED_LIST = {USER_ID: pl.String, ITEM_ID: pl.String, RANK: pl.Int32, SCORE: pl.Float32}
 AB_RANKED_LIST = {**RANKED_LIST, ARM: pl.String, RUN_ID: pl.String, MODEL_VERSION: pl.String}
 
+# Export for A/B tests (export.py): the ranked list plus a flag for users served the cold-start
+# fallback, and each user's hash bucket and arm.
+COLD_START = "cold_start"
+BUCKET = "bucket"
+EXPORT_LIST = {**AB_RANKED_LIST, COLD_START: pl.Boolean}
+ASSIGNMENTS = {USER_ID: pl.String, BUCKET: pl.Int32, ARM: pl.String, COLD_START: pl.Boolean}
+
 
 def has_column(modality: str) -> str:
     """Name of the per-item mask column saying whether `modality` could be encoded."""

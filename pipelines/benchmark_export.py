@@ -1,0 +1,158 @@
+"""Export throughput and peak memory; writes benchmarks/export.json.
+
+Two measurements, each in a fresh process so its peak RSS (resource.getrusage) is its own:
+
+- full: the whole `fuserank export` path (stage 1 rebuilt, candidates, features, the run's
+  booster, top-K, Parquet) for every user of a synthetic catalog, after training one run on it;
+- write: assignment, list building and batched Parquet writing for `--write-users` users (1M by
+  default) with K=100, whose lists come from the most-popular server with seen items excluded
+  (no model scoring), to show that memory stays bounded as rows grow.
+
+    python pipelines/benchmark_export.py --full-users 8000 --write-users 100000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORK = Path("/tmp/fuserank-bench-export")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_full(n_users: int, n_items: int, top_k: int) -> dict:
+    """Train one run on a synthetic catalog, then time exporting every user."""
+    from fuserank.config import load_config
+    from fuserank.data.synthetic import generate_catalog, write_catalog
+    from fuserank.export_job import export
+    from fuserank.train_evaluate import train_evaluate
+
+    root = WORK / f"full-{n_users}"
+    items, interactions = generate_catalog(n_items=n_items, n_users=n_users, seed=11, interactions_per_user=(5, 25))
+    items_path, interactions_path = write_catalog(root / "catalog", items, interactions)
+    overrides = [
+        "data.dataset=catalog", f"data.items_path={items_path}", f"data.interactions_path={interactions_path}",
+        f"output_dir={root / 'outputs'}", "run_name=bench", "split.label_cutoffs=1", "ranker.n_estimators=100",
+        f"tracking.tracking_uri=sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+        f"tracking.artifact_root={root / 'mlruns' / 'artifacts'}", "tracking.experiment=bench-export",
+        f"export.top_k={top_k}",
+    ]
+    config = load_config(None, overrides)
+    start = time.perf_counter()
+    metrics, folder = train_evaluate(config)
+    train_seconds = time.perf_counter() - start
+    run_id = json.loads((folder / "metrics.json").read_text())["run_id"]
+    start = time.perf_counter()
+    manifest, out = export(config, root / "export", run_id=run_id)
+    seconds = time.perf_counter() - start
+    return {
+        "path": "full two-stage (stage 1 refit, candidates, features, booster, top-K, Parquet)",
+        "users": manifest["users"]["total"], "items": n_items, "interactions": interactions.height,
+        "top_k": top_k, "rows": manifest["rows"], "candidates_per_user": config.retrieval.n_candidates
+        + config.retrieval.popular_candidates, "batch_users": config.export.batch_users,
+        "export_seconds": round(seconds, 1), "users_per_second": round(manifest["users"]["total"] / seconds, 1),
+        "train_seconds": round(train_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 0),
+        "file_mb": round(manifest["files"]["ranked_lists.parquet"]["bytes"] / 1e6, 1),
+    }
+
+
+def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
+    """Assign, build (most-popular, seen excluded) and write K items for `n_users` synthetic users."""
+    import numpy as np
+    import polars as pl
+
+    from fuserank import schema
+    from fuserank.export import Server, assign_arms, export_batches, plan_arms, popular_lists, popularity_pool
+    from fuserank.export_job import write_export
+
+    rng = np.random.default_rng(0)
+    item_ids = [f"i{i:06d}" for i in range(n_items)]
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    picks = rng.choice(n_items, size=n_users * per_user, p=popularity / popularity.sum())
+    users = pl.Series([f"u{u:08d}" for u in range(n_users)], dtype=pl.String)
+    seen = pl.DataFrame({schema.USER_ID: users.gather(np.repeat(np.arange(n_users), per_user)),
+                         schema.ITEM_ID: pl.Series(item_ids).gather(picks)}).unique()
+    before_mb = peak_rss_mb()
+    start = time.perf_counter()
+    pool = popularity_pool(seen, item_ids)
+    plans = plan_arms({"control": "popular", "treatment": "popular"}, {"control": 0.45, "treatment": 0.45}, 0.1)
+    assignments = assign_arms(users.to_list(), plans, "bench").with_columns(pl.lit(False).alias(schema.COLD_START))
+    assign_seconds = time.perf_counter() - start
+
+    def lists(us):
+        mine = seen.join(pl.DataFrame({schema.USER_ID: us}, schema={schema.USER_ID: pl.String}),
+                         on=schema.USER_ID, how="semi")
+        return popular_lists(pool, mine, us, top_k)
+
+    servers = {arm: Server(None, "most-popular", lists) for arm in ("control", "treatment")}
+    served = assignments.filter(pl.col(schema.ARM) != "holdout")
+    batches = export_batches(served, servers, seen, pool, top_k, True, 10_000)
+    out = WORK / f"write-{n_users}"
+    manifest = write_export(out, batches, assignments, plans, servers, {"salt": "bench"}, [], "parquet")
+    seconds = time.perf_counter() - start
+    return {
+        "path": "assignment + most-popular lists (seen excluded) + batched Parquet writing, no model scoring",
+        "users": n_users, "served_users": served.height, "items": n_items, "seen_pairs": seen.height,
+        "top_k": top_k, "rows": manifest["rows"], "batch_users": 10_000,
+        "assign_seconds": round(assign_seconds, 1), "export_seconds": round(seconds, 1),
+        "users_per_second": round(n_users / seconds, 0),
+        "peak_rss_mb_before_export": round(before_mb, 0), "peak_rss_mb": round(peak_rss_mb(), 0),
+        "file_mb": round(manifest["files"]["ranked_lists.parquet"]["bytes"] / 1e6, 1),
+    }
+
+
+def child(argv: list[str]) -> dict:
+    """Run one measurement in a fresh interpreter and return its JSON."""
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full-users", type=int, nargs="*", default=[8000])
+    parser.add_argument("--full-items", type=int, default=2000)
+    parser.add_argument("--write-users", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--write-items", type=int, default=5000)
+    parser.add_argument("--per-user", type=int, default=5, help="seen items per synthetic user (write path)")
+    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/export.json"))
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        from fuserank.progress import set_quiet
+
+        set_quiet(True)
+        kind, n = args.child[0], int(args.child[1])
+        result = (run_full(n, args.full_items, args.top_k) if kind == "full"
+                  else run_write(n, args.write_items, args.top_k, args.per_user))
+        print(json.dumps(result))
+        return
+    common = ["--full-items", str(args.full_items), "--write-items", str(args.write_items),
+              "--per-user", str(args.per_user), "--top-k", str(args.top_k)]
+    results = {"machine": f"{os.cpu_count()} cores", "runs": []}
+    for n in args.full_users:
+        results["runs"].append(child(["full", str(n), *common]))
+        print(json.dumps(results["runs"][-1]), flush=True)
+    for n in args.write_users:
+        results["runs"].append(child(["write", str(n), *common]))
+        print(json.dumps(results["runs"][-1]), flush=True)
+    from fuserank import atomic
+
+    atomic.write_json(args.out, results)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The export job: the edge that finds the run, loads its recorded config and booster, rebuilds
+stage 1 on every interaction known now, and writes ranked lists, assignments and a manifest.
+
+Files are written into a temporary folder beside the output folder and moved into place at the
+end, so a failure never leaves a partial export behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+from fuserank import atomic, schema
+from fuserank.config import ConfigError, RunConfig, from_dict
+from fuserank.export import (
+    ExportError,
+    Server,
+    assign_arms,
+    build_manifest,
+    config_digest,
+    export_batches,
+    model_version,
+    plan_arms,
+    popular_lists,
+    popularity_pool,
+    ranker_lists,
+    retrieval_lists,
+)
+from fuserank.progress import bar, step
+
+LISTS = "ranked_lists"
+ASSIGNMENTS = "assignments"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """What a trained run recorded: its id, resolved config, booster folder and hashes."""
+
+    run_id: str
+    config: RunConfig
+    config_hash: str
+    ranker_dir: Path
+    model_version: str
+    data_hash: str | None
+
+
+def pick_best_run(runs: Sequence[dict], metric: str, minimize: bool = False) -> str:
+    """The finished run with the best value of `metric` (ties: smallest run id).
+
+    Args:
+        runs: dicts with run_id, status and metrics (tracking.search_runs).
+
+    Raises:
+        ExportError: no finished run records `metric`.
+    """
+    scored = [r for r in runs if r["status"] == "FINISHED" and metric in r["metrics"]]
+    if not scored:
+        raise ExportError(f"no finished run records metric {metric!r}")
+    sign = 1.0 if minimize else -1.0
+    return min(scored, key=lambda r: (sign * r["metrics"][metric], r["run_id"]))["run_id"]
+
+
+def find_run(config: RunConfig, run_id: str | None, experiment: str | None, metric: str, minimize: bool) -> str:
+    """`run_id` when given (checked to exist), else the best run of `experiment` by `metric`."""
+    from fuserank import tracking
+
+    if run_id:
+        try:
+            (run,) = tracking.search_runs(config.tracking, run_ids=[run_id])
+        except Exception as err:  # mlflow's own exception types stay inside tracking.py
+            raise ExportError(f"run {run_id!r} not found in {config.tracking.tracking_uri}: {err}") from err
+        return run["run_id"]
+    name = experiment or config.tracking.experiment
+    try:
+        runs = tracking.search_runs(config.tracking, experiment=name)
+    except ValueError as err:
+        raise ExportError(str(err)) from err
+    best = pick_best_run(runs, metric, minimize)
+    print(f"fuserank export: best run of {name!r} by {metric}: {best}", file=sys.stderr)
+    return best
+
+
+def load_recorded_run(config: RunConfig, run_id: str, folder: Path) -> RecordedRun:
+    """Download a run's config.yaml and ranker_text/ into `folder` and read them (nothing pickled)."""
+    import yaml
+
+    from fuserank import tracking
+    from fuserank.progress import is_quiet
+    from fuserank.ranking import MODEL_FILE
+
+    if is_quiet():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    config_file = tracking.download_artifact(config.tracking, run_id, "config.yaml", folder)
+    ranker_dir = tracking.download_artifact(config.tracking, run_id, "ranker_text", folder)
+    if config_file is None or ranker_dir is None:
+        raise ExportError(f"run {run_id} lacks the config.yaml or ranker_text/ artifact of a trained run")
+    text = config_file.read_text(encoding="utf-8")
+    try:
+        recorded = from_dict(RunConfig, yaml.safe_load(text) or {}, where=f"run {run_id} config.yaml")
+    except ConfigError as err:
+        raise ExportError(str(err)) from err
+    (run,) = tracking.search_runs(config.tracking, run_ids=[run_id])
+    booster_text = (ranker_dir / MODEL_FILE).read_text(encoding="utf-8")
+    return RecordedRun(run_id, recorded, config_digest(text), ranker_dir, model_version(booster_text),
+                       run["tags"].get("data_hash"))
+
+
+def read_user_list(path: Path) -> list[str]:
+    """User ids from a Parquet/CSV file with a user_id column, or a text file with one id a line.
+
+    Order is kept, blank lines are skipped, duplicates are removed (first kept).
+    """
+    path = Path(path)
+    if path.suffix in (".parquet", ".csv"):
+        frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema=False)
+        if schema.USER_ID not in frame.columns:
+            raise ExportError(f"{path}: no column {schema.USER_ID!r}; it has {frame.columns}")
+        values = frame[schema.USER_ID].cast(pl.String).drop_nulls().to_list()
+    else:
+        values = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return list(dict.fromkeys(v for v in values if v))
+
+
+def export(
+    config: RunConfig,
+    out: Path | None = None,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    metric: str = "test_ndcg_at_10",
+    minimize: bool = False,
+    users_file: Path | None = None,
+) -> tuple[dict, Path]:
+    """Export ranked lists of a run (or the best run of an experiment) for an A/B test.
+
+    Args:
+        config: this command's config: `tracking` names the store, `export` the arms and output;
+            data, stages and seed come from the run's recorded config.
+        out: output folder (default <output_dir>/export-<run id>); replaced as a whole.
+        run_id / experiment / metric / minimize: which run (see `find_run`).
+        users_file: users to export (see `read_user_list`); default every user in the data.
+
+    Returns:
+        (manifest, output folder).
+    """
+    from fuserank.train_evaluate import prepare
+    from fuserank.two_stage import fit_stage_one
+
+    settings = config.export
+    if settings.format not in ("parquet", "csv"):
+        raise ExportError(f"export.format must be 'parquet' or 'csv', got {settings.format!r}")
+    plans = plan_arms(settings.arms, settings.shares, settings.holdout)
+    main_id = find_run(config, run_id, experiment, metric, minimize)
+    out = Path(out) if out else Path(config.output_dir) / f"export-{main_id}"
+    with tempfile.TemporaryDirectory(prefix="fuserank-export-") as scratch:
+        runs = {main_id: load_recorded_run(config, main_id, Path(scratch) / main_id)}
+        for plan in plans:
+            other = plan.source.removeprefix("run:")
+            if plan.source.startswith("run:") and other not in runs:
+                find_run(config, other, None, metric, minimize)
+                runs[other] = load_recorded_run(config, other, Path(scratch) / other)
+        main = runs[main_id]
+        data = prepare(main.config)
+        history = pl.concat([data.split.train, data.split.valid, data.split.test]).select(list(schema.INTERACTIONS))
+        data_hash = data.tags["data_hash"]
+        for run in runs.values():
+            if run.data_hash and run.data_hash != data_hash:
+                print(f"fuserank export: run {run.run_id} was trained on data {run.data_hash[:12]}; "
+                      f"exporting with the data known now, {data_hash[:12]}", file=sys.stderr)
+        item_ids = data.items[schema.ITEM_ID].to_list()
+        pool = popularity_pool(history, item_ids)
+        k, exclude = settings.top_k, settings.exclude_seen
+        servers: dict[str, Server] = {}
+        stages: dict[str, object] = {}
+        for plan in plans:
+            if plan.source in ("holdout",):
+                continue
+            if plan.source == "popular":
+                seen = history.select(schema.USER_ID, schema.ITEM_ID) if exclude else None
+
+                def lists(users: Sequence[str], seen=seen) -> pl.DataFrame:
+                    mine = None if seen is None else seen.join(
+                        pl.DataFrame({schema.USER_ID: list(users)}, schema={schema.USER_ID: pl.String}),
+                        on=schema.USER_ID, how="semi")
+                    return popular_lists(pool, mine, users, k)
+
+                servers[plan.name] = Server(None, "most-popular", lists)
+                continue
+            run = main if plan.source in ("run", "retrieval") else runs[plan.source.removeprefix("run:")]
+            if run.run_id not in stages:
+                content = data.content if run is main else _content_for(run.config, data_hash)
+                c = run.config
+                stages[run.run_id] = fit_stage_one(history, item_ids, content, c.behaviour, c.fusion, c.retrieval, c.seed)
+            stage = stages[run.run_id]
+            if plan.source == "retrieval":
+                servers[plan.name] = Server(run.run_id, "retrieval-only",
+                                            retrieval_lists(stage, history, run.config.retrieval, k, exclude))
+            else:
+                from fuserank.ranking import load_ranker
+
+                ranker = load_ranker(run.ranker_dir)
+                servers[plan.name] = Server(run.run_id, run.model_version, ranker_lists(
+                    stage, ranker, history, run.config.retrieval, run.config.features, k, exclude,
+                    llm=data.llm if run.config.llm.enabled else None))
+
+        known = set(history[schema.USER_ID].unique().to_list())
+        wanted = read_user_list(users_file) if users_file else sorted(known)
+        unknown = [u for u in wanted if u not in known]
+        if unknown:
+            shown = ", ".join(unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+            print(f"fuserank export: {len(unknown):,} user id(s) not in the data get the cold-start "
+                  f"(most-popular) list: {shown}", file=sys.stderr)
+        assignments = assign_arms(wanted, plans, settings.salt).with_columns(
+            (~pl.col(schema.USER_ID).is_in(list(known))).alias(schema.COLD_START))
+        served = assignments.filter(pl.col(schema.ARM).is_in(list(servers)))
+        batches = export_batches(served, servers, history.select(schema.USER_ID, schema.ITEM_ID), pool, k,
+                                 exclude, settings.batch_users)
+        facts = {
+            "run_id": main_id,
+            "config_hash": main.config_hash,
+            "config_hashes": {r.run_id: r.config_hash for r in runs.values()},
+            "data_hash": data_hash,
+            "items_hash": data.tags["items_hash"],
+            "trained_data_hashes": {r.run_id: r.data_hash for r in runs.values()},
+            "salt": settings.salt,
+            "shares": dict(settings.shares),
+            "holdout": settings.holdout,
+            "top_k": k,
+            "exclude_seen": exclude,
+            "format": settings.format,
+            "cold_start_fallback": "most-popular items of the whole catalog (interaction count, ties by item_id)",
+        }
+        n_batches = -(-served.height // settings.batch_users)
+        manifest = write_export(out, bar(batches, desc="export", total=n_batches, unit="batch"), assignments,
+                                plans, servers, facts, unknown, settings.format)
+    return manifest, out
+
+
+def _content_for(config: RunConfig, data_hash: str) -> dict:
+    """Content embeddings under another run's encoder settings (cached by content hash on disk)."""
+    from fuserank.train_evaluate import prepare
+
+    data = prepare(config)
+    if data.tags["data_hash"] != data_hash:
+        raise ExportError("arms backed by different runs must read the same data set")
+    return data.content
+
+
+def write_export(out: Path, batches: Iterable[pl.DataFrame], assignments: pl.DataFrame, plans, servers, facts: dict,
+                 unknown: Sequence[str], fmt: str) -> dict:
+    """Write lists (streamed by batch), assignments and the manifest into a temp folder, then move it to `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        lists_name, assign_name = f"{LISTS}.{fmt}", f"{ASSIGNMENTS}.{fmt}"
+        with step("write ranked lists") as s:
+            rows = _write_lists(tmp / lists_name, batches, fmt)
+            s.done(f"{sum(rows.values()):,} rows")
+        if fmt == "parquet":
+            assignments.write_parquet(tmp / assign_name, compression="zstd", statistics=False)
+        else:
+            assignments.write_csv(tmp / assign_name)
+        files = {name: {"sha256": _file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                 for name in (lists_name, assign_name)}
+        files[lists_name]["rows"] = int(sum(rows.values()))
+        files[assign_name]["rows"] = assignments.height
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest = build_manifest(plans, servers, assignments, rows, files, facts, unknown, created)
+        atomic.write_json(tmp / MANIFEST, manifest)
+        _replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _write_lists(path: Path, batches: Iterable[pl.DataFrame], fmt: str) -> dict[str, int]:
+    """Stream batches into one file (a Parquet row group per batch); returns rows per arm."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow_schema = pa.schema([(c, pa.string() if t == pl.String else pa.bool_() if t == pl.Boolean else
+                               pa.int32() if t == pl.Int32 else pa.float32()) for c, t in schema.EXPORT_LIST.items()])
+    rows: dict[str, int] = {}
+    if fmt == "parquet":
+        writer = pq.ParquetWriter(path, arrow_schema, compression="zstd")
+        try:
+            for frame in batches:
+                _count(rows, frame)
+                writer.write_table(frame.to_arrow().cast(arrow_schema), row_group_size=max(frame.height, 1))
+        finally:
+            writer.close()
+    else:
+        with open(path, "wb") as handle:
+            handle.write((",".join(schema.EXPORT_LIST) + "\n").encode("utf-8"))
+            for frame in batches:
+                _count(rows, frame)
+                frame.write_csv(handle, include_header=False)
+    return rows
+
+
+def _count(rows: dict[str, int], frame: pl.DataFrame) -> None:
+    for arm, n in frame.group_by(schema.ARM).len().iter_rows():
+        rows[arm] = rows.get(arm, 0) + n
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` folder to `out`; an existing `out` is swapped out and then removed."""
+    for path in tmp.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
