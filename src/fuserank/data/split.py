@@ -103,3 +103,99 @@ def leave_last_out(interactions: pl.DataFrame, min_interactions: int = 3) -> Spl
     before_valid, valid = holdout_last(rest.filter(evaluated), n=1, min_interactions=1)
     train = sort_interactions(pl.concat([before_valid, rest.filter(~evaluated)]))
     return Split(train=train, valid=valid, test=test)
+
+
+def k_core(interactions: pl.DataFrame, k: int) -> pl.DataFrame:
+    """Drop users and items with fewer than `k` interactions, repeatedly, until none is left.
+
+    Args:
+        interactions: rows with user_id and item_id (extra columns are carried along).
+        k: the minimum number of interactions every remaining user and item has (>= 1).
+
+    Returns:
+        The remaining rows, in input order: every user and item in it has >= k rows.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    frame = interactions
+    while True:
+        kept = frame.filter(
+            (pl.len().over(schema.USER_ID) >= k) & (pl.len().over(schema.ITEM_ID) >= k)
+        )
+        if kept.height == frame.height:
+            return kept
+        frame = kept
+
+
+def ratio_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
+    """RecBole's per-user split sizes: valid and test get floor(ratio * n), bumped to 1 when that
+    is between 0 and 1 and train keeps more than one; train gets the rest."""
+    counts = [int(r * n) for r in ratios]
+    counts[0] = n - sum(counts[1:])
+    for i in (1, 2):
+        if counts[0] <= 1:
+            break
+        if 0 < ratios[-i] * n < 1:
+            counts[-i] += 1
+            counts[0] -= 1
+    return counts[0], counts[1], counts[2]
+
+
+def random_split(interactions: pl.DataFrame, seed: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Split:
+    """Per-user random split (RecBole's "RO" order with a ratio split).
+
+    Each user's interactions are shuffled with `np.random.default_rng(seed)` (after sorting them,
+    so the result does not depend on input row order) and cut into train, valid and test with
+    `ratio_counts`. Unlike `leave_last_out`, a test row may be older than train rows: this is the
+    protocol of RecBole's published tables, not a temporal one.
+
+    Args:
+        interactions: schema.INTERACTIONS rows (extra columns are carried along).
+        seed: the shuffle's seed.
+        ratios: train, valid, test shares (positive, summing to 1).
+
+    Returns:
+        Split(train, valid, test): disjoint, union equal to the input, each sorted with
+        `sort_interactions`. A user with too few rows for a share gets none of it.
+    """
+    import numpy as np
+
+    if len(ratios) != 3 or min(ratios) <= 0 or abs(sum(ratios) - 1.0) > 1e-9:
+        raise ValueError(f"ratios must be three positive shares summing to 1, got {ratios}")
+    ordered = sort_interactions(interactions)
+    keys = np.random.default_rng(seed).random(ordered.height)
+    shuffled = (
+        ordered.with_columns(pl.Series(_FROM_END, keys))
+        .sort([schema.USER_ID, _FROM_END])
+        .with_columns(
+            pl.int_range(pl.len()).over(schema.USER_ID).alias(_FROM_END),
+            pl.len().over(schema.USER_ID).alias(_COUNT),
+        )
+    )
+    sizes = {n: ratio_counts(n, ratios) for n in shuffled[_COUNT].unique().to_list()}
+    n_train = pl.col(_COUNT).replace_strict({n: c[0] for n, c in sizes.items()}, return_dtype=pl.Int64)
+    n_valid = pl.col(_COUNT).replace_strict({n: c[0] + c[1] for n, c in sizes.items()}, return_dtype=pl.Int64)
+    position = pl.col(_FROM_END)
+    parts = [
+        shuffled.filter(position < n_train),
+        shuffled.filter((position >= n_train) & (position < n_valid)),
+        shuffled.filter(position >= n_valid),
+    ]
+    train, valid, test = (sort_interactions(part.drop(_FROM_END, _COUNT)) for part in parts)
+    return Split(train=train, valid=valid, test=test)
+
+
+def recbole_split(interactions: pl.DataFrame, seed: int, min_rating: float = 3.0, core: int = 10) -> Split:
+    """RecBole's general protocol: keep ratings >= `min_rating`, `core`-core filter, random 8:1:1.
+
+    Args:
+        interactions: schema.INTERACTIONS rows with a non-null rating column.
+        seed: the shuffle's seed (see `random_split`).
+        min_rating: lowest rating kept.
+        core: minimum interactions per user and per item after filtering (see `k_core`).
+
+    Returns:
+        The Split of the filtered interactions.
+    """
+    kept = interactions.filter(pl.col(schema.RATING) >= min_rating)
+    return random_split(k_core(kept, core), seed=seed)

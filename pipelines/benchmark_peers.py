@@ -1,0 +1,153 @@
+"""fuserank against peer recommenders on the same splits, with the same metric code.
+
+    python pipelines/benchmark_peers.py --dataset movielens-1m [--protocols temporal recbole]
+        [--peers popular item_knn als bpr ease] [--set section.key=value ...]
+
+Two protocols:
+- temporal: fuserank's leave-last-out split (protocol.make_split), one target per test user;
+- recbole: RecBole's general protocol (ratings >= 3, 10-core, per-user random 8:1:1), every
+  remaining held-out item a target; the catalog is the items left after filtering.
+On each, fuserank runs its full protocol (protocol.run_protocol: ranker trained on train,
+early-stopped on valid, stage 1 refitted on train + valid for test). Each peer tries its grid
+(peers.PEERS, 6 configurations per tunable peer) on train -> valid, and the best by validation
+NDCG@10 is refitted on train + valid. Every list excludes the user's train + valid items and
+ranks the whole catalog. Writes benchmarks/peers_<dataset>.json (needs the `bench` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice; numpy's BLAS is not on the hot path
+
+import polars as pl  # noqa: E402
+
+from fuserank import atomic, schema  # noqa: E402
+from fuserank.benchmarking import HEADLINE, format_table, order_as_time, run_peer, summarise_systems  # noqa: E402
+from fuserank.config import RunConfig, load_config, with_overrides  # noqa: E402
+from fuserank.data.split import Split, recbole_split  # noqa: E402
+from fuserank.peers import PEERS  # noqa: E402
+from fuserank.progress import set_quiet, step  # noqa: E402
+
+PROTOCOLS = ("temporal", "recbole")
+# fuserank's own numbers worth keeping beside the table: its stage-1 ceiling and its stage-1 order.
+FUSERANK_EXTRA = ("test_stage1_recall", "test_stage1_candidates_per_user", "test_retrieval_ndcg_at_10",
+                  "valid_ndcg_at_10", "ranker_best_iteration")
+
+
+def make_protocol_split(protocol: str, interactions: pl.DataFrame, config: RunConfig) -> Split:
+    """The split of one protocol (see the module docstring)."""
+    from fuserank.protocol import make_split
+
+    if protocol == "temporal":
+        return make_split(interactions, config)
+    if protocol == "recbole":
+        return recbole_split(interactions, seed=config.seed)
+    raise ValueError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+
+
+def run_fuserank(split: Split, items: pl.DataFrame, config: RunConfig) -> tuple[pl.DataFrame, dict[str, float]]:
+    """fuserank's full protocol on `split`; returns (its per-user test metrics, its metrics)."""
+    from fuserank.content import encode_content
+    from fuserank.protocol import run_protocol
+
+    content, _ = encode_content(items, split.train[schema.ITEM_ID].unique(), config)
+    result = run_protocol(split, items[schema.ITEM_ID].to_list(), content, config)
+    per_user = result.per_user.filter(pl.col("system") == "fuserank").drop("system")
+    return per_user, result.metrics
+
+
+def benchmark_protocol(
+    protocol: str, items: pl.DataFrame, interactions: pl.DataFrame, config: RunConfig, peers: list[str],
+    recbole_label_window: int = 10,
+) -> dict:
+    """Every system on one protocol's split: the summary rows and the details for the record."""
+    split = make_protocol_split(protocol, interactions, config)
+    used = pl.concat([split.train, split.valid, split.test])
+    # The catalog is what the protocol keeps: all items (temporal) or the filtered ones (recbole).
+    if protocol == "recbole":
+        items = items.filter(pl.col(schema.ITEM_ID).is_in(used[schema.ITEM_ID].unique().implode()))
+    item_ids = items[schema.ITEM_ID].to_list()
+    per_user: dict[str, pl.DataFrame] = {}
+    details: dict[str, dict] = {}
+    start = time.perf_counter()
+    fuserank_split, fuserank_config = split, config
+    if protocol == "recbole":
+        # See benchmarking.order_as_time; peers ignore timestamps, so they see the same data.
+        fuserank_split = order_as_time(split, seed=config.seed)
+        fuserank_config = with_overrides(config, [f"split.label_window={recbole_label_window}"])
+    with step(f"[{protocol}] fuserank") as s:
+        per_user["fuserank"], metrics = run_fuserank(fuserank_split, items, fuserank_config)
+        s.done(f"test ndcg@10 {metrics['test_ndcg_at_10']:.4f}")
+    details["fuserank"] = {"library": "fuserank", "seconds": time.perf_counter() - start,
+                           "label_window": fuserank_config.split.label_window,
+                           "timestamps": "protocol order" if protocol == "recbole" else "real",
+                           **{k: metrics[k] for k in FUSERANK_EXTRA if k in metrics}}
+    for name in peers:
+        result = run_peer(name, split, item_ids, seed=config.seed)
+        per_user[name] = result.per_user
+        details[name] = {"library": PEERS[name].library, "params": dict(result.params), "tuning": result.tuning,
+                         "seconds": result.fit_seconds}
+    rows = summarise_systems({s: f.select(schema.USER_ID, *HEADLINE) for s, f in per_user.items()},
+                             reference="fuserank", seed=config.seed)
+    return {
+        "n_users": used[schema.USER_ID].n_unique(),
+        "n_items": len(item_ids),
+        "n_train": split.train.height, "n_valid": split.valid.height, "n_test": split.test.height,
+        "n_test_users": split.test[schema.USER_ID].n_unique(),
+        "systems": rows,
+        "details": details,
+        "table": format_table(rows),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="movielens-1m", help="data.dataset (movielens-100k, movielens-1m)")
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
+    parser.add_argument("--config", help="fuserank YAML config (defaults otherwise)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--recbole-label-window", type=int, default=10,
+                        help="fuserank's split.label_window on the recbole protocol (several random targets per user)")
+    parser.add_argument("--out", help="output JSON (default benchmarks/peers_<dataset>.json)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    set_quiet(args.quiet)
+    config = load_config(args.config, [f"data.dataset={args.dataset}", *args.overrides])
+    from fuserank.train_evaluate import load_data
+
+    start = time.perf_counter()
+    items, interactions = load_data(config)
+    report = {
+        "command": "python pipelines/benchmark_peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "dataset": args.dataset,
+        "seed": config.seed,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "recbole_protocol_fuserank": "timestamps replaced by the protocol's random order "
+                                     "(benchmarking.order_as_time), split.label_window="
+                                     f"{args.recbole_label_window}; chosen on ML-100K validation NDCG@10",
+        "tuning": "each tunable peer: 6 configurations (peers.PEERS grids) fitted on train, best validation "
+                  "NDCG@10 refitted on train+valid; fuserank: default config, early stopping on validation",
+        "protocols": {},
+    }
+    for protocol in args.protocols:
+        report["protocols"][protocol] = benchmark_protocol(protocol, items, interactions, config, args.peers,
+                                                           args.recbole_label_window)
+        print(f"\n{protocol} protocol, {args.dataset}:\n{report['protocols'][protocol]['table']}\n", flush=True)
+    report["wall_seconds"] = time.perf_counter() - start
+    out = Path(args.out or f"benchmarks/peers_{args.dataset}.json")
+    atomic.write_json(out, report)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

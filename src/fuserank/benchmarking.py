@@ -1,0 +1,186 @@
+"""Benchmarks against peers on one split: tune each peer on validation, evaluate every system on
+test with the same metric code, and summarise with bootstrap 95% CIs.
+
+Pure: frames in, frames and dicts out. The edge (pipelines/benchmark_peers.py) loads data, runs
+fuserank's protocol and writes the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fuserank import schema
+from fuserank.data.split import Split
+from fuserank.metrics import bootstrap_ci, evaluate_rankings, paired_bootstrap_ci
+from fuserank.peers import PEERS, recommend
+from fuserank.progress import step
+
+# The metrics of the benchmark table, as evaluate_rankings names them.
+HEADLINE = ("ndcg_at_10", "recall_at_10", "recall_at_20", "mrr_at_10")
+KS = (10, 20)
+TUNING_METRIC = "ndcg_at_10"
+
+
+@dataclass(frozen=True)
+class PeerResult:
+    """One peer on one split.
+
+    Attributes:
+        name: key of peers.PEERS.
+        params: the configuration chosen on validation.
+        tuning: one row per tried configuration: params (as text) and validation NDCG@10.
+        per_user: test metrics per test user (user_id + `<metric>_at_<k>` columns).
+        fit_seconds: wall time of tuning plus the final fit and ranking.
+    """
+
+    name: str
+    params: Mapping[str, Any]
+    tuning: list[dict[str, Any]]
+    per_user: pl.DataFrame
+    fit_seconds: float
+
+
+def run_peer(name: str, split: Split, item_ids: Sequence[str], seed: int, k: int = 50) -> PeerResult:
+    """Tune peer `name` on validation, refit the best configuration on train + valid, rank test.
+
+    Tuning fits each configuration of the peer's grid on `split.train` and scores the validation
+    targets (NDCG@10; the first configuration wins ties). The chosen one is refitted on train +
+    valid, the history test lists exclude, as fuserank's protocol does.
+
+    Args:
+        name: key of peers.PEERS.
+        split: train / valid / test interactions.
+        item_ids: the catalog every list ranks over.
+        seed: model seed.
+        k: list length (>= the largest metric cut-off).
+    """
+    import time
+
+    start = time.perf_counter()
+    valid_users = split.valid[schema.USER_ID].unique().sort().to_list()
+    tuning: list[dict[str, Any]] = []
+    best, best_score = None, -1.0
+    grid = PEERS[name].grid
+    for params in grid:
+        if len(grid) == 1:
+            best = params
+            break
+        with step(f"tune {name} {dict(params)}") as s:
+            ranked = recommend(name, params, split.train, valid_users, item_ids, k, seed)
+            score = float(evaluate_rankings(ranked, split.valid, (10,))[TUNING_METRIC].mean())
+            s.done(f"valid {TUNING_METRIC} {score:.4f}")
+        tuning.append({"params": dict(params), f"valid_{TUNING_METRIC}": score})
+        if score > best_score:
+            best, best_score = params, score
+    assert best is not None
+    with step(f"test {name}") as s:
+        history = pl.concat([split.train, split.valid])
+        test_users = split.test[schema.USER_ID].unique().sort().to_list()
+        ranked = recommend(name, best, history, test_users, item_ids, k, seed)
+        per_user = evaluate_rankings(ranked, split.test, KS)
+        s.done(f"{TUNING_METRIC} {per_user[TUNING_METRIC].mean():.4f}")
+    return PeerResult(name, dict(best), tuning, per_user, time.perf_counter() - start)
+
+
+def summarise_systems(
+    per_user: Mapping[str, pl.DataFrame], reference: str, seed: int, n_boot: int = 1000
+) -> list[dict[str, Any]]:
+    """Mean and bootstrap 95% CI of every HEADLINE metric per system, and the paired gain of
+    `reference` over each other system on NDCG@10.
+
+    Args:
+        per_user: system -> per-user test metrics (user_id + HEADLINE columns); every frame must
+            hold the same users (the test users of one split).
+        reference: the system others are compared with (e.g. "fuserank").
+        seed: bootstrap seed.
+        n_boot: bootstrap resamples.
+
+    Returns:
+        One dict per system, in the order given: system, n_users, and per metric m: m, m_ci_low,
+        m_ci_high; for systems other than `reference`: `reference_gain_ndcg_at_10` with its CI.
+    """
+    users = None
+    aligned: dict[str, pl.DataFrame] = {}
+    for system, frame in per_user.items():
+        frame = frame.sort(schema.USER_ID)
+        ids = frame[schema.USER_ID].to_list()
+        if users is None:
+            users = ids
+        elif ids != users:
+            raise ValueError(f"system {system!r} was scored on other users than {next(iter(per_user))!r}")
+        aligned[system] = frame
+    if reference not in aligned:
+        raise ValueError(f"reference system {reference!r} not among {list(aligned)}")
+    ref = aligned[reference]["ndcg_at_10"].to_numpy()
+    rows = []
+    for system, frame in aligned.items():
+        row: dict[str, Any] = {"system": system, "n_users": frame.height}
+        for metric in HEADLINE:
+            values = frame[metric].to_numpy()
+            low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+            row |= {metric: float(np.mean(values)), f"{metric}_ci_low": low, f"{metric}_ci_high": high}
+        if system != reference:
+            other = frame["ndcg_at_10"].to_numpy()
+            low, high = paired_bootstrap_ci(ref, other, n_boot=n_boot, seed=seed)
+            row |= {
+                f"{reference}_gain_ndcg_at_10": float(np.mean(ref - other)),
+                f"{reference}_gain_ndcg_at_10_ci_low": low,
+                f"{reference}_gain_ndcg_at_10_ci_high": high,
+            }
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], reference: str = "fuserank") -> str:
+    """A Markdown table of `summarise_systems` rows: each metric with its 95% CI, and the gain of
+    the reference system's NDCG@10 over each other system."""
+    head = ["system", *(m.replace("_at_", "@") for m in HEADLINE), f"{reference} NDCG@10 gain"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [str(row["system"])]
+        for m in HEADLINE:
+            cells.append(f"{row[m]:.4f} [{row[f'{m}_ci_low']:.4f}, {row[f'{m}_ci_high']:.4f}]")
+        gain = f"{reference}_gain_ndcg_at_10"
+        if gain in row:
+            cells.append(f"{row[gain]:+.4f} [{row[gain + '_ci_low']:+.4f}, {row[gain + '_ci_high']:+.4f}]")
+        else:
+            cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def order_as_time(split: Split, seed: int) -> Split:
+    """Replace timestamps with each user's position in a random order of train, then valid, then test.
+
+    RecBole's random split has no time order: its targets are random items of each user, not
+    the latest. fuserank's ranker takes its labels from the tail of each user's train history
+    and weighs recent items more, so with real timestamps it learns "predict the latest item"
+    and is tested on random ones. Giving it the protocol's own order (train rows shuffled with
+    `seed`, valid rows after them, test rows last) makes its labels random held-out items too.
+    No test row reaches training: test rows only get the largest positions.
+
+    Args:
+        split: a split whose parts are disjoint per user.
+        seed: seed of the shuffle within each part.
+
+    Returns:
+        The same rows with Int64 timestamps 0..n_user-1 per user, each part sorted.
+    """
+    from fuserank.data.split import sort_interactions
+
+    part, key = "__fuserank_part", "__fuserank_key"
+    rows = pl.concat(
+        [frame.with_columns(pl.lit(i, pl.Int8).alias(part)) for i, frame in enumerate((split.train, split.valid, split.test))]
+    )
+    rows = sort_interactions(rows)
+    rows = rows.with_columns(pl.Series(key, np.random.default_rng(seed).random(rows.height))).sort(
+        [schema.USER_ID, part, key]
+    )
+    rows = rows.with_columns(pl.int_range(pl.len()).over(schema.USER_ID).cast(pl.Int64).alias(schema.TIMESTAMP))
+    parts = (sort_interactions(rows.filter(pl.col(part) == i).drop(part, key)) for i in range(3))
+    return Split(*parts)

@@ -1,0 +1,71 @@
+"""The benchmark pipelines on tiny data: ANN trade-off points and the peer benchmark's record."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
+from tiny_models import save_tiny_bert
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, PIPELINES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ann_benchmark_points_are_ordered_and_exact_is_the_truth():
+    perf = _load("benchmark_performance")
+    out = perf.ann_benchmark(n=3000, d=16, n_queries=50, seed=0, k=20)
+    hnsw = [p["recall_at_100"] for p in out["hnsw"]["points"]]
+    ivf = [p["recall_at_100"] for p in out["ivf"]["points"]]
+    # More search effort never loses recall, and the widest settings nearly match exact search.
+    assert hnsw == sorted(hnsw) and ivf == sorted(ivf)
+    assert hnsw[-1] > 0.9 and ivf[-1] > 0.9
+    assert all(p["qps"] > 0 and p["speedup_vs_exact"] > 0 for p in out["hnsw"]["points"] + out["ivf"]["points"])
+
+
+def test_clustered_vectors_are_unit_and_seeded():
+    perf = _load("benchmark_performance")
+    a = perf.clustered_vectors(500, 8, seed=1, n_clusters=5)
+    assert a.shape == (500, 8) and abs(float((a * a).sum(axis=1).mean()) - 1.0) < 1e-5
+    assert (a == perf.clustered_vectors(500, 8, seed=1, n_clusters=5)).all()
+
+
+@pytest.mark.slow
+def test_benchmark_peers_on_a_tiny_catalog(tmp_path):
+    pytest.importorskip("cornac")
+    peers = _load("benchmark_peers")
+    items, interactions = generate_catalog(n_items=120, n_users=100, seed=3)
+    items_path, interactions_path = write_catalog(tmp_path / "catalog", items, interactions)
+    model = save_tiny_bert(tmp_path / "bert", words=["a", "story", "number", *GENRES])
+    out = tmp_path / "peers.json"
+    code = peers.main([
+        "--dataset", "catalog", "--quiet", "--out", str(out), "--peers", "popular", "item_knn", "ease",
+        "--set", f"data.items_path={items_path}", "--set", f"data.interactions_path={interactions_path}",
+        "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
+        "--set", "retrieval.n_candidates=40", "--set", "retrieval.popular_candidates=10",
+        "--set", "ranker.n_estimators=50", "--set", "ranker.min_child_samples=5", "--recbole-label-window", "2",
+    ])
+    assert code == 0
+    report = json.loads(out.read_text())
+    for protocol in ("temporal", "recbole"):
+        result = report["protocols"][protocol]
+        systems = [row["system"] for row in result["systems"]]
+        assert systems == ["fuserank", "popular", "item_knn", "ease"]
+        assert len({row["n_users"] for row in result["systems"]}) == 1  # one set of test users
+        for row in result["systems"]:
+            for metric in ("ndcg_at_10", "recall_at_10", "recall_at_20", "mrr_at_10"):
+                assert row[f"{metric}_ci_low"] <= row[metric] <= row[f"{metric}_ci_high"]
+        assert len(result["details"]["ease"]["tuning"]) == 6
+    assert report["protocols"]["temporal"]["n_test"] == report["protocols"]["temporal"]["n_test_users"]
+    assert report["protocols"]["recbole"]["n_test"] > report["protocols"]["recbole"]["n_test_users"]
