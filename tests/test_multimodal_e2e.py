@@ -43,6 +43,7 @@ def test_broken_media_degrade_and_are_counted(broken_catalog):
         f"tracking.tracking_uri=sqlite:///{root / 'mlruns' / 'mlflow.db'}",
         f"tracking.artifact_root={root / 'mlruns' / 'artifacts'}",
         "retrieval.n_candidates=30", "retrieval.popular_candidates=5", "retrieval.modality_candidates=5",
+        "retrieval.neighbourhood_candidates=5",
         "ranker.n_estimators=50",
     ])
     metrics, out = train_evaluate(config)
@@ -52,7 +53,7 @@ def test_broken_media_degrade_and_are_counted(broken_catalog):
     features = json.loads((out / "model" / "features.json").read_text())["feature_names"]
     for modality in ("text", "behaviour", "image", "audio", "video"):
         assert f"cos_{modality}_profile" in features and f"has_{modality}" in features
-    assert "from_ann_image" in features
+    assert "from_ann_image" in features and "from_pop_audio" in features
     client = MlflowClient(tracking_uri=config.tracking.tracking_uri)
     run = client.get_run(metrics_run_id(out))
     assert run.data.metrics["media_audio_failed"] == 2

@@ -235,3 +235,34 @@ def test_gpu_flat_matches_cpu_including_large_k():
     want_rows, want_scores = brute_force(items, queries, 100, exclude)
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_allclose(scores, want_scores, atol=1e-4)
+
+
+def test_neighbourhood_popular_ranks_each_users_neighbours_by_count_then_similarity():
+    from fuserank.retrieval import neighbourhood_popular
+
+    neighbours = pl.DataFrame(
+        {
+            "user_id": ["u"] * 5 + ["v"] * 2,
+            "item_id": ["a", "b", "c", "d", "e", "a", "c"],
+            "source": ["ann"] * 7,
+            "retrieval_score": [0.9, 0.8, 0.7, 0.6, 0.5, 0.9, 0.1],
+            "retrieval_rank": [1, 2, 3, 4, 5, 1, 2],
+        }
+    )
+    counts = {"c": 5, "b": 2, "d": 1, "e": 1}
+    history = pl.DataFrame(
+        {
+            "user_id": [f"x{i}" for i in range(9)],
+            "item_id": [item for item, n in counts.items() for _ in range(n)],
+            "timestamp": list(range(9)),
+            "rating": [None] * 9,
+        },
+        schema={"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Int64, "rating": pl.Float64},
+    )
+    found = neighbourhood_popular(neighbours, history, n=4, source="pop_image")
+    u = found.filter(pl.col("user_id") == "u")
+    assert u["item_id"].to_list() == ["c", "b", "d", "e"]  # a (never interacted) drops out; d before e by similarity
+    assert u["retrieval_score"].to_list() == [5.0, 2.0, 1.0, 1.0]
+    assert u["retrieval_rank"].to_list() == [1, 2, 3, 4]
+    assert found.filter(pl.col("user_id") == "v")["item_id"].to_list() == ["c", "a"]
+    assert set(found["source"]) == {"pop_image"}

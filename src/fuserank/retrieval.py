@@ -372,6 +372,33 @@ def popular_candidates(history: pl.DataFrame, users: Sequence[str], n: int) -> p
     return _as_candidates(frame)
 
 
+def neighbourhood_popular(neighbours: pl.DataFrame, history: pl.DataFrame, n: int, source: str) -> pl.DataFrame:
+    """The n most interacted items among each user's nearest items ("popular in your taste").
+
+    An ANN source ranks a user's neighbourhood by similarity alone, and within a narrow taste that
+    order is noise; popularity inside the neighbourhood is what predicts the next interaction.
+
+    Args:
+        neighbours: CANDIDATES frame, each user's nearest items (e.g. `retrieve` with a deep n).
+        history: interactions whose counts rank the neighbourhood (ties: similarity rank).
+        n: candidates per user.
+        source: the source name of the result.
+
+    Returns:
+        CANDIDATES frame, retrieval_score = interaction count (float32), sorted by user_id, retrieval_rank.
+    """
+    counts = history.group_by(ITEM_ID).agg(pl.len().cast(pl.Float32).alias("_count"))
+    frame = (
+        neighbours.join(counts, on=ITEM_ID, how="left", maintain_order="left")
+        .with_columns(pl.col("_count").fill_null(0.0))
+        .sort([USER_ID, "_count", RETRIEVAL_RANK], descending=[False, True, False])
+        .with_columns((pl.int_range(pl.len()).over(USER_ID) + 1).alias(RETRIEVAL_RANK))
+        .filter(pl.col(RETRIEVAL_RANK) <= n)
+        .select(USER_ID, ITEM_ID, pl.lit(source).alias(SOURCE), pl.col("_count").alias(RETRIEVAL_SCORE), RETRIEVAL_RANK)
+    )
+    return _as_candidates(frame)
+
+
 def merge_candidates(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
     """Union of candidate frames; a (user, item) found by several sources keeps its first frame's row.
 
