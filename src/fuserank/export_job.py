@@ -326,6 +326,10 @@ def _replace_folder(tmp: Path, out: Path) -> None:
     for path in tmp.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
+    # mkdtemp makes the folder 0700; the export is meant to be read by others, like any new folder.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         os.replace(out, old / out.name)

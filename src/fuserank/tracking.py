@@ -26,6 +26,8 @@ def _prepare_store(config: TrackingConfig) -> None:
     # MLflow otherwise starts a background thread to upload system metrics and logs warnings
     # about git; neither belongs in a batch job.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # Its per-download progress bars would interleave with fuserank's own (and ignore --quiet).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(config.tracking_uri)
 
 
