@@ -107,6 +107,11 @@ def fit_als(matrix: sp.csr_matrix, params: Mapping[str, Any], seed: int) -> Scor
         random_state=seed,
         num_threads=int(params.get("threads", 2)),
     )
+    return _fit_implicit(model, matrix)
+
+
+def _fit_implicit(model: Any, matrix: sp.csr_matrix) -> Scorer:
+    """Fit an implicit factorisation model; score = user factors . item factors."""
     with _implicit_threads():
         model.fit(matrix.astype(np.float32).tocsr(), show_progress=False)
     users, items = np.asarray(model.user_factors), np.asarray(model.item_factors)
@@ -125,10 +130,7 @@ def fit_bpr(matrix: sp.csr_matrix, params: Mapping[str, Any], seed: int) -> Scor
         random_state=seed,
         num_threads=int(params.get("threads", 2)),
     )
-    with _implicit_threads():
-        model.fit(matrix.astype(np.float32).tocsr(), show_progress=False)
-    users, items = np.asarray(model.user_factors), np.asarray(model.item_factors)
-    return lambda rows: (users[rows] @ items.T).astype(np.float32)
+    return _fit_implicit(model, matrix)
 
 
 def fit_ease(matrix: sp.csr_matrix, params: Mapping[str, Any], seed: int) -> Scorer:

@@ -39,24 +39,18 @@ HEADLINE = (
 def load_data(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Items and interactions of the configured dataset, validated (never modified on disk)."""
     data = config.data
-    if data.dataset == "movielens-100k":
-        from fuserank.data.movielens import load_movielens_100k
+    if data.dataset in ("movielens-100k", "movielens-1m"):
+        from fuserank.data import movielens
 
-        with step("fetch movielens-100k") as s:
-            folder = resolve(config.sources.movielens_100k, cache_dir(config.sources))
+        reference, loader = {
+            "movielens-100k": (config.sources.movielens_100k, movielens.load_movielens_100k),
+            "movielens-1m": (config.sources.movielens_1m, movielens.load_movielens_1m),
+        }[data.dataset]
+        with step(f"fetch {data.dataset}") as s:
+            folder = resolve(reference, cache_dir(config.sources))
             s.done(str(folder.name))
-        with step("load movielens-100k") as s:
-            items, interactions = load_movielens_100k(folder)
-            s.done(f"{items.height:,} items, {interactions.height:,} interactions")
-        return items, interactions
-    if data.dataset == "movielens-1m":
-        from fuserank.data.movielens import load_movielens_1m
-
-        with step("fetch movielens-1m") as s:
-            folder = resolve(config.sources.movielens_1m, cache_dir(config.sources))
-            s.done(str(folder.name))
-        with step("load movielens-1m") as s:
-            items, interactions = load_movielens_1m(folder)
+        with step(f"load {data.dataset}") as s:
+            items, interactions = loader(folder)
             s.done(f"{items.height:,} items, {interactions.height:,} interactions")
         return items, interactions
     if data.dataset == "catalog":
