@@ -292,6 +292,37 @@ class LLMConfig:
 
 
 @dataclass(frozen=True)
+class DaskConfig:
+    """Running on a Dask cluster (distributed.py, sharding.py); off by default.
+
+    enabled: fit the ranker with `lightgbm.dask.DaskLGBMRanker` and build encodings and features
+        over Dask partitions of the catalog and of the users.
+    scheduler: "local" (a LocalCluster of spawned worker processes) or a scheduler address such
+        as "tcp://10.0.0.5:8786".
+    n_workers / threads_per_worker: the LocalCluster's size (ignored for an address).
+    user_partitions / item_partitions: partitions of the users and of the catalog; 0 means one
+        per worker.
+    ivf_lists / pq_m / pq_bits / nprobe / train_sample: the "ivfpq" index kind (retrieval.index):
+        coarse lists, PQ sub-quantisers and bits each, lists probed per query, vectors sampled
+        for training (0 = all). shards: the index is split into this many shards, searched
+        separately and merged by score.
+    """
+
+    enabled: bool = False
+    scheduler: str = "local"
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    user_partitions: int = 0
+    item_partitions: int = 0
+    ivf_lists: int = 1024
+    pq_m: int = 48
+    pq_bits: int = 8
+    nprobe: int = 32
+    train_sample: int = 50_000
+    shards: int = 1
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one train-and-evaluate run needs."""
 
@@ -315,6 +346,7 @@ class RunConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    dask: DaskConfig = field(default_factory=DaskConfig)
 
 
 def cache_dir(sources: SourcesConfig) -> Path:

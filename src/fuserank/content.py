@@ -138,14 +138,15 @@ def _encode_text(items: pl.DataFrame, config: RunConfig, root_cache: Path) -> Em
     with step("fetch text model") as s:
         model_dir = resolve(config.sources.text_model, root_cache)
         s.done(str(model_dir))
-    encoder = TextEncoder(
-        model_dir,
-        batch_size=config.text.batch_size,
-        max_length=config.text.max_length,
-        device=config.text.device,
-        cache_dir=root_cache / "embeddings" / "text",
-    )
+    kwargs = {"model_dir": model_dir, "batch_size": config.text.batch_size, "max_length": config.text.max_length,
+              "device": config.text.device, "cache_dir": root_cache / "embeddings" / "text"}
     with step("encode text") as s:
-        text = encoder.encode(items)
+        if config.dask.enabled:  # one model per worker, a slice of the catalog each
+            from fuserank.distributed import dask_client, encode_dask
+
+            with dask_client(config.dask) as client:
+                text = encode_dask(client, TextEncoder, kwargs, items, config.dask.item_partitions)
+        else:
+            text = TextEncoder(**kwargs).encode(items)
         s.done(_summary(text))
     return text

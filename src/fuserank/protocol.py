@@ -72,7 +72,15 @@ def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, tar
         stage = fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval,
                               config.seed)
         llm = llm if config.llm.enabled else None
-        frame, names = candidate_features(stage, history, users, config.retrieval, config.features, llm=llm)
+        if config.dask.enabled:
+            from distributed import default_client
+
+            from fuserank.distributed import candidate_features_dask
+
+            frame, names = candidate_features_dask(default_client(), stage, history, users, config.retrieval,
+                                                   config.features, llm=llm, n_partitions=config.dask.user_partitions)
+        else:
+            frame, names = candidate_features(stage, history, users, config.retrieval, config.features, llm=llm)
         frame = label_candidates(frame, targets)
         s.done(f"{len(users):,} users, {frame.height:,} candidates x {len(names)} features")
     candidates = frame.select(list(schema.CANDIDATES))
@@ -145,6 +153,19 @@ def run_protocol(
     split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
     llm: LLMSignals | None = None,
 ) -> ProtocolResult:
+    """`_run_protocol` locally, or with features and ranker on Dask when `config.dask.enabled`."""
+    if not config.dask.enabled:
+        return _run_protocol(split, item_ids, content, config, llm)
+    from fuserank.distributed import dask_client
+
+    with dask_client(config.dask):
+        return _run_protocol(split, item_ids, content, config, llm)
+
+
+def _run_protocol(
+    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+    llm: LLMSignals | None = None,
+) -> ProtocolResult:
     """Train on train, stop early on validation, evaluate once on test; baselines on the same split.
 
     Args:
@@ -165,7 +186,15 @@ def run_protocol(
     test_frame, _, test_candidates = _cutoff_frame(config, "test", test_history, split.test, item_ids, content, llm)
 
     with step("train ranker") as s:
-        ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
+        if config.dask.enabled:
+            from distributed import default_client
+
+            from fuserank.distributed import fit_ranker_dask
+
+            ranker = fit_ranker_dask(default_client(), fit_frame, valid_frame, names, config.ranker, config.seed,
+                                     group=QUERY)
+        else:
+            ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
         s.done(f"{ranker.best_iteration} trees on {fit_frame.height:,} rows")
 
     metrics: dict[str, float] = {

@@ -48,6 +48,21 @@ class ItemIndex:
     cpu_index: Any = field(default=None, repr=False)
     gpu_resources: Any = field(default=None, repr=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # FAISS objects do not pickle; Dask ships an index to workers as its serialised bytes
+        # (the CPU copy of a GPU index; the worker keeps it on the CPU).
+        import faiss
+
+        cpu = self.cpu_index if self.on_gpu else self.index
+        return {"bytes": faiss.serialize_index(cpu), "item_ids": self.item_ids, "kind": self.kind}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import faiss
+
+        self.index = faiss.deserialize_index(state["bytes"])
+        self.item_ids, self.kind, self.on_gpu = state["item_ids"], state["kind"], False
+        self.cpu_index = self.gpu_resources = None
+
 
 def build_index(
     vectors: np.ndarray,

@@ -1,0 +1,307 @@
+"""Running fuserank's heavy steps on a Dask cluster: ranker training, encoding and features.
+
+The local path stays the default; everything here is used only when `dask.enabled`. LightGBM's
+own Dask interface (`lightgbm.dask.DaskLGBMRanker`) trains the ranker with data-parallel trees,
+one LightGBM machine per Dask worker. Each Dask partition holds whole query groups, since a
+lambdarank query split over two machines would be two different queries.
+
+DaskLGBMRanker does not support early stopping, so `fit_ranker_dask` trains `n_estimators`
+rounds and then picks the best iteration on the validation frame with the same rule as
+`lightgbm.early_stopping` (stop after `early_stopping_rounds` rounds without a better NDCG@k).
+The result is the same `Ranker` the local fit returns, saved in the same text format.
+
+Workers are separate processes, started with the `spawn` method (Dask's default for
+`LocalCluster`), so no worker inherits OpenMP state from the parent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fuserank import progress
+from fuserank.config import DaskConfig, RankerConfig
+from fuserank.ranking import Ranker, _params, _query_groups
+from fuserank.schema import USER_ID
+
+
+@contextmanager
+def dask_client(config: DaskConfig) -> Iterator[Any]:
+    """A `distributed.Client` for `config.scheduler`; a LocalCluster is closed on exit.
+
+    A default client already connected in this process (to that address, or any for "local")
+    is reused and left open, so one cluster serves encoding, features and the ranker.
+
+    Args:
+        config: "local" starts `n_workers` spawned worker processes with `threads_per_worker`
+            threads each; anything else is a scheduler address to connect to.
+
+    Yields:
+        The connected client.
+    """
+    import dask
+    from distributed import Client, LocalCluster, default_client
+
+    try:
+        existing = default_client()
+    except ValueError:
+        existing = None
+    if existing is not None and config.scheduler in ("local", existing.scheduler.address):
+        yield existing  # the caller's client (a notebook's, a test's) stays open
+    elif config.scheduler == "local":
+        # Spawned workers never inherit a parent's OpenMP threads (forked children hang here).
+        with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+            cluster = LocalCluster(
+                n_workers=config.n_workers,
+                threads_per_worker=config.threads_per_worker,
+                processes=True,
+                dashboard_address=None,
+            )
+        try:
+            with Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()
+    else:
+        with Client(config.scheduler) as client:
+            yield client
+
+
+def n_workers(client: Any) -> int:
+    """Number of workers the client's scheduler knows now."""
+    return max(1, len(client.scheduler_info()["workers"]))
+
+
+def split_groups(sizes: np.ndarray, n_parts: int) -> list[np.ndarray]:
+    """Split consecutive query groups into at most `n_parts` parts of about equal row count.
+
+    Args:
+        sizes: (n_queries,) int rows of each query, in row order.
+        n_parts: wanted number of parts (>= 1).
+
+    Returns:
+        Non-empty (k,) int arrays of group sizes, k <= n_parts; concatenated they equal `sizes`,
+        so every query lies in exactly one part.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.size == 0:
+        return []
+    ends = np.cumsum(sizes)
+    # Cut after the group whose end lies nearest to each equal share of the rows.
+    targets = ends[-1] * np.arange(1, n_parts) / n_parts
+    after = np.minimum(np.searchsorted(ends, targets, side="left"), ends.size - 1)
+    before = np.maximum(after - 1, 0)
+    nearest = np.where(np.abs(ends[before] - targets) <= np.abs(ends[after] - targets), before, after)
+    cuts = np.unique(nearest + 1)
+    cuts = cuts[(cuts > 0) & (cuts < sizes.size)]
+    return [part for part in np.split(sizes, cuts) if part.size]
+
+
+def _dask_arrays(x: np.ndarray, y: np.ndarray, sizes: np.ndarray, n_parts: int) -> tuple[Any, Any, Any]:
+    import dask.array as da
+
+    parts = split_groups(sizes, n_parts)
+    rows = tuple(int(p.sum()) for p in parts)
+    dx = da.from_array(x, chunks=(rows, (x.shape[1],)))
+    dy = da.from_array(y, chunks=(rows,))
+    dg = da.from_array(np.concatenate(parts), chunks=(tuple(p.size for p in parts),))
+    return dx, dy, dg
+
+
+def ndcg_by_iteration(booster: Any, x: np.ndarray, y: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
+    """LightGBM's NDCG@k (gain 2^label - 1, mean over queries) after each boosting round.
+
+    Args:
+        booster: a fitted lambdarank `lightgbm.Booster` with T rounds.
+        x: (n_rows, n_features) float32 rows ordered by query; y: (n_rows,) int labels;
+        sizes: (n_queries,) rows per query, every query with a positive label.
+        k: cut-off.
+
+    Returns:
+        (T,) float64, entry t the NDCG@k of the first t + 1 trees.
+    """
+    n_rounds = booster.current_iteration()
+    query = np.repeat(np.arange(sizes.size), sizes)
+    gain = np.exp2(y.astype(np.float64)) - 1.0
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = _dcg(query, gain, gain, discount, sizes.size)
+    # Lambdarank raw scores add up over trees, so one tree at a time gives every round's scores.
+    scores = np.zeros(y.size)
+    out = np.empty(n_rounds)
+    for t in range(n_rounds):
+        scores += booster.predict(x, start_iteration=t, num_iteration=1, raw_score=True)
+        out[t] = float(np.mean(_dcg(query, scores, gain, discount, sizes.size) / ideal))
+    return out
+
+
+def _dcg(query: np.ndarray, scores: np.ndarray, gain: np.ndarray, discount: np.ndarray, n: int) -> np.ndarray:
+    order = np.lexsort((-scores, query))
+    q = query[order]
+    starts = np.searchsorted(q, np.arange(n))
+    pos = np.arange(q.size) - starts[q]
+    keep = pos < discount.size
+    return np.bincount(q[keep], weights=gain[order][keep] * discount[pos[keep]], minlength=n)
+
+
+def best_iteration(curve: np.ndarray, patience: int) -> int:
+    """1-based best round as `lightgbm.early_stopping` finds it: the first maximum seen before
+    `patience` rounds pass without a strictly better value (patience 0: the last round)."""
+    if patience <= 0:
+        return int(curve.size)
+    best, best_at = -np.inf, 0
+    for t, value in enumerate(curve):
+        if value > best:
+            best, best_at = value, t
+        elif t - best_at >= patience:
+            break
+    return best_at + 1
+
+
+def fit_ranker_dask(
+    client: Any,
+    train: pl.DataFrame,
+    valid: pl.DataFrame | None,
+    feature_names: Sequence[str],
+    config: RankerConfig,
+    seed: int,
+    group: str = USER_ID,
+    n_partitions: int = 0,
+) -> Ranker:
+    """Fit the lambdarank ranker with `lightgbm.dask.DaskLGBMRanker` on the client's cluster.
+
+    Args:
+        client: a connected `distributed.Client` (see `dask_client`).
+        train, valid, feature_names, config, seed, group: as in `ranking.fit_ranker`.
+        n_partitions: partitions of the training rows (whole query groups each); 0 means one per
+            worker. LightGBM uses threads_per_worker threads on each worker (config.n_jobs is
+            the local setting and is ignored here).
+
+    Returns:
+        A `Ranker` whose booster holds all `n_estimators` rounds and whose best_iteration is
+        chosen on `valid` (or is the last round when valid is None).
+    """
+    from lightgbm.dask import DaskLGBMRanker
+
+    feature_names = tuple(feature_names)
+    if not feature_names or len(set(feature_names)) != len(feature_names):
+        raise ValueError(f"feature_names must be non-empty and distinct: {feature_names}")
+    x, y, sizes = _query_groups(train, feature_names, "train", group)
+    if sizes.size == 0:
+        raise ValueError("train has no user with a positive label; lambdarank has nothing to learn")
+    parts = n_partitions or n_workers(client)
+    dx, dy, dg = _dask_arrays(x, y, sizes, parts)
+
+    params = _params(config, seed)
+    params.pop("num_threads")  # Dask sets each worker's threads
+    params.pop("metric")
+    params.pop("eval_at")
+    params["n_estimators"] = config.n_estimators
+    with progress.step("ranker (dask)") as s:
+        model = DaskLGBMRanker(client=client, **params)
+        model.fit(dx, dy, group=dg, feature_name=list(feature_names))
+        booster = model.to_local().booster_
+        s.done(f"{booster.current_iteration()} trees, {len(split_groups(sizes, parts))} partitions")
+    if booster.feature_name() != list(feature_names):
+        raise ValueError(f"LightGBM renamed the features to {booster.feature_name()}")
+    best = booster.current_iteration()
+    if valid is not None and config.early_stopping_rounds > 0:
+        xv, yv, gv = _query_groups(valid, feature_names, "valid")
+        if gv.size == 0:
+            raise ValueError("valid has no user with a positive label; early stopping has nothing to measure")
+        curve = ndcg_by_iteration(booster, xv, yv, gv, config.eval_at)
+        best = best_iteration(curve, config.early_stopping_rounds)
+    return Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best))
+
+
+def map_partitions(client: Any, func: Callable[..., Any], chunks: Sequence[Any], *args: Any) -> list[Any]:
+    """`func(chunk, *args)` for every chunk on the cluster, results in chunk order.
+
+    The shared `args` are scattered once to every worker, so each task ships only its chunk.
+    `func` must be importable on the workers (a module-level function of an installed package).
+    """
+    shared = [client.scatter(a, broadcast=True) for a in args]
+    futures = [client.submit(func, chunk, *shared, pure=False) for chunk in chunks]
+    return client.gather(futures)
+
+
+def chunk_evenly(values: Sequence[Any], n_parts: int) -> list[list[Any]]:
+    """Consecutive, non-empty chunks of `values`, at most `n_parts`, sizes differing by <= 1."""
+    values = list(values)
+    n_parts = max(1, min(n_parts, len(values)))
+    bounds = np.linspace(0, len(values), n_parts + 1).round().astype(int)
+    return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def _features_chunk(users: list[str], stage: Any, history: pl.DataFrame, retrieval: Any, features: Any,
+                    llm: Any) -> tuple[pl.DataFrame, list[str]]:
+    from fuserank.two_stage import candidate_features
+
+    return candidate_features(stage, history, users, retrieval, features, llm=llm)
+
+
+def candidate_features_dask(
+    client: Any,
+    stage: Any,
+    history: pl.DataFrame,
+    users: Sequence[str],
+    retrieval: Any,
+    features: Any,
+    llm: Any = None,
+    n_partitions: int = 0,
+) -> tuple[pl.DataFrame, list[str]]:
+    """`two_stage.candidate_features` over Dask partitions of the users, concatenated in user order.
+
+    Every candidate and feature of a user depends only on that user, the stage and the history,
+    so the result equals the local call row for row. The stage (FAISS index included) and the
+    history are scattered once to every worker.
+
+    Args:
+        client: a connected `distributed.Client`.
+        stage, history, users, retrieval, features, llm: as in `two_stage.candidate_features`.
+        n_partitions: user partitions; 0 means one per worker.
+
+    Returns:
+        (frame, feature names) as `candidate_features` returns them.
+    """
+    chunks = chunk_evenly(users, n_partitions or n_workers(client))
+    if not chunks:
+        return _features_chunk([], stage, history, retrieval, features, llm)
+    results = map_partitions(client, _features_chunk, chunks, stage, history, retrieval, features, llm)
+    return pl.concat([frame for frame, _ in results], how="vertical"), results[0][1]
+
+
+def _encode_chunk(items: pl.DataFrame, encoder_cls: Any, kwargs: dict[str, Any]) -> Any:
+    return encoder_cls(**kwargs).encode(items)
+
+
+def encode_dask(client: Any, encoder_cls: Any, kwargs: dict[str, Any], items: pl.DataFrame,
+                n_partitions: int = 0) -> Any:
+    """`encoder_cls(**kwargs).encode(items)` over Dask partitions of the catalog's rows.
+
+    Each task builds its own encoder on its worker (models are loaded there, never pickled) and
+    encodes a contiguous slice of `items`; the slices are concatenated in row order.
+
+    Args:
+        client: a connected `distributed.Client`.
+        encoder_cls: an importable encoder class (e.g. `encoders.text.TextEncoder`).
+        kwargs: its constructor arguments (picklable: paths, numbers).
+        items: the items table.
+        n_partitions: catalog partitions; 0 means one per worker.
+
+    Returns:
+        `Embeddings` of every item, in the items' row order.
+    """
+    from fuserank.encoders.base import Embeddings
+
+    bounds = chunk_evenly(range(items.height), n_partitions or n_workers(client))
+    chunks = [items.slice(b[0], len(b)) for b in bounds] or [items]
+    parts = map_partitions(client, _encode_chunk, chunks, encoder_cls, kwargs)
+    return Embeddings(
+        tuple(i for p in parts for i in p.item_ids),
+        np.concatenate([p.vectors for p in parts]).astype(np.float32, copy=False),
+        np.concatenate([p.mask for p in parts]),
+    )

@@ -1,0 +1,106 @@
+"""Features and the whole train-evaluate on a 2-worker LocalCluster against the local path."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from fuserank import schema
+from fuserank.config import BehaviourConfig, DaskConfig, FeatureConfig, FusionConfig, RetrievalConfig, load_config
+from fuserank.data.split import leave_last_out
+from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
+from fuserank.train_evaluate import train_evaluate
+from tiny_models import save_tiny_bert
+
+pytest.importorskip("distributed")
+
+from fuserank.distributed import candidate_features_dask, dask_client  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    with dask_client(DaskConfig(enabled=True, n_workers=2, threads_per_worker=1)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dask_e2e")
+    items, interactions = generate_catalog(n_items=200, n_users=150, seed=3)
+    items_path, interactions_path = write_catalog(root / "catalog", items, interactions)
+    model = save_tiny_bert(root / "bert", words=["a", "story", "number", *GENRES])
+    return root, items_path, interactions_path, model, items, interactions
+
+
+def test_features_over_user_partitions_equal_the_local_frame(client, catalog):
+    from fuserank.two_stage import candidate_features, fit_stage_one
+
+    _, _, _, _, items, interactions = catalog
+    split = leave_last_out(interactions)
+    retrieval = RetrievalConfig(n_candidates=40, popular_candidates=10, modality_candidates=5)
+    stage = fit_stage_one(split.train, items[schema.ITEM_ID].to_list(), {}, BehaviourConfig(dim=16),
+                          FusionConfig(), retrieval, seed=1)
+    users = split.valid[schema.USER_ID].unique().sort().to_list()
+    local, local_names = candidate_features(stage, split.train, users, retrieval, FeatureConfig())
+    spread, spread_names = candidate_features_dask(client, stage, split.train, users, retrieval, FeatureConfig(),
+                                                   n_partitions=3)
+    assert spread_names == local_names
+    assert local.height > 40 * len(users) * 0.9
+    assert_frame_equal(spread, local)
+
+
+def run(catalog, dask: bool):
+    root, items_path, interactions_path, model, _, _ = catalog
+    name = "dask" if dask else "local"
+    config = load_config(None, [
+        "seed=7", f"output_dir={root / 'outputs'}", f"run_name={name}", "data.dataset=catalog",
+        f"data.items_path={items_path}", f"data.interactions_path={interactions_path}",
+        f"sources.cache_dir={root / 'cache'}", f"sources.text_model={model}",
+        "retrieval.n_candidates=60", "retrieval.popular_candidates=10",
+        "ranker.n_estimators=80", "ranker.num_leaves=7", "ranker.min_child_samples=10", "ranker.n_jobs=1",
+        "ranker.early_stopping_rounds=0", "eval.top_k=20",
+        "tracking.enabled=false", f"dask.enabled={str(dask).lower()}",
+    ])
+    metrics, folder = train_evaluate(config)
+    return metrics, folder
+
+
+@pytest.mark.slow  # ~28 s alone on 2 idle cores, about a minute on busy ones
+def test_train_evaluate_on_a_local_cluster_matches_the_local_run(client, catalog):
+    local, _ = run(catalog, dask=False)
+    spread, folder = run(catalog, dask=True)
+    # Stage 1, candidates, features and the baselines do not depend on the ranker: identical.
+    for key in ("test_stage1_recall", "test_popular_ndcg_at_10", "test_retrieval_ndcg_at_10", "ranker_train_rows",
+                "valid_stage1_recall"):
+        assert spread[key] == local[key], key
+    # The ranker differs: 2 data-parallel LightGBM machines split on summed histograms, and which
+    # worker holds which partition varies, so the trees differ slightly (a fixed 80 rounds, since
+    # early stopping on 150 users would add its own noise). Per-user NDCG@10 has a standard
+    # deviation of ~0.3 here, so a mean over 150 users has a standard error of ~0.025: allow two.
+    for key in ("test_ndcg_at_10", "test_recall_at_10", "valid_ndcg_at_10"):
+        assert abs(spread[key] - local[key]) <= 0.05, (key, local[key], spread[key])
+    assert spread["test_ndcg_at_10"] > 1.5 * spread["test_popular_ndcg_at_10"]
+    saved = json.loads((folder / "model" / "features.json").read_text())
+    assert saved["best_iteration"] == spread["ranker_best_iteration"] == 80
+    assert pl.read_parquet(folder / "ranked_lists.parquet").height > 0
+
+
+def test_text_encoding_over_catalog_partitions_equals_the_local_encoding(client, catalog):
+    import numpy as np
+
+    from fuserank.distributed import encode_dask
+    from fuserank.encoders.text import TextEncoder
+
+    _, _, _, model, items, _ = catalog
+    kwargs = {"model_dir": model, "batch_size": 16, "max_length": 32, "device": "cpu", "cache_dir": None}
+    local = TextEncoder(**kwargs).encode(items)
+    spread = encode_dask(client, TextEncoder, kwargs, items, n_partitions=3)
+    assert spread.item_ids == local.item_ids == tuple(items[schema.ITEM_ID].to_list())
+    np.testing.assert_array_equal(spread.mask, local.mask)
+    # Batches are cut at other rows, so padding differs; mean pooling masks padding out, and
+    # the vectors agree to float32 rounding.
+    np.testing.assert_allclose(spread.vectors, local.vectors, atol=1e-6)
+    assert np.abs(local.vectors).sum() > 0
