@@ -266,3 +266,23 @@ def test_neighbourhood_popular_ranks_each_users_neighbours_by_count_then_similar
     assert u["retrieval_rank"].to_list() == [1, 2, 3, 4]
     assert found.filter(pl.col("user_id") == "v")["item_id"].to_list() == ["c", "a"]
     assert set(found["source"]) == {"pop_image"}
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_ivfpq_index_finds_the_exact_neighbours_of_clustered_vectors(shards):
+    from fuserank.retrieval import IVFPQSettings
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 32)).astype(np.float32)
+    vectors = centres[np.arange(2000) % 20] + 0.05 * rng.normal(size=(2000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"i{k}" for k in range(2000)]
+    settings = IVFPQSettings(lists=16, pq_m=8, pq_bits=8, nprobe=4, train_sample=1000, shards=shards)
+    index = retrieval.build_index(vectors, ids, kind="ivfpq", ivfpq=settings, use_gpu="never")
+    exact = retrieval.build_index(vectors, ids, kind="flat", use_gpu="never")
+    queries = vectors[:50]
+    found, _ = retrieval.search(index, queries, 10, [np.array([], dtype=np.int64)] * 50)
+    truth, _ = retrieval.search(exact, queries, 10, [np.array([], dtype=np.int64)] * 50)
+    # Each query's 10 nearest lie in its own cluster of 100; IVF-PQ must stay inside it.
+    assert np.all(np.asarray(found) % 20 == np.arange(50)[:, None] % 20)
+    assert np.asarray(found).min() >= 0 and np.asarray(truth).min() >= 0

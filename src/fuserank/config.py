@@ -140,6 +140,9 @@ class RetrievalConfig:
     neighbourhood_candidates: per modality, the most interacted items among the user's
         `neighbourhood_pool` nearest items in that modality ("popular in your taste").
     recent_items: the user query is a recency-weighted mean of the last `recent_items` items.
+    ivf_lists / pq_m / pq_bits / nprobe / train_sample / shards: index "ivfpq": coarse lists, PQ
+        sub-quantisers and bits each, lists probed per query, vectors sampled for training (0: all),
+        and shards that share the trained codebooks, searched in threads and merged by score.
     """
 
     index: str = "flat"
@@ -153,6 +156,12 @@ class RetrievalConfig:
     hnsw_m: int = 32
     hnsw_ef_search: int = 256
     use_gpu: str = "auto"  # "auto" | "never"
+    ivf_lists: int = 1024
+    pq_m: int = 48
+    pq_bits: int = 8
+    nprobe: int = 32
+    train_sample: int = 50_000
+    shards: int = 1
     batch_size: int = 1024
 
 
@@ -302,10 +311,6 @@ class DaskConfig:
     n_workers / threads_per_worker: the LocalCluster's size (ignored for an address).
     user_partitions / item_partitions: partitions of the users and of the catalog; 0 means one
         per worker.
-    ivf_lists / pq_m / pq_bits / nprobe / train_sample: the "ivfpq" index kind (retrieval.index):
-        coarse lists, PQ sub-quantisers and bits each, lists probed per query, vectors sampled
-        for training (0 = all). shards: the index is split into this many shards, searched
-        separately and merged by score.
     """
 
     enabled: bool = False
@@ -314,12 +319,6 @@ class DaskConfig:
     threads_per_worker: int = 1
     user_partitions: int = 0
     item_partitions: int = 0
-    ivf_lists: int = 1024
-    pq_m: int = 48
-    pq_bits: int = 8
-    nprobe: int = 32
-    train_sample: int = 50_000
-    shards: int = 1
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,9 @@ class ItemIndex:
         import faiss
 
         cpu = self.cpu_index if self.on_gpu else self.index
+        if isinstance(cpu, faiss.IndexShards):
+            raise ValueError("a sharded index (retrieval.shards > 1) cannot be shipped to Dask workers; "
+                             "use retrieval.shards=1 with dask.enabled")
         return {"bytes": faiss.serialize_index(cpu), "item_ids": self.item_ids, "kind": self.kind}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -71,18 +74,21 @@ def build_index(
     hnsw_m: int = 32,
     hnsw_ef_search: int = 256,
     use_gpu: str = "auto",
+    ivfpq: IVFPQSettings | None = None,
 ) -> ItemIndex:
     """Build an inner-product FAISS index over item vectors.
 
     Args:
         vectors: float32 `(n_items, d)`, rows L2-normalised or zero.
         item_ids: `n_items` ids; `item_ids[i]` owns row i.
-        kind: "flat" (exact), "hnsw", or any FAISS index-factory string such as "IVF64,PQ16";
-            a factory index is trained on `vectors` when it needs training.
+        kind: "flat" (exact), "hnsw", "ivfpq" (IVF-PQ trained on a sample, optionally split
+            into shards that share its codebooks; see `ivfpq`), or any FAISS index-factory string
+            such as "IVF64,PQ16" (trained on all of `vectors` when it needs training).
         hnsw_m: HNSW graph degree M.
         hnsw_ef_search: HNSW default efSearch (search() raises it to k when k is larger).
         use_gpu: "auto" moves flat-like indexes to the GPU when the installed faiss has GPU
-            support and sees a device; "never" keeps the index on the CPU.
+            support and sees a device; "never" keeps the index on the CPU ("ivfpq" stays on the CPU).
+        ivfpq: the settings of kind "ivfpq" (defaults when None).
 
     Returns:
         The ItemIndex.
@@ -107,6 +113,8 @@ def build_index(
             index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = max(_MIN_EF_CONSTRUCTION, 2 * hnsw_m)
             index.hnsw.efSearch = hnsw_ef_search
+        elif kind == "ivfpq":
+            index = _ivfpq_index(faiss, vectors, ivfpq or IVFPQSettings())
         else:
             try:
                 index = faiss.index_factory(d, kind, faiss.METRIC_INNER_PRODUCT)
@@ -114,14 +122,54 @@ def build_index(
                 raise ValueError(f"FAISS cannot build index {kind!r} for d={d}: {err}") from err
             if not index.is_trained:
                 index.train(vectors)
-        index.add(vectors)
-        n_bytes = n * d * 4 if kind == "flat" else int(faiss.serialize_index(index).nbytes)
+        if kind != "ivfpq":  # _ivfpq_index fills its shards itself
+            index.add(vectors)
+        n_bytes = n * d * 4 if kind == "flat" else _index_bytes(faiss, index)
         item_index = ItemIndex(index=index, item_ids=tuple(item_ids), kind=kind, on_gpu=False)
-        if use_gpu == "auto" and not _is_hnsw(faiss, index) and _gpu_available(faiss):
+        if use_gpu == "auto" and kind != "ivfpq" and not _is_hnsw(faiss, index) and _gpu_available(faiss):
             _move_to_gpu(faiss, item_index)
         device = "gpu" if item_index.on_gpu else "cpu"
         s.done(f"{n:,} items x {d}-d, {kind}, {progress.megabytes(n_bytes)}, {device}")
     return item_index
+
+
+@dataclass(frozen=True)
+class IVFPQSettings:
+    """Kind "ivfpq": `lists` coarse lists, `pq_m` sub-quantisers of `pq_bits` bits, `nprobe` lists
+    probed per query, trained on `train_sample` sampled rows (0: all), split into `shards`."""
+
+    lists: int = 1024
+    pq_m: int = 48
+    pq_bits: int = 8
+    nprobe: int = 32
+    train_sample: int = 50_000
+    shards: int = 1
+    seed: int = 0
+
+
+def _ivfpq_index(faiss: Any, vectors: np.ndarray, settings: IVFPQSettings) -> Any:
+    from fuserank.sharding import train_ivfpq
+
+    trained = train_ivfpq(vectors, settings.lists, settings.pq_m, settings.pq_bits, settings.train_sample,
+                          settings.seed)
+    trained.nprobe = settings.nprobe
+    if settings.shards <= 1:
+        trained.add(vectors)
+        return trained
+    # Every shard is a copy of the one trained index, so merged shard results equal one index's.
+    index = faiss.IndexShards(vectors.shape[1], True, False)
+    offsets = np.linspace(0, vectors.shape[0], settings.shards + 1).round().astype(np.int64)
+    for start, stop in zip(offsets[:-1], offsets[1:], strict=True):
+        shard = faiss.clone_index(trained)
+        shard.add_with_ids(vectors[start:stop], np.arange(start, stop, dtype=np.int64))
+        index.add_shard(shard)
+    return index
+
+
+def _index_bytes(faiss: Any, index: Any) -> int:
+    if isinstance(index, faiss.IndexShards):
+        return sum(_index_bytes(faiss, index.at(i)) for i in range(index.count()))
+    return int(faiss.serialize_index(index).nbytes)
 
 
 def _gpu_available(faiss: Any) -> bool:

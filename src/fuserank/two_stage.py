@@ -21,6 +21,7 @@ from fuserank.encoders.behaviour import fit_behaviour
 from fuserank.features import build_features, select_features
 from fuserank.fusion import fuse
 from fuserank.retrieval import (
+    IVFPQSettings,
     ItemIndex,
     build_index,
     merge_candidates,
@@ -87,6 +88,8 @@ def fit_stage_one(
             hnsw_m=retrieval.hnsw_m,
             hnsw_ef_search=retrieval.hnsw_ef_search,
             use_gpu=retrieval.use_gpu,
+            ivfpq=IVFPQSettings(retrieval.ivf_lists, retrieval.pq_m, retrieval.pq_bits, retrieval.nprobe,
+                                retrieval.train_sample, retrieval.shards, seed),
         )
 
     own_index = retrieval.modality_candidates > 0 or retrieval.neighbourhood_candidates > 0
