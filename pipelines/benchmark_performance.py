@@ -132,7 +132,8 @@ def stage_costs(dataset: str, seed: int, trees: int = 100) -> dict:
         start = time.perf_counter()
         frame, names = build_features(candidates, history, stage.embeddings, stage.fused, config.features,
                                       profile_items=config.retrieval.recent_items,
-                                      half_life=config.retrieval.recency_half_life, sources=candidate_sources(stage))
+                                      half_life=config.retrieval.recency_half_life,
+                                      sources=candidate_sources(stage, config.retrieval))
         feature_seconds = time.perf_counter() - start
         s.done(f"{frame.height:,} rows x {len(names)} features")
     fit_frame, names = ranker_training_frame(split.train, item_ids, content, config)

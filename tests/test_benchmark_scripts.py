@@ -69,3 +69,12 @@ def test_benchmark_peers_on_a_tiny_catalog(tmp_path):
         assert len(result["details"]["ease"]["tuning"]) == 6
     assert report["protocols"]["temporal"]["n_test"] == report["protocols"]["temporal"]["n_test_users"]
     assert report["protocols"]["recbole"]["n_test"] > report["protocols"]["recbole"]["n_test_users"]
+
+
+@pytest.mark.slow
+def test_stage_costs_measure_features_and_ranker_on_movielens():
+    perf = _load("benchmark_performance")
+    out = perf.stage_costs("movielens-100k", seed=0, trees=5)
+    assert out["feature_rows"] > 100_000 and out["features"] > 30
+    assert out["ranker_rows"] > out["feature_rows"] and out["ranker_trees"] == 5
+    assert out["feature_rows_per_second"] > 0 and out["ranker_seconds_per_million_rows"] > 0
