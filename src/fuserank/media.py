@@ -25,8 +25,8 @@ def safe_media_path(root: Path, relative: str) -> Path:
     """The file `relative` names inside `root`.
 
     Raises:
-        MediaError: the path is empty, absolute, escapes `root` (also through a symlink), or the
-            file does not exist.
+        MediaError: the path is empty, absolute, escapes `root` (also through a symlink), the
+            file does not exist, or the path cannot be resolved (NUL byte, name too long, symlink loop).
     """
     if not relative or not relative.strip():
         raise MediaError("empty media path")
@@ -34,11 +34,16 @@ def safe_media_path(root: Path, relative: str) -> Path:
     if candidate.is_absolute() or candidate.drive:
         raise MediaError(f"{relative}: absolute media paths are not allowed (paths are relative to the catalog root)")
     root = Path(root).resolve()
-    resolved = (root / candidate).resolve()
+    shown = relative if len(relative) <= 200 else f"{relative[:200]}..."
+    try:
+        resolved = (root / candidate).resolve()
+        is_file = resolved.is_file()
+    except (OSError, ValueError, RuntimeError) as err:  # a NUL byte, a name too long, a symlink loop
+        raise MediaError(f"{shown!r}: not a usable path ({type(err).__name__}: {err})") from None
     if not resolved.is_relative_to(root):
-        raise MediaError(f"{relative}: path leads outside the catalog root")
-    if not resolved.is_file():
-        raise MediaError(f"{relative}: no such file under the catalog root")
+        raise MediaError(f"{shown}: path leads outside the catalog root")
+    if not is_file:
+        raise MediaError(f"{shown}: no such file under the catalog root")
     return resolved
 
 

@@ -8,6 +8,7 @@ frames only, so they can never modify a user's files.
 
 from __future__ import annotations
 
+import time
 from typing import NoReturn
 
 import polars as pl
@@ -16,6 +17,7 @@ from fuserank import schema
 
 _ID_COLUMNS = (schema.USER_ID, schema.ITEM_ID)
 _INT64_MAX = 2**63 - 1
+_FUTURE_SLACK = 86_400  # seconds past "now" still accepted (clock skew between systems)
 
 
 class DataError(ValueError):
@@ -69,7 +71,9 @@ def validate_items(items: pl.DataFrame, file: str) -> pl.DataFrame:
     return out
 
 
-def validate_interactions(interactions: pl.DataFrame, item_ids: pl.Series, file: str) -> pl.DataFrame:
+def validate_interactions(
+    interactions: pl.DataFrame, item_ids: pl.Series, file: str, latest: int | None = None
+) -> pl.DataFrame:
     """Check and conform an interactions table against the known item ids.
 
     Args:
@@ -78,6 +82,8 @@ def validate_interactions(interactions: pl.DataFrame, item_ids: pl.Series, file:
             optional `rating`.
         item_ids: the catalog's item ids (String, or integers that are compared as text).
         file: name used in error messages.
+        latest: the latest timestamp accepted (seconds); None: one day after the current time.
+            Later timestamps are usually milliseconds or microseconds read as seconds.
 
     Returns:
         The frame with `user_id`, `item_id` (String), `timestamp` (Int64 seconds since the epoch)
@@ -85,13 +91,19 @@ def validate_interactions(interactions: pl.DataFrame, item_ids: pl.Series, file:
 
     Raises:
         DataError: empty table, missing column, uncastable type, null or NaN/infinite value,
-            duplicate (user_id, item_id, timestamp), item id missing from the catalog.
+            negative or future timestamp, duplicate (user_id, item_id, timestamp), item id
+            missing from the catalog.
     """
     required = {c: t for c, t in schema.INTERACTIONS.items() if c != schema.RATING}
     _check_shape(interactions, required, file)
     if schema.RATING not in interactions.columns:
         interactions = interactions.with_columns(pl.lit(None, dtype=pl.Float64).alias(schema.RATING))
     out = _conform_columns(interactions, schema.INTERACTIONS, schema.INTERACTIONS_NULLABLE, file)
+    latest = int(time.time()) + _FUTURE_SLACK if latest is None else latest
+    _raise_at(out[schema.TIMESTAMP] < 0, out, file, schema.TIMESTAMP,
+              "negative timestamp {value} (expected seconds since 1970-01-01 UTC)")
+    _raise_at(out[schema.TIMESTAMP] > latest, out, file, schema.TIMESTAMP,
+              f"timestamp {{value}} is in the future (after {latest}); milliseconds instead of seconds?")
 
     _raise_duplicate(out, (schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP), file)
 
@@ -182,6 +194,12 @@ def _to_float(column: pl.Series, file: str) -> pl.Series:
 
 def _wrong_type(column: pl.Series, file: str, expected: str) -> NoReturn:
     non_null = column.is_not_null().arg_true()
+    if column.dtype == pl.String:
+        # A CSV reader falls back to text for the whole column because of one cell ("nan",
+        # "n/a", "inf"): point at that cell, not at the first row.
+        parsed = column.str.strip_chars().cast(pl.Float64, strict=False)
+        odd = (column.is_not_null() & (parsed.is_null() | ~parsed.is_finite().fill_null(False))).arg_true()
+        non_null = odd if len(odd) else non_null
     row = int(non_null[0]) + 1 if len(non_null) else 1
     value = column[row - 1]
     raise DataError(file, row, column.name, f"expected {expected}, got {column.dtype} value {value!r}")
