@@ -35,3 +35,22 @@ def test_identical_frames_give_identical_parquet_bytes(tmp_path):
     one = atomic.write_parquet(tmp_path / "1.parquet", frame).read_bytes()
     two = atomic.write_parquet(tmp_path / "2.parquet", frame).read_bytes()
     assert one == two
+
+
+def test_the_next_write_sweeps_temp_files_of_dead_processes_only(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale_file = tmp_path / f".shard-1.npz.abc123.{dead_pid}.tmp"
+    stale_file.write_bytes(b"half a shard")
+    stale_folder = tmp_path / f".export.xyz.{dead_pid}.tmp"
+    stale_folder.mkdir()
+    (stale_folder / "ranked_lists.parquet").write_bytes(b"partial")
+    live = tmp_path / f".other.npz.def456.{os.getpid()}.tmp"  # this process: still writing
+    live.write_bytes(b"in progress")
+
+    atomic.write_text(tmp_path / "shard-2.json", "{}")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([live.name, "shard-2.json"])

@@ -9,7 +9,8 @@ temporary name and then SIGKILL the process before the rename (a kill in mid-wri
 Checked each time: the child died of SIGKILL; every file under its final name is complete; the
 rerun reuses what was finished (caches, completed trials) and gives the uninterrupted result;
 an MLflow run of the killed process is not FINISHED. What a killed writer leaves is only its
-hidden temporary (`.<name>.*.tmp`), which no reader ever matches.
+hidden temporary (`.<name>.*.<pid>.tmp`), which no reader ever matches and the next writer
+to that folder removes.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ if kind == "write":
         if calls[0] < at:
             return atomic.write_atomic(path, write)
         path = Path(path)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=atomic.temp_suffix(), dir=path.parent)
         os.close(fd)
         write(Path(name))
         os.kill(os.getpid(), signal.SIGKILL)
@@ -111,6 +112,7 @@ def test_kill_during_text_encoding_resumes_from_the_finished_shards(tmp_path):
     assert sum(rows) == len(TEXTS) - 8  # the 8 cached texts were not encoded again
     expected = TextEncoder(model, batch_size=4, device="cpu").encode_texts(TEXTS)
     np.testing.assert_allclose(vectors, expected, atol=2e-5)
+    assert not stray_temps(cache)  # the rerun swept the dead writer's temp
 
 
 def test_kill_during_llm_generation_resumes_from_the_finished_shards(tmp_path):
@@ -133,6 +135,7 @@ def test_kill_during_llm_generation_resumes_from_the_finished_shards(tmp_path):
     lm = load_causal_lm(model, device="cpu", threads=1)
     asks = [prompts.item_description(t) for t in titles]
     resumed = generate(lm, asks, cache, max_new_tokens=5, batch_size=2)
+    assert not stray_temps(cache)
     assert lm.calls == (len(titles) - 4) // 2  # only the batches that were not finished
     assert resumed == generate(lm, asks, None, max_new_tokens=5, batch_size=2)
 
@@ -249,6 +252,7 @@ def test_kill_during_export_leaves_the_previous_export_and_the_rerun_matches(pro
     assert leftovers and all(n.endswith(".tmp") for n in leftovers)  # hidden, never read
 
     run_cli([*export, "--out", "fresh"], work)
+    assert not [p for p in work.iterdir() if p.name.endswith(".tmp")]  # the rerun swept the dead one's
     fresh = {p.name: p.read_bytes() for p in (work / "fresh").iterdir()}
     assert fresh.keys() == clean.keys()
     for name in ("ranked_lists.parquet", "assignments.parquet"):

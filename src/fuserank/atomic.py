@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,14 +13,55 @@ from typing import Any
 import polars as pl
 
 
+_swept: set[Path] = set()
+
+
+def temp_suffix() -> str:
+    """The suffix of this process's temp files and folders: `.<pid>.tmp`, so that a sweep can
+    tell the leftovers of a killed process from the work in progress of a live one."""
+    return f".{os.getpid()}.tmp"
+
+
+def sweep_stale(folder: Path) -> int:
+    """Remove the temp files and folders (`.*.<pid>.tmp`) that processes no longer alive left in
+    `folder` (e.g. killed with SIGKILL mid-write); returns how many. Runs once per folder and process."""
+    folder = Path(folder)
+    if folder in _swept or not folder.is_dir():
+        return 0
+    _swept.add(folder)
+    removed = 0
+    for entry in folder.glob(".*.tmp"):
+        pid = entry.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temp file in `path`'s folder, then rename it over `path`.
 
-    The temp file is removed if `write` fails, so a failure leaves no partial file behind.
+    The temp file is removed if `write` fails, so a failure leaves no partial file behind; the
+    temp file of a process killed mid-write is swept by the next process writing to that folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale(path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=temp_suffix(), dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:

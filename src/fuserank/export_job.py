@@ -260,7 +260,8 @@ def write_export(out: Path, batches: Iterable[pl.DataFrame], assignments: pl.Dat
     """Write lists (streamed by batch), assignments and the manifest into a temp folder, then move it to `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    atomic.sweep_stale(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=atomic.temp_suffix(), dir=out.parent))
     try:
         lists_name, assign_name = f"{LISTS}.{fmt}", f"{ASSIGNMENTS}.{fmt}"
         with step("write ranked lists") as s:
