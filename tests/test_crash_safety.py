@@ -221,7 +221,11 @@ def test_kill_during_tuning_keeps_finished_trials_and_the_rerun_completes(projec
     run_cli(["tune", "--config", str(config), "--quiet"], killed)
     resumed = trials(killed)
     assert resumed[0].number == 0 and resumed[0].value == reference[0].value  # not redone
+    assert resumed[1].state == state.FAIL  # the killed process's trial, failed on resume
     assert sum(t.state == state.COMPLETE for t in resumed) == 1 + 3
+    # The resumed study draws the trials the uninterrupted one drew, in order (plus one more).
+    finished = [t for t in resumed if t.state == state.COMPLETE]
+    assert [(t.params, t.value) for t in finished[:3]] == [(t.params, t.value) for t in reference]
     best = yaml.safe_load((folder / "best_config.yaml").read_text())
     assert best["run_name"] == "crash-best"
     summary = json.loads((folder / "summary.json").read_text())

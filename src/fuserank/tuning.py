@@ -12,12 +12,18 @@ validation NDCG@10; the median pruner stops trials below the median of earlier t
 same point. LightGBM is deterministic here, so the full fit repeats those rounds exactly; a
 pruned trial saves the remaining rounds (typically hundreds), a kept one costs `prune_rounds`
 extra.
+
+Resuming: each trial's sampler is seeded by the seed plus the number of finished trials, and a
+trial orphaned by a killed process is marked FAIL on the next start, so a study resumed after a
+crash draws the same trials as one that ran without interruption.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +40,7 @@ from fuserank.protocol import QUERY, ValidationFrames, validation_frames, valida
 from fuserank.ranking import fit_ranker
 
 OBJECTIVE = "valid_ndcg_at_10"
+WORKER = "worker"  # trial user attribute: host:pid of the process running it
 USE_PREFIX = "features.use_"
 # Metrics of the best configuration's test run that the summary repeats (the run has them all).
 BEST_REPORTED = ("valid_ndcg_at_10", "test_ndcg_at_10", "test_ndcg_at_10_ci_low", "test_ndcg_at_10_ci_high",
@@ -178,21 +185,56 @@ def check_search_space(tune: TuneConfig) -> None:
 
 
 def create_study(tune: TuneConfig, seed: int) -> Any:
-    """Create or load (load_if_exists) the study; the sampler seed moves on with the study's
-    size so a resumed study does not replay its first random trials."""
+    """Create or load (load_if_exists) the study, with the sampler for its next trial."""
     import optuna
 
     if tune.storage.startswith("sqlite:///"):
         Path(tune.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    done = 0
-    if tune.study_name in optuna.study.get_all_study_names(storage=tune.storage):
-        done = len(optuna.load_study(study_name=tune.study_name, storage=tune.storage).trials)
-    sampler = optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=tune.n_startup_trials)
+    study = optuna.create_study(study_name=tune.study_name, storage=tune.storage, direction="maximize",
+                                load_if_exists=True)
+    fail_orphaned_trials(study)
+    return next_trial_study(study, tune, seed)
+
+
+def worker_id() -> str:
+    """host:pid of this process, recorded on each trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_orphaned_trials(study: Any) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker process on this host is gone (killed mid-trial);
+    returns their numbers. Trials of live workers and of other hosts sharing the study are left
+    alone. TPE would otherwise condition on an orphan's parameters as if it were still running."""
+    import optuna
+
+    from fuserank.atomic import process_alive
+
+    host = socket.gethostname()
+    orphaned = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get(WORKER, "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not process_alive(int(pid)):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            orphaned.append(trial.number)
+    return orphaned
+
+
+def next_trial_study(study: Any, tune: TuneConfig, seed: int) -> Any:
+    """The study with a sampler seeded by its number of finished (complete or pruned) trials.
+
+    Each trial's parameters are then a function of the seed and the finished trials alone: a study
+    resumed after a crash draws the trials an uninterrupted one would have (a trial left RUNNING
+    by a killed process counts for nothing, and TPE ignores it).
+    """
+    import optuna
+
+    state = optuna.trial.TrialState
+    finished = sum(t.state in (state.COMPLETE, state.PRUNED) for t in study.get_trials(deepcopy=False))
+    sampler = optuna.samplers.TPESampler(seed=seed + finished, n_startup_trials=tune.n_startup_trials)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=tune.n_startup_trials, n_warmup_steps=0)
               if tune.prune_rounds > 0 else optuna.pruners.NopPruner())
-    return optuna.create_study(study_name=tune.study_name, storage=tune.storage, direction="maximize",
-                               sampler=sampler, pruner=pruner, load_if_exists=True)
+    return optuna.load_study(study_name=tune.study_name, storage=tune.storage, sampler=sampler, pruner=pruner)
 
 
 def study_summary(study: Any) -> dict[str, float]:
@@ -245,6 +287,7 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
             tracking.log_params({f"base.{k}": v for k, v in flatten(config).items()})
 
         def objective(trial: optuna.Trial) -> float:
+            trial.set_user_attr(WORKER, worker_id())
             params = sample_params(trial, config.tune, list(data.content), config.behaviour.enabled)
             trial_cfg = trial_config(config, params)
             with step(f"trial {trial.number}") as s:
@@ -268,7 +311,9 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
                 raise optuna.TrialPruned()
             return result.value
 
-        study.optimize(objective, n_trials=config.tune.n_trials, gc_after_trial=False)
+        for _ in range(config.tune.n_trials):
+            study = next_trial_study(study, config.tune, config.seed)
+            study.optimize(objective, n_trials=1, gc_after_trial=False)
         summary = study_summary(study)
         best_config = None
         paths = [atomic.write_text(folder / "trials.csv", study.trials_dataframe().to_csv(index=False))]
