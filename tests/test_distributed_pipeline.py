@@ -104,3 +104,24 @@ def test_text_encoding_over_catalog_partitions_equals_the_local_encoding(client,
     # the vectors agree to float32 rounding.
     np.testing.assert_allclose(spread.vectors, local.vectors, atol=1e-6)
     assert np.abs(local.vectors).sum() > 0
+
+
+def test_media_encoding_over_catalog_partitions_equals_the_local_encoding(client, tmp_path):
+    import numpy as np
+
+    from fuserank.data.synthetic import generate_multimodal_catalog
+    from fuserank.distributed import encode_fitted_dask
+    from fuserank.encoders.audio import AudioEncoder
+    from fuserank.encoders.image_descriptor import DescriptorImageEncoder
+
+    items, _ = generate_multimodal_catalog(tmp_path / "media", n_items=24, n_users=10, seed=2, video_share=0.0)
+    root = tmp_path / "media"
+    images = DescriptorImageEncoder(root)
+    audio = AudioEncoder(root)
+    audio.fit(items)
+    for encoder in (images, audio):
+        local = encoder.encode(items)
+        spread = encode_fitted_dask(client, encoder, items, n_partitions=3)
+        assert spread.item_ids == local.item_ids and local.mask.sum() == items.height
+        np.testing.assert_array_equal(spread.mask, local.mask)
+        np.testing.assert_allclose(spread.vectors, local.vectors, atol=1e-6)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -64,7 +65,7 @@ def encode_content(
         image_encoder = make_image_encoder(config.image, media_root, root_cache / "embeddings", sources_cache=root_cache)
     if has_media(items, schema.IMAGE_PATH):
         with step("encode images") as s:
-            embeddings["image"] = image_encoder.encode(items)
+            embeddings["image"] = _run_encoder(image_encoder, items, config)
             s.done(_summary(embeddings["image"]))
     audio_encoder = None
     if has_media(items, schema.AUDIO_PATH) or has_media(items, schema.VIDEO_PATH):
@@ -82,7 +83,7 @@ def encode_content(
     if has_media(items, schema.AUDIO_PATH):
         with step("encode audio") as s:
             if audio_encoder.is_fitted:
-                embeddings["audio"] = audio_encoder.encode(items)
+                embeddings["audio"] = _run_encoder(audio_encoder, items, config)
             else:
                 embeddings["audio"] = _nothing_encoded(items, audio_encoder.dim)
             s.done(_summary(embeddings["audio"]))
@@ -104,13 +105,24 @@ def encode_content(
                     video.fit_audio(fit_items)
                 except ValueError as err:  # videos then keep their image half only
                     log.warning("video soundtracks could not be standardised: %s", err)
-            embeddings["video"] = video.encode(items)
+            embeddings["video"] = _run_encoder(video, items, config)
             s.done(_summary(embeddings["video"]))
     fit = items[schema.ITEM_ID].is_in(train_items.implode()).to_numpy()
     for modality in config.fusion.centre:
         if modality in embeddings:
             embeddings[modality] = centre(embeddings[modality], fit)
     return embeddings, media_counts(items, embeddings)
+
+
+def _run_encoder(encoder: Any, items: pl.DataFrame, config: RunConfig) -> Embeddings:
+    """`encoder.encode(items)`; over Dask partitions of the catalog when `dask.enabled` (the fitted
+    encoder is shipped to the workers)."""
+    if not config.dask.enabled:
+        return encoder.encode(items)
+    from fuserank.distributed import dask_client, encode_fitted_dask
+
+    with dask_client(config.dask) as client:
+        return encode_fitted_dask(client, encoder, items, config.dask.item_partitions)
 
 
 def _nothing_encoded(items: pl.DataFrame, dim: int) -> Embeddings:

@@ -278,6 +278,30 @@ def _encode_chunk(items: pl.DataFrame, encoder_cls: Any, kwargs: dict[str, Any])
     return encoder_cls(**kwargs).encode(items)
 
 
+def _encode_with(items: pl.DataFrame, encoder: Any) -> Any:
+    return encoder.encode(items)
+
+
+def encode_fitted_dask(client: Any, encoder: Any, items: pl.DataFrame, n_partitions: int = 0) -> Any:
+    """`encoder.encode(items)` over Dask partitions of the catalog's rows, for an encoder whose
+    state is fitted here (audio statistics) or cheap to ship (image descriptor, video): the
+    encoder object is sent to every worker once.
+
+    Returns:
+        `Embeddings` of every item, in the items' row order.
+    """
+    from fuserank.encoders.base import Embeddings
+
+    bounds = chunk_evenly(range(items.height), n_partitions or n_workers(client))
+    chunks = [items.slice(b[0], len(b)) for b in bounds] or [items]
+    parts = map_partitions(client, _encode_with, chunks, encoder)
+    return Embeddings(
+        tuple(i for p in parts for i in p.item_ids),
+        np.concatenate([p.vectors for p in parts]).astype(np.float32, copy=False),
+        np.concatenate([p.mask for p in parts]),
+    )
+
+
 def encode_dask(client: Any, encoder_cls: Any, kwargs: dict[str, Any], items: pl.DataFrame,
                 n_partitions: int = 0) -> Any:
     """`encoder_cls(**kwargs).encode(items)` over Dask partitions of the catalog's rows.
