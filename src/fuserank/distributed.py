@@ -278,6 +278,17 @@ def _encode_chunk(items: pl.DataFrame, encoder_cls: Any, kwargs: dict[str, Any])
     return encoder_cls(**kwargs).encode(items)
 
 
+def _concatenate(parts: Sequence[Any]) -> Any:
+    """Per-partition Embeddings, in partition order, as one."""
+    from fuserank.encoders.base import Embeddings
+
+    return Embeddings(
+        tuple(i for p in parts for i in p.item_ids),
+        np.concatenate([p.vectors for p in parts]).astype(np.float32, copy=False),
+        np.concatenate([p.mask for p in parts]),
+    )
+
+
 def _encode_with(items: pl.DataFrame, encoder: Any) -> Any:
     return encoder.encode(items)
 
@@ -290,16 +301,10 @@ def encode_fitted_dask(client: Any, encoder: Any, items: pl.DataFrame, n_partiti
     Returns:
         `Embeddings` of every item, in the items' row order.
     """
-    from fuserank.encoders.base import Embeddings
-
     bounds = chunk_evenly(range(items.height), n_partitions or n_workers(client))
     chunks = [items.slice(b[0], len(b)) for b in bounds] or [items]
     parts = map_partitions(client, _encode_with, chunks, encoder)
-    return Embeddings(
-        tuple(i for p in parts for i in p.item_ids),
-        np.concatenate([p.vectors for p in parts]).astype(np.float32, copy=False),
-        np.concatenate([p.mask for p in parts]),
-    )
+    return _concatenate(parts)
 
 
 def encode_dask(client: Any, encoder_cls: Any, kwargs: dict[str, Any], items: pl.DataFrame,
@@ -319,13 +324,7 @@ def encode_dask(client: Any, encoder_cls: Any, kwargs: dict[str, Any], items: pl
     Returns:
         `Embeddings` of every item, in the items' row order.
     """
-    from fuserank.encoders.base import Embeddings
-
     bounds = chunk_evenly(range(items.height), n_partitions or n_workers(client))
     chunks = [items.slice(b[0], len(b)) for b in bounds] or [items]
     parts = map_partitions(client, _encode_chunk, chunks, encoder_cls, kwargs)
-    return Embeddings(
-        tuple(i for p in parts for i in p.item_ids),
-        np.concatenate([p.vectors for p in parts]).astype(np.float32, copy=False),
-        np.concatenate([p.mask for p in parts]),
-    )
+    return _concatenate(parts)
