@@ -19,10 +19,11 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-WORK = Path("/tmp/fuserank-bench-export")
+WORK = Path(tempfile.gettempdir()) / "fuserank-bench-export"  # scratch catalogs, runs and exports
 
 
 def peak_rss_mb() -> float:
