@@ -29,6 +29,7 @@ import yaml
 
 from fuserank import schema
 from tiny_models import save_tiny_bert, save_tiny_llama
+from tiny_project import write_project
 
 KILL_HOOK = r'''
 import importlib, os, signal, sys, tempfile
@@ -145,30 +146,14 @@ def test_kill_during_llm_generation_resumes_from_the_finished_shards(tmp_path):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A tiny catalog and one config file with paths relative to the folder a job runs in."""
-    from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
-
     root = tmp_path_factory.mktemp("crash")
-    items, interactions = generate_catalog(n_items=100, n_users=70, seed=11)
-    items_path, interactions_path = write_catalog(root / "catalog", items, interactions)
-    model = save_tiny_bert(root / "bert", words=["a", "story", "number", *GENRES])
-    config = {
-        "seed": 5,
-        "output_dir": "outputs",
-        "run_name": "crash",
-        "data": {"dataset": "catalog", "items_path": str(items_path), "interactions_path": str(interactions_path)},
-        "sources": {"cache_dir": "cache", "text_model": str(model)},
-        "split": {"label_cutoffs": 2},
-        "retrieval": {"n_candidates": 30, "popular_candidates": 10},
-        "ranker": {"n_estimators": 30, "min_child_samples": 10, "n_jobs": 1},
-        "tracking": {"tracking_uri": "sqlite:///mlruns/mlflow.db", "artifact_root": "mlruns/artifacts",
-                     "experiment": "crash"},
-        "tune": {"storage": "sqlite:///mlruns/optuna.db", "n_trials": 3, "n_startup_trials": 1, "prune_rounds": 0,
-                 "n_candidates": [20, 30], "fusion_weights": [0.5, 1.0], "evaluate_best": False},
-        "export": {"arms": {"control": "popular", "treatment": "run"}, "shares": {"control": 0.5, "treatment": 0.5},
-                   "holdout": 0.0, "top_k": 10, "batch_users": 10, "salt": "crash"},
-    }
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_project(
+        root, "crash",
+        tune={"storage": "sqlite:///mlruns/optuna.db", "n_trials": 3, "n_startup_trials": 1, "prune_rounds": 0,
+              "n_candidates": [20, 30], "fusion_weights": [0.5, 1.0], "evaluate_best": False},
+        export={"arms": {"control": "popular", "treatment": "run"}, "shares": {"control": 0.5, "treatment": 0.5},
+                "holdout": 0.0, "top_k": 10, "batch_users": 10, "salt": "crash"},
+    )
     return root, path
 
 

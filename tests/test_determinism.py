@@ -17,11 +17,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 
 from fuserank import schema
-from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
-from tiny_models import save_tiny_bert
+from tiny_project import write_project
 
 pytestmark = pytest.mark.slow  # four CLI processes: about 80 s on 2 cores
 
@@ -40,23 +38,7 @@ def fuserank(args: list[str], hash_seed: str, cwd: Path) -> None:
 def two_runs(tmp_path_factory):
     """One config file (relative output, cache and MLflow paths), run in two folders."""
     root = tmp_path_factory.mktemp("determinism")
-    items, interactions = generate_catalog(n_items=100, n_users=70, seed=11)
-    items_path, interactions_path = write_catalog(root / "catalog", items, interactions)
-    model = save_tiny_bert(root / "bert", words=["a", "story", "number", *GENRES])
-    config = {
-        "seed": 5,
-        "output_dir": "outputs",
-        "run_name": "det",
-        "data": {"dataset": "catalog", "items_path": str(items_path), "interactions_path": str(interactions_path)},
-        "sources": {"cache_dir": "cache", "text_model": str(model)},
-        "split": {"label_cutoffs": 2},
-        "retrieval": {"n_candidates": 30, "popular_candidates": 10},
-        "ranker": {"n_estimators": 30, "min_child_samples": 10, "n_jobs": 2},
-        "tracking": {"tracking_uri": "sqlite:///mlruns/mlflow.db", "artifact_root": "mlruns/artifacts",
-                     "experiment": "det"},
-    }
-    config_path = root / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path = write_project(root, "det", n_jobs=2)
     export_args = [a for s in EXPORT for a in ("--set", s)]
     folders = []
     for name, hash_seed in (("first", "1"), ("second", "2")):
