@@ -109,11 +109,20 @@ class VideoConfig:
 
 @dataclass(frozen=True)
 class BehaviourConfig:
-    """Behaviour embedding learned from train interactions only (off: no behaviour in fusion or features)."""
+    """Behaviour signals learned from train interactions only (off: no behaviour in fusion,
+    candidates or features): an embedding, and an EASE item-item model (collaborative.py) whose
+    score is a feature and whose top items are a candidate source (retrieval.ease_candidates).
+
+    ease_l2: EASE's L2 weight; 0 turns EASE off.
+    ease_max_items: EASE covers the most interacted items up to this many (dense n x n weights:
+        8,000 items take ~0.5 GB during the fit).
+    """
 
     enabled: bool = True
     dim: int = 64
     min_item_count: int = 1
+    ease_l2: float = 500.0
+    ease_max_items: int = 8000
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,7 @@ class RetrievalConfig:
         whose taste lives in one modality (a fused query dilutes it).
     neighbourhood_candidates: per modality, the most interacted items among the user's
         `neighbourhood_pool` nearest items in that modality ("popular in your taste").
+    ease_candidates: the best-scored items of the EASE model (behaviour.ease_l2 > 0), source "ease".
     recent_items: the user query is a recency-weighted mean of the last `recent_items` items.
     ivf_lists / pq_m / pq_bits / nprobe / train_sample / shards: index "ivfpq": coarse lists, PQ
         sub-quantisers and bits each, lists probed per query, vectors sampled for training (0: all),
@@ -151,6 +161,7 @@ class RetrievalConfig:
     modality_candidates: int = 0  # per modality, from an index over that modality alone (source ann_<m>)
     neighbourhood_candidates: int = 0  # per modality, most popular of the user's nearest items (pop_<m>)
     neighbourhood_pool: int = 300  # how many nearest items per modality that popularity ranks
+    ease_candidates: int = 100  # from the EASE model when behaviour.ease_l2 > 0 (source ease)
     recent_items: int = 50
     recency_half_life: float = 10.0  # in interactions, newest item has weight 1
     hnsw_m: int = 32

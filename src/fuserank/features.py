@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
+from fuserank.collaborative import ItemItemModel, ease_feature
 from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.retrieval import user_queries
@@ -31,6 +32,7 @@ GROUP_PREFIXES = {
     "has_llm": "llm",
     "cos_text": "text",
     "cos_behaviour": "behaviour",
+    "ease_": "behaviour",
     "cos_image": "image",
     "cos_audio": "audio",
     "cos_video": "video",
@@ -298,6 +300,7 @@ def build_features(
     profile_items: int = 50,
     half_life: float = 10.0,
     sources: Sequence[str] = ("ann", "popular"),
+    ease: ItemItemModel | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """Add every feature column to a candidates frame.
 
@@ -309,6 +312,7 @@ def build_features(
         config: recent_k and window_days.
         profile_items, half_life: how the user profile vector is formed (as in retrieval).
         sources: candidate sources that get a `from_<source>` indicator.
+        ease: an EASE model fitted on `history`: adds `ease_score` and its within-user z-score.
 
     Returns:
         (frame, feature_names): candidates plus float32 feature columns, and their ordered names.
@@ -340,6 +344,10 @@ def build_features(
     for prefix, vectors in views.items():
         profile = user_profiles(history, hist, item_ids, vectors, profile_items, half_life)
         columns.update(similarity_features(user_rows, item_rows, hist, profile, vectors, prefix))
+    if ease is not None:
+        score = ease_feature(ease, history, users, user_rows, item_rows)
+        columns["ease_score"] = score
+        columns["ease_score_z"] = _within_user_z(user_rows, np.nan_to_num(score, nan=0.0))
     for modality, emb in embeddings.items():
         columns[f"has_{modality}"] = emb.mask[item_rows].astype(np.float32)
     popularity = popularity_features(user_rows, item_rows, hist, history, item_ids, config.window_days)

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
+from fuserank.collaborative import ItemItemModel, ease_candidates, fit_ease
 from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.encoders.behaviour import fit_behaviour
@@ -43,12 +44,14 @@ class StageOne:
         fused: float32 (n_items, D) fused, L2-normalised item vectors in that order.
         index: FAISS index over `fused`.
         modality_indexes: one index per fused modality, when per-modality candidates are on.
+        ease: the EASE item-item model, when behaviour is on and behaviour.ease_l2 > 0.
     """
 
     embeddings: dict[str, Embeddings]
     fused: np.ndarray
     index: ItemIndex
     modality_indexes: dict[str, ItemIndex]
+    ease: ItemItemModel | None = None
 
 
 def fit_stage_one(
@@ -94,14 +97,17 @@ def fit_stage_one(
 
     own_index = retrieval.modality_candidates > 0 or retrieval.neighbourhood_candidates > 0
     per_modality = {m: index_of(embeddings[m].vectors) for m in weights} if own_index else {}
-    return StageOne(embeddings, fused, index_of(fused), per_modality)
+    ease = None
+    if behaviour.enabled and behaviour.ease_l2 > 0:
+        ease = fit_ease(history, item_ids, behaviour.ease_l2, behaviour.ease_max_items)
+    return StageOne(embeddings, fused, index_of(fused), per_modality, ease)
 
 
 def generate_candidates(
     stage: StageOne, history: pl.DataFrame, users: Sequence[str], retrieval: RetrievalConfig
 ) -> pl.DataFrame:
     """ANN candidates over the fused index, then over each modality's own index (when on), then
-    the most popular items; deduplicated.
+    EASE's (when on), then the most popular items; deduplicated.
 
     Returns a schema.CANDIDATES frame in stage-1 order (sources in that order, each by rank).
     """
@@ -138,6 +144,8 @@ def generate_candidates(
                 neighbourhood_popular(found, history, retrieval.neighbourhood_candidates, f"pop_{modality}")
             )
     frames.extend(popular_in)
+    if stage.ease is not None and retrieval.ease_candidates > 0:
+        frames.append(ease_candidates(stage.ease, history, users, retrieval.ease_candidates, retrieval.batch_size))
     if retrieval.popular_candidates > 0:
         frames.append(popular_candidates(history, users, retrieval.popular_candidates))
     return merge_candidates(frames)
@@ -176,6 +184,7 @@ def candidate_features(
         profile_items=retrieval.recent_items,
         half_life=retrieval.recency_half_life,
         sources=candidate_sources(stage, retrieval),
+        ease=stage.ease,
     )
     if llm is not None:
         from fuserank.llm_features import add_llm_features
@@ -191,7 +200,8 @@ def candidate_sources(stage: StageOne, retrieval: RetrievalConfig) -> tuple[str,
         per_modality += [f"ann_{m}" for m in stage.modality_indexes]
     if retrieval.neighbourhood_candidates > 0:
         per_modality += [f"pop_{m}" for m in stage.modality_indexes]
-    return ("ann", *per_modality, "popular")
+    ease = ("ease",) if stage.ease is not None and retrieval.ease_candidates > 0 else ()
+    return ("ann", *per_modality, *ease, "popular")
 
 
 def rank_candidates(frame: pl.DataFrame, scores: np.ndarray, top_k: int) -> pl.DataFrame:
