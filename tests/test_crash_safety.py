@@ -8,7 +8,7 @@ temporary name and then SIGKILL the process before the rename (a kill in mid-wri
 
 Checked each time: the child died of SIGKILL; every file under its final name is complete; the
 rerun reuses what was finished (caches, completed trials) and gives the uninterrupted result;
-an MLflow run of the killed process is not FINISHED. What a killed writer leaves is only its
+an MLflow run of the killed process is not FINISHED, and the rerun marks it KILLED. What a killed writer leaves is only its
 hidden temporary (`.<name>.*.<pid>.tmp`), which no reader ever matches and the next writer
 to that folder removes.
 """
@@ -207,6 +207,7 @@ def test_kill_during_tuning_keeps_finished_trials_and_the_rerun_completes(projec
     resumed = trials(killed)
     assert resumed[0].number == 0 and resumed[0].value == reference[0].value  # not redone
     assert resumed[1].state == state.FAIL  # the killed process's trial, failed on resume
+    assert "RUNNING" not in [r.info.status for r in mlflow_runs(killed)]  # its runs were marked KILLED
     assert sum(t.state == state.COMPLETE for t in resumed) == 1 + 3
     # The resumed study draws the trials the uninterrupted one drew, in order (plus one more).
     finished = [t for t in resumed if t.state == state.COMPLETE]
@@ -265,5 +266,6 @@ def test_kill_during_training_leaves_a_run_that_is_not_finished_and_the_rerun_ma
     run_cli(["train-evaluate", "--config", str(config), "--quiet"], killed)
     for name in ("ranked_lists.parquet", "model/model.txt"):
         assert (killed / "outputs" / "crash" / name).read_bytes() == (clean / "outputs" / "crash" / name).read_bytes()
-    statuses = sorted(r.info.status for r in mlflow_runs(killed))
-    assert statuses.count("FINISHED") == 1
+    statuses = {r.info.run_id: r.info.status for r in mlflow_runs(killed)}
+    assert statuses.pop(run.info.run_id) == "KILLED"  # the rerun ended the dead process's run
+    assert list(statuses.values()) == ["FINISHED"]

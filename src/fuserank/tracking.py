@@ -7,6 +7,7 @@ file store in maintenance mode.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,12 @@ from fuserank.config import TrackingConfig
 
 # MLflow caps a param value at 6,000 characters.
 _MAX_PARAM = 6000
+# host:pid of the process that opened a run, so a later run can tell a killed one from a live one.
+WORKER_TAG = "fuserank.worker"
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _prepare_store(config: TrackingConfig) -> None:
@@ -49,6 +56,8 @@ def tracked_run(config: TrackingConfig, run_name: str | None, tags: Mapping[str,
     """Open an MLflow run and yield its id (None when tracking is disabled).
 
     A run left by an exception ends with status FAILED, so a crashed run never looks successful.
+    Runs of this experiment that a killed process on this host left RUNNING are first marked
+    KILLED (`end_orphaned_runs`).
     """
     if not config.enabled:
         yield None
@@ -56,8 +65,27 @@ def tracked_run(config: TrackingConfig, run_name: str | None, tags: Mapping[str,
     import mlflow
 
     exp = experiment_id(config)
-    with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=dict(tags)) as run:
+    end_orphaned_runs(exp)
+    with mlflow.start_run(experiment_id=exp, run_name=run_name, tags={**tags, WORKER_TAG: _worker()}) as run:
         yield run.info.run_id
+
+
+def end_orphaned_runs(experiment: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `experiment` whose process on this host is gone; returns
+    their ids. Runs of live processes and of other hosts are left alone."""
+    from mlflow.tracking import MlflowClient
+
+    from fuserank.atomic import process_alive
+
+    client = MlflowClient()
+    host = socket.gethostname()
+    ended = []
+    for run in client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'"):
+        worker_host, _, pid = run.data.tags.get(WORKER_TAG, "").rpartition(":")
+        if worker_host == host and pid.isdigit() and not process_alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -115,7 +143,7 @@ def nested_run(run_name: str, tags: Mapping[str, str]) -> Iterator[NestedRun]:
     if parent is None:
         raise RuntimeError("nested_run needs an active parent run")
     run = mlflow.start_run(
-        experiment_id=parent.info.experiment_id, run_name=run_name, nested=True, tags=dict(tags)
+        experiment_id=parent.info.experiment_id, run_name=run_name, nested=True, tags={**tags, WORKER_TAG: _worker()}
     )
     handle = NestedRun(run.info.run_id)
     try:
