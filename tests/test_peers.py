@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 
 from fuserank import schema
-from fuserank.peers import PEERS, interaction_matrix, item_similarity, recommend
+from fuserank.collaborative import user_matrix
+from fuserank.peers import PEERS, item_similarity, recommend
 
 
 def _frame(pairs: list[tuple[str, str]]) -> pl.DataFrame:
@@ -35,7 +36,7 @@ def _checkerboard(n_users: int = 40, n_items: int = 20) -> tuple[pl.DataFrame, l
 
 def test_interaction_matrix_is_binary_and_ignores_unknown_rows():
     history = _frame([("a", "x"), ("a", "x"), ("b", "y"), ("c", "x"), ("a", "zzz")])
-    matrix = interaction_matrix(history, ["a", "b"], ["x", "y"])
+    matrix = user_matrix(history, ["a", "b"], ["x", "y"])
     assert matrix.shape == (2, 2)
     assert matrix.toarray().tolist() == [[1.0, 0.0], [0.0, 1.0]]
 

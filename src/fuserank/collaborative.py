@@ -36,7 +36,8 @@ class ItemItemModel:
 
 
 def user_matrix(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str]) -> sp.csr_matrix:
-    """Binary float32 csr (len(users), len(item_ids)) of who interacted with what in `history`."""
+    """Binary float32 csr (len(users), len(item_ids)) of who interacted with what in `history`;
+    rows of users or items outside `users` / `item_ids` are ignored."""
     user_index = pl.DataFrame({schema.USER_ID: pl.Series(list(users), dtype=pl.String),
                                "_u": np.arange(len(users), dtype=np.int64)})
     item_index = pl.DataFrame({schema.ITEM_ID: pl.Series(list(item_ids), dtype=pl.String),

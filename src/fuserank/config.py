@@ -115,7 +115,7 @@ class BehaviourConfig:
 
     ease_l2: EASE's L2 weight; 0 turns EASE off.
     ease_max_items: EASE covers the most interacted items up to this many (dense n x n weights:
-        8,000 items take ~0.5 GB during the fit).
+        8,000 items take about 1.3 GB during the fit).
     """
 
     enabled: bool = True

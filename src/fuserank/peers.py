@@ -23,6 +23,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from fuserank import schema
+from fuserank.collaborative import user_matrix
 
 # user rows (n,) int64 -> float32 (n, n_items) scores, higher is better.
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -172,26 +173,6 @@ PEERS: dict[str, Peer] = {
 }
 
 
-def interaction_matrix(
-    history: pl.DataFrame, user_ids: Sequence[str], item_ids: Sequence[str]
-) -> sp.csr_matrix:
-    """Binary float32 csr (len(user_ids), len(item_ids)): 1 where the user interacted with the item.
-
-    Rows of users or items outside `user_ids` / `item_ids` are ignored.
-    """
-    users = pl.DataFrame({schema.USER_ID: list(user_ids), "_u": np.arange(len(user_ids), dtype=np.int64)})
-    items = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_i": np.arange(len(item_ids), dtype=np.int64)})
-    pairs = (
-        history.select(schema.USER_ID, schema.ITEM_ID)
-        .join(users, on=schema.USER_ID)
-        .join(items, on=schema.ITEM_ID)
-        .unique(["_u", "_i"])
-    )
-    values = np.ones(pairs.height, dtype=np.float32)
-    shape = (len(user_ids), len(item_ids))
-    return sp.csr_matrix((values, (pairs["_u"].to_numpy(), pairs["_i"].to_numpy())), shape=shape)
-
-
 def recommend(
     name: str,
     params: Mapping[str, Any],
@@ -221,7 +202,7 @@ def recommend(
         raise ValueError(f"unknown peer {name!r}; known peers are {sorted(PEERS)}")
     user_ids = sorted(set(history[schema.USER_ID].unique().to_list()) | set(users))
     row_of = {u: r for r, u in enumerate(user_ids)}
-    matrix = interaction_matrix(history, user_ids, item_ids)
+    matrix = user_matrix(history, user_ids, item_ids)
     scorer = PEERS[name].fit(matrix, params, seed)
     k = min(k, len(item_ids))
     catalog = np.asarray(item_ids, dtype=object)
