@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -189,11 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "command": "python pipelines/benchmark_performance.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "ann": [ann_benchmark(n, args.dim, args.queries, args.seed) for n in args.sizes],
+        "train_evaluate": [],
     }
-    if args.features_dataset:
-        report["stage_costs"] = stage_costs(args.features_dataset, args.seed)
-    report["train_evaluate"] = []
+    # First, while this process is small: a child's peak RSS includes this process's RSS at the
+    # moment it is spawned (Linux carries the high-water mark across exec).
+    report["parent_rss_mb_at_spawn"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for dataset in args.datasets:
         with tempfile.TemporaryDirectory(prefix="fuserank-bench-") as tmp:
             cache = Path(tmp) / "cache"
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                     cost = train_evaluate_cost(dataset, cache, Path(tmp) / "outputs")
                     s.done(f"{cost['wall_seconds']:.0f} s, {cost['peak_rss_mb']:.0f} MB")
                 report["train_evaluate"].append({"dataset": dataset, "cache": temperature, **cost})
+    report["ann"] = [ann_benchmark(n, args.dim, args.queries, args.seed) for n in args.sizes]
+    if args.features_dataset:
+        report["stage_costs"] = stage_costs(args.features_dataset, args.seed)
     atomic.write_json(Path(args.out), report)
     print(f"wrote {args.out}")
     return 0
