@@ -82,6 +82,15 @@ def fit_ease(history: pl.DataFrame, item_ids: Sequence[str], l2: float, max_item
     return ItemItemModel(item_ids, columns, weights)
 
 
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indexes and values of each row's k highest scores, best first; ties go to the
+    lower column, so the order does not depend on argpartition's. -inf marks excluded columns."""
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.lexsort((top, -top_scores), axis=1)
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+
+
 def _scores(model: ItemItemModel, matrix: sp.csr_matrix) -> np.ndarray:
     """float32 (n_users, len(columns)) scores of the users whose binary rows `matrix` holds."""
     return np.asarray(matrix[:, model.columns] @ model.weights, dtype=np.float32)
@@ -107,11 +116,7 @@ def ease_candidates(
         seen = rows[:, model.columns].nonzero()
         scores[seen] = -np.inf
         scores[np.asarray(rows.sum(axis=1)).ravel() == 0] = -np.inf
-        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.lexsort((top, -top_scores), axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        top_scores = np.take_along_axis(top_scores, order, axis=1)
+        top, top_scores = top_k(scores, n)
         keep = np.isfinite(top_scores)
         chunk = np.asarray(users[start : start + batch_size], dtype=object)
         out_users.append(np.repeat(chunk, keep.sum(axis=1)))

@@ -23,7 +23,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from fuserank import schema
-from fuserank.collaborative import user_matrix
+from fuserank.collaborative import top_k, user_matrix
 
 # user rows (n,) int64 -> float32 (n, n_items) scores, higher is better.
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -214,12 +214,7 @@ def recommend(
         scores = np.array(scorer(rows), dtype=np.float32)
         seen = matrix[rows]
         scores[seen.nonzero()] = -np.inf
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        # Ties go to the earlier catalog item, so lists do not depend on argpartition's order.
-        order = np.lexsort((top, -top_scores), axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        top_scores = np.take_along_axis(top_scores, order, axis=1)
+        top, top_scores = top_k(scores, k)  # ties go to the earlier catalog item
         keep = np.isfinite(top_scores)
         out_users.append(np.repeat(np.asarray(chunk, dtype=object), keep.sum(axis=1)))
         out_items.append(catalog[top[keep]])
