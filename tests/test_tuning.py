@@ -138,8 +138,12 @@ def test_tune_records_a_resumable_study_and_tests_the_best_config_once(tiny):
     assert parent["metrics"]["best_valid_ndcg_at_10"] == pytest.approx(study.best_value)
 
     folder = root / "outputs" / "tune-fuserank"
-    for name in ("best_config.yaml", "optimisation_history.png", "param_importances.png", "trials.csv"):
+    for name in ("best_config.yaml", "optimisation_history.png", "trials.csv"):
         assert (folder / name).is_file(), name
+    # Importances need two complete trials; how many the median pruner stops depends on the data
+    # (test_plots covers both sides of the rule).
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert (folder / "param_importances.png").is_file() == (len(complete) >= 2)
     best = load_config(folder / "best_config.yaml")
     assert best.ranker.learning_rate == study.best_params["ranker.learning_rate"]
     assert best.retrieval.n_candidates == study.best_params["retrieval.n_candidates"]
