@@ -180,16 +180,22 @@ def trials(folder: Path) -> list:
     return study.trials
 
 
+def clean_and_killed(root: Path, command: str, config: Path, hook: str) -> tuple[Path, Path]:
+    """Run `fuserank <command>` to the end in one new folder and SIGKILL it at `hook` in another."""
+    clean, killed = root / f"{command}-clean", root / f"{command}-killed"
+    clean.mkdir()
+    killed.mkdir()
+    run_cli([command, "--config", str(config), "--quiet"], clean)
+    run_killed(cli([command, "--config", str(config), "--quiet"]), hook, killed)
+    return clean, killed
+
+
 @pytest.mark.slow  # three tuning jobs (~1 min on 2 cores)
 def test_kill_during_tuning_keeps_finished_trials_and_the_rerun_completes(project):
     import optuna
 
     root, config = project
-    clean, killed = root / "tune-clean", root / "tune-killed"
-    clean.mkdir()
-    killed.mkdir()
-    run_cli(["tune", "--config", str(config), "--quiet"], clean)
-    run_killed(cli(["tune", "--config", str(config), "--quiet"]), "call:fuserank.tuning:run_trial:2", killed)
+    clean, killed = clean_and_killed(root, "tune", config, "call:fuserank.tuning:run_trial:2")
 
     done = trials(killed)
     state = optuna.trial.TrialState
@@ -254,12 +260,7 @@ def test_kill_during_export_leaves_the_previous_export_and_the_rerun_matches(pro
 @pytest.mark.slow  # two training runs (~40 s on 2 cores)
 def test_kill_during_training_leaves_a_run_that_is_not_finished_and_the_rerun_matches(project):
     root, config = project
-    clean, killed = root / "train-clean", root / "train-killed"
-    clean.mkdir()
-    killed.mkdir()
-    run_cli(["train-evaluate", "--config", str(config), "--quiet"], clean)
-    run_killed(cli(["train-evaluate", "--config", str(config), "--quiet"]), "call:fuserank.protocol:fit_ranker:1",
-               killed)
+    clean, killed = clean_and_killed(root, "train-evaluate", config, "call:fuserank.protocol:fit_ranker:1")
     (run,) = mlflow_runs(killed)
     assert run.info.status != "FINISHED"
     assert not (killed / "outputs" / "crash" / "metrics.json").exists()
