@@ -222,6 +222,7 @@ def test_descriptor_of_a_flat_red_image_matches_hand_computed_blocks():
     np.testing.assert_array_equal(vector[DESCRIPTOR_BLOCKS["orientation"]], 0.0)
     np.testing.assert_array_equal(vector[DESCRIPTOR_BLOCKS["edge_density"]], 0.0)
     np.testing.assert_allclose(vector[DESCRIPTOR_BLOCKS["texture"]], 0.5 * np.eye(10)[0], atol=1e-6)
+    np.testing.assert_array_equal(vector[DESCRIPTOR_BLOCKS["outline"]], 0.0)  # no object stands out
 
 
 def test_descriptor_groups_images_by_colour_and_texture():
@@ -248,6 +249,35 @@ def test_edge_orientation_block_tells_horizontal_from_vertical_stripes():
     assert unit[0] @ unit[1] < 0.05 and unit[2] @ unit[3] < 0.05
     # horizontal stripes: gradients point along y, i.e. orientation bin 4 (90 degrees) in each cell
     assert set(np.flatnonzero(h4 > 1e-6) % 8) == {4} and set(np.flatnonzero(v6 > 1e-6) % 8) == {0}
+
+
+def drawn_shape(corners: int, rng: np.random.Generator) -> Image.Image:
+    """A filled disc (corners 0) or regular polygon at a random place, size, rotation and colour."""
+    image = Image.new("RGB", (120, 120), (128, 128, 128))
+    cx, cy = rng.uniform(45, 75, size=2)
+    radius, turn = rng.uniform(20, 38), rng.uniform(0, 2 * np.pi)
+    colour = [RED, BLUE, (30, 160, 40), (240, 200, 20)][rng.integers(4)]
+    if corners == 0:
+        ImageDraw.Draw(image).ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
+    else:
+        angles = turn + 2 * np.pi * np.arange(corners) / corners
+        ImageDraw.Draw(image).polygon([(cx + radius * np.cos(a), cy + radius * np.sin(a)) for a in angles], fill=colour)
+    return image
+
+
+def test_outline_block_tells_shapes_apart_whatever_their_place_size_rotation_and_colour():
+    rng = np.random.default_rng(0)
+    corners = np.repeat([0, 3, 4, 5], 6)
+    block = DESCRIPTOR_BLOCKS["outline"]
+    outlines = np.stack([describe_image(drawn_shape(int(c), rng))[block] for c in corners])
+    assert np.all(np.linalg.norm(outlines, axis=1) > 0)
+    # a square's boundary distance repeats 4 times per turn: harmonic 4 is its largest (3 for a triangle)
+    assert np.argmax(outlines[corners == 4, :8].mean(axis=0)) + 1 == 4
+    assert np.argmax(outlines[corners == 3, :8].mean(axis=0)) + 1 == 3
+    centred = outlines - outlines.mean(axis=0)
+    distance = np.linalg.norm(centred[:, None] - centred[None], axis=-1)
+    np.fill_diagonal(distance, np.inf)
+    assert np.array_equal(corners[distance.argmin(axis=1)], corners)  # every nearest neighbour: same shape
 
 
 # --- contract, shared by both encoders --------------------------------------------------------------

@@ -26,6 +26,8 @@ from fuserank.data.synthetic import (
     PITCH,
     SHAPE,
     TASTE_KIND,
+    TEMPO,
+    TIMBRE,
     USERS_FILE,
     draw_interactions,
     draw_items,
@@ -204,8 +206,10 @@ def test_taste_matches_and_fine_tastes():
     expected = (items[COLOUR] == image_user[taste_column(COLOUR)]) & (items[SHAPE] == image_user[taste_column(SHAPE)])
     assert match.tolist() == expected.to_list() and 0 < match.sum() < 800 / 12
     assert image_user[taste_column(PITCH)] is None
+    audio_user = users.filter(pl.col(TASTE_KIND) == "audio").row(0, named=True)
+    assert all(audio_user[taste_column(a)] is not None for a in (PITCH, TEMPO, TIMBRE))
 
-    interactions = draw_interactions(items, users, seed=5, taste_share=0.6)
+    interactions = draw_interactions(items, users, seed=5, interactions_per_user=(5, 15), taste_share=0.6)
     matched = taste_matches(items, users)
     user_row = {u: i for i, u in enumerate(users[schema.USER_ID])}
     item_row = {x: i for i, x in enumerate(items[schema.ITEM_ID])}

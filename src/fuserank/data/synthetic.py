@@ -116,12 +116,14 @@ ATTRIBUTES = {
 }
 TASTE_KIND = "taste_kind"
 TASTE_KINDS = ("image", "audio", "text")
-# Which item attributes a taste of each kind fixes; "fine" tastes are narrower (and harder).
+# Which item attributes a taste of each kind fixes. "fine" tastes are narrower: an image taste
+# and an audio taste each pick one of 24 combinations (6 colours x 4 shapes, 4 pitches x 2 tempos
+# x 3 timbres), so neither modality is handed the easier task.
 TASTES = {
     "coarse": {"image": (COLOUR,), "audio": (PITCH,), "text": (GENRE,)},
-    "fine": {"image": (COLOUR, SHAPE), "audio": (PITCH, TEMPO), "text": (GENRE,)},
+    "fine": {"image": (COLOUR, SHAPE), "audio": (PITCH, TEMPO, TIMBRE), "text": (GENRE,)},
 }
-TASTE_ATTRIBUTES = (GENRE, COLOUR, SHAPE, PITCH, TEMPO)  # every attribute some taste fixes
+TASTE_ATTRIBUTES = (GENRE, COLOUR, SHAPE, PITCH, TEMPO, TIMBRE)  # every attribute some taste fixes
 ITEMS_FILE, INTERACTIONS_FILE = "items.parquet", "interactions.parquet"
 USERS_FILE, MANIFEST_FILE = "users.parquet", "synthetic.json"
 MEDIA_DIR = "media"

@@ -1,4 +1,4 @@
-"""Weight-free image descriptor: colour, colour layout, edge orientation and texture statistics.
+"""Weight-free image descriptor: colour, colour layout, edge orientation, texture and outline statistics.
 
 The default image encoder whenever no CLIP checkpoint is configured. `describe_image` is a pure
 function of the pixels; `DescriptorImageEncoder` runs it over a catalog through the encode loop
@@ -20,12 +20,14 @@ from fuserank.encoders.cache import EmbeddingCache, content_key
 from fuserank.encoders.image import LOADER_VERSION, encode_image_files
 
 # Bump when describe_image changes the vector it returns, so cached vectors are recomputed.
-DESCRIPTOR_VERSION = "descriptor-v1"
+DESCRIPTOR_VERSION = "descriptor-v2"
 
-# Weight-free descriptor: six blocks, each normalised on its own so none dominates.
+# Weight-free descriptor: seven blocks, each normalised on its own so none dominates.
 _HUE_BINS, _GREY_BINS = 12, 4
 _LAYOUT_GRID, _EDGE_GRID, _ORIENTATION_BINS = 4, 2, 8
 _DENSITY_THRESHOLDS = (0.1, 0.3)  # Sobel magnitude of lightness in [0, 1], divided by 4
+_OUTLINE_ANGLES, _OUTLINE_HARMONICS, _OUTLINE_RADIUS_BINS = 64, 8, 8
+_FOREGROUND_MIN_DELTA_E = 8.0  # an object pixel differs from the border colour by more than this
 _BLOCK_SIZES = {
     "colour": _HUE_BINS * 2 * 2 + _GREY_BINS,
     "hue": _HUE_BINS,
@@ -33,8 +35,10 @@ _BLOCK_SIZES = {
     "orientation": _EDGE_GRID**2 * _ORIENTATION_BINS,
     "texture": 10,
     "edge_density": _EDGE_GRID**2 * len(_DENSITY_THRESHOLDS),
+    "outline": _OUTLINE_HARMONICS + _OUTLINE_RADIUS_BINS + 2,
 }
-_BLOCK_WEIGHTS = {"colour": 1.0, "hue": 1.0, "layout": 1.0, "orientation": 1.0, "texture": 0.5, "edge_density": 0.5}
+_BLOCK_WEIGHTS = {"colour": 1.0, "hue": 1.0, "layout": 1.0, "orientation": 1.0, "texture": 0.5, "edge_density": 0.5,
+                  "outline": 1.0}
 _BLOCK_STARTS = np.cumsum([0, *_BLOCK_SIZES.values()])
 DESCRIPTOR_BLOCKS: dict[str, slice] = {
     name: slice(int(start), int(start + n)) for (name, n), start in zip(_BLOCK_SIZES.items(), _BLOCK_STARTS)
@@ -59,7 +63,9 @@ def describe_image(image: Image.Image, size: int = 128) -> np.ndarray:
     saturation (zero for a greyscale image); layout: mean CIE Lab per cell of a 4x4 grid; orientation: Sobel gradient
     orientations (8 bins over 180 degrees, weighted by magnitude) per cell of a 2x2 grid;
     texture: rotation-invariant uniform LBP histogram; edge_density: share of pixels above two
-    gradient magnitudes per 2x2 cell. Histograms are Hellinger-mapped (L1, then sqrt: unit L2).
+    gradient magnitudes per 2x2 cell; outline: the shape of the main object, unchanged by its
+    position, rotation and size (see `_outline`). Histograms are Hellinger-mapped (L1, then sqrt:
+    unit L2).
 
     Args:
         image: any PIL image; resized to size x size (the grids follow the image, not its aspect).
@@ -83,6 +89,7 @@ def describe_image(image: Image.Image, size: int = 128) -> np.ndarray:
         "orientation": _hellinger(_orientation_histogram(gx, gy, magnitude)),
         "texture": _hellinger(_lbp_histogram(lightness)),
         "edge_density": _edge_density(magnitude),
+        "outline": _outline(lab),
     }
     return np.concatenate([_BLOCK_WEIGHTS[name] * blocks[name] for name in _BLOCK_SIZES]).astype(np.float32)
 
@@ -167,10 +174,63 @@ def _edge_density(magnitude: np.ndarray) -> np.ndarray:
     return shares.ravel() / np.sqrt(shares.size)
 
 
-class DescriptorImageEncoder:
-    """Weight-free image vectors: colour histogram, colour layout, edge orientation, texture.
+def _foreground(lab: np.ndarray, border: int = 2) -> np.ndarray | None:
+    """bool mask of the pixels that differ from the image's border colour (a product shot's
+    backdrop), cleaned of isolated pixels; None when that is under 0.5% or over 90% of the image."""
+    frame = np.concatenate([lab[:border].reshape(-1, 3), lab[-border:].reshape(-1, 3),
+                            lab[:, :border].reshape(-1, 3), lab[:, -border:].reshape(-1, 3)])
+    backdrop = np.median(frame, axis=0)
+    noise = np.percentile(np.linalg.norm(frame - backdrop, axis=1), 90)
+    mask = np.linalg.norm(lab - backdrop, axis=-1) > max(_FOREGROUND_MIN_DELTA_E, 3.0 * noise)
+    h, w = mask.shape
+    p = np.pad(mask, 1).astype(np.int8)
+    mask = sum(p[dr : dr + h, dc : dc + w] for dr in range(3) for dc in range(3)) >= 5  # 3x3 majority
+    return mask if 0.005 <= mask.mean() <= 0.9 else None
 
-    Carries real colour, layout and texture signal without any model weights; the default
+
+def _outline(lab: np.ndarray) -> np.ndarray:
+    """Outline of the foreground object, invariant to its position, rotation and size.
+
+    The distance from the object's centroid to its boundary, as a function of angle and divided
+    by its mean, gives the spectrum magnitudes of harmonics 1..8 (rotation only shifts the phase:
+    a square peaks at 4, a triangle at 3) and a histogram of the relative distances (a circle's
+    all lie at 1). Two moment invariants (Hu's first two, the first minus a disc's) close the
+    block. All zeros when no single object stands out from the border colour.
+    """
+    out = np.zeros(_BLOCK_SIZES["outline"])
+    mask = _foreground(lab)
+    if mask is None:
+        return out
+    ys, xs = np.nonzero(mask)
+    cy, cx = ys.mean(), xs.mean()
+    p = np.pad(mask, 1)
+    interior = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    by, bx = np.nonzero(mask & ~interior)
+    bins = np.floor((np.arctan2(by - cy, bx - cx) + np.pi) / (2 * np.pi) * _OUTLINE_ANGLES).astype(np.int64)
+    radius = np.zeros(_OUTLINE_ANGLES)
+    np.maximum.at(radius, bins % _OUTLINE_ANGLES, np.hypot(by - cy, bx - cx))
+    seen = radius > 0
+    if seen.sum() < 3:
+        return out
+    angles = np.arange(_OUTLINE_ANGLES)
+    radius = np.interp(angles, angles[seen], radius[seen], period=_OUTLINE_ANGLES)
+    radius /= radius.mean()
+    h = _OUTLINE_HARMONICS
+    out[:h] = 4.0 * np.abs(np.fft.rfft(radius))[1 : h + 1] / _OUTLINE_ANGLES
+    histogram = np.histogram(radius, bins=_OUTLINE_RADIUS_BINS, range=(0.4, 1.6))[0].astype(np.float64)
+    out[h : h + _OUTLINE_RADIUS_BINS] = 0.5 * _hellinger(histogram)
+    area = float(mask.sum())
+    mu20, mu02 = ((xs - cx) ** 2).sum() / area**2, ((ys - cy) ** 2).sum() / area**2
+    mu11 = ((xs - cx) * (ys - cy)).sum() / area**2
+    out[-2] = 10.0 * (mu20 + mu02 - 1.0 / (2.0 * np.pi))
+    out[-1] = 10.0 * np.sqrt((mu20 - mu02) ** 2 + 4.0 * mu11**2)
+    return out
+
+
+class DescriptorImageEncoder:
+    """Weight-free image vectors: colour histogram, colour layout, edge orientation, texture, outline.
+
+    Carries real colour, layout, texture and shape signal without any model weights; the default
     whenever no CLIP checkpoint is configured.
 
     Args:
