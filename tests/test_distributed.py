@@ -10,7 +10,7 @@ import pytest
 
 from fuserank import schema
 from fuserank.config import DaskConfig, RankerConfig
-from fuserank.ranking import _query_groups, fit_ranker, load_ranker, save_ranker
+from fuserank.ranking import ScoreBase, _query_groups, fit_ranker, load_ranker, save_ranker
 
 distributed = pytest.importorskip("distributed")
 
@@ -50,8 +50,10 @@ def planted(n_users: int, seed: int) -> pl.DataFrame:
 
 
 def ndcg10(ranker, frame: pl.DataFrame) -> float:
-    x, y, sizes = _query_groups(frame, ranker.feature_names, "test")
+    x, y, sizes, init = _query_groups(frame, ranker.feature_names, "test", base=ranker.base)
     scores = ranker.booster.predict(x, num_iteration=ranker.best_iteration, raw_score=True)
+    if init is not None:
+        scores = scores + init
     order_key = np.repeat(np.arange(sizes.size), sizes)
     ranks = np.empty(y.size, dtype=int)
     for q in range(sizes.size):
@@ -79,23 +81,21 @@ def test_best_iteration_follows_early_stopping_rule():
     assert best_iteration(curve, 0) == 7
 
 
-def test_ndcg_curve_equals_lightgbms_own_metric():
+@pytest.mark.parametrize("base", [None, ScoreBase("noise_a", 2.0)])
+def test_ndcg_curve_equals_lightgbms_own_metric(base):
     import lightgbm
 
     train, valid = planted(120, 1), planted(60, 2)
-    config = RankerConfig(n_estimators=15, early_stopping_rounds=0, n_jobs=1, min_child_samples=5)
-    ranker = fit_ranker(train, None, FEATURES, config, seed=0)
-    xv, yv, gv = _query_groups(valid, FEATURES, "valid")
-    booster = ranker.booster
+    xv, yv, gv, init_v = _query_groups(valid, FEATURES, "valid", base=base)
     record: dict = {}
     params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "verbosity": -1, "num_threads": 1,
               "min_data_in_leaf": 5, "seed": 0, "deterministic": True}
-    x, y, g = _query_groups(train, FEATURES, "train")
-    dtrain = lightgbm.Dataset(x, label=y, group=g)
+    x, y, g, init = _query_groups(train, FEATURES, "train", base=base)
+    dtrain = lightgbm.Dataset(x, label=y, group=g, init_score=init)
     booster = lightgbm.train(params, dtrain, num_boost_round=15,
-                             valid_sets=[lightgbm.Dataset(xv, label=yv, group=gv, reference=dtrain)],
+                             valid_sets=[lightgbm.Dataset(xv, label=yv, group=gv, init_score=init_v, reference=dtrain)],
                              valid_names=["v"], callbacks=[lightgbm.record_evaluation(record)])
-    ours = ndcg_by_iteration(booster, xv, yv, gv, 10)
+    ours = ndcg_by_iteration(booster, xv, yv, gv, 10, init_v)
     np.testing.assert_allclose(ours, record["v"]["ndcg@10"], atol=1e-6)
 
 
@@ -119,6 +119,16 @@ def test_dask_fit_matches_local_quality_on_held_out_queries(client, tmp_path):
     loaded = load_ranker(tmp_path / "m")
     np.testing.assert_allclose(loaded.score(test), remote.score(test), rtol=1e-6)
     assert (tmp_path / "m" / "model.txt").read_text().startswith("tree")
+
+
+def test_dask_fit_starts_from_the_base_like_a_local_fit(client):
+    train, valid, test = planted(400, 31), planted(100, 32), planted(200, 33)
+    config = RankerConfig(n_estimators=30, learning_rate=0.1, num_leaves=7, min_child_samples=10,
+                          early_stopping_rounds=10, n_jobs=1, base_feature="signal", base_scale=1.0)
+    local = fit_ranker(train, valid, FEATURES, config, seed=5)
+    remote = fit_ranker_dask(client, train, valid, FEATURES, config, seed=5)
+    assert remote.base == local.base == ScoreBase("signal", 1.0)
+    assert abs(ndcg10(remote, test) - ndcg10(local, test)) < 0.05
 
 
 def test_dask_fit_uses_query_column_groups(client):

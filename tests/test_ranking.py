@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from fuserank.config import RankerConfig
-from fuserank.ranking import FEATURES_FILE, MODEL_FILE, Ranker, fit_ranker, load_ranker, save_ranker
+from fuserank.ranking import FEATURES_FILE, MODEL_FILE, Ranker, ScoreBase, fit_ranker, load_ranker, save_ranker
 from fuserank.schema import LABEL, USER_ID
 
 FEATURES = ("noise_a", "signal", "noise_b", "noise_c")
@@ -120,12 +120,43 @@ def test_save_load_round_trip(ranker: Ranker, data: dict[str, pl.DataFrame], tmp
     save_ranker(ranker, folder)
     assert sorted(p.name for p in folder.iterdir()) == [FEATURES_FILE, MODEL_FILE]  # no temp files left
     meta = json.loads((folder / FEATURES_FILE).read_text())
-    assert meta == {"feature_names": list(FEATURES), "best_iteration": ranker.best_iteration}
+    assert meta == {"feature_names": list(FEATURES), "best_iteration": ranker.best_iteration, "base": None}
 
     loaded = load_ranker(folder)
     assert loaded.feature_names == FEATURES
     assert loaded.best_iteration == ranker.best_iteration
     np.testing.assert_array_equal(loaded.score(data["test"]), ranker.score(data["test"]))
+
+
+def test_trees_start_from_the_base_feature(data: dict[str, pl.DataFrame], tmp_path: Path) -> None:
+    config = RankerConfig(n_estimators=3, learning_rate=0.1, num_leaves=7, min_child_samples=10, n_jobs=1,
+                          base_feature="signal", base_scale=5.0)
+    ranker = fit_ranker(data["train"], data["valid"], FEATURES, config, seed=0)
+    assert ranker.base == ScoreBase("signal", 5.0)
+    test = data["test"]
+    x = test.select(pl.col(f).cast(pl.Float32) for f in FEATURES).to_numpy()
+    trees = ranker.booster.predict(x, num_iteration=ranker.best_iteration)
+    np.testing.assert_allclose(ranker.score(test), trees + 5.0 * test["signal"].to_numpy(), rtol=1e-5, atol=1e-5)
+    # three shallow trees alone rank poorly; on top of the base every query's positive comes first
+    assert top1_hit_rate(ranker, test) == 1.0
+
+    save_ranker(ranker, tmp_path)
+    loaded = load_ranker(tmp_path)
+    assert loaded.base == ranker.base
+    np.testing.assert_array_equal(loaded.score(test), ranker.score(test))
+    meta = json.loads((tmp_path / FEATURES_FILE).read_text())
+    del meta["base"]  # a model saved before bases existed
+    (tmp_path / FEATURES_FILE).write_text(json.dumps(meta))
+    assert load_ranker(tmp_path).base is None
+
+
+def test_no_base_without_its_feature_or_scale(data: dict[str, pl.DataFrame]) -> None:
+    train = data["train"]
+    for config in (RankerConfig(n_estimators=2, n_jobs=1, base_feature="signal", base_scale=0.0),
+                   RankerConfig(n_estimators=2, n_jobs=1, base_feature="not_a_feature")):
+        assert fit_ranker(train, None, FEATURES, config, seed=0).base is None
+    with pytest.raises(ValueError, match="base_scale"):
+        fit_ranker(train, None, FEATURES, RankerConfig(n_estimators=2, base_feature="signal", base_scale=-1.0), seed=0)
 
 
 def test_load_rejects_a_disagreeing_feature_list(ranker: Ranker, tmp_path: Path) -> None:

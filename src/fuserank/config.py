@@ -188,7 +188,13 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class RankerConfig:
-    """LightGBM lambdarank."""
+    """LightGBM lambdarank.
+
+    base_feature, base_scale: every row's score starts at base_scale x that feature (LightGBM's
+    init_score) and the trees learn corrections to it, so the ranker begins where the strongest
+    single signal already is instead of re-learning it split by split. No base when the feature
+    is not among the ranker's features (its group disabled, EASE off) or base_scale is 0.
+    """
 
     n_estimators: int = 1000
     learning_rate: float = 0.05
@@ -201,6 +207,8 @@ class RankerConfig:
     early_stopping_rounds: int = 50
     eval_at: int = 10
     n_jobs: int = 2
+    base_feature: str = "ease_score_z"
+    base_scale: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import polars as pl
 
 from fuserank import progress
 from fuserank.config import DaskConfig, RankerConfig
-from fuserank.ranking import Ranker, _params, _query_groups
+from fuserank.ranking import Ranker, _params, _query_groups, score_base
 from fuserank.schema import USER_ID
 
 
@@ -101,7 +101,9 @@ def split_groups(sizes: np.ndarray, n_parts: int) -> list[np.ndarray]:
     return [part for part in np.split(sizes, cuts) if part.size]
 
 
-def _dask_arrays(x: np.ndarray, y: np.ndarray, sizes: np.ndarray, n_parts: int) -> tuple[Any, Any, Any]:
+def _dask_arrays(
+    x: np.ndarray, y: np.ndarray, sizes: np.ndarray, n_parts: int, init: np.ndarray | None = None
+) -> tuple[Any, Any, Any, Any]:
     import dask.array as da
 
     parts = split_groups(sizes, n_parts)
@@ -109,10 +111,13 @@ def _dask_arrays(x: np.ndarray, y: np.ndarray, sizes: np.ndarray, n_parts: int) 
     dx = da.from_array(x, chunks=(rows, (x.shape[1],)))
     dy = da.from_array(y, chunks=(rows,))
     dg = da.from_array(np.concatenate(parts), chunks=(tuple(p.size for p in parts),))
-    return dx, dy, dg
+    di = None if init is None else da.from_array(init, chunks=(rows,))
+    return dx, dy, dg, di
 
 
-def ndcg_by_iteration(booster: Any, x: np.ndarray, y: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
+def ndcg_by_iteration(
+    booster: Any, x: np.ndarray, y: np.ndarray, sizes: np.ndarray, k: int, init: np.ndarray | None = None
+) -> np.ndarray:
     """LightGBM's NDCG@k (gain 2^label - 1, mean over queries) after each boosting round.
 
     Args:
@@ -120,6 +125,7 @@ def ndcg_by_iteration(booster: Any, x: np.ndarray, y: np.ndarray, sizes: np.ndar
         x: (n_rows, n_features) float32 rows ordered by query; y: (n_rows,) int labels;
         sizes: (n_queries,) rows per query, every query with a positive label.
         k: cut-off.
+        init: (n_rows,) starting scores the trees were fitted on top of (None: 0).
 
     Returns:
         (T,) float64, entry t the NDCG@k of the first t + 1 trees.
@@ -130,7 +136,7 @@ def ndcg_by_iteration(booster: Any, x: np.ndarray, y: np.ndarray, sizes: np.ndar
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     ideal = _dcg(query, gain, gain, discount, sizes.size)
     # Lambdarank raw scores add up over trees, so one tree at a time gives every round's scores.
-    scores = np.zeros(y.size)
+    scores = np.zeros(y.size) if init is None else init.astype(np.float64, copy=True)
     out = np.empty(n_rounds)
     for t in range(n_rounds):
         scores += booster.predict(x, start_iteration=t, num_iteration=1, raw_score=True)
@@ -189,11 +195,12 @@ def fit_ranker_dask(
     feature_names = tuple(feature_names)
     if not feature_names or len(set(feature_names)) != len(feature_names):
         raise ValueError(f"feature_names must be non-empty and distinct: {feature_names}")
-    x, y, sizes = _query_groups(train, feature_names, "train", group)
+    base = score_base(config, feature_names)
+    x, y, sizes, init = _query_groups(train, feature_names, "train", group, base)
     if sizes.size == 0:
         raise ValueError("train has no user with a positive label; lambdarank has nothing to learn")
     parts = n_partitions or n_workers(client)
-    dx, dy, dg = _dask_arrays(x, y, sizes, parts)
+    dx, dy, dg, di = _dask_arrays(x, y, sizes, parts, init)
 
     params = _params(config, seed)
     params.pop("num_threads")  # Dask sets each worker's threads
@@ -202,19 +209,19 @@ def fit_ranker_dask(
     params["n_estimators"] = config.n_estimators
     with progress.step("ranker (dask)") as s:
         model = DaskLGBMRanker(client=client, **params)
-        model.fit(dx, dy, group=dg, feature_name=list(feature_names))
+        model.fit(dx, dy, group=dg, init_score=di, feature_name=list(feature_names))
         booster = model.to_local().booster_
         s.done(f"{booster.current_iteration()} trees, {len(split_groups(sizes, parts))} partitions")
     if booster.feature_name() != list(feature_names):
         raise ValueError(f"LightGBM renamed the features to {booster.feature_name()}")
     best = booster.current_iteration()
     if valid is not None and config.early_stopping_rounds > 0:
-        xv, yv, gv = _query_groups(valid, feature_names, "valid")
+        xv, yv, gv, init_v = _query_groups(valid, feature_names, "valid", base=base)
         if gv.size == 0:
             raise ValueError("valid has no user with a positive label; early stopping has nothing to measure")
-        curve = ndcg_by_iteration(booster, xv, yv, gv, config.eval_at)
+        curve = ndcg_by_iteration(booster, xv, yv, gv, config.eval_at, init_v)
         best = best_iteration(curve, config.early_stopping_rounds)
-    return Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best))
+    return Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best), base=base)
 
 
 def map_partitions(client: Any, func: Callable[..., Any], chunks: Sequence[Any], *args: Any) -> list[Any]:

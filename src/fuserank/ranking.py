@@ -26,6 +26,27 @@ FEATURES_FILE = "features.json"
 
 
 @dataclass(frozen=True)
+class ScoreBase:
+    """The score every row starts from before the trees: `scale` x the `feature` column."""
+
+    feature: str
+    scale: float
+
+    def of(self, frame: pl.DataFrame) -> np.ndarray:
+        """float64 (n_rows,) starting scores; a missing value starts at 0."""
+        return self.scale * np.nan_to_num(frame[self.feature].cast(pl.Float64).fill_null(0.0).to_numpy(), nan=0.0)
+
+
+def score_base(config: RankerConfig, feature_names: Sequence[str]) -> ScoreBase | None:
+    """The configured base, or None when its feature is not among `feature_names` or its scale is 0."""
+    if config.base_scale < 0:
+        raise ValueError(f"ranker.base_scale must be >= 0, got {config.base_scale}")
+    if config.base_scale == 0 or config.base_feature not in feature_names:
+        return None
+    return ScoreBase(config.base_feature, config.base_scale)
+
+
+@dataclass(frozen=True)
 class Ranker:
     """A fitted lambdarank booster and the ordered feature columns it reads.
 
@@ -33,11 +54,13 @@ class Ranker:
         booster: the `lightgbm.Booster`.
         feature_names: feature columns in the order the booster expects them.
         best_iteration: number of boosting rounds used for scoring (early-stopping best, 1-based).
+        base: the starting score the trees were fitted on top of (None: 0).
     """
 
     booster: Any
     feature_names: tuple[str, ...]
     best_iteration: int
+    base: ScoreBase | None = None
 
     def score(self, frame: pl.DataFrame) -> np.ndarray:
         """Relevance scores of every row of `frame` (higher = better).
@@ -51,7 +74,10 @@ class Ranker:
         x = _feature_matrix(frame, self.feature_names, "frame")
         if x.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        return np.asarray(self.booster.predict(x, num_iteration=self.best_iteration), dtype=np.float32)
+        scores = self.booster.predict(x, num_iteration=self.best_iteration)
+        if self.base is not None:
+            scores = scores + self.base.of(frame)
+        return np.asarray(scores, dtype=np.float32)
 
     def gain_importance(self) -> dict[str, float]:
         """Total split gain of each feature over the first `best_iteration` trees, in feature order."""
@@ -73,12 +99,13 @@ def _feature_matrix(frame: pl.DataFrame, feature_names: Sequence[str], what: str
 
 
 def _query_groups(
-    frame: pl.DataFrame, feature_names: Sequence[str], what: str, group: str = USER_ID
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    frame: pl.DataFrame, feature_names: Sequence[str], what: str, group: str = USER_ID, base: ScoreBase | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Sort by query (`group` column) and drop queries without a positive.
 
     Returns:
-        X (n_rows, n_features) float32, labels (n_rows,) int32, group sizes (n_queries,) int32.
+        X (n_rows, n_features) float32, labels (n_rows,) int32, group sizes (n_queries,) int32,
+        and the rows' starting scores (None without a base).
     """
     for col in (group, LABEL):
         if col not in frame.columns:
@@ -93,7 +120,8 @@ def _query_groups(
     labels = kept[LABEL].cast(pl.Int32).to_numpy()
     if labels.size and labels.min() < 0:
         raise ValueError(f"{what}: labels must be non-negative integers")
-    return _feature_matrix(kept, feature_names, what), labels, sizes
+    init = base.of(kept) if base is not None else None
+    return _feature_matrix(kept, feature_names, what), labels, sizes, init
 
 
 def _params(config: RankerConfig, seed: int) -> dict[str, Any]:
@@ -138,12 +166,13 @@ def fit_ranker(
             (e.g. one per label cut-off); valid is always grouped by user.
 
     Returns:
-        The fitted `Ranker`. Users without any positive label are dropped before training
-        (they carry no lambdarank gradient).
+        The fitted `Ranker`, its trees fitted on top of `score_base(config, feature_names)`.
+        Users without any positive label are dropped before training (they carry no lambdarank
+        gradient).
 
     Raises:
         ValueError: a feature or the user_id/label column is missing, feature names are empty or
-            repeated, or train (or valid) has no user with a positive label.
+            repeated, train (or valid) has no user with a positive label, or base_scale < 0.
     """
     import lightgbm
 
@@ -154,18 +183,20 @@ def fit_ranker(
         raise ValueError(f"feature_names holds duplicates: {feature_names}")
 
     params = _params(config, seed)
-    x, y, groups = _query_groups(train, feature_names, "train", group)
+    base = score_base(config, feature_names)
+    x, y, groups, init = _query_groups(train, feature_names, "train", group, base)
     if groups.size == 0:
         raise ValueError("train has no user with a positive label; lambdarank has nothing to learn")
-    dtrain = lightgbm.Dataset(x, label=y, group=groups, feature_name=list(feature_names), params=params)
+    dtrain = lightgbm.Dataset(x, label=y, group=groups, init_score=init, feature_name=list(feature_names),
+                              params=params)
 
     valid_sets: list[Any] = []
     callbacks: list[Any] = []
     if valid is not None:
-        xv, yv, gv = _query_groups(valid, feature_names, "valid")
+        xv, yv, gv, init_v = _query_groups(valid, feature_names, "valid", base=base)
         if gv.size == 0:
             raise ValueError("valid has no user with a positive label; early stopping has nothing to measure")
-        valid_sets.append(lightgbm.Dataset(xv, label=yv, group=gv, reference=dtrain))
+        valid_sets.append(lightgbm.Dataset(xv, label=yv, group=gv, init_score=init_v, reference=dtrain))
         if config.early_stopping_rounds > 0:
             rounds = config.early_stopping_rounds
             callbacks.append(lightgbm.early_stopping(rounds, first_metric_only=True, verbose=False))
@@ -185,7 +216,7 @@ def fit_ranker(
             "or JSON special characters"
         )
     best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
-    return Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best))
+    return Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best), base=base)
 
 
 def save_ranker(ranker: Ranker, folder: Path) -> None:
@@ -196,7 +227,8 @@ def save_ranker(ranker: Ranker, folder: Path) -> None:
     """
     folder = Path(folder)
     model = ranker.booster.model_to_string(num_iteration=ranker.best_iteration)
-    meta = {"feature_names": list(ranker.feature_names), "best_iteration": ranker.best_iteration}
+    meta = {"feature_names": list(ranker.feature_names), "best_iteration": ranker.best_iteration,
+            "base": None if ranker.base is None else {"feature": ranker.base.feature, "scale": ranker.base.scale}}
     atomic.write_text(folder / MODEL_FILE, model)
     atomic.write_text(folder / FEATURES_FILE, json.dumps(meta, indent=2) + "\n")
 
@@ -206,8 +238,8 @@ def load_ranker(folder: Path) -> Ranker:
 
     Raises:
         FileNotFoundError: a file is missing.
-        ValueError: the feature list in features.json disagrees with the booster's, or the
-            stored best_iteration exceeds the trees in model.txt.
+        ValueError: the feature list in features.json disagrees with the booster's, the stored
+            best_iteration exceeds the trees in model.txt, or the base feature is not a feature.
     """
     import lightgbm
 
@@ -226,4 +258,8 @@ def load_ranker(folder: Path) -> Ranker:
             f"{folder}: best_iteration {best} is outside the {booster.current_iteration()} rounds "
             f"in {MODEL_FILE}"
         )
-    return Ranker(booster=booster, feature_names=feature_names, best_iteration=best)
+    stored = meta.get("base")  # absent in models saved before bases existed
+    if stored is not None and stored["feature"] not in feature_names:
+        raise ValueError(f"{folder}: the base feature {stored['feature']!r} is not among the model's features")
+    base = None if stored is None else ScoreBase(str(stored["feature"]), float(stored["scale"]))
+    return Ranker(booster=booster, feature_names=feature_names, best_iteration=best, base=base)

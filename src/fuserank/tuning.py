@@ -66,6 +66,8 @@ def sample_params(trial: Any, tune: TuneConfig, modalities: Sequence[str], behav
         "ranker.lambda_l2": trial.suggest_float("ranker.lambda_l2", 1e-3, 30.0, log=True),
         "retrieval.n_candidates": trial.suggest_categorical("retrieval.n_candidates", list(tune.n_candidates)),
     }
+    if behaviour:  # the default base, ease_score_z, exists only with behaviour on
+        params["ranker.base_scale"] = trial.suggest_categorical("ranker.base_scale", [0.0, 0.1, 0.3, 1.0])
     searched = list(modalities) if behaviour else list(modalities)[1:]
     for modality in searched:
         key = f"fusion.weights.{modality}"
