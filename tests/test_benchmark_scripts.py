@@ -54,7 +54,8 @@ def test_benchmark_peers_on_a_tiny_catalog(tmp_path):
         "--set", f"data.items_path={items_path}", "--set", f"data.interactions_path={interactions_path}",
         "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
         "--set", "retrieval.n_candidates=40", "--set", "retrieval.popular_candidates=10",
-        "--set", "ranker.n_estimators=50", "--set", "ranker.min_child_samples=5", "--recbole-label-window", "2",
+        "--set", "ranker.n_estimators=50", "--set", "ranker.min_child_samples=5",
+        "--recbole-set", "split.label_window=2", "--recbole-set", "ranker.base_scale=0.3",
     ])
     assert code == 0
     report = json.loads(out.read_text())
@@ -69,6 +70,10 @@ def test_benchmark_peers_on_a_tiny_catalog(tmp_path):
         assert len(result["details"]["ease"]["tuning"]) == 6
     assert report["protocols"]["temporal"]["n_test"] == report["protocols"]["temporal"]["n_test_users"]
     assert report["protocols"]["recbole"]["n_test"] > report["protocols"]["recbole"]["n_test_users"]
+    # the recbole-only settings reach fuserank on that protocol and nowhere else
+    recbole, temporal = report["protocols"]["recbole"]["details"], report["protocols"]["temporal"]["details"]
+    assert (recbole["fuserank"]["label_window"], recbole["fuserank"]["base_scale"]) == (2, 0.3)
+    assert (temporal["fuserank"]["label_window"], temporal["fuserank"]["base_scale"]) == (1, 0.0)
 
 
 @pytest.mark.slow
