@@ -195,6 +195,24 @@ def test_ranker_labels_come_from_train_and_early_stopping_from_validation(protoc
     assert result.metrics["ranker_train_rows"] == fit.height
 
 
+def test_share_labels_are_train_rows_missing_from_their_own_history(tmp_path, monkeypatch):
+    from fuserank.protocol import QUERY, ranker_training_frame
+
+    recorder = Recorder(monkeypatch)
+    items, interactions, content = planted_catalog()
+    config = small_config(tmp_path, "split.label_share=0.25", "split.label_cutoffs=2")
+    split = leave_last_out(interactions, min_interactions=config.split.min_interactions)
+    frame, _ = ranker_training_frame(split.train, items[schema.ITEM_ID].to_list(), content, config)
+    assert positives(frame).join(split.train.select(PAIR), on=PAIR, how="anti").is_empty()
+    for cutoff, (history, _) in enumerate(recorder.features, start=1):
+        labelled = positives(frame.filter(pl.col(QUERY).str.ends_with(f"#{cutoff}")))
+        assert labelled.height > 0
+        assert labelled.join(history.select(PAIR), on=PAIR, how="semi").is_empty()
+        # A quarter of each user's remaining rows (at least one), not one row per user.
+        per_user = labelled.group_by(schema.USER_ID).len()["len"]
+        assert per_user.max() > 1 and per_user.min() >= 1
+
+
 def test_tuning_objective_never_sees_a_test_row(tmp_path, monkeypatch):
     import fuserank.train_evaluate as train_evaluate
     import fuserank.tuning as tuning

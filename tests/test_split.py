@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from fuserank import schema
-from fuserank.data.split import Split, holdout_last, leave_last_out, sort_interactions
+from fuserank.data.split import Split, holdout_labels, holdout_last, holdout_share, leave_last_out, sort_interactions
 
 KEY = [schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP]
 
@@ -55,6 +55,25 @@ def test_holdout_last_rejects_bad_arguments():
         holdout_last(PLANTED, n=0)
     with pytest.raises(ValueError):
         holdout_last(PLANTED, n=3, min_interactions=2)
+
+
+def test_holdout_share_takes_a_share_of_each_user_at_least_one():
+    # 0.5 of u1's 5 events is 2 (floor), of u2's 3 is 1, of u3's 2 is 1; u4's one event stays history.
+    history, targets = holdout_share(PLANTED, 0.5)
+    assert _keys(targets) == [("u1", "m", 50), ("u1", "z", 50), ("u2", "b", 300), ("u3", "y", 8)]
+    assert history.filter(pl.col(schema.USER_ID) == "u4").height == 1
+    assert history.height + targets.height == PLANTED.height
+    # A small share still takes one from everyone who keeps a history row.
+    _, one_each = holdout_share(PLANTED, 0.01)
+    assert _keys(one_each) == [("u1", "z", 50), ("u2", "b", 300), ("u3", "y", 8)]
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError):
+            holdout_share(PLANTED, bad)
+
+
+def test_holdout_labels_uses_the_window_unless_a_share_is_set():
+    assert _keys(holdout_labels(PLANTED, window=2)[1]) == _keys(holdout_last(PLANTED, n=2, min_interactions=3)[1])
+    assert _keys(holdout_labels(PLANTED, window=2, share=0.5)[1]) == _keys(holdout_share(PLANTED, 0.5)[1])
 
 
 def test_leave_last_out_planted_answer():

@@ -54,11 +54,14 @@ class SplitConfig:
         give the ranker training queries (one query per user and cut-off).
     label_window: at each cut-off, the user's last `label_window` interactions are the
         positives; stage 1 for that cut-off is fitted on the interactions before them.
+    label_share: when > 0, replaces label_window: each cut-off takes the last floor(share x n)
+        of a user's n remaining interactions (at least one), as a per-user random split does.
     """
 
     min_interactions: int = 3
     label_cutoffs: int = 3
     label_window: int = 1
+    label_share: float = 0.0
 
 
 @dataclass(frozen=True)

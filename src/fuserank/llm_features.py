@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from fuserank import prompts, schema
-from fuserank.data.split import holdout_last, sort_interactions
+from fuserank.data.split import holdout_labels, sort_interactions
 from fuserank.encoders.base import Embeddings
 
 if TYPE_CHECKING:
@@ -109,12 +109,13 @@ def item_thin_text(items: pl.DataFrame) -> list[str]:
     return out
 
 
-def profile_history(train: pl.DataFrame, label_cutoffs: int, label_window: int) -> pl.DataFrame:
+def profile_history(train: pl.DataFrame, label_cutoffs: int, label_window: int, label_share: float = 0.0
+                    ) -> pl.DataFrame:
     """The history before the earliest ranker-label cut-off (the same steps as
     protocol.ranker_training_frame): a prefix of every stage's history for every user."""
     history = train
     for _ in range(label_cutoffs):
-        history, _ = holdout_last(history, n=label_window, min_interactions=label_window + 1)
+        history, _ = holdout_labels(history, label_window, label_share)
     return history
 
 
@@ -227,7 +228,7 @@ def _by_activity(train: pl.DataFrame, column: str, cap: int) -> list[str]:
 def build_llm_signals(
     items: pl.DataFrame, train: pl.DataFrame, lm: Any, embed_text: Callable[[Sequence[str]], np.ndarray],
     text_vectors: np.ndarray, settings: LLMConfig, label_cutoffs: int, label_window: int,
-    cache_root: Path | None, seed: int,
+    cache_root: Path | None, seed: int, label_share: float = 0.0,
 ) -> LLMSignals:
     """Generate descriptions and profiles, embed them, and wrap the per-stage LLM calls.
 
@@ -238,8 +239,8 @@ def build_llm_signals(
         embed_text: texts -> float32 (n, d_text) unit vectors (the project's text encoder).
         text_vectors: float32 (n_items, d_text) text-encoder vectors of the items' own text.
         settings: the llm section of the config.
-        label_cutoffs, label_window: the protocol's label scheme (split section), which fixes the
-            history profiles are written from.
+        label_cutoffs, label_window, label_share: the protocol's label scheme (split section),
+            which fixes the history profiles are written from.
         cache_root: folder of the LLM caches (None: no caching).
         seed: seed of the generation calls.
     """
@@ -274,7 +275,7 @@ def build_llm_signals(
     profile_users: tuple[str, ...] = ()
     profile_vectors = np.zeros((0, text_vectors.shape[1]), dtype=np.float32)
     if settings.profiles:
-        early = profile_history(train, label_cutoffs, label_window)
+        early = profile_history(train, label_cutoffs, label_window, label_share)
         users = sorted(_by_activity(early, schema.USER_ID, settings.max_users))
         histories = recent_labels(early, dict(zip(item_ids, labels)), users, settings.history_items)
         users = [u for u, h in zip(users, histories) if h]
@@ -346,6 +347,7 @@ def prepare_llm(items: pl.DataFrame, train: pl.DataFrame, text: Embeddings, conf
         signals = build_llm_signals(
             items, train, lm, encoder.encode_texts, text.align(items[schema.ITEM_ID].to_list()).vectors, config.llm,
             config.split.label_cutoffs, config.split.label_window, root / "llm" / "cache", config.seed,
+            label_share=config.split.label_share,
         )
         n_desc = 0 if signals.description is None else int(signals.description.mask.sum())
         s.done(f"{n_desc:,} descriptions, {len(signals.profile_users):,} profiles, {lm.calls} model calls")

@@ -4,7 +4,8 @@ Label scheme (also in the README):
 - split: per user, the last interaction is the test target, the second-to-last the validation
   target, the rest is train (users with fewer than `min_interactions` stay in train only).
 - ranker training: `label_cutoffs` cut-offs step back through each user's train interactions. At
-  cut-off j the user's j-th last `label_window` train interactions are the positives and stage 1
+  cut-off j the user's j-th last `label_window` train interactions (or `label_share` of them) are
+  the positives and stage 1
   (behaviour embedding, index, popularity, features) is fitted on the train interactions before
   them; every other candidate is a negative. Each (user, cut-off) is one lambdarank query.
 - early stopping: validation targets, with stage 1 fitted on the whole train part.
@@ -22,7 +23,7 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.config import RunConfig
-from fuserank.data.split import Split, holdout_last, leave_last_out
+from fuserank.data.split import Split, holdout_labels, leave_last_out
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluate import (
     confidence_intervals,
@@ -92,10 +93,9 @@ def ranker_training_frame(
     llm: LLMSignals | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """Labelled candidates from successive cut-offs of the train part, with a QUERY column."""
-    window = config.split.label_window
     history, frames, names = train, [], []
     for cutoff in range(1, config.split.label_cutoffs + 1):
-        history, targets = holdout_last(history, n=window, min_interactions=window + 1)
+        history, targets = holdout_labels(history, config.split.label_window, config.split.label_share)
         if targets.is_empty():
             break
         frame, names, _ = _cutoff_frame(config, f"ranker labels {cutoff}", history, targets, item_ids, content, llm)

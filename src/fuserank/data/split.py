@@ -66,15 +66,52 @@ def holdout_last(
         raise ValueError(f"n must be >= 1, got {n}")
     if min_interactions < n:
         raise ValueError(f"min_interactions ({min_interactions}) must be >= n ({n})")
+    return _split_tail(interactions, pl.lit(n), pl.col(_COUNT) >= min_interactions)
+
+
+def holdout_share(interactions: pl.DataFrame, share: float) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Hold out the last floor(`share` x n) of each user's n interactions, at least one.
+
+    A user whose whole history that would take (n = 1) keeps it and gets no target. This is the
+    per-user random split's shape (RecBole's valid and test are each a tenth of a user's rows)
+    where `holdout_last` takes the same count from a user with 12 rows and one with 1,000.
+
+    Args:
+        interactions: schema.INTERACTIONS rows (extra columns are carried along).
+        share: the fraction held out, 0 < share < 1.
+
+    Returns:
+        (history, targets), as `holdout_last` returns them.
+
+    Raises:
+        ValueError: share outside (0, 1).
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    n = (pl.col(_COUNT) * share).floor().clip(lower_bound=1)
+    return _split_tail(interactions, n, pl.col(_COUNT) > n)
+
+
+def _split_tail(interactions: pl.DataFrame, n: pl.Expr, eligible: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(history, targets): each eligible user's last `n` rows are targets (both expressions may
+    read the user's row count, column _COUNT)."""
     ordered = sort_interactions(interactions).with_columns(
         (pl.len().over(schema.USER_ID) - 1 - pl.int_range(pl.len()).over(schema.USER_ID)).alias(_FROM_END),
         pl.len().over(schema.USER_ID).alias(_COUNT),
     )
-    is_target = (pl.col(_FROM_END) < n) & (pl.col(_COUNT) >= min_interactions)
+    is_target = (pl.col(_FROM_END) < n) & eligible
     helpers = [_FROM_END, _COUNT]
     history = ordered.filter(~is_target).drop(helpers)
     targets = ordered.filter(is_target).drop(helpers)
     return history, targets
+
+
+def holdout_labels(history: pl.DataFrame, window: int, share: float = 0.0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One ranker-label cut-off (split.label_window, split.label_share): the last `window`
+    interactions of each user with more than that, or with share > 0 `holdout_share`."""
+    if share != 0:
+        return holdout_share(history, share)
+    return holdout_last(history, n=window, min_interactions=window + 1)
 
 
 def leave_last_out(interactions: pl.DataFrame, min_interactions: int = 3) -> Split:
