@@ -55,7 +55,7 @@ def test_benchmark_peers_on_a_tiny_catalog(tmp_path):
         "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
         "--set", "retrieval.n_candidates=40", "--set", "retrieval.popular_candidates=10",
         "--set", "ranker.n_estimators=50", "--set", "ranker.min_child_samples=5",
-        "--recbole-set", "split.label_window=2", "--recbole-set", "ranker.base_scale=0.3",
+        "--recbole-set", "split.label_share=0.25", "--recbole-set", "ranker.base_scale=0.3",
     ])
     assert code == 0
     report = json.loads(out.read_text())
@@ -72,8 +72,8 @@ def test_benchmark_peers_on_a_tiny_catalog(tmp_path):
     assert report["protocols"]["recbole"]["n_test"] > report["protocols"]["recbole"]["n_test_users"]
     # the recbole-only settings reach fuserank on that protocol and nowhere else
     recbole, temporal = report["protocols"]["recbole"]["details"], report["protocols"]["temporal"]["details"]
-    assert (recbole["fuserank"]["label_window"], recbole["fuserank"]["base_scale"]) == (2, 0.3)
-    assert (temporal["fuserank"]["label_window"], temporal["fuserank"]["base_scale"]) == (1, 0.0)
+    assert (recbole["fuserank"]["label_share"], recbole["fuserank"]["base_scale"]) == (0.25, 0.3)
+    assert (temporal["fuserank"]["label_share"], temporal["fuserank"]["base_scale"]) == (0.0, 0.0)
 
 
 @pytest.mark.slow
