@@ -55,6 +55,24 @@ def test_vectors_are_unit_float32_rows_of_the_model_width(tiny_bert):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
+def test_a_vector_does_not_depend_on_the_texts_it_is_batched_with(tiny_bert):
+    # Bit-identical, not merely close: the ranker's splits must not move with the cache's history.
+    encoder = TextEncoder(tiny_bert, batch_size=3, device="cpu")
+    together = encoder.encode_texts(TEXTS)
+    for text, vector in zip(TEXTS, together):
+        np.testing.assert_array_equal(encoder.encode_texts([text])[0], vector)
+    np.testing.assert_array_equal(TextEncoder(tiny_bert, batch_size=1, device="cpu").encode_texts(TEXTS), together)
+
+
+def test_texts_are_padded_by_their_own_length_not_their_batch(tiny_bert):
+    encoder = TextEncoder(tiny_bert, batch_size=8, max_length=20, device="cpu")
+    lengths = encoder.padded_lengths(["a cat", " ".join(["cat"] * 17), " ".join(["cat"] * 40)])
+    assert lengths == [16, 20, 20]  # 3 tokens -> 16; 19 -> 32, capped at max_length; truncated -> 20
+    sizes = count_forward_calls(encoder)
+    encoder.encode_texts(["a cat", "the dog", " ".join(["cat"] * 17)])
+    assert sorted(sizes) == [1, 2]  # one batch per padded length
+
+
 def test_batched_length_sorted_result_equals_unbatched_in_input_order(tiny_bert):
     encoder = TextEncoder(tiny_bert, batch_size=3, device="cpu")
     vectors = encoder.encode_texts(TEXTS)
