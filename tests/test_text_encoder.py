@@ -67,7 +67,7 @@ def test_a_vector_does_not_depend_on_the_texts_it_is_batched_with(tiny_bert):
 def test_texts_are_padded_by_their_own_length_not_their_batch(tiny_bert):
     encoder = TextEncoder(tiny_bert, batch_size=8, max_length=20, device="cpu")
     lengths = encoder.padded_lengths(["a cat", " ".join(["cat"] * 17), " ".join(["cat"] * 40)])
-    assert lengths == [16, 20, 20]  # 3 tokens -> 16; 19 -> 32, capped at max_length; truncated -> 20
+    assert lengths == [8, 20, 20]  # 4 tokens -> 8; 19 -> 24, capped at max_length; truncated -> 20
     sizes = count_forward_calls(encoder)
     encoder.encode_texts(["a cat", "the dog", " ".join(["cat"] * 17)])
     assert sorted(sizes) == [1, 2]  # one batch per padded length

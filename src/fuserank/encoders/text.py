@@ -23,7 +23,7 @@ from fuserank.encoders.cache import EmbeddingCache, content_key
 # batch, so cold and warm caches and Dask partitions give identical vectors: padding to the
 # batch's longest text moved a tenth of MovieLens-1M's vectors by up to 2e-7, enough to change
 # the ranker's splits and test NDCG@10 in the third decimal.
-PAD_MULTIPLE = 16
+PAD_MULTIPLE = 8
 PADDING = f"pad-multiple-{PAD_MULTIPLE}"  # part of the cache key: vectors padded otherwise differ
 
 def model_fingerprint(model_dir: Path) -> str:
