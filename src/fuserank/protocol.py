@@ -5,9 +5,9 @@ Label scheme (also in the README):
   target, the rest is train (users with fewer than `min_interactions` stay in train only).
 - ranker training: `label_cutoffs` cut-offs step back through each user's train interactions. At
   cut-off j the user's j-th last `label_window` train interactions (or `label_share` of them) are
-  the positives and stage 1
-  (behaviour embedding, index, popularity, features) is fitted on the train interactions before
-  them; every other candidate is a negative. Each (user, cut-off) is one lambdarank query.
+  the positives and stage 1 (behaviour embedding, index, popularity, features) is fitted on the
+  train interactions before them; every other candidate is a negative. Each (user, cut-off) is
+  one lambdarank query.
 - early stopping: validation targets, with stage 1 fitted on the whole train part.
 - test: stage 1 fitted on train + validation; the ranker scores the candidates of each test user.
 No test interaction reaches candidates, features, embeddings, statistics or early stopping.

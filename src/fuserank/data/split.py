@@ -72,7 +72,7 @@ def holdout_last(
 def holdout_share(interactions: pl.DataFrame, share: float) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Hold out the last floor(`share` x n) of each user's n interactions, at least one.
 
-    A user whose whole history that would take (n = 1) keeps it and gets no target. This is the
+    A user with a single interaction keeps it and gets no target. This is the
     per-user random split's shape (RecBole's valid and test are each a tenth of a user's rows)
     where `holdout_last` takes the same count from a user with 12 rows and one with 1,000.
 
@@ -108,7 +108,7 @@ def _split_tail(interactions: pl.DataFrame, n: pl.Expr, eligible: pl.Expr) -> tu
 
 def holdout_labels(history: pl.DataFrame, window: int, share: float = 0.0) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One ranker-label cut-off (split.label_window, split.label_share): the last `window`
-    interactions of each user with more than that, or with share > 0 `holdout_share`."""
+    interactions of each user with more than that, or with a share `holdout_share`."""
     if share != 0:
         return holdout_share(history, share)
     return holdout_last(history, n=window, min_interactions=window + 1)

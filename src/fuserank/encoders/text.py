@@ -26,6 +26,7 @@ from fuserank.encoders.cache import EmbeddingCache, content_key
 PAD_MULTIPLE = 8
 PADDING = f"pad-multiple-{PAD_MULTIPLE}"  # part of the cache key: vectors padded otherwise differ
 
+
 def model_fingerprint(model_dir: Path) -> str:
     """sha256 hex over the names and bytes of the files in `model_dir`.
 
