@@ -145,7 +145,10 @@ class TextEncoder:
         todo = list(rows_of_key)
         if not todo:
             return vectors
-        lengths = self.padded_lengths([texts[rows_of_key[k][0]] for k in todo])
+        # Tokenised once; each batch is only padded (tokenizer.pad), not tokenised again.
+        tokens = self._tokenize([texts[rows_of_key[k][0]] for k in todo])
+        token_of_key = dict(zip(todo, tokens))
+        lengths = [_padded_length(len(t["input_ids"]), self.max_length) for t in tokens]
         batches: list[tuple[int, list[str]]] = []
         for length in sorted(set(lengths), reverse=True):
             same = [k for k, n in zip(todo, lengths) if n == length]
@@ -156,7 +159,7 @@ class TextEncoder:
         done_vectors: list[np.ndarray] = []
         for b in progress.bar(range(n_batches), desc="text", total=n_batches, unit="batch"):
             length, batch_keys = batches[b]
-            batch_vectors = self._forward([texts[rows_of_key[k][0]] for k in batch_keys], length)
+            batch_vectors = self._forward([token_of_key[k] for k in batch_keys], length)
             for key, vector in zip(batch_keys, batch_vectors):
                 vectors[rows_of_key[key]] = vector
             done_keys += batch_keys
@@ -168,17 +171,19 @@ class TextEncoder:
 
     def padded_lengths(self, texts: Sequence[str]) -> list[int]:
         """Each text's token count (after truncation) rounded up to PAD_MULTIPLE, at most max_length."""
-        counts = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
-        return [min(self.max_length, -(-n // PAD_MULTIPLE) * PAD_MULTIPLE) for n in counts]
+        return [_padded_length(len(t["input_ids"]), self.max_length) for t in self._tokenize(texts)]
 
-    def _forward(self, texts: list[str], length: int) -> np.ndarray:
+    def _tokenize(self, texts: Sequence[str]) -> list[dict[str, list[int]]]:
+        """Unpadded, truncated model inputs of each text (input_ids, attention_mask, ...)."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [{name: values[i] for name, values in encoded.items()} for i in range(len(texts))]
+
+    def _forward(self, tokens: list[dict[str, list[int]]], length: int) -> np.ndarray:
         """One batch through the model, every text padded to `length` tokens: mean over
         non-padding tokens, then L2 normalisation."""
         import torch
 
-        encoded = self.tokenizer(
-            texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
-        )
+        encoded = self.tokenizer.pad(tokens, padding="max_length", max_length=length, return_tensors="pt")
         encoded = {name: tensor.to(self.device) for name, tensor in encoded.items()}
         with torch.inference_mode():
             hidden = self.model(**encoded).last_hidden_state
@@ -190,3 +195,7 @@ class TextEncoder:
     def __repr__(self) -> str:
         return f"TextEncoder({self.model_dir}, dim={self.dim}, device={self.device!r})"
 
+
+def _padded_length(n_tokens: int, max_length: int) -> int:
+    """`n_tokens` rounded up to PAD_MULTIPLE, at most `max_length`."""
+    return min(max_length, -(-n_tokens // PAD_MULTIPLE) * PAD_MULTIPLE)
