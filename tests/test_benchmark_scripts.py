@@ -7,9 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
+from fuserank.data.synthetic import GENRES, generate_catalog, generate_multimodal_catalog, write_catalog
 from tiny_models import save_tiny_bert
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
@@ -83,3 +84,28 @@ def test_stage_costs_measure_features_and_ranker_on_movielens():
     assert out["feature_rows"] > 100_000 and out["features"] > 30
     assert out["ranker_rows"] > out["feature_rows"] and out["ranker_trees"] == 5
     assert out["feature_rows_per_second"] > 0 and out["ranker_seconds_per_million_rows"] > 0
+
+
+def test_neighbour_agreement_and_chance_match_hand_computed_values():
+    purity = _load("benchmark_modality_purity")
+    vectors = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = ["x", "x", "y", "x"]
+    # k=1: a<->b agree, c<->d do not. k=2: a: b, d (1); b: a, d (1); c: d, b (0); d: c, b (1/2).
+    assert purity.neighbour_agreement(vectors, labels, k=1) == pytest.approx(0.5)
+    assert purity.neighbour_agreement(vectors, labels, k=2, block=3) == pytest.approx(2.5 / 4)
+    assert purity.chance_agreement(labels) == pytest.approx(3 * 2 / (4 * 3))
+    with pytest.raises(ValueError, match="k must be"):
+        purity.neighbour_agreement(vectors, labels, k=4)
+
+
+def test_modality_purity_on_a_tiny_catalog(tmp_path):
+    purity = _load("benchmark_modality_purity")
+    generate_multimodal_catalog(tmp_path / "cat", n_items=48, n_users=10, seed=3, video_share=0.0)
+    out = tmp_path / "purity.json"
+    assert purity.main([str(tmp_path / "cat"), "--k", "5", "--out", str(out), "--quiet"]) == 0
+    rows = {(r["view"], r["attributes"]): r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 12
+    # Colour and pitch are what the descriptor and the audio statistics see best.
+    assert rows["image descriptor", "colour"]["agreement"] > 2 * rows["image descriptor", "colour"]["chance"]
+    assert rows["audio statistics", "pitch"]["agreement"] > 2 * rows["audio statistics", "pitch"]["chance"]
