@@ -2,7 +2,19 @@ from pathlib import Path
 
 import pytest
 
-from fuserank.config import ConfigError, RunConfig, cache_dir, flatten, from_dict, load_config, to_dict, with_overrides
+from fuserank.cli import main
+from fuserank.config import (
+    RANGES,
+    ConfigError,
+    RunConfig,
+    cache_dir,
+    check_values,
+    flatten,
+    from_dict,
+    load_config,
+    to_dict,
+    with_overrides,
+)
 
 PIPELINE_CONFIGS = sorted((Path(__file__).parents[1] / "pipelines" / "configs").glob("*.yaml"))
 
@@ -28,6 +40,37 @@ def test_bad_values_are_errors_that_name_the_key(values, words):
         from_dict(RunConfig, values)
     for word in words:
         assert word in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("split.label_share=1.0", "split.label_share: 1.0 is outside [0, 1)"),
+        ("ranker.num_leaves=1", "ranker.num_leaves: 1 is outside [2, inf)"),
+        ("ranker.feature_fraction=0", "ranker.feature_fraction: 0.0 is outside (0, 1]"),
+        ("eval.ks=[5, 0]", "eval.ks[1]: 0 is outside [1, inf)"),
+        ("fusion.weights={text: 1, image: -0.5}", "fusion.weights.image: -0.5 is outside [0, inf)"),
+        ("retrieval.pq_bits=17", "retrieval.pq_bits: 17 is outside [1, 16]"),
+        ("data.dataset=movielens-20m", "data.dataset: 'movielens-20m' is not one of movielens-100k, movielens-1m, catalog"),
+        ("features.disabled_groups=[user, users]", "features.disabled_groups[1]: 'users' is not one of"),
+    ],
+)
+def test_values_out_of_range_are_errors_that_name_the_key_and_the_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        with_overrides(RunConfig(), [override])
+    assert str(err.value).startswith(message)
+
+
+def test_range_edges_are_accepted_and_every_ranged_key_exists():
+    config = with_overrides(RunConfig(), ["split.label_share=0", "ranker.feature_fraction=1", "export.holdout=0"])
+    assert check_values(config) is config
+    flat = flatten(RunConfig())
+    assert all(any(k == key or k.startswith(key + ".") for k in flat) for key in RANGES)
+
+
+def test_the_cli_stops_on_an_out_of_range_value_before_any_work(capsys):
+    assert main(["train-evaluate", "--set", "ranker.num_leaves=1", "--quiet"]) == 2
+    assert "ranker.num_leaves: 1 is outside [2, inf)" in capsys.readouterr().err
 
 
 def test_ints_are_accepted_for_floats_and_lists_become_tuples():

@@ -16,7 +16,8 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A configuration file or override names an unknown key or holds a value of the wrong type."""
+    """A configuration file or override names an unknown key, or holds a value of the wrong type
+    or out of its range."""
 
 
 @dataclass(frozen=True)
@@ -468,7 +469,134 @@ def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         if parts[-1] not in node:
             raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}")
         node[parts[-1]] = yaml.safe_load(raw)
-    return from_dict(RunConfig, values)
+    return check_values(from_dict(RunConfig, values))
+
+
+# Value ranges, checked when a config is loaded so that a bad value stops the run at once with
+# its key named, not minutes later inside LightGBM or FAISS. A tuple or mapping value is checked
+# element by element; None (an optional key left unset) is not checked.
+RANGES: dict[str, str] = {
+    "seed": "[0, inf)",
+    "split.min_interactions": "[1, inf)",
+    "split.label_cutoffs": "[1, inf)",
+    "split.label_window": "[1, inf)",
+    "split.label_share": "[0, 1)",  # 0: labels by label_window
+    "text.batch_size": "[1, inf)",
+    "text.max_length": "[2, inf)",
+    "image.batch_size": "[1, inf)",
+    "image.max_pixels": "[1, inf)",
+    "audio.sample_rate": "[1, inf)",
+    "audio.max_seconds": "(0, inf)",
+    "video.max_keyframes": "[1, inf)",
+    "video.sample_fps": "(0, inf)",
+    "video.max_seconds": "(0, inf)",
+    "behaviour.dim": "[1, inf)",
+    "behaviour.min_item_count": "[1, inf)",
+    "behaviour.ease_l2": "[0, inf)",
+    "behaviour.ease_max_items": "[1, inf)",
+    "fusion.weights": "[0, inf)",
+    "retrieval.n_candidates": "[0, inf)",
+    "retrieval.popular_candidates": "[0, inf)",
+    "retrieval.modality_candidates": "[0, inf)",
+    "retrieval.neighbourhood_candidates": "[0, inf)",
+    "retrieval.neighbourhood_pool": "[1, inf)",
+    "retrieval.ease_candidates": "[0, inf)",
+    "retrieval.recent_items": "[1, inf)",
+    "retrieval.recency_half_life": "(0, inf)",
+    "retrieval.hnsw_m": "[2, inf)",
+    "retrieval.hnsw_ef_search": "[1, inf)",
+    "retrieval.ivf_lists": "[1, inf)",
+    "retrieval.pq_m": "[1, inf)",
+    "retrieval.pq_bits": "[1, 16]",
+    "retrieval.nprobe": "[1, inf)",
+    "retrieval.train_sample": "[0, inf)",
+    "retrieval.shards": "[1, inf)",
+    "retrieval.batch_size": "[1, inf)",
+    "features.recent_k": "[1, inf)",
+    "features.window_days": "[1, inf)",
+    "ranker.n_estimators": "[1, inf)",
+    "ranker.learning_rate": "(0, inf)",
+    "ranker.num_leaves": "[2, inf)",
+    "ranker.min_child_samples": "[1, inf)",
+    "ranker.feature_fraction": "(0, 1]",
+    "ranker.bagging_fraction": "(0, 1]",
+    "ranker.bagging_freq": "[0, inf)",
+    "ranker.lambda_l2": "[0, inf)",
+    "ranker.early_stopping_rounds": "[0, inf)",
+    "ranker.eval_at": "[1, inf)",
+    "eval.ks": "[1, inf)",
+    "eval.top_k": "[1, inf)",
+    "llm.threads": "[1, inf)",
+    "llm.batch_size": "[1, inf)",
+    "llm.max_new_tokens": "[1, inf)",
+    "llm.relevance_top_m": "[0, inf)",
+    "llm.max_items": "[0, inf)",
+    "llm.max_users": "[0, inf)",
+    "llm.history_items": "[1, inf)",
+    "llm.log_samples": "[0, inf)",
+    "tune.n_trials": "[0, inf)",
+    "tune.n_startup_trials": "[0, inf)",
+    "tune.prune_rounds": "[0, inf)",
+    "tune.fusion_weights": "[0, inf)",
+    "tune.n_candidates": "[1, inf)",
+    "tune.cache_entries": "[0, inf)",
+    "export.top_k": "[1, inf)",
+    "export.shares": "[0, 1]",
+    "export.holdout": "[0, 1)",
+    "export.batch_users": "[1, inf)",
+    "dask.n_workers": "[1, inf)",
+    "dask.threads_per_worker": "[1, inf)",
+    "dask.user_partitions": "[0, inf)",
+    "dask.item_partitions": "[0, inf)",
+}
+
+
+# String values with a fixed set of choices (feature groups come from features.GROUP_PREFIXES).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("movielens-100k", "movielens-1m", "catalog"),
+    "image.encoder": ("auto", "clip", "descriptor"),
+    "retrieval.use_gpu": ("auto", "never"),
+    "export.format": ("parquet", "csv"),
+}
+
+
+def check_values(config: RunConfig) -> RunConfig:
+    """`config` itself when every value named in RANGES is inside its interval and every value
+    named in CHOICES (or a feature-group list) is one of its choices, else a ConfigError naming
+    the key, the value and what is allowed."""
+    from fuserank.features import GROUP_PREFIXES
+
+    groups = tuple(sorted(set(GROUP_PREFIXES.values()) | {"other"}))
+    choices = {**CHOICES, "features.disabled_groups": groups, "tune.feature_groups": groups}
+    for key, interval in RANGES.items():
+        for where, value in _named_values(config, key):
+            if value is not None and not _inside(value, interval):
+                raise ConfigError(f"{where}: {value!r} is outside {interval}")
+    for key, allowed in choices.items():
+        for where, value in _named_values(config, key):
+            if value not in allowed:
+                raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+    return config
+
+
+def _named_values(config: RunConfig, key: str) -> list[tuple[str, Any]]:
+    """(dotted name, value) of the dotted `key`, one pair per element of a tuple or mapping."""
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    if isinstance(value, dict):
+        return [(f"{key}.{k}", v) for k, v in value.items()]
+    if isinstance(value, tuple):
+        return [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    return [(key, value)]
+
+
+def _inside(value: float, interval: str) -> bool:
+    """Whether `value` lies in an interval written like "[0, 1)" or "(0, inf)"."""
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    return above and below
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
