@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "recbole_protocol_fuserank": "timestamps replaced by the protocol's random order "
                                      f"(benchmarking.order_as_time), {' '.join(recbole_overrides)}; chosen on "
-                                     "ML-100K validation NDCG@10",
+                                     "the protocol's validation NDCG@10 (see RECBOLE_FUSERANK)",
         "tuning": "each tunable peer: 6 configurations (peers.PEERS grids) fitted on train, best validation "
                   "NDCG@10 refitted on train+valid; fuserank: default config, early stopping on validation",
         "protocols": {},
