@@ -26,7 +26,7 @@ from fuserank.data.synthetic import COLOUR, ITEMS_FILE, PITCH, SHAPE, TEMPO, TEX
 from fuserank.encoders.base import Embeddings, centre, l2_normalise
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "modality_purity.json"
-# (encoder view, attributes that must all match)
+# Attribute groups: a neighbour agrees when it has the item's value of every attribute in the group.
 IMAGE_ATTRIBUTES = ((COLOUR,), (SHAPE,), (TEXTURE,), (COLOUR, SHAPE))
 AUDIO_ATTRIBUTES = ((PITCH,), (TEMPO,), (TIMBRE,), (PITCH, TEMPO, TIMBRE))
 
@@ -62,7 +62,10 @@ def combined_labels(items: pl.DataFrame, attributes: Sequence[str]) -> list[str]
     return [" x ".join(values) for values in zip(*(items[a].to_list() for a in attributes), strict=True)]
 
 
-def purity_rows(view: str, vectors: np.ndarray, items: pl.DataFrame, groups, k: int) -> list[dict]:
+def purity_rows(
+    view: str, vectors: np.ndarray, items: pl.DataFrame, groups: Sequence[tuple[str, ...]], k: int
+) -> list[dict]:
+    """One row per attribute group: the neighbour agreement of `vectors` and its chance level."""
     rows = []
     for attributes in groups:
         labels = combined_labels(items, attributes)
