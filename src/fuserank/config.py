@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fuserank.feature_groups import GROUPS
+
 
 class ConfigError(ValueError):
     """A configuration file or override names an unknown key, or holds a value of the wrong type
@@ -186,7 +188,7 @@ class FeatureConfig:
 
     recent_k: int = 5
     window_days: tuple[int, ...] = (7, 30)
-    # Feature groups (features.GROUP_PREFIXES, e.g. "popularity") the ranker does not read.
+    # Feature groups (feature_groups.GROUPS, e.g. "popularity") the ranker does not read.
     disabled_groups: tuple[str, ...] = ()
 
 
@@ -551,28 +553,26 @@ RANGES: dict[str, str] = {
 }
 
 
-# String values with a fixed set of choices (feature groups come from features.GROUP_PREFIXES).
+# String values with a fixed set of choices.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("movielens-100k", "movielens-1m", "catalog"),
     "image.encoder": ("auto", "clip", "descriptor"),
     "retrieval.use_gpu": ("auto", "never"),
     "export.format": ("parquet", "csv"),
+    "features.disabled_groups": (*GROUPS, "other"),
+    "tune.feature_groups": GROUPS,
 }
 
 
 def check_values(config: RunConfig) -> RunConfig:
     """`config` itself when every value named in RANGES is inside its interval and every value
-    named in CHOICES (or a feature-group list) is one of its choices, else a ConfigError naming
-    the key, the value and what is allowed."""
-    from fuserank.features import GROUP_PREFIXES
-
-    groups = tuple(sorted(set(GROUP_PREFIXES.values()) | {"other"}))
-    choices = {**CHOICES, "features.disabled_groups": groups, "tune.feature_groups": groups}
+    named in CHOICES is one of its choices, else a ConfigError naming the key, the value and
+    what is allowed."""
     for key, interval in RANGES.items():
         for where, value in _named_values(config, key):
             if value is not None and not _inside(value, interval):
                 raise ConfigError(f"{where}: {value!r} is outside {interval}")
-    for key, allowed in choices.items():
+    for key, allowed in CHOICES.items():
         for where, value in _named_values(config, key):
             if value not in allowed:
                 raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")

@@ -20,30 +20,11 @@ from fuserank import schema
 from fuserank.collaborative import ItemItemModel, ease_feature
 from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
+from fuserank.feature_groups import GROUP_PREFIXES, GROUPS
 from fuserank.retrieval import user_queries
 
 DAY = 86_400.0
 _ROW_CHUNK_BYTES = 64_000_000
-
-# Feature groups, for importance plots and ablations: prefix of the feature name -> group.
-GROUP_PREFIXES = {
-    "llm_": "llm",
-    "cos_llm": "llm",
-    "has_llm": "llm",
-    "cos_text": "text",
-    "cos_behaviour": "behaviour",
-    "ease_": "behaviour",
-    "cos_image": "image",
-    "cos_audio": "audio",
-    "cos_video": "video",
-    "has_": "coverage",
-    "fused_": "retrieval",
-    "retrieval_": "retrieval",
-    "from_": "retrieval",
-    "item_": "popularity",
-    "user_": "user",
-}
-
 
 def feature_group(name: str) -> str:
     """The group a feature belongs to (e.g. "cos_text_last" -> "text"); "other" if none matches."""
@@ -59,7 +40,7 @@ def select_features(names: Sequence[str], disabled_groups: Sequence[str]) -> lis
     Raises:
         ValueError: a disabled group is not a known group, or nothing would be left.
     """
-    known = set(GROUP_PREFIXES.values()) | {"other"}
+    known = {*GROUPS, "other"}
     unknown = sorted(set(disabled_groups) - known)
     if unknown:
         raise ValueError(f"features.disabled_groups: unknown group(s) {unknown}; known groups are {sorted(known)}")

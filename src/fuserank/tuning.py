@@ -34,7 +34,8 @@ from typing import Any
 import polars as pl
 
 from fuserank.config import RunConfig, TuneConfig, flatten, to_dict, with_overrides
-from fuserank.features import GROUP_PREFIXES, select_features
+from fuserank.feature_groups import GROUPS
+from fuserank.features import select_features
 from fuserank.progress import step
 from fuserank.protocol import QUERY, ValidationFrames, validation_frames, validation_metrics
 from fuserank.ranking import fit_ranker
@@ -177,9 +178,9 @@ def run_trial(trial: Any, config: RunConfig, cache: FrameCache, valid_targets: p
 
 def check_search_space(tune: TuneConfig) -> None:
     """Reject unknown feature groups and empty choice lists before any trial runs."""
-    unknown = sorted(set(tune.feature_groups) - set(GROUP_PREFIXES.values()))
+    unknown = sorted(set(tune.feature_groups) - set(GROUPS))
     if unknown:
-        raise ValueError(f"tune.feature_groups: unknown group(s) {unknown}; known: {sorted(set(GROUP_PREFIXES.values()))}")
+        raise ValueError(f"tune.feature_groups: unknown group(s) {unknown}; known: {list(GROUPS)}")
     if "retrieval" in tune.feature_groups:
         raise ValueError("tune.feature_groups: 'retrieval' must stay on (the ranker would have no candidate order)")
     if not tune.fusion_weights or not tune.n_candidates:
