@@ -31,23 +31,32 @@ IMAGE_ATTRIBUTES = ((COLOUR,), (SHAPE,), (TEXTURE,), (COLOUR, SHAPE))
 AUDIO_ATTRIBUTES = ((PITCH,), (TEMPO,), (TIMBRE,), (PITCH, TEMPO, TIMBRE))
 
 
-def neighbour_agreement(vectors: np.ndarray, labels: Sequence[str], k: int, block: int = 2048) -> float:
-    """Mean over items of the share of their k nearest other items (cosine) with the same label.
+def nearest_neighbours(vectors: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+    """int (n, k): each row's k nearest other rows by cosine, nearest first, ties by row order.
 
-    Rows of `vectors` must be L2-normalised; ties are broken by item order.
+    Rows of `vectors` must be L2-normalised.
     """
-    n = len(labels)
+    n = len(vectors)
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, {n - 1}], got {k}")
-    codes = np.unique(np.asarray(labels), return_inverse=True)[1]
-    shares = np.empty(n)
+    nearest = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, block):
         stop = min(start + block, n)
         similarity = vectors[start:stop] @ vectors.T
         similarity[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-        shares[start:stop] = (codes[nearest] == codes[start:stop, None]).mean(axis=1)
-    return float(shares.mean())
+        nearest[start:stop] = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    return nearest
+
+
+def agreement(nearest: np.ndarray, labels: Sequence[str]) -> float:
+    """Mean over items of the share of their neighbours (`nearest_neighbours`) with the same label."""
+    codes = np.unique(np.asarray(labels), return_inverse=True)[1]
+    return float((codes[nearest] == codes[:, None]).mean())
+
+
+def neighbour_agreement(vectors: np.ndarray, labels: Sequence[str], k: int, block: int = 2048) -> float:
+    """Mean over items of the share of their k nearest other items (cosine) with the same label."""
+    return agreement(nearest_neighbours(vectors, k, block), labels)
 
 
 def chance_agreement(labels: Sequence[str]) -> float:
@@ -66,13 +75,14 @@ def purity_rows(
     view: str, vectors: np.ndarray, items: pl.DataFrame, groups: Sequence[tuple[str, ...]], k: int
 ) -> list[dict]:
     """One row per attribute group: the neighbour agreement of `vectors` and its chance level."""
+    nearest = nearest_neighbours(vectors, k)
     rows = []
     for attributes in groups:
         labels = combined_labels(items, attributes)
         rows.append({
             "view": view,
             "attributes": " x ".join(attributes),
-            "agreement": round(neighbour_agreement(vectors, labels, k), 4),
+            "agreement": round(agreement(nearest, labels), 4),
             "chance": round(chance_agreement(labels), 4),
         })
     return rows
