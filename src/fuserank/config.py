@@ -50,8 +50,15 @@ class SourcesConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Temporal leave-last-out, and which train interactions give the ranker its labels.
+    """The evaluation protocol, and which train interactions give the ranker its labels.
 
+    protocol: "leave_last_out" (per user: the last interaction is the test target, the one
+        before it the validation target) or "global_time" (two cut times shared by every user;
+        nothing after a cut time exists for the queries before it). Equal timestamps keep the
+        input's row order under both.
+    valid_time, test_time: global_time's cut times in seconds (both set, or both None).
+    valid_quantile, test_quantile: when the times are None, the cuts are these quantiles of all
+        timestamps.
     min_interactions: users with fewer interactions stay in train only.
     label_cutoffs: how many cut-offs, stepping back through each user's train interactions,
         give the ranker training queries (one query per user and cut-off).
@@ -61,6 +68,11 @@ class SplitConfig:
         of a user's n remaining interactions (at least one), as a per-user random split does.
     """
 
+    protocol: str = "leave_last_out"
+    valid_time: int | None = None
+    test_time: int | None = None
+    valid_quantile: float = 0.8
+    test_quantile: float = 0.9
     min_interactions: int = 3
     label_cutoffs: int = 3
     label_window: int = 1
@@ -479,6 +491,10 @@ def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
 # element by element; None (an optional key left unset) is not checked.
 RANGES: dict[str, str] = {
     "seed": "[0, inf)",
+    "split.valid_time": "[0, inf)",
+    "split.test_time": "[0, inf)",
+    "split.valid_quantile": "(0, 1)",
+    "split.test_quantile": "(0, 1)",
     "split.min_interactions": "[1, inf)",
     "split.label_cutoffs": "[1, inf)",
     "split.label_window": "[1, inf)",
@@ -556,6 +572,7 @@ RANGES: dict[str, str] = {
 # String values with a fixed set of choices.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("movielens-100k", "movielens-1m", "catalog"),
+    "split.protocol": ("leave_last_out", "global_time"),
     "image.encoder": ("auto", "clip", "descriptor"),
     "retrieval.use_gpu": ("auto", "never"),
     "export.format": ("parquet", "csv"),
