@@ -16,7 +16,7 @@ from fuserank.config import RunConfig, load_config
 from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
 from fuserank.features import select_features
 from fuserank.protocol import validation_frames
-from fuserank.tuning import FrameCache, run_trial, stage_one_key, trial_config
+from fuserank.tuning import FrameCache, run_trial, sample_params, stage_one_key, trial_config
 from tiny_models import save_tiny_bert
 
 
@@ -52,6 +52,23 @@ def test_trial_params_become_a_config():
     assert config.fusion.weights["text"] == 0.0 and config.fusion.weights["behaviour"] == 1.0
     assert config.features.disabled_groups == ("popularity",)
     assert config.ranker.num_leaves == RunConfig().ranker.num_leaves
+
+
+def test_llm_views_get_sampled_fusion_weights_that_become_a_config():
+    # With llm.enabled the catalog's content holds the LLM views too; tune samples their weights.
+    base = load_config(None, ["llm.enabled=true"])
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    params = sample_params(trial, base.tune, ["text", "llm_description", "llm_hidden"], behaviour=True)
+    assert {"fusion.weights.llm_description", "fusion.weights.llm_hidden"} <= set(params)
+    config = trial_config(base, params)
+    for view in ("text", "llm_description", "llm_hidden"):
+        assert config.fusion.weights[view] == params[f"fusion.weights.{view}"]
+        assert config.fusion.weights[view] in base.tune.fusion_weights
+    assert config.fusion.weights["behaviour"] == 1.0 and config.llm.enabled
+    # The sampled weights reach stage 1: two draws that differ only there are different frames.
+    other = trial_config(base, {**params, "fusion.weights.llm_hidden": 7.0})
+    assert stage_one_key(other) != stage_one_key(config)
 
 
 def test_stage_one_key_ignores_feature_groups_only():
