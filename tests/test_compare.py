@@ -18,7 +18,7 @@ def per_user(values: np.ndarray, system: str = "fuserank") -> pl.DataFrame:
 
 def run(run_id: str, ndcg: float, lr: str) -> dict:
     return {"run_id": run_id, "run_name": f"name-{run_id}",
-            "metrics": {"test_ndcg_at_10": ndcg, "valid_ndcg_at_10": ndcg / 2},
+            "metrics": {"test_ndcg_at_10": ndcg, "valid_ndcg_at_10": ndcg / 2, "test_precision_at_10": ndcg / 4},
             "params": {"ranker.learning_rate": lr, "seed": "42", "tracking.experiment": run_id}}
 
 
@@ -55,7 +55,11 @@ def test_deltas_and_paired_ci_against_the_baseline():
     assert noisy["delta_ndcg_ci_low"] < noisy["delta_test_ndcg_at_10"] < noisy["delta_ndcg_ci_high"]
     assert noisy["delta_ndcg_ci_high"] - noisy["delta_ndcg_ci_low"] > 0.1
     assert [c for c in table.columns if c.startswith("param:")] == ["param:ranker.learning_rate"]
+    # Every metric of METRICS is a column; one a run did not record (F1 here) is null, shown as "-".
+    assert shifted["delta_test_precision_at_10"] == pytest.approx(0.1 / 4)
+    assert table["test_f1_at_10"].null_count() == table.height
     text = format_comparison(table)
+    assert "precision_at_10" in text.splitlines()[0] and "f1_at_10" in text.splitlines()[0]
     assert "(baseline)" in text and "+0.1000" in text and "ranker.learning_rate=0.1" in text
 
 

@@ -62,6 +62,10 @@ def test_score_lists_by_hand():
     assert summary["test_recall_at_1"] == 0.0
     assert summary["test_recall_at_2"] == pytest.approx(1 / 3)
     assert summary["test_mrr_at_2"] == pytest.approx(0.5 / 3)
+    # u: P@2 = 1/2, R@2 = 1, F1@2 = 2 * (1/2) / (3/2) = 2/3; v and w score 0
+    assert summary["test_precision_at_1"] == summary["test_f1_at_1"] == 0.0
+    assert summary["test_precision_at_2"] == pytest.approx((1 / 2) / 3)
+    assert summary["test_f1_at_2"] == pytest.approx((2 / 3) / 3)
     # top-1 items of u and v are both "a"; top-2 adds b and c
     assert summary["test_coverage_at_1"] == pytest.approx(1 / 10)
     assert summary["test_coverage_at_2"] == pytest.approx(3 / 10)

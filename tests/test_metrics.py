@@ -13,10 +13,12 @@ from fuserank.metrics import (
     bootstrap_ci,
     catalog_coverage,
     evaluate_rankings,
+    f1_at_k,
     map_at_k,
     mrr_at_k,
     ndcg_at_k,
     paired_bootstrap_ci,
+    precision_at_k,
     recall_at_k,
     summarise,
 )
@@ -101,8 +103,58 @@ def test_map() -> None:
     assert map_at_k(["a", "b"], {"a", "z"}, 10) == pytest.approx((1 / 1) / 2)
 
 
+# ---- precision and f1 ------------------------------------------------------------------------
+
+
+def test_precision_and_f1_two_targets() -> None:
+    ranked, relevant = ["a", "b", "c", "d"], {"a", "c"}
+    # K=2: top 2 = [a, b], 1 hit -> P = 1/2, R = 1/2, F1 = 2 * 1/4 / 1 = 1/2.
+    assert precision_at_k(ranked, relevant, 2) == pytest.approx(1 / 2)
+    assert recall_at_k(ranked, relevant, 2) == pytest.approx(1 / 2)
+    assert f1_at_k(ranked, relevant, 2) == pytest.approx(1 / 2)
+    # K=4: 2 hits -> P = 2/4, R = 2/2 = 1, F1 = 2 * (1/2 * 1) / (1/2 + 1) = 1 / (3/2) = 2/3.
+    assert precision_at_k(ranked, relevant, 4) == pytest.approx(2 / 4)
+    assert f1_at_k(ranked, relevant, 4) == pytest.approx(2 / 3)
+    # K=1: [a] is a hit -> P = 1/1, R = 1/2, F1 = 2 * (1/2) / (3/2) = 2/3.
+    assert precision_at_k(ranked, relevant, 1) == 1.0
+    assert f1_at_k(ranked, relevant, 1) == pytest.approx(2 / 3)
+
+
+def test_precision_and_f1_one_target() -> None:
+    # {c} at rank 3 of 5, K=5: P = 1/5, R = 1, F1 = 2 * (1/5) / (6/5) = 1/3.
+    assert precision_at_k(RANKED, {"c"}, 5) == pytest.approx(1 / 5)
+    assert f1_at_k(RANKED, {"c"}, 5) == pytest.approx(1 / 3)
+    # K=3: P = 1/3, R = 1, F1 = 2 * (1/3) / (4/3) = 1/2.
+    assert precision_at_k(RANKED, {"c"}, 3) == pytest.approx(1 / 3)
+    assert f1_at_k(RANKED, {"c"}, 3) == pytest.approx(1 / 2)
+    # K=1 with the target first: P = R = F1 = 1.
+    assert precision_at_k(RANKED, {"a"}, 1) == 1.0
+    assert f1_at_k(RANKED, {"a"}, 1) == 1.0
+
+
+def test_precision_and_f1_without_a_hit_are_zero() -> None:
+    assert precision_at_k(RANKED, {"z"}, 5) == 0.0
+    assert f1_at_k(RANKED, {"z"}, 5) == 0.0  # P + R = 0: defined as 0, no division
+    assert precision_at_k(RANKED, {"c"}, 2) == 0.0  # the target lies beyond K
+    assert f1_at_k(RANKED, {"c"}, 2) == 0.0
+    assert precision_at_k(RANKED, set(), 5) == 0.0
+    assert f1_at_k(RANKED, set(), 5) == 0.0
+    assert precision_at_k([], {"a"}, 5) == 0.0
+    assert f1_at_k([], {"a"}, 5) == 0.0
+
+
+def test_precision_divides_by_k_so_a_short_list_is_penalised() -> None:
+    # One item, a hit, K=10: P = 1/10 (not 1/1), R = 1, F1 = 2 * (1/10) / (11/10) = 2/11.
+    assert precision_at_k(["a"], {"a"}, 10) == pytest.approx(1 / 10)
+    assert f1_at_k(["a"], {"a"}, 10) == pytest.approx(2 / 11)
+    # More targets than K, top 2 both relevant: P = 2/2 = 1, R = 2/3, F1 = (4/3) / (5/3) = 4/5.
+    assert precision_at_k(RANKED, {"a", "b", "c"}, 2) == 1.0
+    assert f1_at_k(RANKED, {"a", "b", "c"}, 2) == pytest.approx(4 / 5)
+
+
 def test_metrics_registry_is_the_per_query_functions() -> None:
-    assert METRICS == {"ndcg": ndcg_at_k, "recall": recall_at_k, "mrr": mrr_at_k, "map": map_at_k}
+    assert METRICS == {"ndcg": ndcg_at_k, "recall": recall_at_k, "mrr": mrr_at_k, "map": map_at_k,
+                       "precision": precision_at_k, "f1": f1_at_k}
 
 
 # ---- coverage --------------------------------------------------------------------------------
@@ -143,7 +195,8 @@ def test_evaluate_rankings_matches_hand_values_and_per_query_functions() -> None
     per_user = evaluate_rankings(_ranked_frame(LISTS), TARGETS, ks=[1, 3])
 
     assert per_user[USER_ID].to_list() == ["u1", "u2", "u3", "u4"]
-    metric_columns = [f"{m}_at_{k}" for m in ("ndcg", "recall", "mrr", "map") for k in (1, 3)]
+    metric_columns = [f"{m}_at_{k}" for m in ("ndcg", "recall", "mrr", "map", "precision", "f1")
+                      for k in (1, 3)]
     assert per_user.columns == [USER_ID, *metric_columns]
     assert not any("@" in c for c in per_user.columns)
     rows = {r[USER_ID]: r for r in per_user.iter_rows(named=True)}
@@ -154,12 +207,17 @@ def test_evaluate_rankings_matches_hand_values_and_per_query_functions() -> None
     assert rows["u1"]["recall_at_3"] == 1.0
     assert rows["u1"]["mrr_at_3"] == pytest.approx(1 / 2)
     assert rows["u1"]["map_at_3"] == pytest.approx(1 / 2)
+    assert rows["u1"]["precision_at_1"] == rows["u1"]["f1_at_1"] == 0.0
+    assert rows["u1"]["precision_at_3"] == pytest.approx(1 / 3)  # 1 hit in 3 slots
+    assert rows["u1"]["f1_at_3"] == pytest.approx(1 / 2)  # P = 1/3, R = 1: 2 * (1/3) / (4/3)
     # u2: relevant {"e", "a"} at ranks 3 and 2.
     assert rows["u2"]["ndcg_at_3"] == pytest.approx((1 / log2(3) + 1 / log2(4)) / (1 + 1 / log2(3)))
     assert rows["u2"]["recall_at_1"] == 0.0
     assert rows["u2"]["recall_at_3"] == 1.0
     assert rows["u2"]["mrr_at_3"] == pytest.approx(1 / 2)
     assert rows["u2"]["map_at_3"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert rows["u2"]["precision_at_3"] == pytest.approx(2 / 3)  # 2 hits in 3 slots
+    assert rows["u2"]["f1_at_3"] == pytest.approx(4 / 5)  # P = 2/3, R = 1: 2 * (2/3) / (5/3)
     # u3: the target is not in its list; u4 has no list at all.
     for user in ("u3", "u4"):
         assert all(rows[user][c] == 0.0 for c in per_user.columns if c != USER_ID)
@@ -184,6 +242,8 @@ def test_summarise_means_with_prefix() -> None:
     assert set(summary) == {f"test_{m}_at_3" for m in METRICS}
     assert summary["test_recall_at_3"] == pytest.approx((1 + 1 + 0 + 0) / 4)
     assert summary["test_mrr_at_3"] == pytest.approx((1 / 2 + 1 / 2 + 0 + 0) / 4)
+    assert summary["test_precision_at_3"] == pytest.approx((1 / 3 + 2 / 3 + 0 + 0) / 4)
+    assert summary["test_f1_at_3"] == pytest.approx((1 / 2 + 4 / 5 + 0 + 0) / 4)
 
 
 # ---- bootstrap -------------------------------------------------------------------------------

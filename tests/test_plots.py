@@ -57,6 +57,14 @@ def test_figures_are_written_as_png(tmp_path):
         metric_curves_figure({"n_items": 3.0})
 
 
+def test_metric_curves_have_a_panel_per_metric():
+    metrics = planted_metrics() | {"test_precision_at_10": 0.02, "test_f1_at_10": 0.03}
+    curves = metric_curves(metrics)
+    assert curves["precision"] == {"fuserank": [(10, 0.02)]} and curves["f1"] == {"fuserank": [(10, 0.03)]}
+    titles = [ax.get_title() for ax in metric_curves_figure(metrics).axes]
+    assert titles == ["NDCG@K", "Recall@K", "MRR@K", "MAP@K", "Precision@K", "F1@K"]
+
+
 def test_optuna_figures_come_from_a_study(tmp_path):
     import optuna
 

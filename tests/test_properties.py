@@ -17,7 +17,7 @@ from fuserank.data.split import holdout_last, leave_last_out
 from fuserank.encoders.base import Embeddings
 from fuserank.export import BUCKETS, assign_arms, plan_arms, user_buckets
 from fuserank.fusion import fuse
-from fuserank.metrics import map_at_k, mrr_at_k, ndcg_at_k, recall_at_k
+from fuserank.metrics import f1_at_k, map_at_k, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ITEMS = [f"i{n}" for n in range(30)]
@@ -38,7 +38,7 @@ def ranking_case(draw):
 @given(ranking_case())
 def test_metrics_lie_in_the_unit_interval_and_are_zero_without_a_hit(case):
     ranked, relevant, k = case
-    values = [f(ranked, relevant, k) for f in (ndcg_at_k, recall_at_k, mrr_at_k, map_at_k)]
+    values = [f(ranked, relevant, k) for f in (ndcg_at_k, recall_at_k, mrr_at_k, map_at_k, precision_at_k, f1_at_k)]
     assert all(0.0 <= v <= 1.0 + 1e-12 for v in values)
     hit = any(item in relevant for item in ranked[:k])
     assert all(v > 0 for v in values) == hit and all(v == 0 for v in values) == (not hit)
@@ -54,6 +54,8 @@ def test_a_perfect_ranking_scores_one(case):
     assert map_at_k(ideal, relevant, k) == pytest.approx(1.0)
     assert mrr_at_k(ideal, relevant, k) == 1.0
     assert recall_at_k(ideal, relevant, k) == pytest.approx(min(len(relevant), k) / len(relevant))
+    # Precision divides by k, so fewer targets than k caps even a perfect list below 1.
+    assert precision_at_k(ideal, relevant, k) == pytest.approx(min(len(relevant), k) / k)
 
 
 @FAST
@@ -88,6 +90,17 @@ def test_ndcg_matches_its_textbook_formula(case):
     dcg = sum(1 / math.log2(r + 2) for r, item in enumerate(ranked[:k]) if item in relevant)
     idcg = sum(1 / math.log2(r + 2) for r in range(min(len(relevant), k)))
     assert ndcg_at_k(ranked, relevant, k) == pytest.approx(dcg / idcg)
+
+
+@FAST
+@given(ranking_case())
+def test_precision_and_f1_match_their_counting_formulas(case):
+    ranked, relevant, k = case
+    assume(relevant)
+    hits = len(set(ranked[:k]) & relevant)
+    assert precision_at_k(ranked, relevant, k) == pytest.approx(hits / k)
+    # 2PR / (P + R) with P = h/k, R = h/|rel| simplifies to 2h / (k + |rel|).
+    assert f1_at_k(ranked, relevant, k) == pytest.approx(2 * hits / (k + len(relevant)))
 
 
 # --- splits ----------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import polars as pl
 from fuserank import schema
 from fuserank.metrics import paired_bootstrap_ci
 
-METRICS = ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_stage1_recall", "valid_ndcg_at_10")
+METRICS = ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_precision_at_10",
+           "test_f1_at_10", "test_stage1_recall", "valid_ndcg_at_10")
 PAIRED_METRIC = "ndcg_at_10"
 PER_USER_ARTIFACT = "evaluation/per_user_metrics.parquet"
 SYSTEM = "fuserank"

@@ -2,8 +2,8 @@
 
 Each metric is defined exactly once, as a function of one query: a ranked list of item ids
 (best first), the set of relevant item ids and a cut-off k. `evaluate_rankings` applies those
-same functions to every user, so the codebase holds a single NDCG, Recall, MRR and MAP.
-Gains are binary: an item is relevant or it is not.
+same functions to every user, so the codebase holds a single NDCG, Recall, MRR, MAP, Precision
+and F1. Gains are binary: an item is relevant or it is not.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ def _discount(rank: int) -> float:
     while rank > len(_DISCOUNTS):
         _DISCOUNTS.append(1.0 / math.log2(len(_DISCOUNTS) + 2))
     return _DISCOUNTS[rank - 1]
+
+
+def _hits(ranked: Sequence[str], relevant: set[str], k: int) -> int:
+    return sum(1 for item in ranked[:k] if item in relevant)
 
 
 def ndcg_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
@@ -64,8 +68,7 @@ def recall_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     """
     if not relevant:
         return 0.0
-    hits = sum(1 for item in ranked[:k] if item in relevant)
-    return hits / len(relevant)
+    return _hits(ranked, relevant, k) / len(relevant)
 
 
 def mrr_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
@@ -108,6 +111,44 @@ def map_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     return total / min(len(relevant), k)
 
 
+def precision_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
+    """Share of the top k slots that hold a relevant item.
+
+    The denominator is k, not min(k, len(ranked)): a list shorter than k is penalised for the
+    slots it leaves empty, as a recommender that shows fewer items than asked should be. So is a
+    query with fewer than k relevant items: its best possible precision is |relevant| / k.
+
+    Args:
+        ranked: item ids, best first; assumed distinct.
+        relevant: the relevant item ids of this query.
+        k: cut-off (positive).
+
+    Returns:
+        |top k ∩ relevant| / k in [0, 1]; 0.0 when `relevant` is empty.
+    """
+    return _hits(ranked, relevant, k) / k
+
+
+def f1_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
+    """Harmonic mean of `precision_at_k` and `recall_at_k` of one query.
+
+    Args:
+        ranked: item ids, best first; assumed distinct.
+        relevant: the relevant item ids of this query.
+        k: cut-off (positive).
+
+    Returns:
+        2 P R / (P + R) in [0, 1] with P = hits / k and R = hits / |relevant| (hits = |top k ∩
+        relevant|), which equals 2 hits / (k + |relevant|); 0.0 when P + R = 0 (no hit, or
+        `relevant` empty).
+    """
+    precision = precision_at_k(ranked, relevant, k)
+    recall = recall_at_k(ranked, relevant, k)
+    if precision + recall == 0.0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
 def catalog_coverage(lists: Iterable[Sequence[str]], n_items: int, k: int) -> float:
     """Share of the catalog that appears in the top k of at least one list.
 
@@ -133,6 +174,8 @@ METRICS: dict[str, Callable[[Sequence[str], set[str], int], float]] = {
     "recall": recall_at_k,
     "mrr": mrr_at_k,
     "map": map_at_k,
+    "precision": precision_at_k,
+    "f1": f1_at_k,
 }
 
 

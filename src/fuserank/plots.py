@@ -19,7 +19,8 @@ from fuserank.features import feature_group
 
 # System label -> metric-name prefix, as written by protocol.run_protocol.
 SYSTEMS = {"fuserank": "test_", "popular": "test_popular_", "retrieval": "test_retrieval_"}
-CURVE_METRICS = ("ndcg", "recall", "mrr", "map")
+# Metric (a key of metrics.METRICS) -> panel title.
+CURVE_METRICS = {"ndcg": "NDCG", "recall": "Recall", "mrr": "MRR", "map": "MAP", "precision": "Precision", "f1": "F1"}
 
 
 def _figure(width: float, height: float) -> Any:
@@ -47,17 +48,18 @@ def metric_curves(metrics: Mapping[str, float], prefix: str = "test_") -> dict[s
 
 
 def metric_curves_figure(metrics: Mapping[str, float], prefix: str = "test_") -> Any:
-    """One panel per metric (NDCG, Recall, MRR, MAP) against the cut-off K, one line per system."""
+    """One panel per metric (NDCG, Recall, MRR, MAP, Precision, F1) against the cut-off K, one line
+    per system."""
     curves = metric_curves(metrics, prefix)
     if not curves:
         raise ValueError(f"no '{prefix}<metric>_at_<K>' metrics to plot")
-    fig = _figure(9, 6.5)
-    axes = fig.subplots(2, 2).ravel()
-    for ax, metric in zip(axes, CURVE_METRICS, strict=True):
+    fig = _figure(13, 6.5)
+    axes = fig.subplots(2, 3).ravel()
+    for ax, (metric, title) in zip(axes, CURVE_METRICS.items(), strict=True):
         for system, points in curves.get(metric, {}).items():
             ks, values = zip(*points, strict=True)
             ax.plot(ks, values, marker="o", label=system)
-        ax.set_title(f"{metric.upper()}@K")
+        ax.set_title(f"{title}@K")
         ax.set_xlabel("K")
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
