@@ -294,3 +294,31 @@ def test_embedding_cache_and_ranker_are_read_without_pickle():
     assert "allow_pickle=False" in cache
     ranking = (SRC / "ranking.py").read_text(encoding="utf-8")
     assert "model_file" in ranking or "model_str" in ranking
+
+
+@pytest.mark.parametrize("rows_before", [1, 2_000], ids=["in-the-first-block", "past-the-first-block"])
+def test_a_latin1_csv_names_the_row_and_column_and_says_it_is_not_utf8(tmp_path, rows_before):
+    # Latin-1 "é" is the single byte 0xe9, never valid UTF-8 on its own. Past the reader's first
+    # block the failure comes from polars instead of Python's decoder; both are located.
+    body = "".join(f"{i},plain item {i}\n" for i in range(1, rows_before + 1))
+    items = tmp_path / "items.csv"
+    items.write_bytes(("item_id,text\n" + body).encode("utf-8") + "x,\"café, crème\"\n".encode("latin-1"))
+    interactions = write(tmp_path / "interactions.csv", "user_id,item_id,timestamp\nu,1,10\n")
+    with pytest.raises(DataError) as info:
+        load_catalog(items, interactions)
+    assert where(info.value) == ("items.csv", rows_before + 1, schema.TEXT)
+    assert "not UTF-8" in info.value.reason and "0xe9" in info.value.reason
+    assert "'café, crème'" in info.value.reason  # the cell, shown as Latin-1, so it can be found
+
+
+def test_a_latin1_byte_in_the_header_or_an_id_column_is_named_too(tmp_path):
+    items = write(tmp_path / "items.csv", ITEMS_CSV)
+    interactions = tmp_path / "interactions.csv"
+    interactions.write_bytes("user_id,item_id,timestamp\nu,1,10\nJosé,2,20\n".encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        load_catalog(items, interactions)
+    assert where(info.value) == ("interactions.csv", 2, schema.USER_ID) and "0xe9" in info.value.reason
+    interactions.write_bytes("user_id,item_id,timestamp,note\xe9\nu,1,10,x\n".encode("latin-1"))
+    with pytest.raises(DataError, match="header: the file is not UTF-8") as info:
+        load_catalog(items, interactions)
+    assert info.value.row is None

@@ -58,7 +58,7 @@ def read_delimited(
     """Read a delimited text file with a header row, turning parse failures into DataError.
 
     Args:
-        path: the file (UTF-8; CRLF line ends are fine).
+        path: the file (UTF-8, with or without a byte-order mark; CRLF line ends are fine).
         separator: one character, e.g. "," or "\\t".
         text_columns: columns read as String when present.
         schema_overrides: further column -> dtype pairs (these must be present).
@@ -69,12 +69,17 @@ def read_delimited(
 
     Raises:
         DataError: unreadable or malformed file; names the first bad row and column when found.
+            A file that is not UTF-8 (e.g. Latin-1) names the row and column of its first
+            non-UTF-8 byte.
     """
     path = Path(path)
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as handle:
             header = next(_csv_reader(handle, separator, quote_char), [])
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise (_locate_bad_encoding(path, separator, quote_char) or
+               DataError(str(path), None, None, f"unreadable file: {err}")) from err
+    except OSError as err:
         raise DataError(str(path), None, None, f"unreadable file: {err}") from err
     overrides = {c: pl.String for c in text_columns if c in header}
     overrides.update(schema_overrides or {})
@@ -89,6 +94,9 @@ def read_delimited(
     except pl.exceptions.NoDataError:
         raise DataError(str(path), None, None, "empty file") from None
     except Exception as err:
+        not_utf8 = _locate_bad_encoding(path, separator, quote_char)
+        if not_utf8 is not None:
+            raise not_utf8 from err
         row, column = _locate_parse_error(path, separator, quote_char, str(err))
         raise DataError(str(path), row, column, f"malformed file: {_first_line(err)}") from err
 
@@ -149,3 +157,39 @@ def _locate_parse_error(
     except (OSError, UnicodeDecodeError, csv.Error):
         pass
     return None, wanted["column"] if wanted else None
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _locate_bad_encoding(path: Path, separator: str, quote_char: str | None) -> DataError | None:
+    """The error naming the row and column of the first byte that is not UTF-8, or None when
+    the file is valid UTF-8 (or cannot be read again).
+
+    The file is parsed once more with each undecodable byte kept as a lone surrogate
+    (errors="surrogateescape"), so quoting and multi-line fields count rows as the reader does.
+    Only called on the error path.
+    """
+    try:
+        with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+            reader = _csv_reader(handle, separator, quote_char)
+            header = next(reader, [])
+            for name in header:
+                if _SURROGATE.search(name):
+                    return DataError(str(path), None, None, f"header: {_not_utf8(name)}")
+            for row, fields in enumerate(reader, start=1):
+                for index, value in enumerate(fields):
+                    if _SURROGATE.search(value):
+                        column = header[index] if index < len(header) else f"#{index + 1}"
+                        return DataError(str(path), row, column, _not_utf8(value))
+    except (OSError, csv.Error):
+        return None
+    return None
+
+
+def _not_utf8(value: str) -> str:
+    """What is wrong with a cell whose undecodable bytes are lone surrogates, and how to fix it."""
+    byte = ord(_SURROGATE.search(value).group()) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+    shown = value.encode("utf-8", errors="surrogateescape").decode("latin-1")
+    return (f"the file is not UTF-8 text: byte 0x{byte:02x} in {shown!r} (shown as Latin-1); "
+            "save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > NEW_FILE`")
