@@ -44,3 +44,48 @@ def test_file_digest_is_the_sha256_of_the_bytes(root):
     import hashlib
 
     assert file_digest(root / "img" / "a.png") == hashlib.sha256(b"png").hexdigest()
+
+
+@pytest.fixture()
+def touched(monkeypatch):
+    """Every path the code stats, lstats or reads a link of, as absolute strings."""
+    seen: list[str] = []
+    for name in ("stat", "lstat", "readlink"):
+        original = getattr(os, name)
+
+        def recording(path, *args, _original=original, **kwargs):
+            seen.append(os.path.abspath(os.fsdecode(path)))
+            return _original(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, recording)
+    return seen
+
+
+def _outside(seen: list[str], root) -> list[str]:
+    """Paths that are neither inside the root nor on the root's own path (its ancestors)."""
+    root = os.path.realpath(root)
+    return [p for p in seen if not (p == root or p.startswith(root + os.sep) or root.startswith(p.rstrip(os.sep) + os.sep))]
+
+
+@pytest.mark.parametrize("path", ["../secret.txt", "img/../../secret.txt", "img/../../catalog/../secret.txt",
+                                  "img/out.png", "img/abs.png", "img/chain.png"])
+def test_an_escaping_path_is_refused_before_anything_outside_the_root_is_touched(root, tmp_path, touched, path):
+    # The secret exists: a probe of it (stat, is_file, resolve) would tell the run it is there.
+    os.symlink("../../secret.txt", root / "img" / "out.png")
+    os.symlink(tmp_path / "secret.txt", root / "img" / "abs.png")
+    os.symlink("out.png", root / "img" / "chain.png")
+    touched.clear()
+    with pytest.raises(MediaError, match="outside the catalog root"):
+        safe_media_path(root, path)
+    assert touched, "the recorder saw nothing: the test would prove nothing"
+    assert _outside(touched, root) == []
+
+
+def test_symlinks_that_stay_inside_the_root_are_followed(root, touched):
+    (root / "other").mkdir()
+    os.symlink("../img/a.png", root / "other" / "rel.png")
+    os.symlink(root / "img" / "a.png", root / "other" / "abs.png")
+    os.symlink(root / "img", root / "dir")
+    for path in ("other/rel.png", "other/abs.png", "dir/a.png", "dir/../img/a.png"):
+        assert safe_media_path(root, path) == (root / "img" / "a.png").resolve()
+    assert _outside(touched, root) == []
