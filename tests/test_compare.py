@@ -6,7 +6,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fuserank.compare import comparison_table, compare_runs, format_comparison, varying_params
+from fuserank.compare import (
+    DataMismatchError,
+    comparison_table,
+    compare_runs,
+    data_warnings,
+    format_comparison,
+    varying_params,
+)
 from fuserank.config import RunConfig, with_overrides
 
 USERS = [f"u{i}" for i in range(50)]
@@ -103,3 +110,51 @@ def test_compare_runs_reads_mlflow_and_records_the_table(tmp_path):
     table, _, _ = compare_runs(config, None, [ids["bbbb1111"], ids["aaaa0000"]], baseline=ids["bbbb1111"])
     assert table["delta_test_ndcg_at_10"][1] == pytest.approx(-0.1)
     assert len(compare_runs(config, "cmp", [], None)[0]) == 2
+
+
+def test_data_warnings_name_differing_and_missing_hashes():
+    runs = [{"run_id": "aaaa0000", "tags": {"data_hash": "d1", "items_hash": "i1"}},
+            {"run_id": "bbbb1111", "tags": {"data_hash": "d1", "items_hash": "i1"}}]
+    assert data_warnings(runs) == ([], [])
+    runs.append({"run_id": "cccc2222", "tags": {"data_hash": "d2", "items_hash": "i1"}})
+    runs.append({"run_id": "dddd3333", "tags": {}})
+    mismatches, unknown = data_warnings(runs)
+    assert mismatches == ["data_hash differs: d1 in aaaa0000, bbbb1111; d2 in cccc2222"]
+    assert unknown == ["no data_hash recorded by dddd3333: same data not checked",
+                       "no items_hash recorded by dddd3333: same data not checked"]
+
+
+def test_compare_refuses_runs_on_different_data_unless_forced(tmp_path, capsys):
+    from fuserank import atomic, tracking
+    from fuserank.cli import main
+
+    store = tmp_path / "mlruns"
+    settings = [f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}", f"tracking.artifact_root={store / 'artifacts'}",
+                "tracking.experiment=cmp", f"output_dir={tmp_path / 'out'}"]
+    config = with_overrides(RunConfig(), settings)
+    runs, frames = planted()
+    hashes = {"aaaa0000": "ml100k", "bbbb1111": "ml100k", "cccc2222": "ml1m"}
+    ids = {}
+    for planted_run in runs:
+        tags = {"data_hash": hashes[planted_run["run_id"]], "items_hash": "items"}
+        with tracking.tracked_run(config.tracking, planted_run["run_name"], tags) as run_id:
+            tracking.log_metrics(planted_run["metrics"])
+            path = atomic.write_parquet(tmp_path / planted_run["run_id"] / "per_user_metrics.parquet",
+                                        frames[planted_run["run_id"]])
+            tracking.log_artifacts([("evaluation", path)])
+            ids[planted_run["run_id"]] = run_id
+    # Same data: no warning.
+    _, text, _ = compare_runs(config, None, [ids["aaaa0000"], ids["bbbb1111"]], None)
+    assert "WARNING" not in text
+    # Different data: refused, by the library and by the CLI, naming the differing hashes.
+    with pytest.raises(DataMismatchError, match="data_hash differs: ml100k in .*; ml1m in"):
+        compare_runs(config, "cmp", [], None)
+    args = ["compare", "--quiet", *(a for s in settings for a in ("--set", s))]
+    assert main(args) == 2
+    assert "cannot be paired" in capsys.readouterr().err
+    # Forced: compared, with the warning as the table's first line and on the compare run.
+    assert main([*args, "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].startswith("WARNING: data_hash differs: ml100k in")
+    recorded = [r for r in tracking.search_runs(config.tracking, "cmp") if r["tags"].get("kind") == "compare"]
+    assert [r["tags"]["data_mismatch"] for r in recorded] == ["false", "true"]

@@ -62,6 +62,8 @@ def _add_tuning_parsers(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--experiment", help="every run of this experiment with a test NDCG@10 (default tracking.experiment)")
     compare.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID", help="these runs, in this order")
     compare.add_argument("--baseline", metavar="RUN_ID", help="reference run (default: the first / oldest)")
+    compare.add_argument("--force", action="store_true",
+                         help="compare runs whose data hashes differ (a warning line heads the table)")
     ui = commands.add_parser("ui", help="the MLflow UI on http://127.0.0.1:PORT over the configured store")
     ui.add_argument("--port", type=int, default=5000)
     for sub in (tune, compare, ui):
@@ -83,7 +85,7 @@ def _run_tuning_commands(args: argparse.Namespace, config: RunConfig) -> int | N
 
         experiment = args.experiment or (None if args.runs else config.tracking.experiment)
         try:
-            _, text, folder = compare_runs(config, experiment, args.runs, args.baseline)
+            _, text, folder = compare_runs(config, experiment, args.runs, args.baseline, args.force)
         except ValueError as err:
             print(f"fuserank: {err}", file=sys.stderr)
             return 2

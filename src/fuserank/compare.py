@@ -3,6 +3,10 @@ a baseline run and a paired bootstrap 95% CI over users of the test NDCG@10 diff
 
 `comparison_table` and `format_comparison` are pure; `compare_runs` is the edge that reads runs
 and per-user metrics from MLflow and records the table as an artifact of a "compare" run.
+
+Users are paired by id, which means something only when the runs read the same data: runs whose
+recorded data hashes (`DATA_TAGS`, set by train-evaluate) differ are refused unless forced, and a
+forced comparison carries a warning line in its table.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ METRICS = ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_preci
 PAIRED_METRIC = "ndcg_at_10"
 PER_USER_ARTIFACT = "evaluation/per_user_metrics.parquet"
 SYSTEM = "fuserank"
+# Run tags that identify the data a run read (train_evaluate.prepare records them).
+DATA_TAGS = ("data_hash", "items_hash")
 # Params that say where a run came from rather than what it did.
 _IGNORED_PARAMS = ("run_name", "output_dir", "tracking.", "sources.cache_dir", "tune.", "data.items_path",
                    "data.interactions_path")
@@ -37,6 +43,38 @@ def varying_params(params: Mapping[str, Mapping[str, str]], limit: int = 12) -> 
     names = sorted({k for p in params.values() for k in p if not k.startswith(_IGNORED_PARAMS)})
     varying = [k for k in names if len({p.get(k) for p in params.values()}) > 1]
     return varying[:limit]
+
+
+class DataMismatchError(ValueError):
+    """The compared runs read different data, so pairing their users by id means nothing."""
+
+
+def data_warnings(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """What the runs' data tags say about comparing them.
+
+    Args:
+        runs: dicts with run_id and tags (name -> str), as tracking.search_runs returns them.
+
+    Returns:
+        (mismatches, unknown): a line per tag in `DATA_TAGS` whose recorded values differ
+        (naming each value and its runs), and a line per tag some runs do not record.
+    """
+    mismatches, unknown = [], []
+    for tag in DATA_TAGS:
+        groups: dict[str, list[str]] = {}
+        missing = []
+        for run in runs:
+            value = run.get("tags", {}).get(tag)
+            if value:
+                groups.setdefault(value, []).append(run["run_id"][:8])
+            else:
+                missing.append(run["run_id"][:8])
+        if len(groups) > 1:
+            values = "; ".join(f"{value[:12]} in {', '.join(ids)}" for value, ids in groups.items())
+            mismatches.append(f"{tag} differs: {values}")
+        if missing:
+            unknown.append(f"no {tag} recorded by {', '.join(missing)}: same data not checked")
+    return mismatches, unknown
 
 
 def _per_user(frame: pl.DataFrame | None) -> pl.DataFrame | None:
@@ -114,8 +152,9 @@ def _number(value: float | None, signed: bool = False) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
-def format_comparison(table: pl.DataFrame, metrics: Sequence[str] = METRICS) -> str:
-    """The table as aligned text: metrics with deltas, the NDCG@10 CI, then the varying params."""
+def format_comparison(table: pl.DataFrame, metrics: Sequence[str] = METRICS, warnings: Sequence[str] = ()) -> str:
+    """The table as aligned text: warning lines first ("WARNING: ..."), then metrics with
+    deltas, the NDCG@10 CI, then the varying params."""
     shown = [m for m in metrics if m in table.columns]
     header = ["run", "name", *[m.removeprefix("test_") for m in shown], "d ndcg@10", "d 95% CI", "beyond"]
     lines = []
@@ -131,7 +170,8 @@ def format_comparison(table: pl.DataFrame, metrics: Sequence[str] = METRICS) -> 
         cells += [ci, "yes" if row["beyond_ci"] else "no"]
         lines.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
-    out = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *lines]]
+    out = [f"WARNING: {line}" for line in warnings]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *lines]]
     params = [c for c in table.columns if c.startswith("param:")]
     if params:
         out.append("")
@@ -144,8 +184,8 @@ def format_comparison(table: pl.DataFrame, metrics: Sequence[str] = METRICS) -> 
     return "\n".join(out)
 
 
-def compare_runs(config: Any, experiment: str | None, run_ids: Sequence[str], baseline: str | None
-                 ) -> tuple[pl.DataFrame, str, Path]:
+def compare_runs(config: Any, experiment: str | None, run_ids: Sequence[str], baseline: str | None,
+                 force: bool = False) -> tuple[pl.DataFrame, str, Path]:
     """The `fuserank compare` job: read runs, build the table, record it in MLflow.
 
     Runs by id, or every run of `experiment` that has a test NDCG@10 (oldest first). The
@@ -155,6 +195,10 @@ def compare_runs(config: Any, experiment: str | None, run_ids: Sequence[str], ba
 
     Args:
         config: the RunConfig (tracking, output_dir, seed, run_name are used).
+        force: compare runs whose data hashes differ; the table then starts with a warning line.
+
+    Raises:
+        DataMismatchError: the runs' recorded data hashes differ and `force` is False.
     """
     from fuserank import atomic, tracking
 
@@ -164,17 +208,23 @@ def compare_runs(config: Any, experiment: str | None, run_ids: Sequence[str], ba
     if len(runs) < 1:
         raise ValueError(f"no run with test_ndcg_at_10 found ({experiment or run_ids})")
     baseline = baseline or runs[0]["run_id"]
+    mismatches, unknown = data_warnings(runs)
+    if mismatches and not force:
+        raise DataMismatchError("the runs read different data, so their users cannot be paired: "
+                                + " | ".join(mismatches) + " (--force compares them anyway, with a warning)")
+    warnings = [f"{line} (compared anyway: --force)" for line in mismatches] + unknown
     with tempfile.TemporaryDirectory(prefix="fuserank-compare-") as tmp:
         per_user: dict[str, pl.DataFrame | None] = {}
         for run in runs:
             local = tracking.download_artifact(config.tracking, run["run_id"], PER_USER_ARTIFACT, Path(tmp) / run["run_id"])
             per_user[run["run_id"]] = pl.read_parquet(local) if local is not None else None
         table = comparison_table(runs, per_user, baseline, seed=config.seed)
-    text = format_comparison(table)
+    text = format_comparison(table, warnings=warnings)
     folder = Path(config.output_dir) / (config.run_name or "compare")
     paths = [atomic.write_atomic(folder / "comparison.csv", lambda tmp: table.write_csv(tmp)),
              atomic.write_text(folder / "comparison.txt", text + "\n")]
-    tags = {"kind": "compare", "baseline_run": baseline, "compared_runs": ",".join(r["run_id"] for r in runs)}
+    tags = {"kind": "compare", "baseline_run": baseline, "compared_runs": ",".join(r["run_id"] for r in runs),
+            "data_mismatch": str(bool(mismatches)).lower()}
     with tracking.tracked_run(config.tracking, config.run_name or "compare", tags) as run_id:
         if run_id is not None:
             tracking.log_artifacts([("", p) for p in paths])
