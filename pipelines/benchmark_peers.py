@@ -1,17 +1,24 @@
 """fuserank against peer recommenders on the same splits, with the same metric code.
 
-    python pipelines/benchmark_peers.py --dataset movielens-1m [--protocols temporal recbole]
+    python pipelines/benchmark_peers.py --dataset movielens-1m
+        [--protocols leave_last_out global_time recbole] [--seeds 42 43 44]
         [--peers popular item_knn als bpr ease] [--set section.key=value ...]
 
-Two protocols:
-- temporal: fuserank's leave-last-out split (protocol.make_split), one target per test user;
+Three protocols (data.cutoffs builds the first two):
+- leave_last_out: per user, the last interaction is the test target, the one before it the
+  validation target;
+- global_time: two cut times at the 0.8 and 0.9 quantiles of all timestamps; a user's first
+  interaction after a cut is their target, and nothing after a cut exists for its queries;
+  users with no history before the test cut are counted apart (cold users);
 - recbole: RecBole's general protocol (ratings >= 3, 10-core, per-user random 8:1:1), every
   remaining held-out item a target; the catalog is the items left after filtering.
-On each, fuserank runs its full protocol (protocol.run_protocol: ranker trained on train,
-early-stopped on valid, stage 1 refitted on train + valid for test). Each peer tries its grid
-(peers.PEERS, 6 configurations per tunable peer) on train -> valid, and the best by validation
-NDCG@10 is refitted on train + valid. Every list excludes the user's train + valid items and
-ranks the whole catalog. Writes benchmarks/peers_<dataset>.json (needs the `bench` extra).
+On each, fuserank runs its full protocol (protocol.run_protocol: ranker trained on the label
+cut-offs, early-stopped on validation, stage 1 refitted on the test history) once per seed; the
+table shows the first seed, with the mean and spread over seeds beside it. Each peer tries its
+grid (peers.PEERS, 6 configurations per tunable peer) on the validation cut-off, and the best by
+validation NDCG@10 is refitted on the test cut-off's history. Every list excludes the user's
+history items and ranks the whole catalog. Writes benchmarks/peers_<dataset>.json (needs the
+`bench` extra).
 """
 
 from __future__ import annotations
@@ -28,39 +35,44 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice; numpy's BLAS is not on the hot path
 
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from fuserank import atomic, schema  # noqa: E402
 from fuserank.benchmarking import HEADLINE, format_table, order_as_time, run_peer, summarise_systems  # noqa: E402
 from fuserank.config import RunConfig, load_config, with_overrides  # noqa: E402
-from fuserank.data.split import Split, recbole_split  # noqa: E402
+from fuserank.data.cutoffs import Cutoffs, build_cutoffs, cutoffs_from_split  # noqa: E402
+from fuserank.data.split import recbole_split  # noqa: E402
 from fuserank.peers import PEERS  # noqa: E402
 from fuserank.progress import set_quiet, step  # noqa: E402
 
-PROTOCOLS = ("temporal", "recbole")
+PROTOCOLS = ("leave_last_out", "global_time", "recbole")
 # fuserank's own numbers worth keeping beside the table: its stage-1 ceiling and its stage-1 order.
 FUSERANK_EXTRA = ("test_stage1_recall", "test_stage1_candidates_per_user", "test_retrieval_ndcg_at_10",
                   "valid_ndcg_at_10", "ranker_best_iteration")
 
 
-def make_protocol_split(protocol: str, interactions: pl.DataFrame, config: RunConfig) -> Split:
-    """The split of one protocol (see the module docstring)."""
-    from fuserank.protocol import make_split
-
-    if protocol == "temporal":
-        return make_split(interactions, config)
+def protocol_cutoffs(protocol: str, interactions: pl.DataFrame, config: RunConfig) -> tuple[Cutoffs, Cutoffs]:
+    """(peers' cut-offs, fuserank's cut-offs) of one protocol (see the module docstring): the
+    same rows; on recbole, fuserank's carry the protocol's random order as timestamps."""
+    if protocol in ("leave_last_out", "global_time"):
+        cutoffs = build_cutoffs(interactions, with_overrides(config, [f"split.protocol={protocol}"]).split)
+        return cutoffs, cutoffs
     if protocol == "recbole":
-        return recbole_split(interactions, seed=config.seed)
+        split = recbole_split(interactions, seed=config.seed)
+        # See benchmarking.order_as_time; peers ignore timestamps, so they see the same data.
+        return (cutoffs_from_split(split, config.split),
+                cutoffs_from_split(order_as_time(split, seed=config.seed), config.split))
     raise ValueError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
 
 
-def run_fuserank(split: Split, items: pl.DataFrame, config: RunConfig) -> tuple[pl.DataFrame, dict[str, float]]:
-    """fuserank's full protocol on `split`; returns (its per-user test metrics, its metrics)."""
+def run_fuserank(cutoffs: Cutoffs, items: pl.DataFrame, config: RunConfig) -> tuple[pl.DataFrame, dict[str, float]]:
+    """fuserank's full protocol on `cutoffs`; returns (its per-user test metrics, its metrics)."""
     from fuserank.content import encode_content
     from fuserank.protocol import run_protocol
 
-    content, _ = encode_content(items, split.train[schema.ITEM_ID].unique(), config)
-    result = run_protocol(split, items[schema.ITEM_ID].to_list(), content, config)
+    content, _ = encode_content(items, cutoffs.valid.history[schema.ITEM_ID].unique(), config)
+    result = run_protocol(cutoffs, items[schema.ITEM_ID].to_list(), content, config)
     per_user = result.per_user.filter(pl.col("system") == "fuserank").drop("system")
     return per_user, result.metrics
 
@@ -74,13 +86,25 @@ def run_fuserank(split: Split, items: pl.DataFrame, config: RunConfig) -> tuple[
 RECBOLE_FUSERANK = ("split.label_share=0.125", "ranker.base_scale=0.3")
 
 
+def seed_spread(by_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, standard deviation, min and max over seeds of fuserank's headline test metrics."""
+    out = {}
+    for key in ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_stage1_recall", "valid_ndcg_at_10"):
+        values = np.array([m[key] for m in by_seed.values() if key in m])
+        if values.size:
+            out[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                        "min": float(values.min()), "max": float(values.max()),
+                        "by_seed": {str(s): float(m[key]) for s, m in by_seed.items()}}
+    return out
+
+
 def benchmark_protocol(
     protocol: str, items: pl.DataFrame, interactions: pl.DataFrame, config: RunConfig, peers: list[str],
-    recbole_overrides: Sequence[str] = RECBOLE_FUSERANK,
+    recbole_overrides: Sequence[str] = RECBOLE_FUSERANK, seeds: Sequence[int] = (42,),
 ) -> dict:
-    """Every system on one protocol's split: the summary rows and the details for the record."""
-    split = make_protocol_split(protocol, interactions, config)
-    used = pl.concat([split.train, split.valid, split.test])
+    """Every system on one protocol's cut-offs: the summary rows and the details for the record."""
+    cutoffs, fuserank_cutoffs = protocol_cutoffs(protocol, interactions, config)
+    used = cutoffs.interactions
     # The catalog is what the protocol keeps: all items (temporal) or the filtered ones (recbole).
     if protocol == "recbole":
         items = items.filter(pl.col(schema.ITEM_ID).is_in(used[schema.ITEM_ID].unique().implode()))
@@ -88,22 +112,24 @@ def benchmark_protocol(
     per_user: dict[str, pl.DataFrame] = {}
     details: dict[str, dict] = {}
     start = time.perf_counter()
-    fuserank_split, fuserank_config = split, config
-    if protocol == "recbole":
-        # See benchmarking.order_as_time; peers ignore timestamps, so they see the same data.
-        fuserank_split = order_as_time(split, seed=config.seed)
-        fuserank_config = with_overrides(config, list(recbole_overrides))
-    with step(f"[{protocol}] fuserank") as s:
-        per_user["fuserank"], metrics = run_fuserank(fuserank_split, items, fuserank_config)
-        s.done(f"test ndcg@10 {metrics['test_ndcg_at_10']:.4f}")
+    fuserank_config = with_overrides(config, list(recbole_overrides)) if protocol == "recbole" else config
+    by_seed: dict[int, dict[str, float]] = {}
+    for seed in seeds:
+        with step(f"[{protocol}] fuserank seed {seed}") as s:
+            seeded = with_overrides(fuserank_config, [f"seed={seed}"])
+            seed_per_user, by_seed[seed] = run_fuserank(fuserank_cutoffs, items, seeded)
+            if seed == seeds[0]:
+                per_user["fuserank"], metrics = seed_per_user, by_seed[seed]
+            s.done(f"test ndcg@10 {by_seed[seed]['test_ndcg_at_10']:.4f}")
     details["fuserank"] = {"library": "fuserank", "seconds": time.perf_counter() - start,
+                           "seeds": list(seeds), "over_seeds": seed_spread(by_seed),
                            "label_window": fuserank_config.split.label_window,
                            "label_share": fuserank_config.split.label_share,
                            "base_scale": fuserank_config.ranker.base_scale,
                            "timestamps": "protocol order" if protocol == "recbole" else "real",
                            **{k: metrics[k] for k in FUSERANK_EXTRA if k in metrics}}
     for name in peers:
-        result = run_peer(name, split, item_ids, seed=config.seed)
+        result = run_peer(name, cutoffs, item_ids, seed=config.seed)
         per_user[name] = result.per_user
         details[name] = {"library": PEERS[name].library, "params": dict(result.params), "tuning": result.tuning,
                          "seconds": result.fit_seconds}
@@ -112,8 +138,11 @@ def benchmark_protocol(
     return {
         "n_users": used[schema.USER_ID].n_unique(),
         "n_items": len(item_ids),
-        "n_train": split.train.height, "n_valid": split.valid.height, "n_test": split.test.height,
-        "n_test_users": split.test[schema.USER_ID].n_unique(),
+        "n_valid_history": cutoffs.valid.history.height, "n_valid_targets": cutoffs.valid.targets.height,
+        "n_test_history": cutoffs.test.history.height, "n_test_targets": cutoffs.test.targets.height,
+        "n_test_users": cutoffs.test.targets[schema.USER_ID].n_unique(),
+        "n_test_cold_users": cutoffs.cold_test[schema.USER_ID].n_unique(),
+        "cold_users": {k: metrics[k] for k in metrics if k.startswith("test_cold_")},
         "systems": rows,
         "details": details,
         "table": format_table(rows),
@@ -125,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="movielens-1m", help="data.dataset (movielens-100k, movielens-1m)")
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44],
+                        help="fuserank's seeds (the table shows the first; the record has every one)")
     parser.add_argument("--config", help="fuserank YAML config (defaults otherwise)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--recbole-set", dest="recbole_overrides", action="append", metavar="SECTION.KEY=VALUE",
@@ -143,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python pipelines/benchmark_peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "dataset": args.dataset,
         "seed": config.seed,
+        "fuserank_seeds": args.seeds,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "recbole_protocol_fuserank": "timestamps replaced by the protocol's random order "
                                      f"(benchmarking.order_as_time), {' '.join(recbole_overrides)}; chosen on "
@@ -153,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for protocol in args.protocols:
         report["protocols"][protocol] = benchmark_protocol(protocol, items, interactions, config, args.peers,
-                                                           recbole_overrides)
+                                                           recbole_overrides, args.seeds)
         print(f"\n{protocol} protocol, {args.dataset}:\n{report['protocols'][protocol]['table']}\n", flush=True)
     report["wall_seconds"] = time.perf_counter() - start
     out = Path(args.out or f"benchmarks/peers_{args.dataset}.json")

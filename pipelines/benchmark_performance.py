@@ -113,31 +113,31 @@ def stage_costs(dataset: str, seed: int, trees: int = 100) -> dict:
     from fuserank import schema
     from fuserank.config import load_config
     from fuserank.content import encode_content
-    from fuserank.data.split import holdout_last
     from fuserank.features import build_features
-    from fuserank.protocol import QUERY, make_split, ranker_training_frame
+    from fuserank.protocol import QUERY, make_cutoffs, ranker_training_frame
     from fuserank.ranking import fit_ranker
     from fuserank.train_evaluate import load_data
     from fuserank.two_stage import candidate_sources, fit_stage_one, generate_candidates
 
     config = load_config(None, [f"data.dataset={dataset}", f"seed={seed}"])
     items, interactions = load_data(config)
-    split = make_split(interactions, config)
-    content, _ = encode_content(items, split.train[schema.ITEM_ID].unique(), config)
+    cutoffs = make_cutoffs(interactions, config)
+    content, _ = encode_content(items, cutoffs.valid.history[schema.ITEM_ID].unique(), config)
     item_ids = items[schema.ITEM_ID].to_list()
-    history, targets = holdout_last(split.train, n=1, min_interactions=2)
+    first = cutoffs.labels[0]
+    history, users = first.history, first.users
     stage = fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval, config.seed)
-    users = targets[schema.USER_ID].unique().sort().to_list()
-    candidates = generate_candidates(stage, history, users, config.retrieval)
+    candidates = generate_candidates(stage, history, users, config.retrieval, first.ref_times)
     with step("build_features") as s:
         start = time.perf_counter()
         frame, names = build_features(candidates, history, stage.embeddings, stage.fused, config.features,
                                       profile_items=config.retrieval.recent_items,
                                       half_life=config.retrieval.recency_half_life,
-                                      sources=candidate_sources(stage, config.retrieval))
+                                      sources=candidate_sources(stage, config.retrieval),
+                                      ref_times=first.ref_times)
         feature_seconds = time.perf_counter() - start
         s.done(f"{frame.height:,} rows x {len(names)} features")
-    fit_frame, names = ranker_training_frame(split.train, item_ids, content, config)
+    fit_frame, names = ranker_training_frame(cutoffs.labels, item_ids, content, config)
     valid = fit_frame.filter(pl.col(QUERY).str.ends_with("#1"))
     ranker_config = dataclasses.replace(config.ranker, n_estimators=trees, early_stopping_rounds=trees + 1)
     with step("fit ranker") as s:

@@ -64,19 +64,44 @@ def test_similarity_features_match_hand_values(planted):
 
 
 def test_popularity_features_are_as_of_each_users_reference_time(planted):
-    frame, _ = planted
-    # every item has one interaction overall; d has none
-    assert col(frame, "item_log_count") == pytest.approx([math.log(2), 0.0, math.log(2), math.log(2)])
-    # v's reference time is day 5: b is only seen on day 10, after it
-    assert col(frame, "item_log_count_before_ref") == pytest.approx([math.log(2), 0, math.log(2), 0])
+    frame, names = planted
+    # u's reference time is day 10, v's day 5. Candidates: (u, c), (u, d), (v, a), (v, b).
+    # c (day 5) and a (day 0) were seen by then; d never; b only on day 10, after v's time.
+    assert col(frame, "item_log_count") == pytest.approx([math.log(2), 0, math.log(2), 0])
+    assert "item_log_count_before_ref" not in names  # one count, as of the reference time
     assert col(frame, "item_log_count_7d") == pytest.approx([math.log(2), 0, math.log(2), 0])
     days = col(frame, "item_days_since_last")
     assert days[0] == pytest.approx(5.0) and days[2] == pytest.approx(5.0)
     assert days[1] is None or math.isnan(days[1])
     assert days[3] is None or math.isnan(days[3])
-    assert col(frame, "item_age_days")[0] == pytest.approx(5.0)
-    assert col(frame, "item_age_days")[3] == pytest.approx(-5.0)  # first seen after v's time
-    assert col(frame, "item_mean_rating")[2] == pytest.approx(4.0)
+    age = col(frame, "item_age_days")
+    assert age[0] == pytest.approx(5.0) and age[2] == pytest.approx(5.0)
+    assert math.isnan(age[3])  # b first appears after v's time: no age, never a negative one
+    rating = col(frame, "item_mean_rating")
+    assert rating[2] == pytest.approx(4.0)
+    assert math.isnan(rating[3])  # b's rating (2.0) came on day 10
+    assert col(frame, "item_log_rating_count") == pytest.approx([0, 0, math.log(2), 0])
+    # taste = mean log popularity of the user's own items at their time: u (a, b) log 2, v (c) log 2
+    assert col(frame, "user_popularity_gap") == pytest.approx([0, -math.log(2), 0, -math.log(2)])
+
+
+def test_reference_times_given_explicitly_bound_every_statistic():
+    items = ("a", "b", "c", "d")
+    text = Embeddings(items, np.eye(4, 2, dtype=np.float32), np.ones(4, dtype=bool))
+    history = pl.DataFrame(
+        {schema.USER_ID: ["u", "x", "x"], schema.ITEM_ID: ["a", "b", "b"], schema.TIMESTAMP: [0, 50, 150],
+         schema.RATING: [None] * 3}, schema=schema.INTERACTIONS)
+    candidates = pl.DataFrame(
+        {schema.USER_ID: ["u"], schema.ITEM_ID: ["b"], schema.SOURCE: ["ann"], schema.RETRIEVAL_SCORE: [1.0],
+         schema.RETRIEVAL_RANK: [1]}, schema=schema.CANDIDATES)
+    def count_at(time):
+        ref = pl.DataFrame({schema.USER_ID: ["u"], schema.REF_TIME: [time]}, schema=schema.REF_TIMES)
+        frame, _ = build_features(candidates, history, {"text": text}, text.vectors, FeatureConfig(),
+                                  ref_times=ref)
+        return col(frame, "item_log_count")[0]
+    # b's interactions at 50 and 150: none, one, then both are known
+    assert [count_at(t) for t in (49, 50, 149, 150)] == pytest.approx(
+        [0, math.log(2), math.log(2), math.log(3)])
 
 
 def test_user_features(planted):

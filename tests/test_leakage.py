@@ -9,7 +9,7 @@ What is checked, on the real data structures:
 - the behaviour embedding of a test-only item is a zero row with mask False in every fit, and of a
   validation-only item in every fit before the test stage;
 - popularity features equal the counts of the stage's allowed history (train for validation,
-  train + valid for test), so a test-only item counts 0;
+  train + valid for test) at or before each user's reference time, so a test-only item counts 0;
 - the ranker-training frame labels only train interactions as positives, the early-stopping frame
   only validation targets; no test pair is ever a positive;
 - the tuner's objective (validation frames, validation targets) never sees a test row;
@@ -26,6 +26,7 @@ import pytest
 
 from fuserank import schema
 from fuserank.config import load_config
+from fuserank.data.cutoffs import cutoffs_from_split
 from fuserank.data.split import leave_last_out
 from fuserank.data.synthetic import generate_catalog
 from fuserank.encoders.base import Embeddings
@@ -124,7 +125,7 @@ def protocol_run(tmp_path_factory):
         items, interactions, content = planted_catalog()
         config = small_config(tmp_path_factory.mktemp("leak"))
         split = leave_last_out(interactions, min_interactions=config.split.min_interactions)
-        result = run_protocol(split, items[schema.ITEM_ID].to_list(), content, config)
+        result = run_protocol(cutoffs_from_split(split, config.split), items[schema.ITEM_ID].to_list(), content, config)
     finally:
         monkeypatch.undo()
     return recorder, split, result, config
@@ -172,15 +173,21 @@ def test_popularity_features_count_only_the_allowed_history(protocol_run):
     recorder, split, _, _ = protocol_run
     allowed = {"validation": split.train, "test": pl.concat([split.train, split.valid])}
     for (name, history), (_, frame) in zip(allowed.items(), recorder.features[-2:], strict=True):
-        counts = history.group_by(schema.ITEM_ID).len()
-        got = frame.select(schema.ITEM_ID, "item_log_count").join(counts, on=schema.ITEM_ID, how="left")
+        # Each user's reference time is their newest allowed interaction; count what precedes it.
+        ref = history.group_by(schema.USER_ID).agg(pl.col(schema.TIMESTAMP).max().alias("ref"))
+        events = history.select(schema.ITEM_ID, pl.col(schema.TIMESTAMP).alias("t"))
+        pairs = frame.select(schema.USER_ID, schema.ITEM_ID, "item_log_count").with_row_index("row").join(
+            ref, on=schema.USER_ID)
+        counts = (pairs.join(events, on=schema.ITEM_ID, how="left").filter(pl.col("t") <= pl.col("ref"))
+                  .group_by("row").len())
+        got = pairs.join(counts, on="row", how="left").sort("row")
         expected = np.log1p(got["len"].fill_null(0).to_numpy().astype(np.float64))
         np.testing.assert_allclose(got["item_log_count"].to_numpy(), expected, rtol=1e-6, err_msg=name)
     # The trap is live: the test-only item (a copy of its user's favourite) is retrieved, and counts 0.
     seen = [f.filter(pl.col(schema.ITEM_ID) == TEST_ONLY) for _, f in recorder.features]
     assert sum(s.height for s in seen) > 0
     for frame in seen:
-        assert (frame["item_log_count"] == 0).all() and (frame["item_log_count_before_ref"] == 0).all()
+        assert (frame["item_log_count"] == 0).all()
 
 
 def test_ranker_labels_come_from_train_and_early_stopping_from_validation(protocol_run):
@@ -202,7 +209,8 @@ def test_share_labels_are_train_rows_missing_from_their_own_history(tmp_path, mo
     items, interactions, content = planted_catalog()
     config = small_config(tmp_path, "split.label_share=0.25", "split.label_cutoffs=2")
     split = leave_last_out(interactions, min_interactions=config.split.min_interactions)
-    frame, _ = ranker_training_frame(split.train, items[schema.ITEM_ID].to_list(), content, config)
+    frame, _ = ranker_training_frame(cutoffs_from_split(split, config.split).labels, items[schema.ITEM_ID].to_list(),
+                                     content, config)
     assert positives(frame).join(split.train.select(PAIR), on=PAIR, how="anti").is_empty()
     for cutoff, (history, _) in enumerate(recorder.features, start=1):
         labelled = positives(frame.filter(pl.col(QUERY).str.ends_with(f"#{cutoff}")))
@@ -223,7 +231,7 @@ def test_tuning_objective_never_sees_a_test_row(tmp_path, monkeypatch):
                           "tune.evaluate_best=false", "tune.n_candidates=[20, 40]", "tune.fusion_weights=[0.5]",
                           f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}")
     split = leave_last_out(interactions, min_interactions=config.split.min_interactions)
-    prepared = Prepared(items, split, content, {}, {})
+    prepared = Prepared(items, cutoffs_from_split(split, config.split), content, {}, {})
     monkeypatch.setattr(train_evaluate, "prepare", lambda _config: prepared)
     targets: list[pl.DataFrame] = []
     original = tuning.run_trial
@@ -259,15 +267,16 @@ def test_prepare_fits_content_statistics_on_train_items_only(tmp_path, monkeypat
         return dict(content), {}
 
     monkeypatch.setattr(train_evaluate, "encode_content", encode_content)
-    def prepare_llm(_items, train, _text, _config):
+    def prepare_llm(_items, train, _profile_from, _text, _config):
         seen["llm_train"] = train
 
     monkeypatch.setattr(train_evaluate, "prepare_llm", prepare_llm)
     config = small_config(tmp_path)
     prepared = train_evaluate.prepare(config)
-    assert seen["train_items"] == set(prepared.split.train[schema.ITEM_ID])
+    train = prepared.cutoffs.valid.history
+    assert seen["train_items"] == set(train[schema.ITEM_ID])
     assert TEST_ONLY not in seen["train_items"] and VALID_ONLY not in seen["train_items"]
-    assert seen["llm_train"].equals(prepared.split.train)
+    assert seen["llm_train"].equals(train)
 
 
 def test_centring_mean_and_audio_statistics_use_train_items_only(tmp_path, monkeypatch):

@@ -146,7 +146,7 @@ def test_no_validation_or_test_interaction_reaches_any_prompt(tiny_lm, monkeypat
     text = np.stack([_unit(t) for t in items[schema.TEXT]])
     settings = LLMConfig(enabled=True, max_new_tokens=3, batch_size=4, relevance_top_m=50, history_text=True)
     signals = build_llm_signals(items, split.train, tiny_lm, lambda ts: np.stack([_unit(t) for t in ts]), text,
-                                settings, label_cutoffs=3, label_window=1, cache_root=None, seed=0)
+                                settings, profile_from=profile_history(split.train, 3, 1), cache_root=None, seed=0)
     every_item = items[schema.ITEM_ID].to_list()
     for history, users in [(profile_history(split.train, 3, 1), ["u0", "u1"]), (split.train, ["u0", "u1"]),
                            (pl.concat([split.train, split.valid]), ["u0", "u1"])]:

@@ -121,17 +121,21 @@ def interactions(draw):
     )
 
 
+POS = "pos"  # each row's input position, carried through the split as an extra column
+
+
 def _key(frame: pl.DataFrame) -> list[tuple]:
-    return sorted(frame.select(schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP).iter_rows())
+    return sorted(frame.select(schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP, POS).iter_rows())
 
 
 def _order(row: tuple) -> tuple:
-    return row[2], row[1]  # (timestamp, item_id): the split's order within a user
+    return row[2], row[3]  # (timestamp, input position): the split's order within a user
 
 
 @FAST
 @given(interactions(), st.integers(1, 5), st.randoms(use_true_random=False))
 def test_leave_last_out_partitions_and_holds_out_each_users_latest(frame, min_interactions, rnd):
+    frame = frame.with_row_index(POS)
     split = leave_last_out(frame, min_interactions=min_interactions)
     parts = [_key(split.train), _key(split.valid), _key(split.test)]
     assert sorted(parts[0] + parts[1] + parts[2]) == _key(frame)
@@ -148,9 +152,10 @@ def test_leave_last_out_partitions_and_holds_out_each_users_latest(frame, min_in
         valid = [r for r in parts[1] if r[0] == user]
         assert valid == ([ordered[-2]] if len(ordered) >= 2 else [])
         assert all(_order(r) < _order(ordered[-1]) for r in ordered[:-1])
-    # A pure function of the rows: any input order gives the same split.
+    # Only each user's own row order matters: interleaving the users differently changes nothing.
     shuffled = frame.sample(fraction=1.0, shuffle=True, seed=rnd.randint(0, 2**31))
-    again = leave_last_out(shuffled, min_interactions=min_interactions)
+    again = leave_last_out(shuffled.sort(POS).sort(schema.USER_ID, descending=True, maintain_order=True),
+                           min_interactions=min_interactions)
     for a, b in zip((split.train, split.valid, split.test), (again.train, again.valid, again.test), strict=True):
         assert a.equals(b)
 
@@ -158,11 +163,12 @@ def test_leave_last_out_partitions_and_holds_out_each_users_latest(frame, min_in
 @FAST
 @given(interactions(), st.integers(1, 3), st.integers(0, 3))
 def test_holdout_last_targets_are_never_earlier_than_their_users_history(frame, n, extra):
+    frame = frame.with_row_index(POS)
     history, targets = holdout_last(frame, n=n, min_interactions=n + extra)
     assert history.height + targets.height == frame.height
     for user in targets[schema.USER_ID].unique():
-        past = [_order(r) for r in history.filter(pl.col(schema.USER_ID) == user).iter_rows()]
-        held = [_order(r) for r in targets.filter(pl.col(schema.USER_ID) == user).iter_rows()]
+        past = [_order(r) for r in _key(history.filter(pl.col(schema.USER_ID) == user))]
+        held = [_order(r) for r in _key(targets.filter(pl.col(schema.USER_ID) == user))]
         assert len(held) == n and (not past or max(past) < min(held))
 
 

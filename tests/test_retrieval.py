@@ -126,13 +126,13 @@ def test_user_queries_weights_by_hand():
     vectors = np.eye(4, dtype=np.float32)
     history = interactions(
         [("u1", "a", 1), ("u1", "c", 3), ("u1", "b", 2), ("u1", "zz", 4),  # zz is not in the catalog
-         ("u0", "d", 5), ("u0", "a", 5),  # same timestamp: item_id breaks the tie, "d" is newest
+         ("u0", "d", 5), ("u0", "a", 5),  # same timestamp: row order breaks the tie, "a" is newest
          ("u2", "zz", 1)]
     )  # fmt: skip
     users, queries, histories = retrieval.user_queries(history, ["a", "b", "c", "d"], vectors, half_life=1.0)
     assert users == ["u0", "u1", "u2"]
     want_u1 = np.array([0.25, 0.5, 1.0, 0.0]) / math.sqrt(0.25**2 + 0.5**2 + 1.0)
-    want_u0 = np.array([0.5, 0.0, 0.0, 1.0]) / math.sqrt(1.25)
+    want_u0 = np.array([1.0, 0.0, 0.0, 0.5]) / math.sqrt(1.25)
     np.testing.assert_allclose(queries[1], want_u1, atol=1e-6)
     np.testing.assert_allclose(queries[0], want_u0, atol=1e-6)
     np.testing.assert_array_equal(queries[2], np.zeros(4))
@@ -187,7 +187,9 @@ def test_popular_candidates_order_and_exclusion():
         [("u1", "x", 1), ("u2", "x", 1), ("u3", "x", 1), ("u1", "w", 2),
          ("u2", "y", 2), ("u3", "y", 2), ("u2", "z", 3), ("u3", "z", 3)]
     )  # fmt: skip
-    frame = retrieval.popular_candidates(history, ["u3", "u1", "new", "u2"], n=2)
+    from fuserank.popularity import popular_candidates
+
+    frame = popular_candidates(history, ["u3", "u1", "new", "u2"], n=2)
     assert frame.schema == pl.Schema(CANDIDATES)
     want = candidates(
         [("new", "x", "popular", 3.0, 1), ("new", "y", "popular", 2.0, 2),
@@ -238,7 +240,7 @@ def test_gpu_flat_matches_cpu_including_large_k():
 
 
 def test_neighbourhood_popular_ranks_each_users_neighbours_by_count_then_similarity():
-    from fuserank.retrieval import neighbourhood_popular
+    from fuserank.popularity import neighbourhood_popular
 
     neighbours = pl.DataFrame(
         {

@@ -126,14 +126,16 @@ def test_validation_frames_never_read_test_and_pruning_stops_after_the_short_fit
     # A test part no stage could use (unknown items, far future): the frames must not change.
     poisoned = pl.DataFrame({"user_id": ["nobody"], "item_id": ["no-such-item"], "timestamp": [2**40], "rating": [None]},
                             schema=schema.INTERACTIONS)
-    clean = validation_frames(data.split, item_ids, data.content, config)
-    dirty = validation_frames(dataclasses.replace(data.split, test=poisoned), item_ids, data.content, config)
+    clean = validation_frames(data.cutoffs, item_ids, data.content, config)
+    poisoned_test = dataclasses.replace(data.cutoffs.test, targets=poisoned, history=poisoned)
+    dirty = validation_frames(dataclasses.replace(data.cutoffs, test=poisoned_test), item_ids, data.content, config)
     assert clean.fit.equals(dirty.fit) and clean.valid.equals(dirty.valid)
 
-    cache = FrameCache(lambda c: validation_frames(data.split, item_ids, data.content, c), 2)
-    kept = run_trial(FakeTrial(prune=False), config, cache, data.split.valid, len(item_ids), prune_rounds=5)
+    cache = FrameCache(lambda c: validation_frames(data.cutoffs, item_ids, data.content, c), 2)
+    valid = data.cutoffs.valid.targets
+    kept = run_trial(FakeTrial(prune=False), config, cache, valid, len(item_ids), prune_rounds=5)
     trial = FakeTrial(prune=True)
-    pruned = run_trial(trial, config, cache, data.split.valid, len(item_ids), prune_rounds=5)
+    pruned = run_trial(trial, config, cache, valid, len(item_ids), prune_rounds=5)
     assert not kept.pruned and pruned.pruned and pruned.metrics["stage1_cached"] == 1.0
     assert trial.reports == [(5, pruned.value)] and pruned.metrics["ranker_best_iteration"] <= 5
     assert kept.metrics["ranker_best_iteration"] > 5

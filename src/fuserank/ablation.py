@@ -15,7 +15,7 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.config import RunConfig
-from fuserank.data.split import Split
+from fuserank.data.cutoffs import Cutoffs
 from fuserank.encoders.base import Embeddings
 from fuserank.metrics import bootstrap_ci, paired_bootstrap_ci
 from fuserank.progress import step
@@ -77,7 +77,7 @@ def ablation_table(results: Mapping[str, ProtocolResult], seed: int, n_boot: int
 
 
 def run_ablation(
-    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+    cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
     llm: LLMSignals | None = None,
 ) -> tuple[pl.DataFrame, dict[str, ProtocolResult]]:
     """Run every variant of `ablation_variants`; returns (table, results by variant). `llm`
@@ -85,7 +85,7 @@ def run_ablation(
     results: dict[str, ProtocolResult] = {}
     for name, (variant_content, variant_config) in ablation_variants(content, config).items():
         with step(f"ablation [{name}]") as s:
-            results[name] = run_protocol(split, item_ids, variant_content, variant_config, llm)
+            results[name] = run_protocol(cutoffs, item_ids, variant_content, variant_config, llm)
             s.done(f"test {METRIC} {results[name].metrics[f'test_{METRIC}']:.4f}")
     return ablation_table(results, seed=config.seed), results
 

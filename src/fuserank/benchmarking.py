@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
+from fuserank.data.cutoffs import Cutoffs
 from fuserank.data.split import Split
 from fuserank.metrics import bootstrap_ci, evaluate_rankings, paired_bootstrap_ci
 from fuserank.peers import PEERS, recommend
@@ -45,16 +46,17 @@ class PeerResult:
     fit_seconds: float
 
 
-def run_peer(name: str, split: Split, item_ids: Sequence[str], seed: int, k: int = 50) -> PeerResult:
-    """Tune peer `name` on validation, refit the best configuration on train + valid, rank test.
+def run_peer(name: str, cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, k: int = 50) -> PeerResult:
+    """Tune peer `name` on validation, refit the best configuration on the test history, rank test.
 
-    Tuning fits each configuration of the peer's grid on `split.train` and scores the validation
-    targets (NDCG@10; the first configuration wins ties). The chosen one is refitted on train +
-    valid, the history test lists exclude, as fuserank's protocol does.
+    Tuning fits each configuration of the peer's grid on the validation cut-off's history and
+    scores its targets (NDCG@10; the first configuration wins ties). The chosen one is refitted
+    on the test cut-off's history (train + valid under leave-last-out, everything before the
+    test cut under global time), the history test lists exclude, as fuserank's protocol does.
 
     Args:
         name: key of peers.PEERS.
-        split: train / valid / test interactions.
+        cutoffs: the protocol's cut-offs (only valid and test are read).
         item_ids: the catalog every list ranks over.
         seed: model seed.
         k: list length (>= the largest metric cut-off).
@@ -62,7 +64,8 @@ def run_peer(name: str, split: Split, item_ids: Sequence[str], seed: int, k: int
     import time
 
     start = time.perf_counter()
-    valid_users = split.valid[schema.USER_ID].unique().sort().to_list()
+    valid, test = cutoffs.valid, cutoffs.test
+    valid_users = valid.users
     tuning: list[dict[str, Any]] = []
     best, best_score = None, -1.0
     grid = PEERS[name].grid
@@ -71,18 +74,16 @@ def run_peer(name: str, split: Split, item_ids: Sequence[str], seed: int, k: int
             best = params
             break
         with step(f"tune {name} {dict(params)}") as s:
-            ranked = recommend(name, params, split.train, valid_users, item_ids, k, seed)
-            score = float(evaluate_rankings(ranked, split.valid, (10,))[TUNING_METRIC].mean())
+            ranked = recommend(name, params, valid.history, valid_users, item_ids, k, seed)
+            score = float(evaluate_rankings(ranked, valid.targets, (10,))[TUNING_METRIC].mean())
             s.done(f"valid {TUNING_METRIC} {score:.4f}")
         tuning.append({"params": dict(params), f"valid_{TUNING_METRIC}": score})
         if score > best_score:
             best, best_score = params, score
     assert best is not None
     with step(f"test {name}") as s:
-        history = pl.concat([split.train, split.valid])
-        test_users = split.test[schema.USER_ID].unique().sort().to_list()
-        ranked = recommend(name, best, history, test_users, item_ids, k, seed)
-        per_user = evaluate_rankings(ranked, split.test, KS)
+        ranked = recommend(name, best, test.history, test.users, item_ids, k, seed)
+        per_user = evaluate_rankings(ranked, test.targets, KS)
         s.done(f"{TUNING_METRIC} {per_user[TUNING_METRIC].mean():.4f}")
     return PeerResult(name, dict(best), tuning, per_user, time.perf_counter() - start)
 

@@ -244,10 +244,10 @@ def chunk_evenly(values: Sequence[Any], n_parts: int) -> list[list[Any]]:
 
 
 def _features_chunk(users: list[str], stage: Any, history: pl.DataFrame, retrieval: Any, features: Any,
-                    llm: Any) -> tuple[pl.DataFrame, list[str]]:
+                    llm: Any, ref_times: pl.DataFrame | None) -> tuple[pl.DataFrame, list[str]]:
     from fuserank.two_stage import candidate_features
 
-    return candidate_features(stage, history, users, retrieval, features, llm=llm)
+    return candidate_features(stage, history, users, retrieval, features, llm=llm, ref_times=ref_times)
 
 
 def candidate_features_dask(
@@ -259,6 +259,7 @@ def candidate_features_dask(
     features: Any,
     llm: Any = None,
     n_partitions: int = 0,
+    ref_times: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """`two_stage.candidate_features` over Dask partitions of the users, concatenated in user order.
 
@@ -268,7 +269,7 @@ def candidate_features_dask(
 
     Args:
         client: a connected `distributed.Client`.
-        stage, history, users, retrieval, features, llm: as in `two_stage.candidate_features`.
+        stage, history, users, retrieval, features, llm, ref_times: as in `two_stage.candidate_features`.
         n_partitions: user partitions; 0 means one per worker.
 
     Returns:
@@ -276,8 +277,8 @@ def candidate_features_dask(
     """
     chunks = chunk_evenly(users, n_partitions or n_workers(client))
     if not chunks:
-        return _features_chunk([], stage, history, retrieval, features, llm)
-    results = map_partitions(client, _features_chunk, chunks, stage, history, retrieval, features, llm)
+        return _features_chunk([], stage, history, retrieval, features, llm, ref_times)
+    results = map_partitions(client, _features_chunk, chunks, stage, history, retrieval, features, llm, ref_times)
     return pl.concat([frame for frame, _ in results], how="vertical"), results[0][1]
 
 

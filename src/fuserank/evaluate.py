@@ -8,7 +8,8 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.metrics import bootstrap_ci, catalog_coverage, evaluate_rankings, paired_bootstrap_ci, summarise
-from fuserank.retrieval import candidate_recall, popular_candidates
+from fuserank.popularity import popular_candidates
+from fuserank.retrieval import candidate_recall
 
 
 def most_popular_rankings(history: pl.DataFrame, users: Sequence[str], k: int) -> pl.DataFrame:

@@ -170,7 +170,7 @@ def export(
                 runs[other] = load_recorded_run(config, other, Path(scratch) / other)
         main = runs[main_id]
         data = prepare(main.config)
-        history = pl.concat([data.split.train, data.split.valid, data.split.test]).select(list(schema.INTERACTIONS))
+        history = data.cutoffs.interactions.select(list(schema.INTERACTIONS))
         data_hash = data.tags["data_hash"]
         for run in runs.values():
             if run.data_hash and run.data_hash != data_hash:

@@ -1,11 +1,12 @@
 """Features per (user, candidate): pure polars/numpy functions adding named columns.
 
 Every statistic here is computed from the `history` frame handed in, which the caller builds from
-the interactions before the targets being predicted; nothing here can see a target.
-
-Time features use each user's reference time: the timestamp of the user's latest history
-interaction. Under leave-last-out the target follows it, so "as of the reference time" is the
-most recent moment the model may know about for that user.
+the interactions before the targets being predicted, and each query sees that history only up to
+its own reference time (data/cutoffs.py): popularity, recency, item age, ratings and the user's
+popularity gap count only interactions at or before it (popularity.ItemTimeline). Under
+leave-last-out the reference time is the user's newest history interaction; under global time
+it is the cut time. The item embeddings and EASE are fitted on the whole history handed in (see
+docs/protocol.md for what that lets them learn).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fuserank.collaborative import ItemItemModel, ease_feature
 from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.feature_groups import GROUP_PREFIXES, GROUPS
+from fuserank.popularity import ItemTimeline, ref_time_array, reference_times
 from fuserank.retrieval import user_queries
 
 DAY = 86_400.0
@@ -57,7 +59,7 @@ class UserHistory:
     Attributes:
         user_ids: users in row order.
         recent: int64 (n_users, k) item rows of the k newest interactions, newest first, -1 padded.
-        ref_time: int64 (n_users,) timestamp of the newest history interaction (seconds).
+        ref_time: int64 (n_users,) each user's reference time (seconds).
     """
 
     user_ids: tuple[str, ...]
@@ -65,14 +67,18 @@ class UserHistory:
     ref_time: np.ndarray
 
 
-def summarise_history(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str], recent_k: int) -> UserHistory:
-    """Collect each user's newest items (equal timestamps: larger item_id is newer, as in retrieval)."""
+def summarise_history(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str], recent_k: int,
+                      ref_times: pl.DataFrame | None = None) -> UserHistory:
+    """Collect each user's newest items (equal timestamps: later in row order is newer, as in
+    retrieval) and reference time (`ref_times`, schema.REF_TIMES; None: each user's newest
+    history interaction, the leave-last-out rule)."""
     index = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_row": np.arange(len(item_ids))})
     newest = (
         history.select(schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP)
+        .with_row_index("_seq")
         .filter(pl.col(schema.USER_ID).is_in(list(users)))
         .join(index, on=schema.ITEM_ID, how="inner")
-        .sort([schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID], descending=[False, True, True])
+        .sort([schema.USER_ID, schema.TIMESTAMP, "_seq"], descending=[False, True, True])
         .with_columns(pl.int_range(pl.len()).over(schema.USER_ID).alias("_age"))
         .filter(pl.col("_age") < recent_k)
     )
@@ -81,10 +87,9 @@ def summarise_history(history: pl.DataFrame, users: Sequence[str], item_ids: Seq
     age = newest["_age"].to_numpy().astype(np.int64)
     recent = np.full((len(users), recent_k), -1, dtype=np.int64)
     recent[u, age] = newest["_row"].to_numpy().astype(np.int64)
-    ref = np.zeros(len(users), dtype=np.int64)
-    first = age == 0
-    ref[u[first]] = newest[schema.TIMESTAMP].to_numpy()[first]
-    return UserHistory(tuple(users), recent, ref)
+    if ref_times is None:
+        ref_times = reference_times(history, users)
+    return UserHistory(tuple(users), recent, ref_time_array(ref_times, users))
 
 
 def user_profiles(
@@ -174,58 +179,28 @@ def popularity_features(
     user_rows: np.ndarray,
     item_rows: np.ndarray,
     hist: UserHistory,
-    history: pl.DataFrame,
-    item_ids: Sequence[str],
+    timeline: ItemTimeline,
     window_days: Sequence[int],
 ) -> dict[str, np.ndarray]:
-    """Item popularity and recency from history, overall and as of each user's reference time.
+    """Item popularity and recency as of each user's reference time.
 
-    Returns float32 (n,) arrays: log counts overall and in each window before the reference time,
-    days since the item's last interaction before it, the item's age (days since its first
-    interaction, negative when it first appears later), mean rating and its count.
+    Returns float32 (n,) arrays, each counting only interactions at or before the reference time:
+    the log count, the log count in each window before it, days since the item's last
+    interaction, the item's age (days since its first interaction; NaN before it), the mean
+    rating and the log number of ratings.
     """
-    n_items = len(item_ids)
-    index = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_row": np.arange(n_items)})
-    events = history.select(schema.ITEM_ID, schema.TIMESTAMP, schema.RATING).join(index, on=schema.ITEM_ID)
-    rows = events["_row"].to_numpy().astype(np.int64)
-    times = events[schema.TIMESTAMP].to_numpy().astype(np.int64)
-    # Offsets start one window before the earliest time so that no window bound goes negative.
-    longest = int(max(window_days, default=0) * DAY)
-    t0 = int(min(times.min(initial=0), hist.ref_time.min(initial=0))) - longest - 1
-    # One sorted key per event (item row in the high bits, time offset in the low 32) turns
-    # "events of item i up to time t" into two binary searches for all candidates at once.
-    if max(times.max(initial=t0), hist.ref_time.max(initial=t0)) - t0 >= 2**32:
-        raise ValueError("interaction timestamps span more than 136 years; are they in seconds?")
-    keys = np.sort((rows << 32) | (times - t0))
-    ref = hist.ref_time[user_rows] - t0
-
-    def key(item: np.ndarray, offset: np.ndarray) -> np.ndarray:
-        return (item << 32) | offset
-
-    upto_ref = np.searchsorted(keys, key(item_rows, ref), side="right")
-    item_start = np.searchsorted(keys, item_rows << 32, side="left")
-    counts = np.bincount(rows, minlength=n_items).astype(np.float32)
+    ref = hist.ref_time[user_rows]
     out: dict[str, np.ndarray] = {
-        "item_log_count": np.log1p(counts[item_rows]),
-        "item_log_count_before_ref": np.log1p(upto_ref - item_start).astype(np.float32),
+        "item_log_count": np.log1p(timeline.count(item_rows, ref)).astype(np.float32),
     }
     for days in window_days:
-        lower = np.searchsorted(keys, key(item_rows, ref - int(days * DAY)), side="right")
-        out[f"item_log_count_{days}d"] = np.log1p(upto_ref - lower).astype(np.float32)
-    has_before = upto_ref > item_start
-    last_before = (keys[np.maximum(upto_ref - 1, 0)] & (2**32 - 1)).astype(np.float64)
-    out["item_days_since_last"] = np.where(has_before, (ref - last_before) / DAY, np.nan).astype(np.float32)
-    first = np.full(n_items, np.nan)
-    np.fmin.at(first, rows, times.astype(np.float64))
-    out["item_age_days"] = ((hist.ref_time[user_rows] - first[item_rows]) / DAY).astype(np.float32)
-
-    rated = ~np.isnan(events[schema.RATING].fill_null(np.nan).to_numpy().astype(np.float64))
-    rating = events[schema.RATING].fill_null(0.0).to_numpy().astype(np.float64)
-    n_rated = np.bincount(rows[rated], minlength=n_items)
-    total = np.bincount(rows[rated], weights=rating[rated], minlength=n_items)
-    mean = np.divide(total, n_rated, out=np.full(n_items, np.nan), where=n_rated > 0)
-    out["item_mean_rating"] = mean[item_rows].astype(np.float32)
-    out["item_log_rating_count"] = np.log1p(n_rated[item_rows]).astype(np.float32)
+        count = timeline.count_between(item_rows, ref - int(days * DAY), ref)
+        out[f"item_log_count_{days}d"] = np.log1p(count).astype(np.float32)
+    out["item_days_since_last"] = ((ref - timeline.last_time(item_rows, ref)) / DAY).astype(np.float32)
+    out["item_age_days"] = ((ref - timeline.first_time(item_rows, ref)) / DAY).astype(np.float32)
+    mean, n_rated = timeline.ratings(item_rows, ref)
+    out["item_mean_rating"] = mean.astype(np.float32)
+    out["item_log_rating_count"] = np.log1p(n_rated).astype(np.float32)
     return out
 
 
@@ -235,40 +210,38 @@ def user_features(
     hist: UserHistory,
     history: pl.DataFrame,
     item_ids: Sequence[str],
+    timeline: ItemTimeline,
 ) -> dict[str, np.ndarray]:
-    """User activity, and how the candidate's popularity compares with what the user usually picks."""
-    item_log_count = (
-        history.group_by(schema.ITEM_ID).agg(pl.len().log1p().alias("_lc"))
+    """User activity, and how the candidate's popularity compares with what the user usually
+    picks (both counted at the user's reference time)."""
+    item_index = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_i": np.arange(len(item_ids), dtype=np.int64)})
+    user_index = pl.DataFrame({schema.USER_ID: list(hist.user_ids), "_u": np.arange(len(hist.user_ids))})
+    own = history.join(user_index, on=schema.USER_ID, how="inner")
+    stats = own.group_by("_u").agg(
+        pl.len().alias("n"),
+        pl.col(schema.RATING).mean().alias("mean_rating"),
+        pl.col(schema.TIMESTAMP).min().alias("first"),
     )
-    stats = (
-        history.filter(pl.col(schema.USER_ID).is_in(list(hist.user_ids)))
-        .join(item_log_count, on=schema.ITEM_ID, how="left")
-        .group_by(schema.USER_ID)
-        .agg(
-            pl.len().alias("n"),
-            pl.col(schema.RATING).mean().alias("mean_rating"),
-            pl.col(schema.TIMESTAMP).min().alias("first"),
-            pl.col("_lc").mean().alias("mean_log_count"),
-        )
-    )
-    frame = pl.DataFrame({schema.USER_ID: list(hist.user_ids)}).join(
-        stats, on=schema.USER_ID, how="left", maintain_order="left"
-    )
-    n = frame["n"].fill_null(0).to_numpy().astype(np.float64)
-    mean_rating = frame["mean_rating"].fill_null(np.nan).to_numpy().astype(np.float64)
-    first = frame["first"].fill_null(0).to_numpy().astype(np.float64)
-    taste = frame["mean_log_count"].fill_null(0.0).to_numpy().astype(np.float64)
-    counts = (
-        pl.DataFrame({schema.ITEM_ID: list(item_ids)})
-        .join(item_log_count, on=schema.ITEM_ID, how="left", maintain_order="left")["_lc"]
-        .fill_null(0.0)
-        .to_numpy()
-    )
+    n_users = len(hist.user_ids)
+    slots = stats["_u"].to_numpy().astype(np.int64)
+    n = np.zeros(n_users)
+    n[slots] = stats["n"].to_numpy()
+    mean_rating = np.full(n_users, np.nan)
+    mean_rating[slots] = stats["mean_rating"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    first = np.zeros(n_users)
+    first[slots] = stats["first"].to_numpy()
+    # The user's taste: mean log popularity of the items they picked, as of their reference time.
+    picked = own.join(item_index, on=schema.ITEM_ID, how="inner")
+    picked_users = picked["_u"].to_numpy().astype(np.int64)
+    picked_pop = np.log1p(timeline.count(picked["_i"].to_numpy(), hist.ref_time[picked_users]))
+    taste = np.bincount(picked_users, weights=picked_pop, minlength=n_users) / np.maximum(
+        np.bincount(picked_users, minlength=n_users), 1)
+    candidate_pop = np.log1p(timeline.count(item_rows, hist.ref_time[user_rows]))
     return {
         "user_log_history": np.log1p(n[user_rows]).astype(np.float32),
         "user_mean_rating": mean_rating[user_rows].astype(np.float32),
         "user_active_days": ((hist.ref_time - first) / DAY)[user_rows].astype(np.float32),
-        "user_popularity_gap": (counts[item_rows] - taste[user_rows]).astype(np.float32),
+        "user_popularity_gap": (candidate_pop - taste[user_rows]).astype(np.float32),
     }
 
 
@@ -282,6 +255,7 @@ def build_features(
     half_life: float = 10.0,
     sources: Sequence[str] = ("ann", "popular"),
     ease: ItemItemModel | None = None,
+    ref_times: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """Add every feature column to a candidates frame.
 
@@ -294,6 +268,8 @@ def build_features(
         profile_items, half_life: how the user profile vector is formed (as in retrieval).
         sources: candidate sources that get a `from_<source>` indicator.
         ease: an EASE model fitted on `history`: adds `ease_score` and its within-user z-score.
+        ref_times: schema.REF_TIMES of the candidates' users (None: each user's newest history
+            interaction); statistics count only interactions at or before them.
 
     Returns:
         (frame, feature_names): candidates plus float32 feature columns, and their ordered names.
@@ -302,7 +278,7 @@ def build_features(
     if item_ids is None:
         raise ValueError("build_features needs at least one modality's embeddings")
     users = candidates[schema.USER_ID].unique(maintain_order=True).to_list()
-    hist = summarise_history(history, users, item_ids, config.recent_k)
+    hist = summarise_history(history, users, item_ids, config.recent_k, ref_times)
     user_index = pl.DataFrame({schema.USER_ID: users, "_u": np.arange(len(users))})
     item_index = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_i": np.arange(len(item_ids))})
     rows = candidates.join(user_index, on=schema.USER_ID, how="left", maintain_order="left").join(
@@ -331,9 +307,9 @@ def build_features(
         columns["ease_score_z"] = _within_user_z(user_rows, np.nan_to_num(score, nan=0.0))
     for modality, emb in embeddings.items():
         columns[f"has_{modality}"] = emb.mask[item_rows].astype(np.float32)
-    popularity = popularity_features(user_rows, item_rows, hist, history, item_ids, config.window_days)
-    columns.update(popularity)
-    columns.update(user_features(user_rows, item_rows, hist, history, item_ids))
+    timeline = ItemTimeline(history, item_ids)
+    columns.update(popularity_features(user_rows, item_rows, hist, timeline, config.window_days))
+    columns.update(user_features(user_rows, item_rows, hist, history, item_ids, timeline))
     names = list(columns)
     frame = candidates.with_columns(pl.Series(name, values, dtype=pl.Float32) for name, values in columns.items())
     return frame, names

@@ -4,10 +4,10 @@ similarity and an optional yes/no relevance score.
 What reaches the LLM, and why nothing leaks:
 - Item descriptions are written from each item's own thin text (text plus catalog attributes).
   Items carry no interactions, so a description cannot leak a target.
-- A user's interest profile is generated ONCE per user, from the user's history before the
-  earliest ranker-label cut-off (`profile_history`: the train part with the last
-  `label_cutoffs * label_window` interactions of each user held out, exactly as
-  protocol.ranker_training_frame steps back). That history is a prefix of the history of every
+- A user's interest profile is generated ONCE per user, from the history of the earliest
+  ranker-label cut-off (data.cutoffs; under leave-last-out `profile_history`: the train part
+  with the last `label_cutoffs * label_window` interactions of each user held out). That
+  history is a prefix of the history of every
   stage (every label cut-off, validation and test), so the same profile is used at every stage,
   one generation per user, and it never contains a label positive, a validation or a test
   interaction.
@@ -227,8 +227,8 @@ def _by_activity(train: pl.DataFrame, column: str, cap: int) -> list[str]:
 
 def build_llm_signals(
     items: pl.DataFrame, train: pl.DataFrame, lm: Any, embed_text: Callable[[Sequence[str]], np.ndarray],
-    text_vectors: np.ndarray, settings: LLMConfig, label_cutoffs: int, label_window: int,
-    cache_root: Path | None, seed: int, label_share: float = 0.0,
+    text_vectors: np.ndarray, settings: LLMConfig, profile_from: pl.DataFrame,
+    cache_root: Path | None, seed: int,
 ) -> LLMSignals:
     """Generate descriptions and profiles, embed them, and wrap the per-stage LLM calls.
 
@@ -239,8 +239,8 @@ def build_llm_signals(
         embed_text: texts -> float32 (n, d_text) unit vectors (the project's text encoder).
         text_vectors: float32 (n_items, d_text) text-encoder vectors of the items' own text.
         settings: the llm section of the config.
-        label_cutoffs, label_window, label_share: the protocol's label scheme (split section),
-            which fixes the history profiles are written from.
+        profile_from: the history profiles are written from: the earliest ranker-label
+            cut-off's (a prefix of every stage's history).
         cache_root: folder of the LLM caches (None: no caching).
         seed: seed of the generation calls.
     """
@@ -275,7 +275,7 @@ def build_llm_signals(
     profile_users: tuple[str, ...] = ()
     profile_vectors = np.zeros((0, text_vectors.shape[1]), dtype=np.float32)
     if settings.profiles:
-        early = profile_history(train, label_cutoffs, label_window, label_share)
+        early = profile_from
         users = sorted(_by_activity(early, schema.USER_ID, settings.max_users))
         histories = recent_labels(early, dict(zip(item_ids, labels)), users, settings.history_items)
         users = [u for u, h in zip(users, histories) if h]
@@ -320,8 +320,10 @@ def build_llm_signals(
     )
 
 
-def prepare_llm(items: pl.DataFrame, train: pl.DataFrame, text: Embeddings, config: RunConfig) -> LLMSignals | None:
-    """Edge job: fetch and load the configured LLM and the text encoder, then build_llm_signals.
+def prepare_llm(items: pl.DataFrame, train: pl.DataFrame, profile_from: pl.DataFrame, text: Embeddings,
+                config: RunConfig) -> LLMSignals | None:
+    """Edge job: fetch and load the configured LLM and the text encoder, then build_llm_signals
+    (`train`: the validation cut-off's history; `profile_from`: the earliest label cut-off's).
 
     Returns None when `llm.enabled` is false.
     """
@@ -346,8 +348,7 @@ def prepare_llm(items: pl.DataFrame, train: pl.DataFrame, text: Embeddings, conf
     with step("LLM signals") as s:
         signals = build_llm_signals(
             items, train, lm, encoder.encode_texts, text.align(items[schema.ITEM_ID].to_list()).vectors, config.llm,
-            config.split.label_cutoffs, config.split.label_window, root / "llm" / "cache", config.seed,
-            label_share=config.split.label_share,
+            profile_from, root / "llm" / "cache", config.seed,
         )
         n_desc = 0 if signals.description is None else int(signals.description.mask.sum())
         s.done(f"{n_desc:,} descriptions, {len(signals.profile_users):,} profiles, {lm.calls} model calls")

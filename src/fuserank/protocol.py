@@ -1,15 +1,9 @@
-"""The primary evaluation protocol: temporal leave-last-out, ranker labels from train only.
+"""Train on the label cut-offs, stop early on validation, evaluate once on test.
 
-Label scheme (also in the README):
-- split: per user, the last interaction is the test target, the second-to-last the validation
-  target, the rest is train (users with fewer than `min_interactions` stay in train only).
-- ranker training: `label_cutoffs` cut-offs step back through each user's train interactions. At
-  cut-off j the user's j-th last `label_window` train interactions (or `label_share` of them) are
-  the positives and stage 1 (behaviour embedding, index, popularity, features) is fitted on the
-  train interactions before them; every other candidate is a negative. Each (user, cut-off) is
-  one lambdarank query.
-- early stopping: validation targets, with stage 1 fitted on the whole train part.
-- test: stage 1 fitted on train + validation; the ranker scores the candidates of each test user.
+The cut-offs (history, targets and reference times) come from data.cutoffs, which holds the
+protocols and the label scheme (also in docs/protocol.md). Each cut-off goes through the same
+stage pipeline: stage 1 fitted on its history, candidates and features bounded by each query's
+reference time, labels from its targets. Each (user, label cut-off) is one lambdarank query.
 No test interaction reaches candidates, features, embeddings, statistics or early stopping.
 """
 
@@ -23,7 +17,7 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.config import RunConfig
-from fuserank.data.split import Split, holdout_labels, leave_last_out
+from fuserank.data.cutoffs import Cutoff, Cutoffs, build_cutoffs
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluate import (
     confidence_intervals,
@@ -61,15 +55,17 @@ class ProtocolResult:
     feature_names: list[str]
 
 
-def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, targets: pl.DataFrame,
-                  item_ids: Sequence[str], content: Mapping[str, Embeddings], llm: LLMSignals | None = None
-                  ) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
-    """Fit stage 1 on `history`, build labelled features for the target users.
+def cutoff_frame(config: RunConfig, cutoff: Cutoff, item_ids: Sequence[str], content: Mapping[str, Embeddings],
+                 llm: LLMSignals | None = None, users: Sequence[str] | None = None,
+                 ) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
+    """The stage pipeline for one cut-off: fit stage 1 on its history, build candidates and
+    features for its target users (or `users`) as of their reference times, label them.
 
     Returns (features with labels, feature names, stage-1 candidates in stage-1 order).
     """
-    users = targets[schema.USER_ID].unique().sort().to_list()
-    with step(f"stage 1 [{stage_name}]") as s:
+    history, targets, ref_times = cutoff.history, cutoff.targets, cutoff.ref_times
+    users = cutoff.users if users is None else list(users)
+    with step(f"stage 1 [{cutoff.name}]") as s:
         stage = fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval,
                               config.seed)
         llm = llm if config.llm.enabled else None
@@ -79,9 +75,11 @@ def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, tar
             from fuserank.distributed import candidate_features_dask
 
             frame, names = candidate_features_dask(default_client(), stage, history, users, config.retrieval,
-                                                   config.features, llm=llm, n_partitions=config.dask.user_partitions)
+                                                   config.features, llm=llm, n_partitions=config.dask.user_partitions,
+                                                   ref_times=ref_times)
         else:
-            frame, names = candidate_features(stage, history, users, config.retrieval, config.features, llm=llm)
+            frame, names = candidate_features(stage, history, users, config.retrieval, config.features, llm=llm,
+                                              ref_times=ref_times)
         frame = label_candidates(frame, targets)
         s.done(f"{len(users):,} users, {frame.height:,} candidates x {len(names)} features")
     candidates = frame.select(list(schema.CANDIDATES))
@@ -89,17 +87,14 @@ def _cutoff_frame(config: RunConfig, stage_name: str, history: pl.DataFrame, tar
 
 
 def ranker_training_frame(
-    train: pl.DataFrame, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+    labels: Sequence[Cutoff], item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
     llm: LLMSignals | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
-    """Labelled candidates from successive cut-offs of the train part, with a QUERY column."""
-    history, frames, names = train, [], []
-    for cutoff in range(1, config.split.label_cutoffs + 1):
-        history, targets = holdout_labels(history, config.split.label_window, config.split.label_share)
-        if targets.is_empty():
-            break
-        frame, names, _ = _cutoff_frame(config, f"ranker labels {cutoff}", history, targets, item_ids, content, llm)
-        query = pl.concat_str(pl.col(schema.USER_ID), pl.lit(f"#{cutoff}"))
+    """Labelled candidates of the ranker-label cut-offs, with a QUERY column (user#cut-off)."""
+    frames, names = [], []
+    for j, cutoff in enumerate(labels, start=1):
+        frame, names, _ = cutoff_frame(config, cutoff, item_ids, content, llm)
+        query = pl.concat_str(pl.col(schema.USER_ID), pl.lit(f"#{j}"))
         frames.append(frame.with_columns(query.alias(QUERY)))
     if not frames:
         raise ValueError("no user has enough train interactions to give the ranker a label")
@@ -124,12 +119,12 @@ class ValidationFrames:
 
 
 def validation_frames(
-    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+    cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
     llm: LLMSignals | None = None,
 ) -> ValidationFrames:
-    """Build the ranker-training and validation frames from `split.train` only (test unseen)."""
-    fit, names = ranker_training_frame(split.train, item_ids, content, config, llm)
-    valid, _, valid_candidates = _cutoff_frame(config, "validation", split.train, split.valid, item_ids, content, llm)
+    """Build the ranker-training and validation frames (the test cut-off is never read)."""
+    fit, names = ranker_training_frame(cutoffs.labels, item_ids, content, config, llm)
+    valid, _, valid_candidates = cutoff_frame(config, cutoffs.valid, item_ids, content, llm)
     return ValidationFrames(fit, valid, names, valid_candidates)
 
 
@@ -144,32 +139,32 @@ def validation_metrics(
     return metrics
 
 
-def make_split(interactions: pl.DataFrame, config: RunConfig) -> Split:
-    """The leave-last-out split of the run's interactions."""
-    return leave_last_out(interactions, min_interactions=config.split.min_interactions)
+def make_cutoffs(interactions: pl.DataFrame, config: RunConfig) -> Cutoffs:
+    """The cut-offs of the run's protocol (split.protocol) over its interactions."""
+    return build_cutoffs(interactions, config.split)
 
 
 def run_protocol(
-    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+    cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
     llm: LLMSignals | None = None,
 ) -> ProtocolResult:
     """`_run_protocol` locally, or with features and ranker on Dask when `config.dask.enabled`."""
     if not config.dask.enabled:
-        return _run_protocol(split, item_ids, content, config, llm)
+        return _run_protocol(cutoffs, item_ids, content, config, llm)
     from fuserank.distributed import dask_client
 
     with dask_client(config.dask):
-        return _run_protocol(split, item_ids, content, config, llm)
+        return _run_protocol(cutoffs, item_ids, content, config, llm)
 
 
 def _run_protocol(
-    split: Split, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+    cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
     llm: LLMSignals | None = None,
 ) -> ProtocolResult:
     """Train on train, stop early on validation, evaluate once on test; baselines on the same split.
 
     Args:
-        split: the leave-last-out split (see make_split).
+        cutoffs: the run's cut-offs (see make_cutoffs).
         item_ids: every catalog item, in the row order of the content embeddings.
         content: content embeddings of the catalog, e.g. {"text": ..., "image": ...} (may be empty
             when behaviour is enabled).
@@ -178,12 +173,11 @@ def _run_protocol(
     """
     n_items = len(item_ids)
     ks = config.eval.ks
+    valid, test = cutoffs.valid, cutoffs.test
 
-    fit_frame, names = ranker_training_frame(split.train, item_ids, content, config, llm)
-    valid_frame, _, valid_candidates = _cutoff_frame(config, "validation", split.train, split.valid, item_ids, content,
-                                                     llm)
-    test_history = pl.concat([split.train, split.valid])
-    test_frame, _, test_candidates = _cutoff_frame(config, "test", test_history, split.test, item_ids, content, llm)
+    fit_frame, names = ranker_training_frame(cutoffs.labels, item_ids, content, config, llm)
+    valid_frame, _, valid_candidates = cutoff_frame(config, valid, item_ids, content, llm)
+    test_frame, _, test_candidates = cutoff_frame(config, test, item_ids, content, llm)
 
     with step("train ranker") as s:
         if config.dask.enabled:
@@ -199,10 +193,10 @@ def _run_protocol(
 
     metrics: dict[str, float] = {
         "n_items": float(n_items),
-        "n_interactions": float(test_history.height + split.test.height),
-        "n_users": float(split.train[schema.USER_ID].n_unique()),
-        "n_test_users": float(split.test[schema.USER_ID].n_unique()),
-        "n_train_interactions": float(split.train.height),
+        "n_interactions": float(cutoffs.interactions.height),
+        "n_users": float(cutoffs.interactions[schema.USER_ID].n_unique()),
+        "n_test_users": float(test.targets[schema.USER_ID].n_unique()),
+        "n_train_interactions": float(valid.history.height),
         "ranker_train_rows": float(fit_frame.height),
         "ranker_train_queries_with_positive": float(fit_frame.filter(pl.col(schema.LABEL) > 0)[QUERY].n_unique()),
         "ranker_best_iteration": float(ranker.best_iteration),
@@ -210,25 +204,36 @@ def _run_protocol(
     with step("evaluate") as s:
         top_k = max(max(ks), config.eval.top_k)
         valid_ranked = rank_candidates(valid_frame, ranker.score(valid_frame), top_k)
-        _, valid_summary = score_lists(valid_ranked, split.valid, ks, n_items, "valid_")
+        _, valid_summary = score_lists(valid_ranked, valid.targets, ks, n_items, "valid_")
         metrics.update(valid_summary)
-        metrics.update(stage_one_recall(valid_candidates, split.valid, config.retrieval.n_candidates, "valid_"))
+        metrics.update(stage_one_recall(valid_candidates, valid.targets, config.retrieval.n_candidates, "valid_"))
 
-        test_users = split.test[schema.USER_ID].unique().sort().to_list()
         lists = {
             "fuserank": rank_candidates(test_frame, ranker.score(test_frame), top_k),
-            "popular": most_popular_rankings(test_history, test_users, top_k),
+            "popular": most_popular_rankings(test.history, test.users, top_k),
             "retrieval": stage_one_rankings(test_candidates, top_k),
         }
         frames = []
         for system, ranked in lists.items():
             prefix = "test_" if system == "fuserank" else f"test_{system}_"
-            users_metrics, summary = score_lists(ranked, split.test, ks, n_items, prefix)
+            users_metrics, summary = score_lists(ranked, test.targets, ks, n_items, prefix)
             metrics.update(summary)
             frames.append(users_metrics.with_columns(pl.lit(system).alias("system")))
-        metrics.update(stage_one_recall(test_candidates, split.test, config.retrieval.n_candidates, "test_"))
+        metrics.update(stage_one_recall(test_candidates, test.targets, config.retrieval.n_candidates, "test_"))
         per_user = pl.concat(frames)
         metrics.update(confidence_intervals(per_user, "fuserank", "ndcg_at_10", "test_", seed=config.seed))
-        s.done(f"{len(test_users):,} test users, {len(lists)} systems")
+        metrics.update(cold_user_metrics(cutoffs, ks, n_items, top_k))
+        s.done(f"{len(test.users):,} test users, {len(lists)} systems")
     ranked = lists["fuserank"].filter(pl.col(schema.RANK) <= config.eval.top_k)
     return ProtocolResult(metrics, per_user, ranked, ranker, names)
+
+
+def cold_user_metrics(cutoffs: Cutoffs, ks: Sequence[int], n_items: int, top_k: int) -> dict[str, float]:
+    """test_cold_* metrics: users with no history before the test cut (global_time), served the
+    most-popular list at the cut, which is all a system knows of them. Empty when there are none."""
+    if cutoffs.cold_test.is_empty():
+        return {}
+    users = cutoffs.cold_test[schema.USER_ID].unique().sort().to_list()
+    ranked = most_popular_rankings(cutoffs.test.history, users, top_k)
+    _, summary = score_lists(ranked, cutoffs.cold_test, ks, n_items, "test_cold_")
+    return {"n_test_cold_users": float(len(users)), **summary}

@@ -275,7 +275,8 @@ def user_queries(
 ) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
     """One query vector per user: the recency-weighted mean of their latest item vectors.
 
-    The user's interactions on known items are ordered by (timestamp, item_id); the newest
+    The user's interactions on known items are ordered by timestamp, ties in `history`'s row
+    order (see data.split); the newest
     has weight 1 and the one j steps older `0.5 ** (j / half_life)`; only the last
     `recent_items` count. Items missing from `item_ids` are ignored.
 
@@ -303,9 +304,10 @@ def user_queries(
     users = history.select(pl.col(USER_ID).unique().sort()).with_row_index(_USER)
     known = (
         history.select(USER_ID, ITEM_ID, TIMESTAMP)
+        .with_row_index("_seq")
         .join(catalog, on=ITEM_ID, how="inner")
         .join(users, on=USER_ID, how="inner")
-        .sort(_USER, TIMESTAMP, ITEM_ID)
+        .sort(_USER, TIMESTAMP, "_seq")
     )
     age = pl.len().over(_USER) - 1 - pl.int_range(pl.len()).over(_USER)
     recent = known.with_columns(age.alias("_age")).filter(pl.col("_age") < recent_items)
@@ -377,89 +379,6 @@ def retrieve(
         ).sort(USER_ID, RETRIEVAL_RANK)
         s.done(f"{len(usable):,} users, {frame.height:,} candidates")
     return frame
-
-
-def popular_candidates(history: pl.DataFrame, users: Sequence[str], n: int) -> pl.DataFrame:
-    """The n most interacted items per user, skipping what the user already interacted with.
-
-    Items are ranked by interaction count in `history`, ties by item_id; each user gets the
-    first n of that ranking that are not in their own history (fewer if the catalog runs out).
-
-    Args:
-        history: interactions frame.
-        users: whom to produce candidates for (users without history get the global top n).
-        n: candidates per user.
-
-    Returns:
-        CANDIDATES frame, source "popular", retrieval_score = interaction count (float32),
-        sorted by user_id, retrieval_rank.
-    """
-    pool = (
-        history.group_by(ITEM_ID)
-        .agg(pl.len().alias("_count"))
-        .sort(["_count", ITEM_ID], descending=[True, False])
-        .with_row_index("_pop", offset=0)
-        .with_columns(pl.col("_pop").cast(pl.Int64))
-    )
-    targets = pl.DataFrame({USER_ID: pl.Series(list(users), dtype=pl.String)}).unique()
-    seen = history.select(USER_ID, ITEM_ID).unique().join(targets, on=USER_ID, how="semi")
-    # A user whose history holds c items that rank before their n-th unseen item needs the top
-    # n + c of the ranking: c counts sorted seen ranks r_i (i = 0, 1, ...) with r_i - i < n.
-    overlap = (
-        seen.join(pool.select(ITEM_ID, "_pop"), on=ITEM_ID, how="inner")
-        .sort(USER_ID, "_pop")
-        .with_columns((pl.col("_pop") - pl.int_range(pl.len()).over(USER_ID)).alias("_free"))
-        .group_by(USER_ID)
-        .agg((pl.col("_free") < n).sum().cast(pl.Int64).alias("_overlap"))
-    )
-    frame = (
-        targets.join(overlap, on=USER_ID, how="left")
-        .with_columns(
-            pl.int_ranges(0, pl.min_horizontal(n + pl.col("_overlap").fill_null(0), pool.height)).alias("_pop")
-        )
-        .explode("_pop")
-        .drop_nulls("_pop")
-        .join(pool, on="_pop", how="inner")
-        .join(seen, on=[USER_ID, ITEM_ID], how="anti")
-        .sort(USER_ID, "_pop")
-        .with_columns((pl.int_range(pl.len()).over(USER_ID) + 1).alias(RETRIEVAL_RANK))
-        .filter(pl.col(RETRIEVAL_RANK) <= n)
-        .select(
-            USER_ID,
-            ITEM_ID,
-            pl.lit("popular").alias(SOURCE),
-            pl.col("_count").alias(RETRIEVAL_SCORE),
-            RETRIEVAL_RANK,
-        )
-    )
-    return _as_candidates(frame)
-
-
-def neighbourhood_popular(neighbours: pl.DataFrame, history: pl.DataFrame, n: int, source: str) -> pl.DataFrame:
-    """The n most interacted items among each user's nearest items ("popular in your taste").
-
-    An ANN source ranks a user's neighbourhood by similarity alone, and within a narrow taste that
-    order is noise; popularity inside the neighbourhood is what predicts the next interaction.
-
-    Args:
-        neighbours: CANDIDATES frame, each user's nearest items (e.g. `retrieve` with a deep n).
-        history: interactions whose counts rank the neighbourhood (ties: similarity rank).
-        n: candidates per user.
-        source: the source name of the result.
-
-    Returns:
-        CANDIDATES frame, retrieval_score = interaction count (float32), sorted by user_id, retrieval_rank.
-    """
-    counts = history.group_by(ITEM_ID).agg(pl.len().cast(pl.Float32).alias("_count"))
-    frame = (
-        neighbours.join(counts, on=ITEM_ID, how="left", maintain_order="left")
-        .with_columns(pl.col("_count").fill_null(0.0))
-        .sort([USER_ID, "_count", RETRIEVAL_RANK], descending=[False, True, False])
-        .with_columns((pl.int_range(pl.len()).over(USER_ID) + 1).alias(RETRIEVAL_RANK))
-        .filter(pl.col(RETRIEVAL_RANK) <= n)
-        .select(USER_ID, ITEM_ID, pl.lit(source).alias(SOURCE), pl.col("_count").alias(RETRIEVAL_SCORE), RETRIEVAL_RANK)
-    )
-    return _as_candidates(frame)
 
 
 def merge_candidates(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:

@@ -39,6 +39,10 @@ ITEMS_NULLABLE = (TEXT, IMAGE_PATH, AUDIO_PATH, VIDEO_PATH)
 INTERACTIONS = {USER_ID: pl.String, ITEM_ID: pl.String, TIMESTAMP: pl.Int64, RATING: pl.Float64}
 INTERACTIONS_NULLABLE = (RATING,)
 
+# A cut-off's reference time per query (data/cutoffs.py): nothing after it counts for that user.
+REF_TIME = "ref_time"
+REF_TIMES = {USER_ID: pl.String, REF_TIME: pl.Int64}
+
 CANDIDATES = {
     USER_ID: pl.String,
     ITEM_ID: pl.String,

@@ -17,11 +17,11 @@ from fuserank import atomic, schema
 from fuserank.config import RunConfig, cache_dir, flatten, to_dict
 from fuserank.progress import step
 from fuserank.content import encode_content
-from fuserank.data.split import Split
+from fuserank.data.cutoffs import Cutoffs
 from fuserank.encoders.base import Embeddings
 from fuserank.llm_features import VIEWS as LLM_VIEWS
 from fuserank.llm_features import LLMSignals, prepare_llm
-from fuserank.protocol import ProtocolResult, make_split, run_protocol
+from fuserank.protocol import ProtocolResult, make_cutoffs, run_protocol
 from fuserank.sources import resolve
 
 HEADLINE = (
@@ -104,7 +104,7 @@ class Prepared:
     """Data, split and content embeddings shared by train-evaluate and ablate."""
 
     items: pl.DataFrame
-    split: Split
+    cutoffs: Cutoffs
     content: dict[str, Embeddings]
     media: dict[str, float]
     tags: dict[str, str]
@@ -114,9 +114,11 @@ class Prepared:
 def prepare(config: RunConfig) -> Prepared:
     """Load and validate the data, split it, encode every modality; tags for the run record."""
     items, interactions = load_data(config)
-    split = make_split(interactions, config)
-    content, media = encode_content(items, split.train[schema.ITEM_ID].unique(), config)
-    llm = prepare_llm(items, split.train, content["text"], config)
+    cutoffs = make_cutoffs(interactions, config)
+    train = cutoffs.valid.history
+    content, media = encode_content(items, train[schema.ITEM_ID].unique(), config)
+    earliest = cutoffs.labels[-1].history if cutoffs.labels else train
+    llm = prepare_llm(items, train, earliest, content["text"], config)
     if llm is not None:  # extra content views: fused by their fusion weight, features always
         content.update({name: view for name, view in llm.views().items() if name in LLM_VIEWS})
     tags = {
@@ -129,7 +131,7 @@ def prepare(config: RunConfig) -> Prepared:
     }
     if llm is not None:
         tags["llm_model"] = config.llm.model
-    return Prepared(items, split, content, media, tags, llm)
+    return Prepared(items, cutoffs, content, media, tags, llm)
 
 
 def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tuple[dict[str, float], Path]:
@@ -144,7 +146,7 @@ def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tup
     with tracking.tracked_run(config.tracking, run_name, run_tags) as run_id:
         if run_id is not None:
             tracking.log_params(flatten(config))
-        result = run_protocol(data.split, data.items[schema.ITEM_ID].to_list(), data.content, config, data.llm)
+        result = run_protocol(data.cutoffs, data.items[schema.ITEM_ID].to_list(), data.content, config, data.llm)
         metrics = {**result.metrics, **data.media, "wall_seconds": time.perf_counter() - start}
         result = dataclasses.replace(result, metrics=metrics)
         with step("write outputs") as s:
@@ -184,7 +186,7 @@ def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
     with tracking.tracked_run(config.tracking, run_name, data.tags | {"kind": "ablation"}) as run_id:
         if run_id is not None:
             tracking.log_params(flatten(config))
-        table, results = run_ablation(data.split, data.items[schema.ITEM_ID].to_list(), data.content, config,
+        table, results = run_ablation(data.cutoffs, data.items[schema.ITEM_ID].to_list(), data.content, config,
                                       data.llm)
         from fuserank.plots import gain_by_group
 

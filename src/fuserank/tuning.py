@@ -280,7 +280,7 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
     run_name = config.run_name or f"tune-{config.tune.study_name}"
     folder = Path(config.output_dir) / run_name
     cache = FrameCache(
-        lambda c: validation_frames(data.split, item_ids, data.content, c, data.llm), config.tune.cache_entries
+        lambda c: validation_frames(data.cutoffs, item_ids, data.content, c, data.llm), config.tune.cache_entries
     )
     study = create_study(config.tune, config.seed)
     tags = data.tags | {"kind": "tune", "study_name": config.tune.study_name, "optuna_storage": config.tune.storage}
@@ -295,13 +295,14 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
             trial_cfg = trial_config(config, params)
             with step(f"trial {trial.number}") as s:
                 if parent_id is None:
-                    result = run_trial(trial, trial_cfg, cache, data.split.valid, len(item_ids), config.tune.prune_rounds)
+                    result = run_trial(trial, trial_cfg, cache, data.cutoffs.valid.targets, len(item_ids),
+                                       config.tune.prune_rounds)
                 else:
                     trial_tags = {"kind": "tune-trial", "trial_number": str(trial.number),
                                   "study_name": config.tune.study_name}
                     with tracking.nested_run(f"trial-{trial.number}", trial_tags) as child:
                         tracking.log_params(params)
-                        result = run_trial(trial, trial_cfg, cache, data.split.valid, len(item_ids),
+                        result = run_trial(trial, trial_cfg, cache, data.cutoffs.valid.targets, len(item_ids),
                                            config.tune.prune_rounds)
                         tracking.log_metrics(result.metrics)
                         tracking.set_tags({"trial_state": "PRUNED" if result.pruned else "COMPLETE"})

@@ -21,15 +21,8 @@ from fuserank.encoders.base import Embeddings
 from fuserank.encoders.behaviour import fit_behaviour
 from fuserank.features import build_features, select_features
 from fuserank.fusion import fuse
-from fuserank.retrieval import (
-    IVFPQSettings,
-    ItemIndex,
-    build_index,
-    merge_candidates,
-    neighbourhood_popular,
-    popular_candidates,
-    retrieve,
-)
+from fuserank.popularity import neighbourhood_popular, popular_candidates, reference_times
+from fuserank.retrieval import IVFPQSettings, ItemIndex, build_index, merge_candidates, retrieve
 
 if TYPE_CHECKING:
     from fuserank.llm_features import LLMSignals
@@ -104,13 +97,18 @@ def fit_stage_one(
 
 
 def generate_candidates(
-    stage: StageOne, history: pl.DataFrame, users: Sequence[str], retrieval: RetrievalConfig
+    stage: StageOne, history: pl.DataFrame, users: Sequence[str], retrieval: RetrievalConfig,
+    ref_times: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """ANN candidates over the fused index, then over each modality's own index (when on), then
-    EASE's (when on), then the most popular items; deduplicated.
+    EASE's (when on), then the most popular items; deduplicated. Popularity (the popular and
+    neighbourhood sources) counts only interactions at or before each user's reference time
+    (`ref_times`, schema.REF_TIMES; None: each user's newest history interaction).
 
     Returns a schema.CANDIDATES frame in stage-1 order (sources in that order, each by rank).
     """
+    if ref_times is None:
+        ref_times = reference_times(history, users)
     frames = [
         retrieve(
             stage.index,
@@ -141,13 +139,13 @@ def generate_candidates(
             frames.append(nearest.with_columns(pl.lit(f"ann_{modality}").alias(schema.SOURCE)))
         if retrieval.neighbourhood_candidates > 0:
             popular_in.append(
-                neighbourhood_popular(found, history, retrieval.neighbourhood_candidates, f"pop_{modality}")
+                neighbourhood_popular(found, history, retrieval.neighbourhood_candidates, f"pop_{modality}", ref_times)
             )
     frames.extend(popular_in)
     if stage.ease is not None and retrieval.ease_candidates > 0:
         frames.append(ease_candidates(stage.ease, history, users, retrieval.ease_candidates, retrieval.batch_size))
     if retrieval.popular_candidates > 0:
-        frames.append(popular_candidates(history, users, retrieval.popular_candidates))
+        frames.append(popular_candidates(history, users, retrieval.popular_candidates, ref_times))
     return merge_candidates(frames)
 
 
@@ -167,12 +165,16 @@ def candidate_features(
     features: FeatureConfig,
     extra: pl.DataFrame | None = None,
     llm: LLMSignals | None = None,
+    ref_times: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """Candidates for `users` with every feature column; returns (frame, feature names), the names
     without those of `features.disabled_groups` (the frame keeps every column). `extra`
     (schema.CANDIDATES) is merged after stage 1's own candidates, e.g. seen items for export.
-    `llm` adds the LLM feature columns (llm_features.py)."""
-    candidates = generate_candidates(stage, history, users, retrieval)
+    `llm` adds the LLM feature columns (llm_features.py). `ref_times` (schema.REF_TIMES; None:
+    each user's newest history interaction) bounds every statistic of each user's query."""
+    if ref_times is None:
+        ref_times = reference_times(history, users)
+    candidates = generate_candidates(stage, history, users, retrieval, ref_times)
     if extra is not None:
         candidates = merge_candidates([candidates, extra])
     frame, names = build_features(
@@ -185,6 +187,7 @@ def candidate_features(
         half_life=retrieval.recency_half_life,
         sources=candidate_sources(stage, retrieval),
         ease=stage.ease,
+        ref_times=ref_times,
     )
     if llm is not None:
         from fuserank.llm_features import add_llm_features

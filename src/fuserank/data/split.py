@@ -1,7 +1,10 @@
 """Temporal per-user splits with no leakage: a user's held-out events are always their latest.
 
-Order within a user is (timestamp, item_id): two events at the same second are ordered by item id,
-so a split is a pure function of the data, whatever order the rows arrived in.
+Order within a user is by timestamp; events at the same second keep the input's row order (a
+stable sort: for MovieLens, the order of the source file). Never the text order of item ids,
+which would make "74" newer than "102" and so let the id scheme choose the test targets. Every
+frame this module returns lists each user's events in that order, and code that needs "newest"
+relies on it (a stable sort by user and timestamp, or a row index as the last key).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import polars as pl
 
 from fuserank import schema
 
-_ORDER = (schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID)
+_ORDER = (schema.USER_ID, schema.TIMESTAMP)
 _FROM_END = "__fuserank_from_end"
 _COUNT = "__fuserank_count"
 
@@ -31,13 +34,13 @@ class Split:
 
 
 def sort_interactions(interactions: pl.DataFrame) -> pl.DataFrame:
-    """Sort by user_id, then timestamp, then item_id (the tie-break for equal timestamps).
+    """Sort by user_id, then timestamp; equal timestamps keep their input row order.
 
     Args:
-        interactions: any frame with user_id, timestamp and item_id.
+        interactions: any frame with user_id and timestamp.
 
     Returns:
-        The same rows in that order; rows equal on all three keep their input order.
+        The same rows in that order (a stable sort).
     """
     return interactions.sort(list(_ORDER), maintain_order=True)
 
@@ -56,8 +59,8 @@ def holdout_last(
 
     Returns:
         (history, targets), both sorted with `sort_interactions`, disjoint, their union the
-        input. Every target is later than (or tied and after by item_id) every history row of
-        the same user.
+        input. Every target is later than (or tied and after in row order) every history row
+        of the same user.
 
     Raises:
         ValueError: n < 1 or min_interactions < n.
@@ -181,8 +184,8 @@ def ratio_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, 
 def random_split(interactions: pl.DataFrame, seed: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Split:
     """Per-user random split (RecBole's "RO" order with a ratio split).
 
-    Each user's interactions are shuffled with `np.random.default_rng(seed)` (after sorting them,
-    so the result does not depend on input row order) and cut into train, valid and test with
+    Each user's interactions are shuffled with `np.random.default_rng(seed)` (after sorting them
+    with `sort_interactions`) and cut into train, valid and test with
     `ratio_counts`. Unlike `leave_last_out`, a test row may be older than train rows: this is the
     protocol of RecBole's published tables, not a temporal one.
 

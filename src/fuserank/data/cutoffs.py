@@ -1,0 +1,198 @@
+"""Cut-offs: the moments at which the system is asked to predict, built in one place.
+
+A cut-off holds what stage 1 may learn from (history), what it must predict (targets), and each
+query's reference time: nothing after it counts for that user's statistics and popularity
+candidates. The protocol, tuning, export and the Dask path all consume these values.
+
+Two protocols (split.protocol):
+- leave_last_out: per user, the last interaction is the test target, the one before it the
+  validation target. A query's reference time is the user's newest history interaction. The
+  history still holds other users' later interactions, which the collaborative models learn
+  from (as every peer does under this protocol); statistics do not count them.
+- global_time: a validation cut time and a test cut time shared by all users. A cut-off's
+  history is everything before its cut; a user's first interaction in [valid cut, test cut) is
+  their validation target and their first at or after the test cut their test target. Nothing
+  after a cut exists for its queries; the reference time is the cut time. Users with no history
+  before a cut are cold users, kept apart from the main metrics.
+
+Ranker labels come from cut-offs further back, built the same way: under leave_last_out by
+stepping back through each user's train interactions, under global_time by cut times that step
+back through the train interactions by the share of interactions between the two cuts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from fuserank import schema
+from fuserank.config import SplitConfig
+from fuserank.data.split import Split, holdout_labels, leave_last_out, sort_interactions
+from fuserank.popularity import reference_times
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """One cut-off.
+
+    Attributes:
+        name: what it is for, e.g. "ranker labels 1", "validation", "test".
+        history: interactions stage 1 may learn from (sorted, data.split order).
+        targets: the interactions to predict, each of a user with history.
+        ref_times: schema.REF_TIMES, one row per target user.
+    """
+
+    name: str
+    history: pl.DataFrame
+    targets: pl.DataFrame
+    ref_times: pl.DataFrame
+
+    @property
+    def users(self) -> list[str]:
+        """The target users, sorted."""
+        return self.targets[schema.USER_ID].unique().sort().to_list()
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    """Every cut-off of one evaluation.
+
+    Attributes:
+        protocol: split.protocol.
+        labels: ranker-training cut-offs, newest first (the last one has the shortest history).
+        valid: validation (early stopping, tuning).
+        test: the one evaluation on test.
+        cold_test: test targets of users with no history before the test cut (global_time
+            only; empty under leave_last_out).
+        interactions: every interaction, sorted (export serves from all of them).
+    """
+
+    protocol: str
+    labels: tuple[Cutoff, ...]
+    valid: Cutoff
+    test: Cutoff
+    cold_test: pl.DataFrame
+    interactions: pl.DataFrame
+
+
+def build_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
+    """The cut-offs of `split.protocol` over `interactions`.
+
+    Raises:
+        ValueError: no user can be evaluated (with what to change), or the cut times are not
+            valid_time < test_time.
+    """
+    if split.protocol == "global_time":
+        cutoffs = global_time_cutoffs(interactions, split)
+    else:
+        cutoffs = cutoffs_from_split(leave_last_out(interactions, split.min_interactions), split)
+    if cutoffs.test.targets.is_empty():
+        raise ValueError(_nobody_to_evaluate(interactions, split))
+    return cutoffs
+
+
+def _nobody_to_evaluate(interactions: pl.DataFrame, split: SplitConfig) -> str:
+    if split.protocol == "global_time":
+        return (f"no user has both an interaction before the test cut and one after it "
+                f"({interactions[schema.USER_ID].n_unique():,} users); set split.test_quantile or "
+                f"split.test_time so that returning users fall on both sides")
+    most = int(interactions.group_by(schema.USER_ID).len()["len"].max() or 0)
+    return (f"no user has split.min_interactions = {split.min_interactions} interactions (the most any "
+            f"user has is {most}), so nobody can be evaluated; lower split.min_interactions or add data")
+
+
+def cutoffs_from_split(split: Split, config: SplitConfig) -> Cutoffs:
+    """Leave-last-out cut-offs of a per-user split (leave_last_out, or a random split ordered as
+    time): labels step back through train, validation is (train, valid), test is (train +
+    valid, test); each query's reference time is the user's newest history interaction."""
+    labels = []
+    history = split.train
+    for j in range(1, config.label_cutoffs + 1):
+        history, targets = holdout_labels(history, config.label_window, config.label_share)
+        if targets.is_empty():
+            break
+        labels.append(_per_user_cutoff(f"ranker labels {j}", history, targets))
+    test_history = sort_interactions(pl.concat([split.train, split.valid]))
+    return Cutoffs(
+        protocol="leave_last_out",
+        labels=tuple(labels),
+        valid=_per_user_cutoff("validation", split.train, split.valid),
+        test=_per_user_cutoff("test", test_history, split.test),
+        cold_test=split.test.clear(),
+        interactions=sort_interactions(pl.concat([test_history, split.test])),
+    )
+
+
+def _per_user_cutoff(name: str, history: pl.DataFrame, targets: pl.DataFrame) -> Cutoff:
+    users = targets[schema.USER_ID].unique().sort().to_list()
+    return Cutoff(name, history, targets, reference_times(history, users))
+
+
+def cut_times(interactions: pl.DataFrame, split: SplitConfig) -> tuple[int, int]:
+    """(valid cut, test cut) in seconds: split.valid_time and split.test_time, or the
+    split.valid_quantile and split.test_quantile of all timestamps."""
+    if (split.valid_time is None) != (split.test_time is None):
+        raise ValueError("split.valid_time and split.test_time must be set together (or both left unset)")
+    if split.valid_time is not None and split.test_time is not None:
+        valid, test = int(split.valid_time), int(split.test_time)
+    else:
+        times = interactions[schema.TIMESTAMP].to_numpy()
+        valid, test = (int(np.quantile(times, q, method="higher")) for q in (split.valid_quantile, split.test_quantile))
+    if not valid < test:
+        raise ValueError(f"the validation cut ({valid}) must come before the test cut ({test}): check "
+                         f"split.valid_time/test_time or split.valid_quantile/test_quantile")
+    return valid, test
+
+
+def global_time_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
+    """Global-time cut-offs (see the module docstring)."""
+    ordered = sort_interactions(interactions)
+    valid_cut, test_cut = cut_times(ordered, split)
+    times = np.sort(ordered[schema.TIMESTAMP].to_numpy())
+    # Label cuts step back from the validation cut by the share of interactions between the cuts.
+    share = (np.searchsorted(times, test_cut) - np.searchsorted(times, valid_cut)) / max(len(times), 1)
+    level = np.searchsorted(times, valid_cut) / max(len(times), 1)
+    labels, upper = [], valid_cut
+    for j in range(1, split.label_cutoffs + 1):
+        level -= share
+        if level <= 0 or share <= 0:
+            break
+        cut = int(times[int(level * len(times))])
+        if cut >= upper:
+            break
+        found = _time_cutoff(f"ranker labels {j}", ordered, cut, upper)
+        if found.targets.is_empty():
+            break
+        labels.append(found)
+        upper = cut
+    test = _time_cutoff("test", ordered, test_cut, None)
+    everyone = ordered.filter(pl.col(schema.TIMESTAMP) >= test_cut)
+    first_after = everyone.group_by(schema.USER_ID, maintain_order=True).head(1)
+    cold = first_after.join(test.targets, on=schema.USER_ID, how="anti")
+    return Cutoffs(
+        protocol="global_time",
+        labels=tuple(labels),
+        valid=_time_cutoff("validation", ordered, valid_cut, test_cut),
+        test=test,
+        cold_test=cold,
+        interactions=ordered,
+    )
+
+
+def _time_cutoff(name: str, ordered: pl.DataFrame, cut: int, upper: int | None) -> Cutoff:
+    """History: every interaction before `cut`; targets: each user with history's first
+    interaction in [cut, upper) (upper None: no bound); reference time: the cut."""
+    time = pl.col(schema.TIMESTAMP)
+    history = ordered.filter(time < cut)
+    window = ordered.filter((time >= cut) & (time < upper) if upper is not None else time >= cut)
+    targets = (
+        window.join(history.select(schema.USER_ID).unique(), on=schema.USER_ID, how="semi")
+        .group_by(schema.USER_ID, maintain_order=True)
+        .head(1)
+    )
+    targets = sort_interactions(targets)
+    users = targets[schema.USER_ID].unique().sort()
+    ref_times = pl.DataFrame({schema.USER_ID: users, schema.REF_TIME: pl.Series([cut] * len(users), dtype=pl.Int64)})
+    return Cutoff(name, history, targets, ref_times)

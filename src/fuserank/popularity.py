@@ -1,0 +1,248 @@
+"""Item popularity as of a time: the one place that counts other users' interactions.
+
+A query may only see what happened at or before its reference time (DESIGN.md, the time rule).
+`ItemTimeline` keeps every interaction of a history as one sorted key per event (item row in the
+high part, time in the low part), so "the events of item i at or before time t" is two binary
+searches, for all candidates of all users at once, whatever their reference times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from fuserank import schema
+from fuserank.schema import ITEM_ID, RETRIEVAL_RANK, RETRIEVAL_SCORE, SOURCE, USER_ID
+
+
+class ItemTimeline:
+    """Counts, rating sums, first and last times of each item's interactions up to any time.
+
+    Args:
+        history: interactions (schema.INTERACTIONS; rating may be null).
+        item_ids: the catalog; rows of `history` whose item is not in it are ignored.
+    """
+
+    def __init__(self, history: pl.DataFrame, item_ids: Sequence[str]) -> None:
+        self.n_items = len(item_ids)
+        index = pl.DataFrame({schema.ITEM_ID: pl.Series(list(item_ids), dtype=pl.String),
+                              "_row": np.arange(self.n_items, dtype=np.int64)})
+        events = history.select(schema.ITEM_ID, schema.TIMESTAMP, schema.RATING).join(index, on=schema.ITEM_ID)
+        rows = events["_row"].to_numpy().astype(np.int64)
+        times = events[schema.TIMESTAMP].to_numpy().astype(np.int64)
+        rating = events[schema.RATING].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        # Offsets start at 1: a query time before every event maps to offset 0 and counts nothing.
+        self._t0 = int(times.min(initial=0)) - 1
+        self._span = int(times.max(initial=self._t0 + 1)) - self._t0 + 1
+        if self.n_items * self._span >= 2**62:
+            raise ValueError("interaction timestamps span too long a time for this catalog; are they in seconds?")
+        keys = rows * self._span + (times - self._t0)
+        order = np.argsort(keys, kind="stable")
+        self._keys = keys[order]
+        self._times = times[order]
+        rated = ~np.isnan(rating[order])
+        zero = np.zeros(1)
+        self._rated = np.concatenate([zero, np.cumsum(rated)])
+        self._rating_sum = np.concatenate([zero, np.cumsum(np.where(rated, rating[order], 0.0))])
+        self._start = np.searchsorted(self._keys, np.arange(self.n_items + 1, dtype=np.int64) * self._span)
+
+    def _upto(self, item_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Position after the last event of each item at or before each time."""
+        offset = np.clip(np.asarray(times, dtype=np.int64) - self._t0, 0, self._span - 1)
+        return np.searchsorted(self._keys, item_rows * self._span + offset, side="right")
+
+    def count(self, item_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """int64 (n,): interactions with item_rows[j] at or before times[j]."""
+        return self._upto(item_rows, times) - self._start[item_rows]
+
+    def count_between(self, item_rows: np.ndarray, after: np.ndarray, upto: np.ndarray) -> np.ndarray:
+        """int64 (n,): interactions with item_rows[j] in (after[j], upto[j]]."""
+        return self._upto(item_rows, upto) - np.maximum(self._upto(item_rows, after), self._start[item_rows])
+
+    def last_time(self, item_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """float64 (n,): the item's newest interaction time at or before times[j]; NaN if none."""
+        upto = self._upto(item_rows, times)
+        found = upto > self._start[item_rows]
+        return np.where(found, self._times[np.maximum(upto - 1, 0)], np.nan)
+
+    def first_time(self, item_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """float64 (n,): the item's oldest interaction time if it is at or before times[j]; NaN if none."""
+        start = self._start[item_rows]
+        found = self._upto(item_rows, times) > start
+        return np.where(found, self._times[np.minimum(start, len(self._times) - 1)], np.nan)
+
+    def ratings(self, item_rows: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean rating float64 (n,), NaN when unrated; number of ratings int64 (n,)) at or before times[j]."""
+        upto, start = self._upto(item_rows, times), self._start[item_rows]
+        n = (self._rated[upto] - self._rated[start]).astype(np.int64)
+        total = self._rating_sum[upto] - self._rating_sum[start]
+        return np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0), n
+
+    def counts_at(self, time: int) -> np.ndarray:
+        """int64 (n_items,): every item's interaction count at or before `time`."""
+        return self.count(np.arange(self.n_items, dtype=np.int64), np.full(self.n_items, time, dtype=np.int64))
+
+
+def reference_times(history: pl.DataFrame, users: Sequence[str]) -> pl.DataFrame:
+    """Leave-last-out's reference time: each user's newest history timestamp.
+
+    Args:
+        history: interactions the queries may know.
+        users: the users asking.
+
+    Returns:
+        schema.REF_TIMES frame, one row per user in `users` order; a user without history gets
+        the earliest time in `history` minus one (nothing is known at it).
+    """
+    wanted = pl.DataFrame({schema.USER_ID: pl.Series(list(users), dtype=pl.String)})
+    newest = history.group_by(schema.USER_ID).agg(pl.col(schema.TIMESTAMP).max().alias(schema.REF_TIME))
+    floor = int(history[schema.TIMESTAMP].min()) - 1 if history.height else 0
+    return wanted.join(newest, on=schema.USER_ID, how="left", maintain_order="left").with_columns(
+        pl.col(schema.REF_TIME).fill_null(floor).cast(pl.Int64)
+    )
+
+
+def ref_time_array(ref_times: pl.DataFrame, users: Sequence[str]) -> np.ndarray:
+    """int64 (len(users),) reference time of each user, in `users` order.
+
+    Raises:
+        ValueError: a user has no reference time.
+    """
+    wanted = pl.DataFrame({schema.USER_ID: pl.Series(list(users), dtype=pl.String)})
+    found = wanted.join(ref_times, on=schema.USER_ID, how="left", maintain_order="left")[schema.REF_TIME]
+    if found.null_count():
+        missing = wanted.filter(found.is_null())[schema.USER_ID][0]
+        raise ValueError(f"user {missing!r} has no reference time")
+    return found.to_numpy().astype(np.int64)
+
+
+def popular_as_of(timeline: ItemTimeline, seen: Sequence[np.ndarray], ref: np.ndarray, n: int,
+                  tie_rank: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each user's n most interacted items at their reference time, skipping their own items.
+
+    Args:
+        timeline: the history's timeline.
+        seen: per user, int64 item rows the user interacted with (skipped).
+        ref: int64 (n_users,) reference times.
+        n: items per user.
+        tie_rank: int64 (n_items,) order among items of equal count (lower first).
+
+    Returns:
+        (rows, counts): per user, int64 item rows best first and their counts; only items with
+        at least one interaction at the reference time, so a list may be shorter than n.
+    """
+    rows_out: list[np.ndarray] = [np.empty(0, np.int64)] * len(ref)
+    counts_out: list[np.ndarray] = [np.empty(0, np.int64)] * len(ref)
+    # Users sharing a reference time share one ranking: one sort per distinct time.
+    order = np.argsort(ref, kind="stable")
+    times, starts = np.unique(ref[order], return_index=True)
+    for time, group in zip(times, np.split(order, starts[1:])):
+        counts = timeline.counts_at(int(time))
+        ranking = np.lexsort((tie_rank, -counts))
+        ranking = ranking[counts[ranking] > 0]
+        for user in group:
+            head = ranking[: n + len(seen[user])]
+            head = head[~np.isin(head, seen[user])][:n]
+            rows_out[user], counts_out[user] = head, counts[head]
+    return rows_out, counts_out
+
+
+def popular_candidates(history: pl.DataFrame, users: Sequence[str], n: int,
+                       ref_times: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The n most interacted items per user at the user's reference time, skipping what the
+    user already interacted with.
+
+    Items are ranked by their interaction count at or before the reference time, ties by
+    item_id; each user gets the first n of that ranking that are not in their own history
+    (fewer if the history runs out).
+
+    Args:
+        history: interactions frame.
+        users: whom to produce candidates for.
+        n: candidates per user.
+        ref_times: schema.REF_TIMES of `users`; None counts the whole history for everyone
+            (the most-popular baseline, which knows what every peer knows).
+
+    Returns:
+        CANDIDATES frame, source "popular", retrieval_score = the count (float32), sorted by
+        user_id, retrieval_rank.
+    """
+    users = sorted(set(users))
+    item_ids = history[ITEM_ID].unique().sort().to_list()
+    timeline = ItemTimeline(history, item_ids)
+    if ref_times is None:
+        latest = int(history[schema.TIMESTAMP].max()) if history.height else 0
+        ref = np.full(len(users), latest, dtype=np.int64)
+    else:
+        ref = ref_time_array(ref_times, users)
+    seen = _seen_rows(history, users, item_ids)
+    rows, counts = popular_as_of(timeline, seen, ref, n, np.arange(len(item_ids), dtype=np.int64))
+    lengths = [len(r) for r in rows]
+    flat = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    frame = pl.DataFrame({
+        USER_ID: pl.Series(np.repeat(np.array(users, dtype=object), lengths).tolist(), dtype=pl.String),
+        ITEM_ID: pl.Series(np.array(item_ids, dtype=object)[flat].tolist() if flat.size else [], dtype=pl.String),
+        SOURCE: pl.Series(["popular"] * int(flat.size), dtype=pl.String),
+        RETRIEVAL_SCORE: pl.Series(np.concatenate(counts) if counts else [], dtype=pl.Float32),
+        RETRIEVAL_RANK: pl.Series(np.concatenate([np.arange(1, k + 1) for k in lengths]) if users else [],
+                                  dtype=pl.Int32),
+    })
+    return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.CANDIDATES.items()])
+
+
+def _seen_rows(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str]) -> list[np.ndarray]:
+    """Per user of `users`, the int64 rows in `item_ids` of the items in their history."""
+    user_index = pl.DataFrame({USER_ID: pl.Series(list(users), dtype=pl.String),
+                               "_u": np.arange(len(users), dtype=np.int64)})
+    item_index = pl.DataFrame({ITEM_ID: pl.Series(list(item_ids), dtype=pl.String),
+                               "_i": np.arange(len(item_ids), dtype=np.int64)})
+    pairs = (history.select(USER_ID, ITEM_ID).join(user_index, on=USER_ID).join(item_index, on=ITEM_ID)
+             .select("_u", "_i").unique().sort("_u", "_i"))
+    counts = np.bincount(pairs["_u"].to_numpy(), minlength=len(users))
+    return np.split(pairs["_i"].to_numpy().astype(np.int64), np.cumsum(counts)[:-1])
+
+
+def neighbourhood_popular(neighbours: pl.DataFrame, history: pl.DataFrame, n: int, source: str,
+                          ref_times: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The n most interacted items among each user's nearest items ("popular in your taste").
+
+    An ANN source ranks a user's neighbourhood by similarity alone, and within a narrow taste that
+    order is noise; popularity inside the neighbourhood is what predicts the next interaction.
+
+    Args:
+        neighbours: CANDIDATES frame, each user's nearest items (e.g. `retrieve` with a deep n).
+        history: interactions whose counts rank the neighbourhood (ties: similarity rank).
+        n: candidates per user.
+        source: the source name of the result.
+        ref_times: schema.REF_TIMES of the neighbours' users: counts at or before them (None:
+            the whole history).
+
+    Returns:
+        CANDIDATES frame, retrieval_score = the count (float32), sorted by user_id, retrieval_rank.
+    """
+    item_ids = history[ITEM_ID].unique().sort().to_list()
+    timeline = ItemTimeline(history, item_ids)
+    users = neighbours[USER_ID].unique().to_list()
+    if ref_times is None:
+        latest = int(history[schema.TIMESTAMP].max()) if history.height else 0
+        ref_times = pl.DataFrame({USER_ID: pl.Series(users, dtype=pl.String),
+                                  schema.REF_TIME: pl.Series([latest] * len(users), dtype=pl.Int64)})
+    item_index = pl.DataFrame({ITEM_ID: pl.Series(item_ids, dtype=pl.String),
+                               "_i": np.arange(len(item_ids), dtype=np.int64)})
+    rows = (neighbours.join(ref_times.select(USER_ID, schema.REF_TIME), on=USER_ID, how="left", maintain_order="left")
+            .join(item_index, on=ITEM_ID, how="left", maintain_order="left"))
+    known = rows["_i"].is_not_null().to_numpy()
+    count = np.zeros(rows.height, dtype=np.float32)
+    if known.any():
+        count[known] = timeline.count(rows["_i"].to_numpy()[known].astype(np.int64),
+                                      rows[schema.REF_TIME].to_numpy()[known].astype(np.int64))
+    frame = (
+        rows.with_columns(pl.Series("_count", count, dtype=pl.Float32))
+        .sort([USER_ID, "_count", RETRIEVAL_RANK], descending=[False, True, False])
+        .with_columns((pl.int_range(pl.len()).over(USER_ID) + 1).alias(RETRIEVAL_RANK))
+        .filter(pl.col(RETRIEVAL_RANK) <= n)
+        .select(USER_ID, ITEM_ID, pl.lit(source).alias(SOURCE), pl.col("_count").alias(RETRIEVAL_SCORE), RETRIEVAL_RANK)
+    )
+    return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.CANDIDATES.items()])
