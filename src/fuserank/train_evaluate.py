@@ -25,6 +25,7 @@ from fuserank.protocol import ProtocolResult, make_cutoffs, run_protocol
 from fuserank.sources import resolve
 
 HEADLINE = (
+    "n_test_users",
     "test_stage1_recall",
     "test_ndcg_at_10",
     "test_recall_at_10",
@@ -33,6 +34,8 @@ HEADLINE = (
     "test_popular_recall_at_10",
     "test_retrieval_ndcg_at_10",
     "test_retrieval_recall_at_10",
+    "n_test_cold_users",
+    "test_cold_ndcg_at_10",
 )
 
 
@@ -214,7 +217,8 @@ def format_summary(metrics: dict[str, float]) -> str:
     width = max(len(k) for k in keys)
     lines = []
     for k in keys:
-        value = f"{metrics[k]:.{1 if k == 'wall_seconds' else 4}f}" if k in metrics else " " * 6
+        digits = 1 if k == "wall_seconds" else 0 if k.startswith("n_") else 4
+        value = f"{metrics[k]:.{digits}f}" if k in metrics else " " * 6
         if f"{k}_ci_low" in metrics:
             value += f"  95% CI [{metrics[f'{k}_ci_low']:.4f}, {metrics[f'{k}_ci_high']:.4f}]"
         lines.append(f"{k:<{width}}  {value}")
