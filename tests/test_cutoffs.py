@@ -135,3 +135,20 @@ def test_global_time_later_interactions_of_new_users_change_no_metric(tmp_path):
     assert second.metrics["n_test_cold_users"] == first.metrics.get("n_test_cold_users", 0) + 30
     for key in ("test_ndcg_at_10", "test_recall_at_10", "valid_ndcg_at_10", "test_stage1_recall"):
         assert first.metrics[key] == second.metrics[key]
+
+
+def test_train_evaluate_without_an_evaluable_user_stops_with_one_line_and_no_run(tmp_path, capsys):
+    from fuserank.cli import main
+
+    (tmp_path / "items.csv").write_text("item_id,text\na,x\nb,y\n")
+    (tmp_path / "inter.csv").write_text("user_id,item_id,timestamp,rating\nu1,a,1,1\nu2,b,2,2\nu2,a,3,3\n")
+    db = tmp_path / "mlflow.db"
+    code = main(["train-evaluate", "--quiet", "--set", "data.dataset=catalog",
+                 "--set", f"data.items_path={tmp_path / 'items.csv'}",
+                 "--set", f"data.interactions_path={tmp_path / 'inter.csv'}",
+                 "--set", f"tracking.tracking_uri=sqlite:///{db}", "--set", f"output_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1] == ("fuserank: no user has split.min_interactions = 3 interactions (the most any user has is 2), "
+                       "so nobody can be evaluated; lower split.min_interactions or add data")
+    assert not db.exists() and not (tmp_path / "out").exists()  # stopped before any run or output

@@ -33,6 +33,10 @@ from fuserank.data.split import Split, holdout_labels, leave_last_out, sort_inte
 from fuserank.popularity import reference_times
 
 
+class ProtocolError(ValueError):
+    """The data and split settings give the protocol nothing to evaluate, or contradict each other."""
+
+
 @dataclass(frozen=True)
 class Cutoff:
     """One cut-off.
@@ -81,7 +85,7 @@ def build_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
     """The cut-offs of `split.protocol` over `interactions`.
 
     Raises:
-        ValueError: no user can be evaluated (with what to change), or the cut times are not
+        ProtocolError: no user can be evaluated (with what to change), or the cut times are not
             valid_time < test_time.
     """
     if split.protocol == "global_time":
@@ -89,7 +93,7 @@ def build_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
     else:
         cutoffs = cutoffs_from_split(leave_last_out(interactions, split.min_interactions), split)
     if cutoffs.test.targets.is_empty():
-        raise ValueError(_nobody_to_evaluate(interactions, split))
+        raise ProtocolError(_nobody_to_evaluate(interactions, split))
     return cutoffs
 
 
@@ -134,14 +138,14 @@ def cut_times(interactions: pl.DataFrame, split: SplitConfig) -> tuple[int, int]
     """(valid cut, test cut) in seconds: split.valid_time and split.test_time, or the
     split.valid_quantile and split.test_quantile of all timestamps."""
     if (split.valid_time is None) != (split.test_time is None):
-        raise ValueError("split.valid_time and split.test_time must be set together (or both left unset)")
+        raise ProtocolError("split.valid_time and split.test_time must be set together (or both left unset)")
     if split.valid_time is not None and split.test_time is not None:
         valid, test = int(split.valid_time), int(split.test_time)
     else:
         times = interactions[schema.TIMESTAMP].to_numpy()
         valid, test = (int(np.quantile(times, q, method="higher")) for q in (split.valid_quantile, split.test_quantile))
     if not valid < test:
-        raise ValueError(f"the validation cut ({valid}) must come before the test cut ({test}): check "
+        raise ProtocolError(f"the validation cut ({valid}) must come before the test cut ({test}): check "
                          f"split.valid_time/test_time or split.valid_quantile/test_quantile")
     return valid, test
 
