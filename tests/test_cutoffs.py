@@ -152,3 +152,13 @@ def test_train_evaluate_without_an_evaluable_user_stops_with_one_line_and_no_run
     assert err[-1] == ("fuserank: no user has split.min_interactions = 3 interactions (the most any user has is 2), "
                        "so nobody can be evaluated; lower split.min_interactions or add data")
     assert not db.exists() and not (tmp_path / "out").exists()  # stopped before any run or output
+
+
+def test_export_queries_take_the_reference_time_rule_of_their_protocol():
+    from fuserank.data.cutoffs import serving_ref_times
+
+    users = ["d", "a", "c"]
+    per_user = serving_ref_times(TIMELINE, users, "leave_last_out")
+    assert per_user.rows() == [("d", 220), ("a", 260), ("c", 210)]  # each user's newest interaction
+    now = serving_ref_times(TIMELINE, users, "global_time")
+    assert now.rows() == [("d", 260), ("a", 260), ("c", 260)]  # the newest interaction in the data

@@ -27,6 +27,7 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.config import FeatureConfig, RetrievalConfig
+from fuserank.data.cutoffs import serving_ref_times
 from fuserank.evaluate import stage_one_rankings
 from fuserank.ranking import Ranker
 from fuserank.retrieval import merge_candidates
@@ -319,6 +320,7 @@ def ranker_lists(
     k: int,
     exclude_seen: bool,
     llm: LLMSignals | None = None,
+    protocol: str = "leave_last_out",
 ) -> Callable[[Sequence[str]], pl.DataFrame]:
     """The full two-stage lists: stage-1 candidates (plus seen items unless `exclude_seen`),
     features, the run's booster, top k by score (ties: stage-1 order).
@@ -332,24 +334,30 @@ def ranker_lists(
         exclude_seen: False adds the user's interacted items as candidates (source "seen"), which
             the ranker never saw in training; meant for re-consumption catalogs.
         llm: the LLM signals of a run trained with `llm.enabled` (llm_features.prepare_llm).
+        protocol: the run's split.protocol, which sets each query's reference time
+            (data.cutoffs.serving_ref_times).
     """
 
     def lists(users: Sequence[str]) -> pl.DataFrame:
         extra = None if exclude_seen else seen_candidates(history, users)
-        frame, _ = candidate_features(stage, history, users, retrieval, features, extra=extra, llm=llm)
+        ref_times = serving_ref_times(history, list(users), protocol)
+        frame, _ = candidate_features(stage, history, users, retrieval, features, extra=extra, llm=llm,
+                                      ref_times=ref_times)
         return rank_candidates(frame, ranker.score(frame), k)
 
     return lists
 
 
 def retrieval_lists(
-    stage: StageOne, history: pl.DataFrame, retrieval: RetrievalConfig, k: int, exclude_seen: bool
+    stage: StageOne, history: pl.DataFrame, retrieval: RetrievalConfig, k: int, exclude_seen: bool,
+    protocol: str = "leave_last_out",
 ) -> Callable[[Sequence[str]], pl.DataFrame]:
     """The retrieval-only baseline: stage-1 candidates in stage-1 order (evaluate.stage_one_rankings),
-    then the user's seen items unless `exclude_seen`."""
+    then the user's seen items unless `exclude_seen`; reference times as in `ranker_lists`."""
 
     def lists(users: Sequence[str]) -> pl.DataFrame:
-        candidates = generate_candidates(stage, history, users, retrieval)
+        candidates = generate_candidates(stage, history, users, retrieval,
+                                         serving_ref_times(history, list(users), protocol))
         if not exclude_seen:
             candidates = merge_candidates([candidates, seen_candidates(history, users)])
         return stage_one_rankings(candidates, k)

@@ -203,14 +203,15 @@ def export(
             stage = stages[run.run_id]
             if plan.source == "retrieval":
                 servers[plan.name] = Server(run.run_id, "retrieval-only",
-                                            retrieval_lists(stage, history, run.config.retrieval, k, exclude))
+                                            retrieval_lists(stage, history, run.config.retrieval, k, exclude,
+                                                            run.config.split.protocol))
             else:
                 from fuserank.ranking import load_ranker
 
                 ranker = load_ranker(run.ranker_dir)
                 servers[plan.name] = Server(run.run_id, run.model_version, ranker_lists(
                     stage, ranker, history, run.config.retrieval, run.config.features, k, exclude,
-                    llm=data.llm if run.config.llm.enabled else None))
+                    llm=data.llm if run.config.llm.enabled else None, protocol=run.config.split.protocol))
 
         known = set(history[schema.USER_ID].unique().to_list())
         wanted = read_user_list(users_file) if users_file else sorted(known)

@@ -134,6 +134,17 @@ def _per_user_cutoff(name: str, history: pl.DataFrame, targets: pl.DataFrame) ->
     return Cutoff(name, history, targets, reference_times(history, users))
 
 
+def serving_ref_times(history: pl.DataFrame, users: list[str], protocol: str) -> pl.DataFrame:
+    """Reference times of export queries (every interaction is history), by the rule the model
+    was trained with: each user's newest interaction (leave_last_out), or the newest interaction
+    in the data, the "now" of a global cut (global_time). schema.REF_TIMES, in `users` order."""
+    if protocol == "global_time":
+        now = int(history[schema.TIMESTAMP].max()) if history.height else 0
+        return pl.DataFrame({schema.USER_ID: pl.Series(users, dtype=pl.String),
+                             schema.REF_TIME: pl.Series([now] * len(users), dtype=pl.Int64)})
+    return reference_times(history, users)
+
+
 def cut_times(interactions: pl.DataFrame, split: SplitConfig) -> tuple[int, int]:
     """(valid cut, test cut) in seconds: split.valid_time and split.test_time, or the
     split.valid_quantile and split.test_quantile of all timestamps."""
