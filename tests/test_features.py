@@ -163,3 +163,11 @@ def test_centre_spreads_a_narrow_cone_and_uses_only_the_fit_rows():
     assert out.vectors[2] @ out.vectors[0] == pytest.approx(0.0, abs=1e-6)
     assert out.mask[2] and not out.mask[3] and not out.vectors[3].any()
     assert np.allclose(np.linalg.norm(out.vectors[:2], axis=1), 1.0)
+
+
+def test_within_user_z_by_hand_leaves_nan_out():
+    from fuserank.features import within_user_z
+
+    # user 0: 1 and 3 (mean 2, spread 1) and a missing value; user 1: one value
+    z = within_user_z(np.array([0, 0, 0, 1]), np.array([1.0, 3.0, np.nan, 5.0]))
+    assert z[:2].tolist() == [-1.0, 1.0] and math.isnan(z[2]) and z[3] == 0.0

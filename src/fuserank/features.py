@@ -161,18 +161,29 @@ def similarity_features(
         count = np.maximum(mask.sum(axis=1), 1)
         out["mean_recent"][part] = np.where(mask, sims, 0.0).sum(axis=1) / count
     out["coherence"] = coherence[user_rows].astype(np.float32)
-    out["profile_z"] = _within_user_z(user_rows, out["profile"])
+    out["profile_z"] = within_user_z(user_rows, out["profile"])
     return {f"{prefix}_{name}": values for name, values in out.items()}
 
 
-def _within_user_z(user_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+def within_user_z(user_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     """`values` standardised within each user's candidates, so one tree split means the same for
-    every user whatever the user's own similarity level."""
-    count = np.maximum(np.bincount(user_rows), 1)
-    mean = np.bincount(user_rows, weights=values) / count
-    var = np.bincount(user_rows, weights=values.astype(np.float64) ** 2) / count - mean**2
+    every user whatever the user's own similarity level.
+
+    Args:
+        user_rows: int64 (n,) each candidate's user.
+        values: float (n,); NaN (no value) is left out of its user's mean and spread, and stays NaN.
+
+    Returns:
+        float32 (n,); 0 for a user whose values are all equal.
+    """
+    filled = np.nan_to_num(values, nan=0.0).astype(np.float64)
+    has = ~np.isnan(values)
+    count = np.maximum(np.bincount(user_rows, weights=has), 1)
+    mean = np.bincount(user_rows, weights=filled) / count
+    var = np.bincount(user_rows, weights=filled**2) / count - mean**2
     std = np.sqrt(np.maximum(var, 0.0))
-    return ((values - mean[user_rows]) / np.where(std > 1e-6, std, 1.0)[user_rows]).astype(np.float32)
+    z = (values - mean[user_rows]) / np.where(std > 1e-6, std, 1.0)[user_rows]
+    return np.where(has, z, np.nan).astype(np.float32)
 
 
 def popularity_features(
@@ -304,7 +315,7 @@ def build_features(
     if ease is not None:
         score = ease_feature(ease, history, users, user_rows, item_rows)
         columns["ease_score"] = score
-        columns["ease_score_z"] = _within_user_z(user_rows, np.nan_to_num(score, nan=0.0))
+        columns["ease_score_z"] = within_user_z(user_rows, np.nan_to_num(score, nan=0.0))
     for modality, emb in embeddings.items():
         columns[f"has_{modality}"] = emb.mask[item_rows].astype(np.float32)
     timeline = ItemTimeline(history, item_ids)

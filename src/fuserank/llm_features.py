@@ -37,6 +37,7 @@ import polars as pl
 from fuserank import prompts, schema
 from fuserank.data.split import holdout_labels, sort_interactions
 from fuserank.encoders.base import Embeddings
+from fuserank.features import within_user_z
 
 if TYPE_CHECKING:
     from fuserank.config import LLMConfig, RunConfig
@@ -147,18 +148,6 @@ def _cosine_rows(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.nd
     return out
 
 
-def _within_user_z(user_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """`values` standardised within each user's candidates (NaN stays NaN)."""
-    filled = np.nan_to_num(values, nan=0.0).astype(np.float64)
-    has = ~np.isnan(values)
-    count = np.maximum(np.bincount(user_rows, weights=has), 1)
-    mean = np.bincount(user_rows, weights=filled) / count
-    var = np.bincount(user_rows, weights=filled**2) / count - mean**2
-    std = np.sqrt(np.maximum(var, 0.0))
-    z = (values - mean[user_rows]) / np.where(std > 1e-6, std, 1.0)[user_rows]
-    return np.where(has, z, np.nan).astype(np.float32)
-
-
 def llm_feature_columns(candidates: pl.DataFrame, history: pl.DataFrame, signals: LLMSignals) -> dict[str, np.ndarray]:
     """The LLM feature columns of a candidates frame (schema.CANDIDATES rows, order kept).
 
@@ -191,7 +180,7 @@ def llm_feature_columns(candidates: pl.DataFrame, history: pl.DataFrame, signals
         user_hidden = signals.embed_history(texts)
         hidden = _cosine_rows(user_hidden, user_rows, signals.hidden.vectors, item_rows)
         columns["llm_hidden_cos"] = hidden
-        columns["llm_hidden_cos_z"] = _within_user_z(user_rows, hidden)
+        columns["llm_hidden_cos_z"] = within_user_z(user_rows, hidden)
     if signals.relevance is not None and signals.relevance_top_m > 0:
         columns["llm_relevance"] = _relevance(candidates, history, signals, users, user_rows, item_rows)
     return columns
