@@ -17,6 +17,7 @@ from fuserank import schema
 from fuserank.config import RunConfig
 from fuserank.data.cutoffs import Cutoffs
 from fuserank.encoders.base import Embeddings
+from fuserank.llm_features import VIEWS as LLM_VIEWS
 from fuserank.metrics import bootstrap_ci, paired_bootstrap_ci
 from fuserank.progress import step
 from fuserank.protocol import ProtocolResult, run_protocol
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from fuserank.llm_features import LLMSignals
 
 FULL = "full"
-LLM_VIEWS = ("llm_description", "llm_hidden")  # llm_features.VIEWS
 METRIC = "ndcg_at_10"
 
 
