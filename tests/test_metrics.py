@@ -277,3 +277,19 @@ def test_paired_bootstrap_ci_detects_a_shift() -> None:
     assert low0 == high0 == 0.0
     with pytest.raises(ValueError):
         paired_bootstrap_ci(a, b[:-1])
+
+
+def test_grouped_ndcg_is_ndcg_at_k_of_each_scored_list():
+    from fuserank.metrics import grouped_ndcg
+
+    # query 0 ranks rows by score: b (0.9), a (0.5), c (0.1); only c is relevant -> 1/log2(4) = 0.5.
+    # query 1: e (0.8) relevant first, d (0.2) relevant second -> DCG = IDCG -> 1.
+    # query 2 has no relevant row -> NaN.
+    query = np.array([0, 0, 0, 1, 1, 2])
+    scores = np.array([0.5, 0.9, 0.1, 0.2, 0.8, 0.3])
+    relevant = np.array([0, 0, 1, 1, 1, 0])
+    got = grouped_ndcg(query, scores, relevant, k=10, n_queries=3)
+    assert got[0] == pytest.approx(0.5) and got[1] == pytest.approx(1.0) and np.isnan(got[2])
+    assert got[0] == pytest.approx(ndcg_at_k(["b", "a", "c"], {"c"}, 10))
+    # k=2 cuts c off query 0's list
+    assert grouped_ndcg(query, scores, relevant, k=2, n_queries=3)[0] == 0.0

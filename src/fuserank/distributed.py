@@ -25,6 +25,7 @@ import polars as pl
 
 from fuserank import progress
 from fuserank.config import DaskConfig, RankerConfig
+from fuserank.metrics import grouped_ndcg
 from fuserank.ranking import Ranker, _params, _query_groups, score_base
 from fuserank.schema import USER_ID
 
@@ -118,11 +119,11 @@ def _dask_arrays(
 def ndcg_by_iteration(
     booster: Any, x: np.ndarray, y: np.ndarray, sizes: np.ndarray, k: int, init: np.ndarray | None = None
 ) -> np.ndarray:
-    """LightGBM's NDCG@k (gain 2^label - 1, mean over queries) after each boosting round.
+    """NDCG@k (metrics.grouped_ndcg, mean over queries) after each boosting round.
 
     Args:
         booster: a fitted lambdarank `lightgbm.Booster` with T rounds.
-        x: (n_rows, n_features) float32 rows ordered by query; y: (n_rows,) int labels;
+        x: (n_rows, n_features) float32 rows ordered by query; y: (n_rows,) 0/1 labels;
         sizes: (n_queries,) rows per query, every query with a positive label.
         k: cut-off.
         init: (n_rows,) starting scores the trees were fitted on top of (None: 0).
@@ -132,25 +133,15 @@ def ndcg_by_iteration(
     """
     n_rounds = booster.current_iteration()
     query = np.repeat(np.arange(sizes.size), sizes)
-    gain = np.exp2(y.astype(np.float64)) - 1.0
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
-    ideal = _dcg(query, gain, gain, discount, sizes.size)
+    # LightGBM's gain 2^label - 1 is the binary gain of metrics.ndcg_at_k for 0/1 labels.
+    relevant = y > 0
     # Lambdarank raw scores add up over trees, so one tree at a time gives every round's scores.
     scores = np.zeros(y.size) if init is None else init.astype(np.float64, copy=True)
     out = np.empty(n_rounds)
     for t in range(n_rounds):
         scores += booster.predict(x, start_iteration=t, num_iteration=1, raw_score=True)
-        out[t] = float(np.mean(_dcg(query, scores, gain, discount, sizes.size) / ideal))
+        out[t] = float(np.mean(grouped_ndcg(query, scores, relevant, k, sizes.size)))
     return out
-
-
-def _dcg(query: np.ndarray, scores: np.ndarray, gain: np.ndarray, discount: np.ndarray, n: int) -> np.ndarray:
-    order = np.lexsort((-scores, query))
-    q = query[order]
-    starts = np.searchsorted(q, np.arange(n))
-    pos = np.arange(q.size) - starts[q]
-    keep = pos < discount.size
-    return np.bincount(q[keep], weights=gain[order][keep] * discount[pos[keep]], minlength=n)
 
 
 def best_iteration(curve: np.ndarray, patience: int) -> int:

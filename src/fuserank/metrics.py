@@ -149,6 +149,38 @@ def f1_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def grouped_ndcg(query: np.ndarray, scores: np.ndarray, relevant: np.ndarray, k: int, n_queries: int) -> np.ndarray:
+    """`ndcg_at_k` of many scored candidate lists at once, for loops that rescore a whole table
+    (early stopping picks a round by it).
+
+    Args:
+        query: int (n,) query index of each row, in [0, n_queries).
+        scores: float (n,) row scores; a query's list is its rows by score, best first (equal
+            scores keep row order).
+        relevant: bool or 0/1 (n,) whether the row is relevant.
+        k: cut-off.
+        n_queries: number of queries.
+
+    Returns:
+        float64 (n_queries,): each query's NDCG@k over its own rows, the ideal being its relevant
+        rows ranked first; NaN for a query without a relevant row.
+    """
+    discount = np.array([_discount(r) for r in range(1, k + 1)])
+    gain = np.asarray(relevant, dtype=np.float64)
+
+    def dcg(order_scores: np.ndarray) -> np.ndarray:
+        order = np.lexsort((-order_scores, query))
+        q = query[order]
+        starts = np.searchsorted(q, np.arange(n_queries))
+        pos = np.arange(q.size) - starts[q]
+        keep = pos < k
+        return np.bincount(q[keep], weights=gain[order][keep] * discount[pos[keep]], minlength=n_queries)
+
+    ideal = dcg(gain)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ideal > 0, dcg(np.asarray(scores, dtype=np.float64)) / ideal, np.nan)
+
+
 def catalog_coverage(lists: Iterable[Sequence[str]], n_items: int, k: int) -> float:
     """Share of the catalog that appears in the top k of at least one list.
 
