@@ -4,6 +4,7 @@ on a tiny catalog (study storage, nested MLflow runs, best config, its single te
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import optuna
 import polars as pl
@@ -176,3 +177,40 @@ def test_tune_records_a_resumable_study_and_tests_the_best_config_once(tiny):
     assert main(["tune", "--config", str(path), "--quiet", "--set", "tune.n_trials=1",
                  "--set", "tune.evaluate_best=false"]) == 0
     assert len(optuna.load_study(study_name="fuserank", storage=config.tune.storage).trials) == 4
+
+
+def test_a_continued_study_is_bound_to_its_data_and_config_and_tests_its_best_once(tiny, capsys):
+    root, path = tiny
+    config = load_config(path)
+    own = ["--config", str(path), "--quiet", "--set", f"tune.storage=sqlite:///{root / 'mlruns' / 'bound.db'}",
+           "--set", "tune.study_name=bound", "--set", "run_name=tune-bound"]
+
+    def tested_runs() -> list[dict]:
+        return [r for r in tracking.search_runs(config.tracking, "tune-test")
+                if r["tags"].get("study_name") == "bound" and r["tags"].get("kind") == "train-evaluate"]
+
+    assert main(["tune", *own, "--set", "tune.n_trials=2"]) == 0
+    first = json.loads((root / "outputs" / "tune-bound" / "summary.json").read_text())
+    assert first["best_tested_now"] == 1.0 and len(tested_runs()) == 1
+    # A rerun whose best trial is unchanged reports the recorded test metrics: test is looked at once.
+    assert main(["tune", *own, "--set", "tune.n_trials=0"]) == 0
+    again = json.loads((root / "outputs" / "tune-bound" / "summary.json").read_text())
+    assert again["best_tested_now"] == 0.0 and len(tested_runs()) == 1
+    assert again["best_test_ndcg_at_10"] == first["best_test_ndcg_at_10"]
+    capsys.readouterr()
+
+    # Other data (one interaction fewer) or another base config: a clear error naming the study.
+    interactions = pl.read_parquet(config.data.interactions_path)
+    other = root / "fewer_interactions.parquet"
+    interactions.head(interactions.height - 1).write_parquet(other)
+    assert main(["tune", *own, "--set", f"data.interactions_path={other}"]) == 1
+    err = capsys.readouterr().err
+    assert "Optuna study 'bound' in sqlite:///" in err and "data_hash" in err and "tune.study_name=bound-" in err
+    assert main(["tune", *own, "--set", "ranker.n_estimators=50"]) == 1
+    err = capsys.readouterr().err
+    assert "ranker.n_estimators=60 (this run: 50)" in err and "data_hash" not in err
+    study = optuna.load_study(study_name="bound", storage=f"sqlite:///{root / 'mlruns' / 'bound.db'}")
+    assert len(study.trials) == 2 and study.user_attrs["tested_trial"] == study.best_trial.number
+    # Bookkeeping keys (trial count, output folder, whether to test) may change between reruns.
+    assert main(["tune", *own, "--set", "tune.n_trials=0", "--set", "tune.evaluate_best=false",
+                 "--set", f"output_dir={root / 'elsewhere'}"]) == 0

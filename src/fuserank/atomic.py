@@ -1,12 +1,16 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one. Also the
+checks and locks around them: an output folder that cannot be written is found before any work,
+and processes sharing one sqlite store set it up one at a time."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +94,48 @@ def write_json(path: Path, value: Any) -> Path:
 def write_parquet(path: Path, frame: pl.DataFrame) -> Path:
     # Statistics off and a fixed compression keep the bytes identical for identical frames.
     return write_atomic(path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=False))
+
+
+class OutputError(OSError):
+    """An output folder cannot be created or written (read-only, not a folder, no space)."""
+
+
+def check_writable(folder: Path, what: str = "output folder") -> Path:
+    """Create `folder` if needed and prove a file can be written in it, before any work starts.
+
+    A probe file is written, flushed to disk and removed, so a read-only folder, a path through
+    a regular file, or a full disk stops the job at once rather than after hours of work.
+
+    Raises:
+        OutputError: naming `what`, the folder and the reason.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".write-check.", suffix=temp_suffix(), dir=folder)
+        try:
+            os.write(fd, b"fuserank")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as err:
+        raise OutputError(f"{what} {folder} cannot be written: {err.strerror or err}") from err
+    return folder
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on `path`, created if missing, for the block.
+
+    Used where processes sharing a store must not race, e.g. two jobs creating the tables of one
+    new sqlite database. The lock is released when the block ends or the process dies.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -132,12 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as err:
         print(f"fuserank: {err}", file=sys.stderr)
         return 2
+    from fuserank.atomic import OutputError
     from fuserank.data.validate import DataError
     from fuserank.sources import SourceError
+    from fuserank.study import StudyMismatchError
 
     try:
         return _run(args, config)
-    except (DataError, SourceError) as err:
+    except (DataError, SourceError, OutputError, StudyMismatchError) as err:
         print(f"fuserank: {err}", file=sys.stderr)
         return 1
 

@@ -26,7 +26,9 @@ def _worker() -> str:
 
 
 def _prepare_store(config: TrackingConfig) -> None:
+    """Point MLflow at the store; a new sqlite store gets its tables under the store lock."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     if config.tracking_uri.startswith("sqlite:///"):
         Path(config.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +38,23 @@ def _prepare_store(config: TrackingConfig) -> None:
     # Its per-download progress bars would interleave with fuserank's own (and ignore --quiet).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(config.tracking_uri)
+    with store_lock(config):
+        # The first query creates and migrates the tables; two processes doing that at once fail.
+        MlflowClient(tracking_uri=config.tracking_uri).search_experiments(max_results=1)
+
+
+@contextmanager
+def store_lock(config: TrackingConfig) -> Iterator[None]:
+    """Exclusive across processes for a sqlite store (a lock file beside the database), so that
+    jobs started together create its tables and an experiment once; no-op for other stores,
+    whose servers serialise this themselves."""
+    if not config.tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    from fuserank.atomic import file_lock
+
+    with file_lock(Path(f"{config.tracking_uri.removeprefix('sqlite:///')}.lock")):
+        yield
 
 
 def experiment_id(config: TrackingConfig) -> str:
@@ -43,12 +62,13 @@ def experiment_id(config: TrackingConfig) -> str:
     import mlflow
 
     _prepare_store(config)
-    found = mlflow.get_experiment_by_name(config.experiment)
-    if found is not None:
-        return found.experiment_id
-    location = Path(config.artifact_root).resolve()
-    location.mkdir(parents=True, exist_ok=True)
-    return mlflow.create_experiment(config.experiment, artifact_location=location.as_uri())
+    with store_lock(config):  # two jobs must not both find it missing and both create it
+        found = mlflow.get_experiment_by_name(config.experiment)
+        if found is not None:
+            return found.experiment_id
+        location = Path(config.artifact_root).resolve()
+        location.mkdir(parents=True, exist_ok=True)
+        return mlflow.create_experiment(config.experiment, artifact_location=location.as_uri())
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from fuserank.features import select_features
 from fuserank.progress import step
 from fuserank.protocol import QUERY, ValidationFrames, validation_frames, validation_metrics
 from fuserank.ranking import fit_ranker
+from fuserank.study import bind_study, record_tested, study_binding, tested_metrics, trial_sampler
 
 OBJECTIVE = "valid_ndcg_at_10"
 WORKER = "worker"  # trial user attribute: host:pid of the process running it
@@ -187,15 +188,28 @@ def check_search_space(tune: TuneConfig) -> None:
         raise ValueError("tune.fusion_weights and tune.n_candidates need at least one choice each")
 
 
-def create_study(tune: TuneConfig, seed: int) -> Any:
-    """Create or load (load_if_exists) the study, with the sampler for its next trial."""
+def create_study(tune: TuneConfig, seed: int, binding: Mapping[str, Any] | None = None) -> Any:
+    """Create or load (load_if_exists) the study, with the sampler for its next trial.
+
+    With `binding` (study.study_binding), a new study records it and a continued one must match
+    it (else study.StudyMismatchError, before any trial of the study is touched). Processes
+    sharing a new sqlite file create its tables one at a time.
+    """
+    import contextlib
+
     import optuna
 
+    from fuserank.atomic import file_lock
+
+    lock = contextlib.nullcontext()
     if tune.storage.startswith("sqlite:///"):
-        Path(tune.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        lock = file_lock(Path(f"{tune.storage.removeprefix('sqlite:///')}.lock"))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=tune.study_name, storage=tune.storage, direction="maximize",
-                                load_if_exists=True)
+    with lock:
+        study = optuna.create_study(study_name=tune.study_name, storage=tune.storage, direction="maximize",
+                                    load_if_exists=True)
+        if binding is not None:
+            bind_study(study, binding, tune)
     fail_orphaned_trials(study)
     return next_trial_study(study, tune, seed)
 
@@ -228,7 +242,9 @@ def next_trial_study(study: Any, tune: TuneConfig, seed: int) -> Any:
 
     Each trial's parameters are then a function of the seed and the finished trials alone: a study
     resumed after a crash draws the trials an uninterrupted one would have (a trial left RUNNING
-    by a killed process counts for nothing, and TPE ignores it).
+    by a killed process counts for nothing, and TPE ignores it). `tune` then re-seeds each trial
+    by its position (study.trial_sampler), which equals that count when one process runs the
+    study and differs between processes sharing it.
     """
     import optuna
 
@@ -262,6 +278,21 @@ def study_summary(study: Any) -> dict[str, float]:
     return out
 
 
+def test_best_once(study: Any, best_config: RunConfig, tags: dict[str, str]) -> dict[str, float]:
+    """best_* test metrics of the study's best configuration; evaluated on test (a train-evaluate
+    run with `tags`) only when the best trial changed since the study's last evaluation, so a
+    continued study looks at test once per best configuration. best_tested_now says which."""
+    from fuserank.train_evaluate import train_evaluate
+
+    known = tested_metrics(study)
+    if known is not None:
+        return {**known, "best_tested_now": 0.0}
+    test_metrics, _ = train_evaluate(best_config, tags=tags)
+    reported = {f"best_{k}": test_metrics[k] for k in BEST_REPORTED if k in test_metrics}
+    record_tested(study, reported)
+    return {**reported, "best_tested_now": 1.0}
+
+
 def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
     """The `fuserank tune` job: one parent MLflow run with a nested run per trial, the study's
     plots, the best configuration as YAML, then one test evaluation of it as its own run.
@@ -272,9 +303,10 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
     import yaml
 
     from fuserank import atomic, plots, schema, tracking
-    from fuserank.train_evaluate import prepare, train_evaluate
+    from fuserank.train_evaluate import prepare
 
     check_search_space(config.tune)
+    atomic.check_writable(Path(config.output_dir) / (config.run_name or f"tune-{config.tune.study_name}"))
     data = prepare(config)
     item_ids = data.items[schema.ITEM_ID].to_list()
     run_name = config.run_name or f"tune-{config.tune.study_name}"
@@ -282,7 +314,7 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
     cache = FrameCache(
         lambda c: validation_frames(data.cutoffs, item_ids, data.content, c, data.llm), config.tune.cache_entries
     )
-    study = create_study(config.tune, config.seed)
+    study = create_study(config.tune, config.seed, study_binding(config, data.tags))
     tags = data.tags | {"kind": "tune", "study_name": config.tune.study_name, "optuna_storage": config.tune.storage}
 
     with tracking.tracked_run(config.tracking, run_name, tags) as parent_id:
@@ -290,6 +322,8 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
             tracking.log_params({f"base.{k}": v for k, v in flatten(config).items()})
 
         def objective(trial: optuna.Trial) -> float:
+            # Seeded by the trial's position, so two processes sharing the study never draw alike.
+            trial.study.sampler = trial_sampler(trial.study, trial.number, config.tune, config.seed)
             trial.set_user_attr(WORKER, worker_id())
             params = sample_params(trial, config.tune, list(data.content), config.behaviour.enabled)
             trial_cfg = trial_config(config, params)
@@ -335,7 +369,7 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
                 tracking.log_params({f"best.{k}": v for k, v in study.best_trial.params.items()})
 
     if best_config is not None and config.tune.evaluate_best:
-        test_metrics, _ = train_evaluate(best_config, tags={"tuned_by": str(parent_id), "study_name": config.tune.study_name})
-        summary.update({f"best_{k}": test_metrics[k] for k in BEST_REPORTED if k in test_metrics})
+        summary.update(test_best_once(study, best_config, {"tuned_by": str(parent_id),
+                                                           "study_name": config.tune.study_name}))
     atomic.write_json(folder / "summary.json", summary)
     return summary, folder
