@@ -151,7 +151,8 @@ def test_train_evaluate_without_an_evaluable_user_stops_with_one_line_and_no_run
     assert code == 1
     assert err[-1] == ("fuserank: no user has split.min_interactions = 3 interactions (the most any user has is 2), "
                        "so nobody can be evaluated; lower split.min_interactions or add data")
-    assert not db.exists() and not (tmp_path / "out").exists()  # stopped before any run or output
+    # Stopped before any run or output (the output folder may exist: it is checked writable first).
+    assert not db.exists() and not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
 def test_export_queries_take_the_reference_time_rule_of_their_protocol():
@@ -162,3 +163,12 @@ def test_export_queries_take_the_reference_time_rule_of_their_protocol():
     assert per_user.rows() == [("d", 220), ("a", 260), ("c", 210)]  # each user's newest interaction
     now = serving_ref_times(TIMELINE, users, "global_time")
     assert now.rows() == [("d", 260), ("a", 260), ("c", 260)]  # the newest interaction in the data
+
+
+def test_no_ranker_label_is_a_clear_error_too():
+    from fuserank.data.cutoffs import ProtocolError
+
+    # Three interactions each: one train row per user, and a label cut-off needs two.
+    rows = _frame([(u, f"{u}{n}", n) for u in ("a", "b") for n in range(3)])
+    with pytest.raises(ProtocolError, match="enough train interactions to give the ranker a label"):
+        build_cutoffs(rows, SplitConfig())

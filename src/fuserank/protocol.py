@@ -56,15 +56,14 @@ class ProtocolResult:
 
 
 def cutoff_frame(config: RunConfig, cutoff: Cutoff, item_ids: Sequence[str], content: Mapping[str, Embeddings],
-                 llm: LLMSignals | None = None, users: Sequence[str] | None = None,
-                 ) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
+                 llm: LLMSignals | None = None) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
     """The stage pipeline for one cut-off: fit stage 1 on its history, build candidates and
-    features for its target users (or `users`) as of their reference times, label them.
+    features for its target users as of their reference times, label them.
 
     Returns (features with labels, feature names, stage-1 candidates in stage-1 order).
     """
     history, targets, ref_times = cutoff.history, cutoff.targets, cutoff.ref_times
-    users = cutoff.users if users is None else list(users)
+    users = cutoff.users
     with step(f"stage 1 [{cutoff.name}]") as s:
         stage = fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval,
                               config.seed)

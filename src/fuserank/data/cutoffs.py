@@ -94,6 +94,9 @@ def build_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
         cutoffs = cutoffs_from_split(leave_last_out(interactions, split.min_interactions), split)
     if cutoffs.test.targets.is_empty():
         raise ProtocolError(_nobody_to_evaluate(interactions, split))
+    if not cutoffs.labels:
+        raise ProtocolError("no user has enough train interactions to give the ranker a label; lower "
+                            "split.label_window (or split.label_share), or raise split.min_interactions")
     return cutoffs
 
 
