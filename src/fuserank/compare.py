@@ -202,6 +202,7 @@ def compare_runs(config: Any, experiment: str | None, run_ids: Sequence[str], ba
     """
     from fuserank import atomic, tracking
 
+    folder = atomic.check_writable(Path(config.output_dir) / (config.run_name or "compare"))
     runs = tracking.search_runs(config.tracking, experiment, run_ids)
     if not run_ids:
         runs = [r for r in runs if "test_ndcg_at_10" in r["metrics"]]
@@ -220,7 +221,6 @@ def compare_runs(config: Any, experiment: str | None, run_ids: Sequence[str], ba
             per_user[run["run_id"]] = pl.read_parquet(local) if local is not None else None
         table = comparison_table(runs, per_user, baseline, seed=config.seed)
     text = format_comparison(table, warnings=warnings)
-    folder = Path(config.output_dir) / (config.run_name or "compare")
     paths = [atomic.write_atomic(folder / "comparison.csv", lambda tmp: table.write_csv(tmp)),
              atomic.write_text(folder / "comparison.txt", text + "\n")]
     tags = {"kind": "compare", "baseline_run": baseline, "compared_runs": ",".join(r["run_id"] for r in runs),

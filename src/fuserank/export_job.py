@@ -159,6 +159,8 @@ def export(
     if settings.format not in ("parquet", "csv"):
         raise ExportError(f"export.format must be 'parquet' or 'csv', got {settings.format!r}")
     plans = plan_arms(settings.arms, settings.shares, settings.holdout)
+    # Before any work: the export is staged in its parent folder (the output folder by default).
+    atomic.check_writable(Path(out).parent if out else Path(config.output_dir))
     main_id = find_run(config, run_id, experiment, metric, minimize)
     out = Path(out) if out else Path(config.output_dir) / f"export-{main_id}"
     with tempfile.TemporaryDirectory(prefix="fuserank-export-") as scratch:

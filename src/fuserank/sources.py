@@ -27,7 +27,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from fuserank import progress
+from fuserank import atomic, progress
 
 
 class SourceError(RuntimeError):
@@ -206,10 +206,9 @@ def _publish(staged: Path, target: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    # atomic.write_text removes its temp file when the write fails (a full disk) and fsyncs it
+    # before the rename, so neither a stray temp nor an empty marker is left behind.
+    atomic.write_text(path, text)
 
 
 def _resolve_hf(ref: str, cache_dir: Path) -> Path:

@@ -57,6 +57,22 @@ def store_lock(config: TrackingConfig) -> Iterator[None]:
         yield
 
 
+def check_outputs(config: TrackingConfig, folder: Path) -> Path:
+    """Fail fast, before any work: the job's output `folder` and, when tracking to a sqlite
+    store, the store's folder and the artifact root must be writable. Returns `folder`.
+
+    Raises:
+        atomic.OutputError: naming the folder that cannot be written and why.
+    """
+    from fuserank.atomic import check_writable
+
+    check_writable(folder)
+    if config.enabled and config.tracking_uri.startswith("sqlite:///"):
+        check_writable(Path(config.tracking_uri.removeprefix("sqlite:///")).parent, "MLflow store folder")
+        check_writable(Path(config.artifact_root), "MLflow artifact folder")
+    return folder
+
+
 def experiment_id(config: TrackingConfig) -> str:
     """The id of the configured experiment, created with artifacts under `artifact_root`."""
     import mlflow
@@ -125,7 +141,11 @@ def log_metrics(metrics: Mapping[str, float]) -> None:
 
 
 def log_artifacts(paths: Sequence[tuple[str, Path]]) -> None:
-    """Log files as (artifact sub-folder, local file) pairs; "" is the run's artifact root."""
+    """Log files as (artifact sub-folder, local file) pairs; "" is the run's artifact root.
+
+    MLflow (3.17) stages each file under a hidden name in a local artifact store and renames it,
+    so a copy that fails half-way leaves no partial artifact (tests/test_outputs.py checks it).
+    """
     import mlflow
 
     for folder, path in paths:

@@ -142,9 +142,9 @@ def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tup
     from fuserank import plots, tracking
 
     start = time.perf_counter()
-    data = prepare(config)
     run_name = config.run_name or f"train-evaluate-{config.data.dataset}"
-    folder = Path(config.output_dir) / run_name
+    folder = tracking.check_outputs(config.tracking, Path(config.output_dir) / run_name)  # before any work
+    data = prepare(config)
     run_tags = data.tags | {"kind": "train-evaluate"} | (tags or {})
     with tracking.tracked_run(config.tracking, run_name, run_tags) as run_id:
         if run_id is not None:
@@ -183,9 +183,9 @@ def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
     from fuserank import tracking
     from fuserank.ablation import format_table, run_ablation
 
-    data = prepare(config)
     run_name = config.run_name or f"ablation-{config.data.dataset}"
-    folder = Path(config.output_dir) / run_name
+    folder = tracking.check_outputs(config.tracking, Path(config.output_dir) / run_name)  # before any work
+    data = prepare(config)
     with tracking.tracked_run(config.tracking, run_name, data.tags | {"kind": "ablation"}) as run_id:
         if run_id is not None:
             tracking.log_params(flatten(config))

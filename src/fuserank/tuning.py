@@ -306,11 +306,10 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
     from fuserank.train_evaluate import prepare
 
     check_search_space(config.tune)
-    atomic.check_writable(Path(config.output_dir) / (config.run_name or f"tune-{config.tune.study_name}"))
+    run_name = config.run_name or f"tune-{config.tune.study_name}"
+    folder = tracking.check_outputs(config.tracking, Path(config.output_dir) / run_name)  # before any work
     data = prepare(config)
     item_ids = data.items[schema.ITEM_ID].to_list()
-    run_name = config.run_name or f"tune-{config.tune.study_name}"
-    folder = Path(config.output_dir) / run_name
     cache = FrameCache(
         lambda c: validation_frames(data.cutoffs, item_ids, data.content, c, data.llm), config.tune.cache_entries
     )
