@@ -286,7 +286,10 @@ class TuneConfig:
     """Optuna study over ranker parameters, fusion weights, candidate depth and feature groups.
 
     storage: any Optuna database URL; several processes given the same URL and study_name share
-        one study, and rerunning continues it.
+        one study (each trial seeded by its position, so no two draw alike), and rerunning
+        continues it. A study is bound to its data and base config (study.py): continuing it
+        with other data or settings is an error that names the study; bookkeeping keys (paths,
+        tracking, n_trials, evaluate_best, cache_entries) may change.
     n_trials: new trials per `fuserank tune` call. n_startup_trials: random trials before TPE
         (also the completed trials the median pruner waits for).
     prune_rounds: boosting rounds of the short fit whose validation NDCG@10 decides pruning
@@ -295,7 +298,9 @@ class TuneConfig:
         (behaviour stays 1: fusion normalises, so only ratios matter) and for the candidate depth;
         few choices, so trials share cached stage-1 frames.
     feature_groups: groups each trial may switch off. cache_entries: stage-1 frame sets kept in
-        memory (0: rebuild every trial). evaluate_best: test the best configuration once at the end.
+        memory (0: rebuild every trial). evaluate_best: test the best configuration once at the end
+        (a rerun tests again only when the best trial changed; otherwise it reports the recorded
+        test metrics).
     """
 
     study_name: str = "fuserank"
