@@ -129,8 +129,9 @@ def test_compare_refuses_runs_on_different_data_unless_forced(tmp_path, capsys):
     from fuserank.cli import main
 
     store = tmp_path / "mlruns"
-    settings = [f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}", f"tracking.artifact_root={store / 'artifacts'}",
-                "tracking.experiment=cmp", f"output_dir={tmp_path / 'out'}"]
+    settings = [f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}",
+                f"tracking.artifact_root={store / 'artifacts'}", "tracking.experiment=cmp",
+                f"output_dir={tmp_path / 'out'}"]
     config = with_overrides(RunConfig(), settings)
     runs, frames = planted()
     hashes = {"aaaa0000": "ml100k", "bbbb1111": "ml100k", "cccc2222": "ml1m"}

@@ -36,7 +36,8 @@ def finish(process: subprocess.Popen) -> None:
 def test_two_workers_sharing_a_study_draw_different_trials_and_a_lone_worker_stays_reproducible(tmp_path):
     import optuna
 
-    config = with_overrides(RunConfig(), [f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}", "tune.n_startup_trials=2"])
+    config = with_overrides(RunConfig(), [f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}",
+                                          "tune.n_startup_trials=2"])
     one, two = create_study(config.tune, config.seed), create_study(config.tune, config.seed)
 
     def draw(study):

@@ -64,7 +64,9 @@ def touched(monkeypatch):
 def _outside(seen: list[str], root) -> list[str]:
     """Paths that are neither inside the root nor on the root's own path (its ancestors)."""
     root = os.path.realpath(root)
-    return [p for p in seen if not (p == root or p.startswith(root + os.sep) or root.startswith(p.rstrip(os.sep) + os.sep))]
+    inside = [p for p in seen if p == root or p.startswith(root + os.sep)]
+    ancestors = [p for p in seen if root.startswith(p.rstrip(os.sep) + os.sep)]
+    return [p for p in seen if p not in inside and p not in ancestors]
 
 
 @pytest.mark.parametrize("path", ["../secret.txt", "img/../../secret.txt", "img/../../catalog/../secret.txt",

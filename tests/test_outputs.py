@@ -70,7 +70,8 @@ def test_a_read_only_output_folder_is_named_before_any_work(tmp_path, capsys, no
     folder.mkdir()
     folder.chmod(0o500)
     try:
-        assert main(["train-evaluate", "--quiet", "--set", f"output_dir={folder}", "--set", "tracking.enabled=false"]) == 1
+        args = ["train-evaluate", "--quiet", "--set", f"output_dir={folder}", "--set", "tracking.enabled=false"]
+        assert main(args) == 1
     finally:
         folder.chmod(0o700)
     assert "cannot be written: Permission denied" in capsys.readouterr().err
@@ -162,7 +163,8 @@ def test_a_write_that_runs_out_of_disk_leaves_neither_a_partial_file_nor_a_temp_
 def test_a_full_disk_in_the_middle_of_train_evaluate_leaves_no_partial_output(tmp_path, monkeypatch):
     store = tmp_path / "mlruns"
     settings = with_overrides(RunConfig(), [f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}",
-                                            f"tracking.artifact_root={store / 'artifacts'}", "tracking.experiment=disk"])
+                                            f"tracking.artifact_root={store / 'artifacts'}",
+                                            "tracking.experiment=disk"])
     config = write_project(tmp_path, "disk", tracking=dict(vars(settings.tracking)))
     monkeypatch.chdir(tmp_path)
     real = pl.DataFrame.write_parquet
