@@ -398,6 +398,35 @@ class DaskConfig:
 
 
 @dataclass(frozen=True)
+class SequenceConfig:
+    """A SASRec next-item model over each user's history (sequence.py); off by default.
+
+    max_length: newest history items the model reads per user (also its position count).
+    dim / blocks / heads / dropout: embedding width (a multiple of heads), causal self-attention
+        blocks, attention heads, dropout on embeddings, attention and feed-forward outputs.
+    max_epochs / patience: training stops after `patience` epochs without a better validation
+        NDCG@10 (each user's last history item held out) and keeps the best epoch's weights.
+    negatives: 0 trains with a full softmax over the catalog; n > 0 with a sampled softmax over
+        n uniformly drawn items shared by the batch (for large catalogs).
+    device: "auto" (cuda when torch sees a GPU), "cpu" or "cuda". threads: torch CPU threads.
+    """
+
+    enabled: bool = False
+    max_length: int = ranged(200, "[1, inf)")
+    dim: int = ranged(64, "[1, inf)")
+    blocks: int = ranged(2, "[1, inf)")
+    heads: int = ranged(1, "[1, inf)")
+    dropout: float = ranged(0.2, "[0, 1)")
+    max_epochs: int = ranged(100, "[1, inf)")
+    patience: int = ranged(5, "[1, inf)")
+    batch_size: int = ranged(128, "[1, inf)")
+    learning_rate: float = ranged(1e-3, "(0, inf)")
+    negatives: int = ranged(0, "[0, inf)")
+    device: str = one_of("auto", ("auto", "cpu", "cuda"))
+    threads: int = ranged(2, "[1, inf)")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one train-and-evaluate run needs."""
 
@@ -422,6 +451,7 @@ class RunConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     dask: DaskConfig = field(default_factory=DaskConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
 
 def cache_dir(sources: SourcesConfig) -> Path:
