@@ -133,13 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fuserank: {err}", file=sys.stderr)
         return 2
     from fuserank.atomic import OutputError
+    from fuserank.data.cutoffs import ProtocolError
     from fuserank.data.validate import DataError
     from fuserank.sources import SourceError
     from fuserank.study import StudyMismatchError
 
     try:
         return _run(args, config)
-    except (DataError, SourceError, OutputError, StudyMismatchError) as err:
+    except (DataError, ProtocolError, SourceError, OutputError, StudyMismatchError) as err:
         print(f"fuserank: {err}", file=sys.stderr)
         return 1
 
