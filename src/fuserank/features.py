@@ -3,7 +3,7 @@
 Every statistic here is computed from the `history` frame handed in, which the caller builds from
 the interactions before the targets being predicted, and each query sees that history only up to
 its own reference time (data/cutoffs.py): popularity, recency, item age, ratings and the user's
-popularity gap count only interactions at or before it (popularity.ItemTimeline). Under
+popularity gap count only interactions at or before it (popularity.item_timeline). Under
 leave-last-out the reference time is the user's newest history interaction; under global time
 it is the cut time. The item embeddings and EASE are fitted on the whole history handed in (see
 docs/protocol.md for what that lets them learn).
@@ -22,7 +22,7 @@ from fuserank.collaborative import ItemItemModel, ease_feature
 from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.feature_groups import GROUP_PREFIXES, GROUPS
-from fuserank.popularity import ItemTimeline, ref_time_array, reference_times
+from fuserank.popularity import Timeline, item_timeline, ref_time_array, reference_times
 from fuserank.retrieval import user_queries
 
 DAY = 86_400.0
@@ -190,7 +190,7 @@ def popularity_features(
     user_rows: np.ndarray,
     item_rows: np.ndarray,
     hist: UserHistory,
-    timeline: ItemTimeline,
+    timeline: Timeline,
     window_days: Sequence[int],
 ) -> dict[str, np.ndarray]:
     """Item popularity and recency as of each user's reference time.
@@ -209,7 +209,7 @@ def popularity_features(
         out[f"item_log_count_{days}d"] = np.log1p(count).astype(np.float32)
     out["item_days_since_last"] = ((ref - timeline.last_time(item_rows, ref)) / DAY).astype(np.float32)
     out["item_age_days"] = ((ref - timeline.first_time(item_rows, ref)) / DAY).astype(np.float32)
-    mean, n_rated = timeline.ratings(item_rows, ref)
+    mean, n_rated = timeline.means(item_rows, ref)
     out["item_mean_rating"] = mean.astype(np.float32)
     out["item_log_rating_count"] = np.log1p(n_rated).astype(np.float32)
     return out
@@ -221,7 +221,7 @@ def user_features(
     hist: UserHistory,
     history: pl.DataFrame,
     item_ids: Sequence[str],
-    timeline: ItemTimeline,
+    timeline: Timeline,
 ) -> dict[str, np.ndarray]:
     """User activity, and how the candidate's popularity compares with what the user usually
     picks (both counted at the user's reference time)."""
@@ -318,7 +318,7 @@ def build_features(
         columns["ease_score_z"] = within_user_z(user_rows, np.nan_to_num(score, nan=0.0))
     for modality, emb in embeddings.items():
         columns[f"has_{modality}"] = emb.mask[item_rows].astype(np.float32)
-    timeline = ItemTimeline(history, item_ids)
+    timeline = item_timeline(history, item_ids)
     columns.update(popularity_features(user_rows, item_rows, hist, timeline, config.window_days))
     columns.update(user_features(user_rows, item_rows, hist, history, item_ids, timeline))
     names = list(columns)

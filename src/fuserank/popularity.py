@@ -1,8 +1,8 @@
 """Item popularity as of a time: the one place that counts other users' interactions.
 
 A query may only see what happened at or before its reference time (DESIGN.md, the time rule).
-`ItemTimeline` keeps every interaction of a history as one sorted key per event (item row in the
-high part, time in the low part), so "the events of item i at or before time t" is two binary
+`Timeline` keeps every event as one sorted key (the event's key, e.g. an item row, in the high
+part, its time in the low part), so "the events of item i at or before time t" is two binary
 searches, for all candidates of all users at once, whatever their reference times.
 """
 
@@ -17,72 +17,86 @@ from fuserank import schema
 from fuserank.schema import ITEM_ID, RETRIEVAL_RANK, RETRIEVAL_SCORE, SOURCE, USER_ID
 
 
-class ItemTimeline:
-    """Counts, rating sums, first and last times of each item's interactions up to any time.
+class Timeline:
+    """Counts, value sums, first and last times of keyed events up to any time.
+
+    Args:
+        keys: int64 (n,) each event's key in [0, n_keys) (an item row, a pair of items, ...).
+        times: int64 (n,) each event's time (seconds).
+        n_keys: number of keys.
+        values: float64 (n,) a value per event (NaN: none), e.g. a rating; None: no values.
+    """
+
+    def __init__(self, keys: np.ndarray, times: np.ndarray, n_keys: int, values: np.ndarray | None = None) -> None:
+        self.n_keys = n_keys
+        keys = np.asarray(keys, dtype=np.int64)
+        times = np.asarray(times, dtype=np.int64)
+        # Offsets start at 1: a query time before every event maps to offset 0 and counts nothing.
+        self._t0 = int(times.min(initial=0)) - 1
+        self._span = int(times.max(initial=self._t0 + 1)) - self._t0 + 1
+        if n_keys * self._span >= 2**62:
+            raise ValueError("interaction timestamps span too long a time for this catalog; are they in seconds?")
+        combined = keys * self._span + (times - self._t0)
+        order = np.argsort(combined, kind="stable")
+        self._keys = combined[order]
+        self._times = times[order]
+        values = np.full(len(keys), np.nan) if values is None else np.asarray(values, dtype=np.float64)
+        valued = ~np.isnan(values[order])
+        zero = np.zeros(1)
+        self._valued = np.concatenate([zero, np.cumsum(valued)])
+        self._value_sum = np.concatenate([zero, np.cumsum(np.where(valued, values[order], 0.0))])
+        self._start = np.searchsorted(self._keys, np.arange(n_keys + 1, dtype=np.int64) * self._span)
+
+    def _upto(self, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Position after the last event of each key at or before each time."""
+        offset = np.clip(np.asarray(times, dtype=np.int64) - self._t0, 0, self._span - 1)
+        return np.searchsorted(self._keys, keys * self._span + offset, side="right")
+
+    def count(self, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """int64 (n,): events of keys[j] at or before times[j]."""
+        return self._upto(keys, times) - self._start[keys]
+
+    def count_between(self, keys: np.ndarray, after: np.ndarray, upto: np.ndarray) -> np.ndarray:
+        """int64 (n,): events of keys[j] in (after[j], upto[j]]."""
+        return self._upto(keys, upto) - np.maximum(self._upto(keys, after), self._start[keys])
+
+    def last_time(self, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """float64 (n,): the key's newest event time at or before times[j]; NaN if none."""
+        upto = self._upto(keys, times)
+        found = upto > self._start[keys]
+        return np.where(found, self._times[np.maximum(upto - 1, 0)], np.nan)
+
+    def first_time(self, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """float64 (n,): the key's oldest event time if it is at or before times[j]; NaN if none."""
+        start = self._start[keys]
+        found = self._upto(keys, times) > start
+        return np.where(found, self._times[np.minimum(start, len(self._times) - 1)], np.nan)
+
+    def means(self, keys: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean value float64 (n,), NaN without a value; number of values int64 (n,)) of the
+        events of keys[j] at or before times[j]."""
+        upto, start = self._upto(keys, times), self._start[keys]
+        n = (self._valued[upto] - self._valued[start]).astype(np.int64)
+        total = self._value_sum[upto] - self._value_sum[start]
+        return np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0), n
+
+    def counts_at(self, time: int) -> np.ndarray:
+        """int64 (n_keys,): every key's event count at or before `time`."""
+        return self.count(np.arange(self.n_keys, dtype=np.int64), np.full(self.n_keys, time, dtype=np.int64))
+
+
+def item_timeline(history: pl.DataFrame, item_ids: Sequence[str]) -> Timeline:
+    """The Timeline of a history's interactions keyed by item row, valued by rating.
 
     Args:
         history: interactions (schema.INTERACTIONS; rating may be null).
         item_ids: the catalog; rows of `history` whose item is not in it are ignored.
     """
-
-    def __init__(self, history: pl.DataFrame, item_ids: Sequence[str]) -> None:
-        self.n_items = len(item_ids)
-        index = pl.DataFrame({schema.ITEM_ID: pl.Series(list(item_ids), dtype=pl.String),
-                              "_row": np.arange(self.n_items, dtype=np.int64)})
-        events = history.select(schema.ITEM_ID, schema.TIMESTAMP, schema.RATING).join(index, on=schema.ITEM_ID)
-        rows = events["_row"].to_numpy().astype(np.int64)
-        times = events[schema.TIMESTAMP].to_numpy().astype(np.int64)
-        rating = events[schema.RATING].cast(pl.Float64).fill_null(np.nan).to_numpy()
-        # Offsets start at 1: a query time before every event maps to offset 0 and counts nothing.
-        self._t0 = int(times.min(initial=0)) - 1
-        self._span = int(times.max(initial=self._t0 + 1)) - self._t0 + 1
-        if self.n_items * self._span >= 2**62:
-            raise ValueError("interaction timestamps span too long a time for this catalog; are they in seconds?")
-        keys = rows * self._span + (times - self._t0)
-        order = np.argsort(keys, kind="stable")
-        self._keys = keys[order]
-        self._times = times[order]
-        rated = ~np.isnan(rating[order])
-        zero = np.zeros(1)
-        self._rated = np.concatenate([zero, np.cumsum(rated)])
-        self._rating_sum = np.concatenate([zero, np.cumsum(np.where(rated, rating[order], 0.0))])
-        self._start = np.searchsorted(self._keys, np.arange(self.n_items + 1, dtype=np.int64) * self._span)
-
-    def _upto(self, item_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """Position after the last event of each item at or before each time."""
-        offset = np.clip(np.asarray(times, dtype=np.int64) - self._t0, 0, self._span - 1)
-        return np.searchsorted(self._keys, item_rows * self._span + offset, side="right")
-
-    def count(self, item_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """int64 (n,): interactions with item_rows[j] at or before times[j]."""
-        return self._upto(item_rows, times) - self._start[item_rows]
-
-    def count_between(self, item_rows: np.ndarray, after: np.ndarray, upto: np.ndarray) -> np.ndarray:
-        """int64 (n,): interactions with item_rows[j] in (after[j], upto[j]]."""
-        return self._upto(item_rows, upto) - np.maximum(self._upto(item_rows, after), self._start[item_rows])
-
-    def last_time(self, item_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """float64 (n,): the item's newest interaction time at or before times[j]; NaN if none."""
-        upto = self._upto(item_rows, times)
-        found = upto > self._start[item_rows]
-        return np.where(found, self._times[np.maximum(upto - 1, 0)], np.nan)
-
-    def first_time(self, item_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """float64 (n,): the item's oldest interaction time if it is at or before times[j]; NaN if none."""
-        start = self._start[item_rows]
-        found = self._upto(item_rows, times) > start
-        return np.where(found, self._times[np.minimum(start, len(self._times) - 1)], np.nan)
-
-    def ratings(self, item_rows: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mean rating float64 (n,), NaN when unrated; number of ratings int64 (n,)) at or before times[j]."""
-        upto, start = self._upto(item_rows, times), self._start[item_rows]
-        n = (self._rated[upto] - self._rated[start]).astype(np.int64)
-        total = self._rating_sum[upto] - self._rating_sum[start]
-        return np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0), n
-
-    def counts_at(self, time: int) -> np.ndarray:
-        """int64 (n_items,): every item's interaction count at or before `time`."""
-        return self.count(np.arange(self.n_items, dtype=np.int64), np.full(self.n_items, time, dtype=np.int64))
+    index = pl.DataFrame({schema.ITEM_ID: pl.Series(list(item_ids), dtype=pl.String),
+                          "_row": np.arange(len(item_ids), dtype=np.int64)})
+    events = history.select(schema.ITEM_ID, schema.TIMESTAMP, schema.RATING).join(index, on=schema.ITEM_ID)
+    return Timeline(events["_row"].to_numpy(), events[schema.TIMESTAMP].to_numpy(), len(item_ids),
+                    events[schema.RATING].cast(pl.Float64).fill_null(np.nan).to_numpy())
 
 
 def reference_times(history: pl.DataFrame, users: Sequence[str]) -> pl.DataFrame:
@@ -118,7 +132,7 @@ def ref_time_array(ref_times: pl.DataFrame, users: Sequence[str]) -> np.ndarray:
     return found.to_numpy().astype(np.int64)
 
 
-def popular_as_of(timeline: ItemTimeline, seen: Sequence[np.ndarray], ref: np.ndarray, n: int,
+def popular_as_of(timeline: Timeline, seen: Sequence[np.ndarray], ref: np.ndarray, n: int,
                   tie_rank: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each user's n most interacted items at their reference time, skipping their own items.
 
@@ -171,7 +185,7 @@ def popular_candidates(history: pl.DataFrame, users: Sequence[str], n: int,
     """
     users = sorted(set(users))
     item_ids = history[ITEM_ID].unique().sort().to_list()
-    timeline = ItemTimeline(history, item_ids)
+    timeline = item_timeline(history, item_ids)
     if ref_times is None:
         latest = int(history[schema.TIMESTAMP].max()) if history.height else 0
         ref = np.full(len(users), latest, dtype=np.int64)
@@ -223,7 +237,7 @@ def neighbourhood_popular(neighbours: pl.DataFrame, history: pl.DataFrame, n: in
         CANDIDATES frame, retrieval_score = the count (float32), sorted by user_id, retrieval_rank.
     """
     item_ids = history[ITEM_ID].unique().sort().to_list()
-    timeline = ItemTimeline(history, item_ids)
+    timeline = item_timeline(history, item_ids)
     users = neighbours[USER_ID].unique().to_list()
     if ref_times is None:
         latest = int(history[schema.TIMESTAMP].max()) if history.height else 0
