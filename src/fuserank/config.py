@@ -234,6 +234,9 @@ class FeatureConfig:
 
     recent_k: int = ranged(5, "[1, inf)")
     window_days: tuple[int, ...] = ranged((7, 30), "[1, inf)")
+    # > 0: "seq_transition_*" features, counts of "candidate followed one of the user's recent_k
+    # newest items within this many steps" in other histories (covisitation.py); 0: off.
+    transition_window: int = ranged(0, "[0, inf)")
     # Feature groups (feature_groups.GROUPS, e.g. "popularity") the ranker does not read.
     disabled_groups: tuple[str, ...] = one_of((), (*GROUPS, "other"))
 

@@ -23,5 +23,6 @@ GROUP_PREFIXES = {
     "from_": "retrieval",
     "item_": "popularity",
     "user_": "user",
+    "seq_": "sequence",
 }
 GROUPS = tuple(sorted(set(GROUP_PREFIXES.values())))

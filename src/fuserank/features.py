@@ -19,6 +19,7 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.collaborative import ItemItemModel, ease_feature
+from fuserank.covisitation import fit_transitions, transition_features
 from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.feature_groups import GROUP_PREFIXES, GROUPS
@@ -321,6 +322,9 @@ def build_features(
     timeline = item_timeline(history, item_ids)
     columns.update(popularity_features(user_rows, item_rows, hist, timeline, config.window_days))
     columns.update(user_features(user_rows, item_rows, hist, history, item_ids, timeline))
+    if config.transition_window > 0:
+        transitions = fit_transitions(history, item_ids, config.transition_window)
+        columns.update(transition_features(transitions, hist.recent, user_rows, item_rows, hist.ref_time))
     names = list(columns)
     frame = candidates.with_columns(pl.Series(name, values, dtype=pl.Float32) for name, values in columns.items())
     return frame, names
