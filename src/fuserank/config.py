@@ -213,6 +213,8 @@ class RetrievalConfig:
     # How many nearest items per modality that popularity ranks
     neighbourhood_pool: int = ranged(300, "[1, inf)")
     # From the EASE model when behaviour.ease_l2 > 0 (source ease)
+    # Candidates from the sequence model (sequence.enabled), through FAISS like the other views.
+    sequence_candidates: int = ranged(100, "[0, inf)")
     ease_candidates: int = ranged(100, "[0, inf)")
     recent_items: int = ranged(50, "[1, inf)")
     recency_half_life: float = ranged(10.0, "(0, inf)")  # in interactions, newest item has weight 1

@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from fuserank import atomic, schema
-from fuserank.config import ConfigError, RunConfig, from_dict
+from fuserank.config import ConfigError, RunConfig, cache_dir, from_dict
 from fuserank.export import (
     ExportError,
     Server,
@@ -201,7 +201,8 @@ def export(
             if run.run_id not in stages:
                 content = data.content if run is main else _content_for(run.config, data_hash)
                 c = run.config
-                stages[run.run_id] = fit_stage_one(history, item_ids, content, c.behaviour, c.fusion, c.retrieval, c.seed)
+                stages[run.run_id] = fit_stage_one(history, item_ids, content, c.behaviour, c.fusion, c.retrieval, c.seed,
+                                                   c.sequence, cache_dir(c.sources) / "sequence")
             stage = stages[run.run_id]
             if plan.source == "retrieval":
                 servers[plan.name] = Server(run.run_id, "retrieval-only",

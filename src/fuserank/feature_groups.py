@@ -13,6 +13,7 @@ GROUP_PREFIXES = {
     "has_llm": "llm",
     "cos_text": "text",
     "cos_behaviour": "behaviour",
+    "cos_sequence": "sequence",
     "ease_": "behaviour",
     "cos_image": "image",
     "cos_audio": "audio",

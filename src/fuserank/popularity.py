@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
+from fuserank.retrieval import seen_rows
 from fuserank.schema import ITEM_ID, RETRIEVAL_RANK, RETRIEVAL_SCORE, SOURCE, USER_ID
 
 
@@ -191,7 +192,7 @@ def popular_candidates(history: pl.DataFrame, users: Sequence[str], n: int,
         ref = np.full(len(users), latest, dtype=np.int64)
     else:
         ref = ref_time_array(ref_times, users)
-    seen = _seen_rows(history, users, item_ids)
+    seen = seen_rows(history, users, item_ids)
     rows, counts = popular_as_of(timeline, seen, ref, n, np.arange(len(item_ids), dtype=np.int64))
     lengths = [len(r) for r in rows]
     flat = np.concatenate(rows) if rows else np.empty(0, np.int64)
@@ -204,18 +205,6 @@ def popular_candidates(history: pl.DataFrame, users: Sequence[str], n: int,
                                   dtype=pl.Int32),
     })
     return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.CANDIDATES.items()])
-
-
-def _seen_rows(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str]) -> list[np.ndarray]:
-    """Per user of `users`, the int64 rows in `item_ids` of the items in their history."""
-    user_index = pl.DataFrame({USER_ID: pl.Series(list(users), dtype=pl.String),
-                               "_u": np.arange(len(users), dtype=np.int64)})
-    item_index = pl.DataFrame({ITEM_ID: pl.Series(list(item_ids), dtype=pl.String),
-                               "_i": np.arange(len(item_ids), dtype=np.int64)})
-    pairs = (history.select(USER_ID, ITEM_ID).join(user_index, on=USER_ID).join(item_index, on=ITEM_ID)
-             .select("_u", "_i").unique().sort("_u", "_i"))
-    counts = np.bincount(pairs["_u"].to_numpy(), minlength=len(users))
-    return np.split(pairs["_i"].to_numpy().astype(np.int64), np.cumsum(counts)[:-1])
 
 
 def neighbourhood_popular(neighbours: pl.DataFrame, history: pl.DataFrame, n: int, source: str,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from fuserank import schema
-from fuserank.config import RunConfig
+from fuserank.config import RunConfig, cache_dir
 from fuserank.data.cutoffs import Cutoff, Cutoffs, build_cutoffs
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluate import (
@@ -66,7 +66,7 @@ def cutoff_frame(config: RunConfig, cutoff: Cutoff, item_ids: Sequence[str], con
     users = cutoff.users
     with step(f"stage 1 [{cutoff.name}]") as s:
         stage = fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval,
-                              config.seed)
+                              config.seed, config.sequence, cache_dir(config.sources) / "sequence")
         llm = llm if config.llm.enabled else None
         if config.dask.enabled:
             from distributed import default_client

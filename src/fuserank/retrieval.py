@@ -364,21 +364,52 @@ def retrieve(
             wanted = pl.DataFrame({USER_ID: pl.Series(list(users), dtype=pl.String)})
             history = history.join(wanted.unique(), on=USER_ID, how="semi")
         user_ids, queries, histories = user_queries(history, index.item_ids, item_vectors, recent_items, half_life)
-        usable = np.flatnonzero(np.any(queries != 0, axis=1))
-        rows, scores = search(index, queries[usable], n, [histories[i] for i in usable], batch_size)
-        q, position = np.nonzero(rows >= 0)
-        frame = pl.DataFrame(
-            {
-                USER_ID: pl.Series(user_ids, dtype=pl.String).gather(usable[q]),
-                ITEM_ID: pl.Series(index.item_ids, dtype=pl.String).gather(rows[q, position]),
-                SOURCE: pl.Series(np.full(len(q), "ann", dtype=object), dtype=pl.String),
-                RETRIEVAL_SCORE: pl.Series(scores[q, position], dtype=pl.Float32),
-                RETRIEVAL_RANK: pl.Series(position + 1, dtype=pl.Int32),
-            },
-            schema=CANDIDATES,
-        ).sort(USER_ID, RETRIEVAL_RANK)
-        s.done(f"{len(usable):,} users, {frame.height:,} candidates")
+        frame = search_candidates(index, user_ids, queries, histories, n, "ann", batch_size)
+        s.done(f"{frame[USER_ID].n_unique():,} users, {frame.height:,} candidates")
     return frame
+
+
+def search_candidates(index: ItemIndex, user_ids: Sequence[str], queries: np.ndarray, histories: Sequence[np.ndarray],
+                      n: int, source: str, batch_size: int = 1024) -> pl.DataFrame:
+    """Candidates from one query vector per user: the top-n index items not in the user's history.
+
+    Args:
+        index: the ItemIndex to search.
+        user_ids: one user per query row.
+        queries: float32 (n_users, d); a zero row gets no candidates.
+        histories: per user, int64 item rows (in the index's order) to leave out.
+        n: candidates per user.
+        source: the candidates' source name.
+        batch_size: queries per FAISS call.
+
+    Returns:
+        CANDIDATES frame, sorted by user_id, retrieval_rank.
+    """
+    usable = np.flatnonzero(np.any(queries != 0, axis=1))
+    rows, scores = search(index, queries[usable], n, [histories[i] for i in usable], batch_size)
+    q, position = np.nonzero(rows >= 0)
+    return pl.DataFrame(
+        {
+            USER_ID: pl.Series(list(user_ids), dtype=pl.String).gather(usable[q]),
+            ITEM_ID: pl.Series(index.item_ids, dtype=pl.String).gather(rows[q, position]),
+            SOURCE: pl.Series(np.full(len(q), source, dtype=object), dtype=pl.String),
+            RETRIEVAL_SCORE: pl.Series(scores[q, position], dtype=pl.Float32),
+            RETRIEVAL_RANK: pl.Series(position + 1, dtype=pl.Int32),
+        },
+        schema=CANDIDATES,
+    ).sort(USER_ID, RETRIEVAL_RANK)
+
+
+def seen_rows(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str]) -> list[np.ndarray]:
+    """Per user of `users`, the sorted int64 rows in `item_ids` of the items in their history."""
+    user_index = pl.DataFrame({USER_ID: pl.Series(list(users), dtype=pl.String),
+                               "_u": np.arange(len(users), dtype=np.int64)})
+    item_index = pl.DataFrame({ITEM_ID: pl.Series(list(item_ids), dtype=pl.String),
+                               "_i": np.arange(len(item_ids), dtype=np.int64)})
+    pairs = (history.select(USER_ID, ITEM_ID).join(user_index, on=USER_ID).join(item_index, on=ITEM_ID)
+             .select("_u", "_i").unique().sort("_u", "_i"))
+    counts = np.bincount(pairs["_u"].to_numpy(), minlength=len(users))
+    return np.split(pairs["_i"].to_numpy().astype(np.int64), np.cumsum(counts)[:-1])
 
 
 def merge_candidates(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:

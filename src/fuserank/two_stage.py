@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,13 +17,15 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.collaborative import ItemItemModel, ease_candidates, fit_ease
-from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig
+from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig, SequenceConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.encoders.behaviour import fit_behaviour
 from fuserank.features import build_features, select_features
 from fuserank.fusion import fuse
 from fuserank.popularity import neighbourhood_popular, popular_candidates, reference_times
 from fuserank.retrieval import IVFPQSettings, ItemIndex, build_index, merge_candidates, retrieve
+from fuserank.sequence import SequenceModel, fit_sequence_model
+from fuserank.sequence_features import add_sequence_features, sequence_candidates
 
 if TYPE_CHECKING:
     from fuserank.llm_features import LLMSignals
@@ -38,6 +41,10 @@ class StageOne:
         index: FAISS index over `fused`.
         modality_indexes: one index per fused modality, when per-modality candidates are on.
         ease: the EASE item-item model, when behaviour is on and behaviour.ease_l2 > 0.
+        sequence: the SASRec model fitted on the same history, when sequence.enabled; its
+            normalised item vectors are the view "sequence" of `embeddings`.
+        sequence_index: FAISS index over the sequence model's raw output embeddings (the
+            model's scores are inner products with them).
     """
 
     embeddings: dict[str, Embeddings]
@@ -45,6 +52,8 @@ class StageOne:
     index: ItemIndex
     modality_indexes: dict[str, ItemIndex]
     ease: ItemItemModel | None = None
+    sequence: SequenceModel | None = None
+    sequence_index: ItemIndex | None = None
 
 
 def fit_stage_one(
@@ -55,15 +64,20 @@ def fit_stage_one(
     fusion: FusionConfig,
     retrieval: RetrievalConfig,
     seed: int,
+    sequence: SequenceConfig | None = None,
+    cache_dir: Path | None = None,
 ) -> StageOne:
-    """Learn the behaviour embedding from `history`, fuse it with the content embeddings, index it.
+    """Learn the behaviour embedding (and the sequence model) from `history`, fuse the views,
+    index them.
 
     Args:
         history: interactions the stage may learn from (schema.INTERACTIONS).
         item_ids: every catalog item, in the row order of the content embeddings.
         content: content-only embeddings (text, image, ...) of every catalog item (may be empty).
         behaviour, fusion, retrieval: stage configs.
-        seed: seed for the behaviour embedding.
+        seed: seed for the behaviour embedding and the sequence model.
+        sequence: the sequence model's settings (None or not enabled: no sequence model).
+        cache_dir: where fitted sequence models are cached (None: not cached).
     """
     item_ids = tuple(item_ids)
     embeddings = {name: emb.align(item_ids) for name, emb in content.items()}
@@ -72,6 +86,12 @@ def fit_stage_one(
         embeddings["behaviour"] = fit_behaviour(
             history, item_ids, dim=behaviour.dim, seed=seed, min_item_count=behaviour.min_item_count
         )
+    model = None
+    if sequence is not None and sequence.enabled:
+        model = fit_sequence_model(history, item_ids, sequence, seed, cache_dir)
+        norms = np.linalg.norm(model.item_vectors, axis=1, keepdims=True)
+        unit = np.divide(model.item_vectors, norms, out=np.zeros_like(model.item_vectors), where=norms > 0)
+        embeddings["sequence"] = Embeddings(item_ids, unit.astype(np.float32), norms[:, 0] > 0)
     weights = {m: w for m, w in fusion.weights.items() if m in embeddings and w > 0}
     if not weights:
         raise ValueError(f"no modality to fuse: embeddings {sorted(embeddings)}, fusion weights {fusion.weights}")
@@ -93,7 +113,8 @@ def fit_stage_one(
     ease = None
     if behaviour.enabled and behaviour.ease_l2 > 0:
         ease = fit_ease(history, item_ids, behaviour.ease_l2, behaviour.ease_max_items)
-    return StageOne(embeddings, fused, index_of(fused), per_modality, ease)
+    sequence_index = index_of(model.item_vectors) if model is not None and retrieval.sequence_candidates > 0 else None
+    return StageOne(embeddings, fused, index_of(fused), per_modality, ease, model, sequence_index)
 
 
 def generate_candidates(
@@ -101,9 +122,10 @@ def generate_candidates(
     ref_times: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """ANN candidates over the fused index, then over each modality's own index (when on), then
-    EASE's (when on), then the most popular items; deduplicated. Popularity (the popular and
-    neighbourhood sources) counts only interactions at or before each user's reference time
-    (`ref_times`, schema.REF_TIMES; None: each user's newest history interaction).
+    the sequence model's (when on), then EASE's (when on), then the most popular items;
+    deduplicated. Popularity (the popular and neighbourhood sources) counts only interactions at
+    or before each user's reference time (`ref_times`, schema.REF_TIMES; None: each user's
+    newest history interaction).
 
     Returns a schema.CANDIDATES frame in stage-1 order (sources in that order, each by rank).
     """
@@ -142,6 +164,9 @@ def generate_candidates(
                 neighbourhood_popular(found, history, retrieval.neighbourhood_candidates, f"pop_{modality}", ref_times)
             )
     frames.extend(popular_in)
+    if stage.sequence is not None and stage.sequence_index is not None:
+        frames.append(sequence_candidates(stage.sequence, stage.sequence_index, history, users,
+                                          retrieval.sequence_candidates, retrieval.batch_size))
     if stage.ease is not None and retrieval.ease_candidates > 0:
         frames.append(ease_candidates(stage.ease, history, users, retrieval.ease_candidates, retrieval.batch_size))
     if retrieval.popular_candidates > 0:
@@ -189,6 +214,8 @@ def candidate_features(
         ease=stage.ease,
         ref_times=ref_times,
     )
+    if stage.sequence is not None:
+        frame, names = add_sequence_features(frame, names, stage.sequence, history)
     if llm is not None:
         from fuserank.llm_features import add_llm_features
 
@@ -203,8 +230,9 @@ def candidate_sources(stage: StageOne, retrieval: RetrievalConfig) -> tuple[str,
         per_modality += [f"ann_{m}" for m in stage.modality_indexes]
     if retrieval.neighbourhood_candidates > 0:
         per_modality += [f"pop_{m}" for m in stage.modality_indexes]
+    sequence = ("sequence",) if stage.sequence_index is not None else ()
     ease = ("ease",) if stage.ease is not None and retrieval.ease_candidates > 0 else ()
-    return ("ann", *per_modality, *ease, "popular")
+    return ("ann", *per_modality, *sequence, *ease, "popular")
 
 
 def rank_candidates(frame: pl.DataFrame, scores: np.ndarray, top_k: int) -> pl.DataFrame:

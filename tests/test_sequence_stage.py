@@ -1,0 +1,70 @@
+"""The sequence model in both stages: its candidates and features on the planted cycle, the
+features worked by hand, and each cut-off's model fitted on that cut-off's history only."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import polars as pl
+import pytest
+
+from fuserank import schema
+from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig
+from fuserank.encoders.base import Embeddings
+from fuserank.sequence import cache_key
+from fuserank.sequence_features import sequence_candidates, sequence_features
+from fuserank.two_stage import candidate_features, candidate_sources, fit_stage_one
+from test_sequence import CATALOG, TINY, cyclic, next_item
+
+
+class FixedScores:
+    """A stand-in model whose scores are a fixed (n_users, n_items) matrix."""
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self._scores = scores
+
+    def scores(self, history, users):
+        return self._scores[: len(users)]
+
+
+def test_sequence_features_by_hand():
+    # user 0 scores items [0.1, 0.9, 0.5]; user 1 [0.3, 0.3, 0.2]
+    model = FixedScores(np.array([[0.1, 0.9, 0.5], [0.3, 0.3, 0.2]], dtype=np.float32))
+    out = sequence_features(model, None, ["u0", "u1"], np.array([0, 0, 1, 1]), np.array([2, 0, 0, 2]))
+    assert out["seq_model_score"].tolist() == pytest.approx([0.5, 0.1, 0.3, 0.2])
+    # ranks among all items: u0's item 2 has one item above it (0.9), item 0 two; u1's item 0 none
+    # (the tie at 0.3 is not above it), item 2 two
+    assert out["seq_model_rank"].tolist() == [2.0, 3.0, 1.0, 3.0]
+    # within-user z: u0 (0.5, 0.1) -> (+1, -1); u1 (0.3, 0.2) -> (+1, -1)
+    assert out["seq_model_score_z"].tolist() == pytest.approx([1.0, -1.0, 1.0, -1.0], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cycle_stage(tmp_path_factory):
+    history = cyclic(n_users=60)
+    content = {"text": Embeddings(CATALOG, np.eye(len(CATALOG), 8, dtype=np.float32), np.ones(len(CATALOG), bool))}
+    retrieval = RetrievalConfig(n_candidates=5, popular_candidates=3, sequence_candidates=5, ease_candidates=0)
+    config = dataclasses.replace(TINY, enabled=True)
+    stage = fit_stage_one(history, CATALOG, content, BehaviourConfig(dim=4, ease_l2=0.0), FusionConfig(), retrieval,
+                          seed=0, sequence=config, cache_dir=tmp_path_factory.mktemp("seq"))
+    return history, stage, retrieval, config
+
+
+def test_the_sequence_source_finds_each_users_next_item(cycle_stage):
+    history, stage, retrieval, config = cycle_stage
+    assert stage.sequence.cache_key == cache_key(history, CATALOG, config, 0, stage.sequence.device)  # fitted on this history only
+    assert "sequence" in candidate_sources(stage, retrieval) and "sequence" in stage.embeddings
+    users = history[schema.USER_ID].unique().sort().to_list()
+    frame, names = candidate_features(stage, history, users, retrieval, FeatureConfig())
+    assert {"seq_model_score", "seq_model_score_z", "seq_model_rank", "from_sequence"} <= set(names)
+    assert any(n.startswith("cos_sequence_") for n in names)
+    last = history.group_by(schema.USER_ID, maintain_order=True).last()
+    wanted = pl.DataFrame({schema.USER_ID: last[schema.USER_ID],
+                           schema.ITEM_ID: [next_item(i) for i in last[schema.ITEM_ID]]})
+    own = sequence_candidates(stage.sequence, stage.sequence_index, history, users, retrieval.sequence_candidates)
+    assert own.join(wanted, on=[schema.USER_ID, schema.ITEM_ID], how="semi").height >= 0.8 * len(users)
+    assert own.join(history, on=[schema.USER_ID, schema.ITEM_ID], how="semi").is_empty()  # never a seen item
+    found = frame.join(wanted, on=[schema.USER_ID, schema.ITEM_ID], how="semi")
+    assert found.height >= 0.8 * len(users)
+    assert (found["seq_model_rank"] <= 2).mean() >= 0.8  # the model ranks the next item at or near the top
