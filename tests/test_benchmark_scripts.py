@@ -56,11 +56,12 @@ def test_benchmark_peers_on_a_tiny_catalog(tmp_path):
         "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
         "--set", "retrieval.n_candidates=40", "--set", "retrieval.popular_candidates=10",
         "--set", "ranker.n_estimators=50", "--set", "ranker.min_child_samples=5",
-        "--recbole-set", "split.label_share=0.25", "--recbole-set", "ranker.base_scale=0.3",
+        "--recbole-set", "split.label_share=0.25", "--recbole-set", "ranker.base_scale=0.3", "--seeds", "5", "6",
     ])
     assert code == 0
     report = json.loads(out.read_text())
-    for protocol in ("temporal", "recbole"):
+    assert set(report["protocols"]) == {"leave_last_out", "global_time", "recbole"}
+    for protocol in report["protocols"]:
         result = report["protocols"][protocol]
         systems = [row["system"] for row in result["systems"]]
         assert systems == ["fuserank", "popular", "item_knn", "ease"]
@@ -69,10 +70,15 @@ def test_benchmark_peers_on_a_tiny_catalog(tmp_path):
             for metric in ("ndcg_at_10", "recall_at_10", "recall_at_20", "mrr_at_10"):
                 assert row[f"{metric}_ci_low"] <= row[metric] <= row[f"{metric}_ci_high"]
         assert len(result["details"]["ease"]["tuning"]) == 6
-    assert report["protocols"]["temporal"]["n_test"] == report["protocols"]["temporal"]["n_test_users"]
-    assert report["protocols"]["recbole"]["n_test"] > report["protocols"]["recbole"]["n_test_users"]
+        # fuserank ran once per seed; the table shows the first
+        spread = result["details"]["fuserank"]["over_seeds"]["test_ndcg_at_10"]
+        assert set(spread["by_seed"]) == {"5", "6"} and spread["min"] <= spread["mean"] <= spread["max"]
+        assert spread["by_seed"]["5"] == pytest.approx(result["systems"][0]["ndcg_at_10"], abs=1e-12)
+    for protocol in ("leave_last_out", "global_time"):  # one target per test user
+        assert report["protocols"][protocol]["n_test_targets"] == report["protocols"][protocol]["n_test_users"]
+    assert report["protocols"]["recbole"]["n_test_targets"] > report["protocols"]["recbole"]["n_test_users"]
     # the recbole-only settings reach fuserank on that protocol and nowhere else
-    recbole, temporal = report["protocols"]["recbole"]["details"], report["protocols"]["temporal"]["details"]
+    recbole, temporal = report["protocols"]["recbole"]["details"], report["protocols"]["leave_last_out"]["details"]
     assert (recbole["fuserank"]["label_share"], recbole["fuserank"]["base_scale"]) == (0.25, 0.3)
     assert (temporal["fuserank"]["label_share"], temporal["fuserank"]["base_scale"]) == (0.0, 0.0)
 
@@ -109,3 +115,11 @@ def test_modality_purity_on_a_tiny_catalog(tmp_path):
     # Colour and pitch are what the descriptor and the audio statistics see best.
     assert rows["image descriptor", "colour"]["agreement"] > 2 * rows["image descriptor", "colour"]["chance"]
     assert rows["audio statistics", "pitch"]["agreement"] > 2 * rows["audio statistics", "pitch"]["chance"]
+
+
+def test_headline_spread_over_seeds_by_hand():
+    headline = _load("benchmark_headline")
+    out = headline.spread({42: {"test_ndcg_at_10": 0.1}, 43: {"test_ndcg_at_10": 0.3}, 44: {"test_ndcg_at_10": 0.2}})
+    # mean 0.2; sample standard deviation sqrt((0.01 + 0.01 + 0) / 2) = 0.1
+    assert out["test_ndcg_at_10"] == pytest.approx({"mean": 0.2, "std": 0.1, "min": 0.1, "max": 0.3})
+    assert "test_recall_at_10" not in out  # only metrics the runs have
