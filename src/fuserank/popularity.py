@@ -171,7 +171,7 @@ def popular_candidates(history: pl.DataFrame, users: Sequence[str], n: int,
 
     Items are ranked by their interaction count at or before the reference time, ties by
     item_id; each user gets the first n of that ranking that are not in their own history
-    (fewer if the history runs out).
+    (fewer when fewer items had been interacted with by then).
 
     Args:
         history: interactions frame.
