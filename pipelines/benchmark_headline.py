@@ -23,26 +23,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
 
 from fuserank import atomic  # noqa: E402
+from fuserank.benchmarking import spread_over_seeds  # noqa: E402
 from fuserank.config import load_config  # noqa: E402
 from fuserank.progress import set_quiet  # noqa: E402
 
 PROTOCOLS = ("leave_last_out", "global_time")
 SPREAD = ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_stage1_recall", "valid_ndcg_at_10",
           "test_popular_ndcg_at_10", "test_retrieval_ndcg_at_10", "test_cold_ndcg_at_10")
-
-
-def spread(runs: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean, sample standard deviation, min and max over seeds of each SPREAD metric present."""
-    out = {}
-    for key in SPREAD:
-        values = np.array([m[key] for m in runs.values() if key in m])
-        if values.size:
-            out[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
-                        "min": float(values.min()), "max": float(values.max())}
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 summaries[seed] = format_summary(metrics)
                 print(f"\n{protocol}, seed {seed} ({time.perf_counter() - start:.0f} s):\n{summaries[seed]}", flush=True)
             report["protocols"][protocol] = {
-                "over_seeds": spread(runs),
+                "over_seeds": spread_over_seeds(runs, SPREAD),
                 "summary_by_seed": {str(s): text for s, text in summaries.items()},
                 "metrics_by_seed": {str(s): m for s, m in runs.items()},
             }

@@ -35,11 +35,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice; numpy's BLAS is not on the hot path
 
-import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from fuserank import atomic, schema  # noqa: E402
-from fuserank.benchmarking import HEADLINE, format_table, order_as_time, run_peer, summarise_systems  # noqa: E402
+from fuserank.benchmarking import (  # noqa: E402
+    HEADLINE, format_table, order_as_time, run_peer, spread_over_seeds, summarise_systems,
+)
 from fuserank.config import RunConfig, load_config, with_overrides  # noqa: E402
 from fuserank.data.cutoffs import Cutoffs, build_cutoffs, cutoffs_from_split  # noqa: E402
 from fuserank.data.split import recbole_split  # noqa: E402
@@ -86,16 +87,8 @@ def run_fuserank(cutoffs: Cutoffs, items: pl.DataFrame, config: RunConfig) -> tu
 RECBOLE_FUSERANK = ("split.label_share=0.125", "ranker.base_scale=0.3")
 
 
-def seed_spread(by_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean, standard deviation, min and max over seeds of fuserank's headline test metrics."""
-    out = {}
-    for key in ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_stage1_recall", "valid_ndcg_at_10"):
-        values = np.array([m[key] for m in by_seed.values() if key in m])
-        if values.size:
-            out[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
-                        "min": float(values.min()), "max": float(values.max()),
-                        "by_seed": {str(s): float(m[key]) for s, m in by_seed.items()}}
-    return out
+# fuserank's metrics whose spread over seeds the record keeps.
+SEED_SPREAD = ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_stage1_recall", "valid_ndcg_at_10")
 
 
 def benchmark_protocol(
@@ -122,7 +115,7 @@ def benchmark_protocol(
                 per_user["fuserank"], metrics = seed_per_user, by_seed[seed]
             s.done(f"test ndcg@10 {by_seed[seed]['test_ndcg_at_10']:.4f}")
     details["fuserank"] = {"library": "fuserank", "seconds": time.perf_counter() - start,
-                           "seeds": list(seeds), "over_seeds": seed_spread(by_seed),
+                           "seeds": list(seeds), "over_seeds": spread_over_seeds(by_seed, SEED_SPREAD),
                            "label_window": fuserank_config.split.label_window,
                            "label_share": fuserank_config.split.label_share,
                            "base_scale": fuserank_config.ranker.base_scale,

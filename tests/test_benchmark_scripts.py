@@ -117,9 +117,14 @@ def test_modality_purity_on_a_tiny_catalog(tmp_path):
     assert rows["audio statistics", "pitch"]["agreement"] > 2 * rows["audio statistics", "pitch"]["chance"]
 
 
-def test_headline_spread_over_seeds_by_hand():
-    headline = _load("benchmark_headline")
-    out = headline.spread({42: {"test_ndcg_at_10": 0.1}, 43: {"test_ndcg_at_10": 0.3}, 44: {"test_ndcg_at_10": 0.2}})
+def test_spread_over_seeds_by_hand():
+    from fuserank.benchmarking import spread_over_seeds
+
+    out = spread_over_seeds({42: {"test_ndcg_at_10": 0.1}, 43: {"test_ndcg_at_10": 0.3}, 44: {"test_ndcg_at_10": 0.2}},
+                            ("test_ndcg_at_10", "test_recall_at_10"))
     # mean 0.2; sample standard deviation sqrt((0.01 + 0.01 + 0) / 2) = 0.1
-    assert out["test_ndcg_at_10"] == pytest.approx({"mean": 0.2, "std": 0.1, "min": 0.1, "max": 0.3})
+    got = out["test_ndcg_at_10"]
+    assert {k: got[k] for k in ("mean", "std", "min", "max")} == pytest.approx(
+        {"mean": 0.2, "std": 0.1, "min": 0.1, "max": 0.3})
+    assert got["by_seed"] == {"42": 0.1, "43": 0.3, "44": 0.2}
     assert "test_recall_at_10" not in out  # only metrics the runs have

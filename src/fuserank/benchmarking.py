@@ -155,6 +155,19 @@ def format_table(rows: Sequence[Mapping[str, Any]], reference: str = "fuserank")
     return "\n".join(lines)
 
 
+def spread_over_seeds(by_seed: Mapping[int, Mapping[str, float]], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Mean, sample standard deviation, min, max and per-seed value of each metric in `keys`
+    that the runs have (seed -> metric name -> value); a single seed has standard deviation 0."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        values = np.array([m[key] for m in by_seed.values() if key in m])
+        if values.size:
+            out[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                        "min": float(values.min()), "max": float(values.max()),
+                        "by_seed": {str(s): float(m[key]) for s, m in by_seed.items() if key in m}}
+    return out
+
+
 def order_as_time(split: Split, seed: int) -> Split:
     """Replace timestamps with each user's position in a random order of train, then valid, then test.
 

@@ -12,12 +12,11 @@ inputs loads it instead of training.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from fuserank.encoders.text import resolve_device
 from fuserank.sequence_training import (
     VALID_K, build_network, exclude_history, train_network, training_sequences, user_sequences,
 )
+from fuserank.torch_threads import torch_threads
 
 if TYPE_CHECKING:
     from fuserank.sequence_model import SASRec
@@ -93,7 +93,7 @@ class SequenceModel:
         from fuserank.sequence_model import last_hidden  # torch: imported only when used
 
         known, sequences = user_sequences(history.filter(pl.col(schema.USER_ID).is_in(list(users))), self.item_ids)
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads):
             computed = last_hidden(self.network, sequences, self.device)
         row_of = {user: row for row, user in enumerate(known)}
         states = np.zeros((len(users), self.item_vectors.shape[1]), dtype=np.float32)
@@ -183,7 +183,7 @@ def fit_sequence_model(history: pl.DataFrame, item_ids: Sequence[str], config: S
     device = resolve_device(config.device)
     key = cache_key(history, item_ids, config, seed, device)
     path = Path(cache_dir) / f"sasrec-{key}.pt" if cache_dir is not None else None
-    with _torch_threads(config.threads):
+    with torch_threads(config.threads):
         loaded = _load(path, len(item_ids), config, device) if path is not None and path.exists() else None
         if loaded is not None:
             return _fitted(item_ids, *loaded, config, device, key, from_cache=True)
@@ -240,13 +240,3 @@ def _load(path: Path, n_items: int, config: SequenceConfig, device: str) -> tupl
         return None
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

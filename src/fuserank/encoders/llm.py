@@ -14,13 +14,12 @@ rerun costs no model call and an interrupted run resumes after its last finished
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from fuserank import progress
 from fuserank.atomic import write_atomic
 from fuserank.encoders.cache import EmbeddingCache, content_key
 from fuserank.prompts import Prompt
+from fuserank.torch_threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -165,18 +165,6 @@ class TextCache:
         return self._values
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def render(lm: CausalLM, prompt: Prompt) -> str:
     """The prompt as the model's chat template lays it out (plain text without a template)."""
     tokenizer = lm.tokenizer
@@ -254,7 +242,7 @@ def generate(
         if cache is not None:
             cache.put(batch_keys, values)
 
-    with _torch_threads(lm.threads):
+    with torch_threads(lm.threads):
         found = _batched(keys, rendered, batch_size, chunk, desc, run, store, found)
     return [found[k] for k in keys]
 
@@ -300,7 +288,7 @@ def embed_hidden(
     for key, text in zip(keys, texts):
         if not text.strip():  # nothing to embed: a zero row, never a model call
             found[key] = np.zeros(dim, dtype=np.float32)
-    with _torch_threads(lm.threads):
+    with torch_threads(lm.threads):
         found = _batched(keys, texts, batch_size, chunk, desc, run, store, found)
     return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, dim), np.float32)
 
@@ -332,6 +320,6 @@ def yes_logprob(
         if cache is not None:
             cache.put(batch_keys, np.asarray(values, dtype=np.float32).reshape(-1, 1))
 
-    with _torch_threads(lm.threads):
+    with torch_threads(lm.threads):
         found = _batched(keys, rendered, batch_size, chunk, desc, run, store, found)
     return np.asarray([found[k] for k in keys], dtype=np.float32)
