@@ -27,7 +27,7 @@ import polars as pl  # noqa: E402
 from fuserank import atomic, schema  # noqa: E402
 from fuserank.config import RunConfig, cache_dir  # noqa: E402
 from fuserank.progress import set_quiet  # noqa: E402
-from fuserank.sources import resolve  # noqa: E402
+from fuserank.data.sources import resolve  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

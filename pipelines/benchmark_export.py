@@ -34,8 +34,8 @@ def run_full(n_users: int, n_items: int, top_k: int) -> dict:
     """Train one run on a synthetic catalog, then time exporting every user."""
     from fuserank.config import load_config
     from fuserank.data.synthetic import generate_catalog, write_catalog
-    from fuserank.export_job import export
-    from fuserank.train_evaluate import train_evaluate
+    from fuserank.jobs.export import export
+    from fuserank.jobs.train_evaluate import train_evaluate
 
     root = WORK / f"full-{n_users}"
     items, interactions = generate_catalog(n_items=n_items, n_users=n_users, seed=11, interactions_per_user=(5, 25))
@@ -72,8 +72,8 @@ def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
     import polars as pl
 
     from fuserank import schema
-    from fuserank.export import Server, assign_arms, export_batches, plan_arms, popular_lists, popularity_pool
-    from fuserank.export_job import write_export
+    from fuserank.jobs.arms import Server, assign_arms, export_batches, plan_arms, popular_lists, popularity_pool
+    from fuserank.jobs.export import write_export
 
     rng = np.random.default_rng(0)
     item_ids = [f"i{i:06d}" for i in range(n_items)]

@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 from fuserank import atomic  # noqa: E402
-from fuserank.benchmarking import spread_over_seeds  # noqa: E402
+from fuserank.evaluation.benchmarking import spread_over_seeds  # noqa: E402
 from fuserank.config import load_config  # noqa: E402
 from fuserank.progress import set_quiet  # noqa: E402
 
@@ -35,7 +35,7 @@ SPREAD = ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_stage1
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fuserank.train_evaluate import format_summary, train_evaluate
+    from fuserank.jobs.train_evaluate import format_summary, train_evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="movielens-100k")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fuserank import atomic
-from fuserank.sharding import build_sharded, recall_at_k, scatter_shards, search_sharded, search_sharded_dask
+from fuserank.retrieval.sharding import build_sharded, recall_at_k, scatter_shards, search_sharded, search_sharded_dask
 
 
 def synthetic(n: int, d: int, n_clusters: int, seed: int) -> np.ndarray:
@@ -77,7 +77,7 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     from fuserank.config import DaskConfig
-    from fuserank.distributed import dask_client
+    from fuserank.jobs.distributed import dask_client
 
     dask_rows = []
     with dask_client(DaskConfig(enabled=True, n_workers=args.shards, threads_per_worker=1)) as client:

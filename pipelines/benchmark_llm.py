@@ -30,13 +30,14 @@ def main() -> None:
 
     import torch
 
-    from fuserank import atomic, prompts
+    from fuserank import atomic
+    from fuserank.encoders import prompts
     from fuserank.config import RunConfig, cache_dir
     from fuserank.data.movielens import load_movielens_100k
     from fuserank.encoders.llm import generate, load_causal_lm
-    from fuserank.llm_features import item_thin_text
+    from fuserank.ranking.llm_features import item_thin_text
     from fuserank.progress import set_quiet
-    from fuserank.sources import resolve
+    from fuserank.data.sources import resolve
 
     set_quiet(True)
     config = RunConfig()

@@ -38,13 +38,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice; numpy's
 import polars as pl  # noqa: E402
 
 from fuserank import atomic, schema  # noqa: E402
-from fuserank.benchmarking import (  # noqa: E402
+from fuserank.evaluation.benchmarking import (  # noqa: E402
     HEADLINE, format_table, order_as_time, run_peer, spread_over_seeds, summarise_systems,
 )
 from fuserank.config import RunConfig, load_config, with_overrides  # noqa: E402
 from fuserank.data.cutoffs import Cutoffs, build_cutoffs, cutoffs_from_split  # noqa: E402
 from fuserank.data.split import recbole_split  # noqa: E402
-from fuserank.peers import PEERS  # noqa: E402
+from fuserank.evaluation.peers import PEERS  # noqa: E402
 from fuserank.progress import set_quiet, step  # noqa: E402
 
 PROTOCOLS = ("leave_last_out", "global_time", "recbole")
@@ -69,8 +69,8 @@ def protocol_cutoffs(protocol: str, interactions: pl.DataFrame, config: RunConfi
 
 def run_fuserank(cutoffs: Cutoffs, items: pl.DataFrame, config: RunConfig) -> tuple[pl.DataFrame, dict[str, float]]:
     """fuserank's full protocol on `cutoffs`; returns (its per-user test metrics, its metrics)."""
-    from fuserank.content import encode_content
-    from fuserank.protocol import run_protocol
+    from fuserank.encoders.content import encode_content
+    from fuserank.evaluation.protocol import run_protocol
 
     content, _ = encode_content(items, cutoffs.valid.history[schema.ITEM_ID].unique(), config)
     result = run_protocol(cutoffs, items[schema.ITEM_ID].to_list(), content, config)
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     set_quiet(args.quiet)
     recbole_overrides = args.recbole_overrides or list(RECBOLE_FUSERANK)
     config = load_config(args.config, [f"data.dataset={args.dataset}", *args.overrides])
-    from fuserank.train_evaluate import load_data
+    from fuserank.jobs.train_evaluate import load_data
 
     start = time.perf_counter()
     items, interactions = load_data(config)

@@ -112,12 +112,12 @@ def stage_costs(dataset: str, seed: int, trees: int = 100) -> dict:
 
     from fuserank import schema
     from fuserank.config import load_config
-    from fuserank.content import encode_content
-    from fuserank.features import build_features
-    from fuserank.protocol import QUERY, make_cutoffs, ranker_training_frame
-    from fuserank.ranking import fit_ranker
-    from fuserank.train_evaluate import load_data
-    from fuserank.two_stage import candidate_sources, fit_stage_one, generate_candidates
+    from fuserank.encoders.content import encode_content
+    from fuserank.ranking.features import build_features
+    from fuserank.evaluation.protocol import QUERY, make_cutoffs, ranker_training_frame
+    from fuserank.ranking.ranker import fit_ranker
+    from fuserank.jobs.train_evaluate import load_data
+    from fuserank.pipeline import candidate_sources, fit_stage_one, generate_candidates
 
     config = load_config(None, [f"data.dataset={dataset}", f"seed={seed}"])
     items, interactions = load_data(config)

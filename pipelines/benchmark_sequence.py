@@ -2,7 +2,7 @@
 
 The model is fitted on the test cut-off's history (train + valid; its early stopping holds out
 each user's last history item, so it sees nothing beyond that history) and ranks the whole
-catalog minus each user's history items for every test user; fuserank.metrics scores the lists.
+catalog minus each user's history items for every test user; fuserank.evaluation.metrics scores the lists.
 Most-popular on the same history is the floor beside it. Writes
 benchmarks/sequence_<dataset>.json.
 
@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from fuserank import atomic, schema  # noqa: E402
 from fuserank.config import load_config, to_dict  # noqa: E402
 from fuserank.data.cutoffs import build_cutoffs  # noqa: E402
-from fuserank.metrics import evaluate_rankings, summarise  # noqa: E402
+from fuserank.evaluation.metrics import evaluate_rankings, summarise  # noqa: E402
 from fuserank.progress import set_quiet  # noqa: E402
 
 KS = (10, 20)
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_quiet(args.quiet)
     config = load_config(args.config, [f"data.dataset={args.dataset}", *args.overrides])
-    from fuserank.peers import recommend
-    from fuserank.sequence import fit_sequence_model
-    from fuserank.train_evaluate import load_data
+    from fuserank.evaluation.peers import recommend
+    from fuserank.retrieval.sequence import fit_sequence_model
+    from fuserank.jobs.train_evaluate import load_data
 
     items, interactions = load_data(config)
     item_ids = items[schema.ITEM_ID].to_list()

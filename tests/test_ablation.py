@@ -2,10 +2,10 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
-from fuserank.ablation import ablation_table, ablation_variants, format_table
+from fuserank.evaluation.ablation import ablation_table, ablation_variants, format_table
 from fuserank.config import RunConfig
 from fuserank.encoders.base import Embeddings
-from fuserank.protocol import ProtocolResult
+from fuserank.evaluation.protocol import ProtocolResult
 
 
 def embeddings(ids):

@@ -16,7 +16,7 @@ from fuserank import schema
 from fuserank.encoders import audio as audio_module
 from fuserank.encoders.audio import FEATURE_NAMES, AudioEncoder, audio_features, load_audio
 from fuserank.encoders.base import Encoder
-from fuserank.media import MediaError
+from fuserank.data.media import MediaError
 
 SR = 22050
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")

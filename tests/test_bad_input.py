@@ -20,7 +20,7 @@ from fuserank import schema
 from fuserank.data.catalog import load_catalog
 from fuserank.data.split import leave_last_out
 from fuserank.data.validate import DataError, validate_interactions
-from fuserank.media import MediaError, group_media_files, safe_media_path
+from fuserank.data.media import MediaError, group_media_files, safe_media_path
 
 ITEMS_CSV = "item_id,text\n1,one\n2,two\n3,three\n"
 
@@ -292,7 +292,7 @@ def test_embedding_cache_and_ranker_are_read_without_pickle():
     # The formats that cross machines: npz shards read with allow_pickle=False, the booster as text.
     cache = (SRC / "encoders" / "cache.py").read_text(encoding="utf-8")
     assert "allow_pickle=False" in cache
-    ranking = (SRC / "ranking.py").read_text(encoding="utf-8")
+    ranking = (SRC / "ranking" / "ranker.py").read_text(encoding="utf-8")
     assert "model_file" in ranking or "model_str" in ranking
 
 

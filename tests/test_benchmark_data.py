@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from fuserank import schema
-from fuserank.benchmarking import format_table, order_as_time, summarise_systems
+from fuserank.evaluation.benchmarking import format_table, order_as_time, summarise_systems
 from fuserank.data.movielens import RECBOLE_ITEM_ID, load_movielens_1m
 from fuserank.data.split import k_core, random_split, ratio_counts, recbole_split
 

@@ -118,7 +118,7 @@ def test_modality_purity_on_a_tiny_catalog(tmp_path):
 
 
 def test_spread_over_seeds_by_hand():
-    from fuserank.benchmarking import spread_over_seeds
+    from fuserank.evaluation.benchmarking import spread_over_seeds
 
     out = spread_over_seeds({42: {"test_ndcg_at_10": 0.1}, 43: {"test_ndcg_at_10": 0.3}, 44: {"test_ndcg_at_10": 0.2}},
                             ("test_ndcg_at_10", "test_recall_at_10"))

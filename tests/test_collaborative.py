@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from fuserank import schema
-from fuserank.collaborative import ease_candidates, ease_feature, fit_ease, user_matrix
+from fuserank.retrieval.collaborative import ease_candidates, ease_feature, fit_ease, user_matrix
 
 ITEMS = ("a", "b", "c", "d", "e")
 
@@ -83,7 +83,7 @@ def test_bad_settings_are_rejected():
 
 def test_stage_one_adds_the_ease_source_and_features_only_when_behaviour_is_on():
     from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig
-    from fuserank.two_stage import candidate_features, fit_stage_one
+    from fuserank.pipeline import candidate_features, fit_stage_one
 
     retrieval = RetrievalConfig(n_candidates=1, popular_candidates=1, ease_candidates=2)
     on = fit_stage_one(HISTORY, ITEMS, {}, BehaviourConfig(dim=2, ease_l2=0.5), FusionConfig(), retrieval, seed=1)

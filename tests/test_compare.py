@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fuserank.compare import (
+from fuserank.evaluation.compare import (
     DataMismatchError,
     comparison_table,
     compare_runs,

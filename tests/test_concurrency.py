@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from fuserank.config import RunConfig, with_overrides
-from fuserank.tuning import create_study, sample_params
-from fuserank.study import trial_position, trial_sampler
+from fuserank.jobs.tuning import create_study, sample_params
+from fuserank.jobs.study import trial_position, trial_sampler
 from tiny_project import write_project
 
 

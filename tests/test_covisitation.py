@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from fuserank import schema
-from fuserank.covisitation import fit_transitions, transition_features
+from fuserank.retrieval.covisitation import fit_transitions, transition_features
 
 ITEMS = ("a", "b", "c", "d")
 A, B, C, D = range(4)
@@ -60,7 +60,7 @@ def test_transition_features_by_hand():
 def test_build_features_adds_the_sequence_group_only_when_asked():
     from fuserank.config import FeatureConfig
     from fuserank.encoders.base import Embeddings
-    from fuserank.features import build_features, feature_group
+    from fuserank.ranking.features import build_features, feature_group
 
     emb = Embeddings(ITEMS, np.eye(4, dtype=np.float32), np.ones(4, dtype=bool))
     candidates = pl.DataFrame({schema.USER_ID: ["u2"], schema.ITEM_ID: ["b"], schema.SOURCE: ["ann"],

@@ -117,13 +117,13 @@ def test_kill_during_text_encoding_resumes_from_the_finished_shards(tmp_path):
 
 
 def test_kill_during_llm_generation_resumes_from_the_finished_shards(tmp_path):
-    from fuserank import prompts
+    from fuserank.encoders import prompts
     from fuserank.encoders.llm import generate, load_causal_lm
 
     model = save_tiny_llama(tmp_path / "llama", seed=0)
     cache = tmp_path / "llm-cache"
     titles = [f"title number {i}" for i in range(12)]
-    body = (f"from fuserank import prompts\nfrom fuserank.encoders.llm import generate, load_causal_lm\n"
+    body = (f"from fuserank.encoders import prompts\nfrom fuserank.encoders.llm import generate, load_causal_lm\n"
             f"lm = load_causal_lm(Path({str(model)!r}), device='cpu', threads=1)\n"
             f"generate(lm, [prompts.item_description(t) for t in {titles!r}], Path({str(cache)!r}),"
             f" max_new_tokens=5, batch_size=2)\n")
@@ -195,7 +195,7 @@ def test_kill_during_tuning_keeps_finished_trials_and_the_rerun_completes(projec
     import optuna
 
     root, config = project
-    clean, killed = clean_and_killed(root, "tune", config, "call:fuserank.tuning:run_trial:2")
+    clean, killed = clean_and_killed(root, "tune", config, "call:fuserank.jobs.tuning:run_trial:2")
 
     done = trials(killed)
     state = optuna.trial.TrialState
@@ -237,12 +237,12 @@ def test_kill_during_export_leaves_the_previous_export_and_the_rerun_matches(pro
     clean = {p.name: p.read_bytes() for p in (work / "clean").iterdir()}
 
     # Killed while streaming the second batch of lists: nothing appears under the final name.
-    run_killed(cli([*export, "--out", "fresh"]), "call:fuserank.export_job:_count:2", work)
+    run_killed(cli([*export, "--out", "fresh"]), "call:fuserank.jobs.export:_count:2", work)
     assert not (work / "fresh").exists()
     # Killed while replacing an earlier export: the earlier export stays whole.
     run_cli([*export, "--out", "again"], work)
     before = {p.name: p.read_bytes() for p in (work / "again").iterdir()}
-    run_killed(cli([*export, "--out", "again"]), "call:fuserank.export_job:_count:2", work)
+    run_killed(cli([*export, "--out", "again"]), "call:fuserank.jobs.export:_count:2", work)
     assert {p.name: p.read_bytes() for p in (work / "again").iterdir()} == before
     leftovers = [p.name for p in work.iterdir() if p.name.startswith(".")]
     assert leftovers and all(n.endswith(".tmp") for n in leftovers)  # hidden, never read
@@ -260,7 +260,7 @@ def test_kill_during_export_leaves_the_previous_export_and_the_rerun_matches(pro
 @pytest.mark.slow  # two training runs (~40 s on 2 cores)
 def test_kill_during_training_leaves_a_run_that_is_not_finished_and_the_rerun_matches(project):
     root, config = project
-    clean, killed = clean_and_killed(root, "train-evaluate", config, "call:fuserank.protocol:fit_ranker:1")
+    clean, killed = clean_and_killed(root, "train-evaluate", config, "call:fuserank.evaluation.protocol:fit_ranker:1")
     (run,) = mlflow_runs(killed)
     assert run.info.status != "FINISHED"
     assert not (killed / "outputs" / "crash" / "metrics.json").exists()

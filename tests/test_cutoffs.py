@@ -12,8 +12,8 @@ from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, Retrie
 from fuserank.data.cutoffs import build_cutoffs, cut_times, global_time_cutoffs
 from fuserank.data.synthetic import generate_catalog
 from fuserank.encoders.base import Embeddings
-from fuserank.popularity import reference_times
-from fuserank.two_stage import candidate_features, fit_stage_one
+from fuserank.retrieval.popularity import reference_times
+from fuserank.pipeline import candidate_features, fit_stage_one
 
 
 def _frame(rows: list[tuple[str, str, int]]) -> pl.DataFrame:
@@ -116,7 +116,7 @@ def test_other_users_later_interactions_change_none_of_a_users_candidates_or_fea
 
 @pytest.mark.slow
 def test_global_time_later_interactions_of_new_users_change_no_metric(tmp_path):
-    from fuserank.protocol import run_protocol
+    from fuserank.evaluation.protocol import run_protocol
 
     interactions, ids, content = _stage_inputs()
     times = np.sort(interactions[schema.TIMESTAMP].to_numpy())

@@ -10,11 +10,11 @@ import pytest
 
 from fuserank import schema
 from fuserank.config import DaskConfig, RankerConfig
-from fuserank.ranking import ScoreBase, _query_groups, fit_ranker, load_ranker, save_ranker
+from fuserank.ranking.ranker import ScoreBase, _query_groups, fit_ranker, load_ranker, save_ranker
 
 distributed = pytest.importorskip("distributed")
 
-from fuserank.distributed import (  # noqa: E402
+from fuserank.jobs.distributed import (  # noqa: E402
     best_iteration,
     chunk_evenly,
     dask_client,

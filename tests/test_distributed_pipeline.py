@@ -12,12 +12,12 @@ from fuserank import schema
 from fuserank.config import BehaviourConfig, DaskConfig, FeatureConfig, FusionConfig, RetrievalConfig, load_config
 from fuserank.data.split import leave_last_out
 from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
-from fuserank.train_evaluate import train_evaluate
+from fuserank.jobs.train_evaluate import train_evaluate
 from tiny_models import save_tiny_bert
 
 pytest.importorskip("distributed")
 
-from fuserank.distributed import candidate_features_dask, dask_client  # noqa: E402
+from fuserank.jobs.distributed import candidate_features_dask, dask_client  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def catalog(tmp_path_factory):
 
 
 def test_features_over_user_partitions_equal_the_local_frame(client, catalog):
-    from fuserank.two_stage import candidate_features, fit_stage_one
+    from fuserank.pipeline import candidate_features, fit_stage_one
 
     _, _, _, _, items, interactions = catalog
     split = leave_last_out(interactions)
@@ -91,7 +91,7 @@ def test_train_evaluate_on_a_local_cluster_matches_the_local_run(client, catalog
 def test_text_encoding_over_catalog_partitions_equals_the_local_encoding(client, catalog):
     import numpy as np
 
-    from fuserank.distributed import encode_dask
+    from fuserank.jobs.distributed import encode_dask
     from fuserank.encoders.text import TextEncoder
 
     _, _, _, model, items, _ = catalog
@@ -110,7 +110,7 @@ def test_media_encoding_over_catalog_partitions_equals_the_local_encoding(client
     import numpy as np
 
     from fuserank.data.synthetic import generate_multimodal_catalog
-    from fuserank.distributed import encode_fitted_dask
+    from fuserank.jobs.distributed import encode_fitted_dask
     from fuserank.encoders.audio import AudioEncoder
     from fuserank.encoders.image_descriptor import DescriptorImageEncoder
 

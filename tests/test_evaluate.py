@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from fuserank import schema
-from fuserank.evaluate import most_popular_rankings, score_lists, stage_one_rankings, stage_one_recall
+from fuserank.evaluation.scoring import most_popular_rankings, score_lists, stage_one_rankings, stage_one_recall
 
 
 def interactions(rows):
@@ -81,7 +81,7 @@ def test_stage_one_recall_reports_the_ceiling_and_recall_at_n():
 
 
 def test_confidence_intervals_of_a_planted_gain():
-    from fuserank.evaluate import confidence_intervals
+    from fuserank.evaluation.scoring import confidence_intervals
 
     users = [f"u{i}" for i in range(50)]
     per_user = pl.concat([

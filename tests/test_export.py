@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from fuserank import schema
-from fuserank.evaluate import most_popular_rankings
-from fuserank.export import (
+from fuserank.evaluation.scoring import most_popular_rankings
+from fuserank.jobs.arms import (
     BUCKETS,
     ExportError,
     Server,
@@ -23,7 +23,7 @@ from fuserank.export import (
     popularity_pool,
     user_buckets,
 )
-from fuserank.export_job import pick_best_run, read_user_list, write_export
+from fuserank.jobs.export import pick_best_run, read_user_list, write_export
 
 U, I = schema.USER_ID, schema.ITEM_ID
 

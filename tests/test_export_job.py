@@ -14,7 +14,7 @@ from fuserank import schema
 from fuserank.cli import main
 from fuserank.config import load_config
 from fuserank.data.synthetic import GENRE, GENRES, generate_catalog, write_catalog
-from fuserank.export_job import export
+from fuserank.jobs.export import export
 from tiny_models import save_tiny_bert
 
 U, I = schema.USER_ID, schema.ITEM_ID

@@ -7,7 +7,7 @@ import pytest
 from fuserank import schema
 from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
-from fuserank.features import DAY, build_features, feature_group
+from fuserank.ranking.features import DAY, build_features, feature_group
 
 S = 1 / math.sqrt(2)
 
@@ -166,7 +166,7 @@ def test_centre_spreads_a_narrow_cone_and_uses_only_the_fit_rows():
 
 
 def test_within_user_z_by_hand_leaves_nan_out():
-    from fuserank.features import within_user_z
+    from fuserank.ranking.features import within_user_z
 
     # user 0: 1 and 3 (mean 2, spread 1) and a missing value; user 1: one value
     z = within_user_z(np.array([0, 0, 0, 1]), np.array([1.0, 3.0, np.nan, 5.0]))

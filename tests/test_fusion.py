@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fuserank.encoders.base import Embeddings
-from fuserank.fusion import fuse, fused_modalities
+from fuserank.retrieval.fusion import fuse, fused_modalities
 
 IDS = ("a", "b", "c")
 

@@ -25,8 +25,8 @@ from fuserank.encoders.image import (
     load_image,
     make_image_encoder,
 )
-from fuserank.media import MediaError
-from fuserank.sources import SourceError
+from fuserank.data.media import MediaError
+from fuserank.data.sources import SourceError
 
 from tiny_models import TINY_CLIP, save_tiny_clip
 

@@ -77,9 +77,9 @@ class Recorder:
     """Wraps the stage-1 and ranker entry points and keeps what they were given and returned."""
 
     def __init__(self, monkeypatch):
-        import fuserank.protocol as protocol
-        import fuserank.tuning as tuning
-        import fuserank.two_stage as two_stage
+        import fuserank.evaluation.protocol as protocol
+        import fuserank.jobs.tuning as tuning
+        import fuserank.pipeline as pipeline
 
         self.behaviour: list[tuple[pl.DataFrame, Embeddings]] = []
         self.features: list[tuple[pl.DataFrame, pl.DataFrame]] = []
@@ -96,9 +96,9 @@ class Recorder:
 
             monkeypatch.setattr(module, name, wrapped)
 
-        wrap(two_stage, "fit_behaviour", lambda a, k, out: self.behaviour.append((a[0], out)))
-        wrap(two_stage, "build_features", lambda a, k, out: self.features.append((a[1], out[0])))
-        wrap(two_stage, "generate_candidates", lambda a, k, out: self.candidates.append(a[1]))
+        wrap(pipeline, "fit_behaviour", lambda a, k, out: self.behaviour.append((a[0], out)))
+        wrap(pipeline, "build_features", lambda a, k, out: self.features.append((a[1], out[0])))
+        wrap(pipeline, "generate_candidates", lambda a, k, out: self.candidates.append(a[1]))
         for module in (protocol, tuning):
             wrap(module, "fit_ranker", lambda a, k, out: self.fits.append((a[0], a[1])))
 
@@ -117,7 +117,7 @@ def positives(frame: pl.DataFrame) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def protocol_run(tmp_path_factory):
-    from fuserank.protocol import run_protocol
+    from fuserank.evaluation.protocol import run_protocol
 
     monkeypatch = pytest.MonkeyPatch()
     try:
@@ -203,7 +203,7 @@ def test_ranker_labels_come_from_train_and_early_stopping_from_validation(protoc
 
 
 def test_share_labels_are_train_rows_missing_from_their_own_history(tmp_path, monkeypatch):
-    from fuserank.protocol import QUERY, ranker_training_frame
+    from fuserank.evaluation.protocol import QUERY, ranker_training_frame
 
     recorder = Recorder(monkeypatch)
     items, interactions, content = planted_catalog()
@@ -222,9 +222,9 @@ def test_share_labels_are_train_rows_missing_from_their_own_history(tmp_path, mo
 
 
 def test_tuning_objective_never_sees_a_test_row(tmp_path, monkeypatch):
-    import fuserank.train_evaluate as train_evaluate
-    import fuserank.tuning as tuning
-    from fuserank.train_evaluate import Prepared
+    import fuserank.jobs.train_evaluate as train_evaluate
+    import fuserank.jobs.tuning as tuning
+    from fuserank.jobs.train_evaluate import Prepared
 
     items, interactions, content = planted_catalog()
     config = small_config(tmp_path, "tune.n_trials=2", "tune.n_startup_trials=1", "tune.prune_rounds=0",
@@ -256,7 +256,7 @@ def test_tuning_objective_never_sees_a_test_row(tmp_path, monkeypatch):
 
 
 def test_prepare_fits_content_statistics_on_train_items_only(tmp_path, monkeypatch):
-    import fuserank.train_evaluate as train_evaluate
+    import fuserank.jobs.train_evaluate as train_evaluate
 
     items, interactions, content = planted_catalog()
     seen: dict[str, object] = {}
@@ -280,7 +280,7 @@ def test_prepare_fits_content_statistics_on_train_items_only(tmp_path, monkeypat
 
 
 def test_centring_mean_and_audio_statistics_use_train_items_only(tmp_path, monkeypatch):
-    import fuserank.content as content_module
+    import fuserank.encoders.content as content_module
     from fuserank.encoders.audio import AudioEncoder
 
     items, _, content = planted_catalog()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fuserank import prompts
+from fuserank.encoders import prompts
 from fuserank.encoders.llm import embed_hidden, generate, load_causal_lm, render, yes_logprob
 from tiny_models import save_tiny_llama
 

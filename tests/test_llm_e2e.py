@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from fuserank.ablation import ablation_variants
+from fuserank.evaluation.ablation import ablation_variants
 from fuserank.config import RunConfig, load_config
 from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
-from fuserank.features import feature_group
-from fuserank.llm_features import DESCRIPTION, HIDDEN
-from fuserank.train_evaluate import prepare, train_evaluate
+from fuserank.ranking.features import feature_group
+from fuserank.ranking.llm_features import DESCRIPTION, HIDDEN
+from fuserank.jobs.train_evaluate import prepare, train_evaluate
 from tiny_models import save_tiny_bert, save_tiny_llama
 
 

@@ -8,14 +8,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fuserank import prompts, schema
+from fuserank import schema
+from fuserank.encoders import prompts
 from fuserank.config import LLMConfig
 from fuserank.data.split import leave_last_out
 from fuserank.encoders import llm as llm_module
 from fuserank.encoders.base import Embeddings
 from fuserank.encoders.llm import load_causal_lm
-from fuserank.features import feature_group
-from fuserank.llm_features import (
+from fuserank.ranking.features import feature_group
+from fuserank.ranking.llm_features import (
     LLMSignals,
     add_llm_features,
     build_llm_signals,

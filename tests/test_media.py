@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from fuserank.media import MediaError, file_digest, safe_media_path
+from fuserank.data.media import MediaError, file_digest, safe_media_path
 
 
 @pytest.fixture()

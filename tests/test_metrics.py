@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fuserank.metrics import (
+from fuserank.evaluation.metrics import (
     METRICS,
     bootstrap_ci,
     catalog_coverage,
@@ -280,7 +280,7 @@ def test_paired_bootstrap_ci_detects_a_shift() -> None:
 
 
 def test_grouped_ndcg_is_ndcg_at_k_of_each_scored_list():
-    from fuserank.metrics import grouped_ndcg
+    from fuserank.evaluation.metrics import grouped_ndcg
 
     # query 0 ranks rows by score: b (0.9), a (0.5), c (0.1); only c is relevant -> 1/log2(4) = 0.5.
     # query 1: e (0.8) relevant first, d (0.2) relevant second -> DCG = IDCG -> 1.

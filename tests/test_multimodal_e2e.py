@@ -12,7 +12,7 @@ import pytest
 from fuserank import schema
 from fuserank.config import load_config
 from fuserank.data.synthetic import generate_multimodal_catalog
-from fuserank.train_evaluate import train_evaluate
+from fuserank.jobs.train_evaluate import train_evaluate
 from tiny_models import save_tiny_bert
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import fuserank.train_evaluate as train_evaluate_module
+import fuserank.jobs.train_evaluate as train_evaluate_module
 from fuserank import atomic, tracking
 from fuserank.cli import main
 from fuserank.config import RunConfig, with_overrides
@@ -147,7 +147,8 @@ def test_a_write_that_runs_out_of_disk_leaves_neither_a_partial_file_nor_a_temp_
     done = with_full_disk(f"""
         from pathlib import Path
         import numpy as np, polars as pl
-        from fuserank import atomic, sources
+        from fuserank import atomic
+        from fuserank.data import sources
         folder = Path("folder")
         try:
             {writer}

@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 
 from fuserank import schema
-from fuserank.collaborative import user_matrix
-from fuserank.peers import PEERS, item_similarity, recommend
+from fuserank.retrieval.collaborative import user_matrix
+from fuserank.evaluation.peers import PEERS, item_similarity, recommend
 
 
 def _frame(pairs: list[tuple[str, str]]) -> pl.DataFrame:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fuserank.plots import (
+from fuserank.evaluation.plots import (
     gain_by_group,
     importance_figure,
     metric_curves,

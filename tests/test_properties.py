@@ -15,9 +15,9 @@ from hypothesis.extra import numpy as hnp
 from fuserank import schema
 from fuserank.data.split import holdout_last, leave_last_out
 from fuserank.encoders.base import Embeddings
-from fuserank.export import BUCKETS, assign_arms, plan_arms, user_buckets
-from fuserank.fusion import fuse
-from fuserank.metrics import f1_at_k, map_at_k, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
+from fuserank.jobs.arms import BUCKETS, assign_arms, plan_arms, user_buckets
+from fuserank.retrieval.fusion import fuse
+from fuserank.evaluation.metrics import f1_at_k, map_at_k, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ITEMS = [f"i{n}" for n in range(30)]

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from fuserank.config import RankerConfig
-from fuserank.ranking import FEATURES_FILE, MODEL_FILE, Ranker, ScoreBase, fit_ranker, load_ranker, save_ranker
+from fuserank.ranking.ranker import FEATURES_FILE, MODEL_FILE, Ranker, ScoreBase, fit_ranker, load_ranker, save_ranker
 from fuserank.schema import LABEL, USER_ID
 
 FEATURES = ("noise_a", "signal", "noise_b", "noise_c")

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fuserank import retrieval
+from fuserank.retrieval import index as retrieval
 from fuserank.schema import CANDIDATES, INTERACTIONS, ITEM_ID, RETRIEVAL_RANK, SOURCE, USER_ID
 
 
@@ -187,7 +187,7 @@ def test_popular_candidates_order_and_exclusion():
         [("u1", "x", 1), ("u2", "x", 1), ("u3", "x", 1), ("u1", "w", 2),
          ("u2", "y", 2), ("u3", "y", 2), ("u2", "z", 3), ("u3", "z", 3)]
     )  # fmt: skip
-    from fuserank.popularity import popular_candidates
+    from fuserank.retrieval.popularity import popular_candidates
 
     frame = popular_candidates(history, ["u3", "u1", "new", "u2"], n=2)
     assert frame.schema == pl.Schema(CANDIDATES)
@@ -240,7 +240,7 @@ def test_gpu_flat_matches_cpu_including_large_k():
 
 
 def test_neighbourhood_popular_ranks_each_users_neighbours_by_count_then_similarity():
-    from fuserank.popularity import neighbourhood_popular
+    from fuserank.retrieval.popularity import neighbourhood_popular
 
     neighbours = pl.DataFrame(
         {
@@ -272,7 +272,7 @@ def test_neighbourhood_popular_ranks_each_users_neighbours_by_count_then_similar
 
 @pytest.mark.parametrize("shards", [1, 3])
 def test_ivfpq_index_finds_the_exact_neighbours_of_clustered_vectors(shards):
-    from fuserank.retrieval import IVFPQSettings
+    from fuserank.retrieval.index import IVFPQSettings
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 32)).astype(np.float32)

@@ -15,11 +15,12 @@ import polars as pl
 import pytest
 import torch
 
-from fuserank import schema, sequence, sequence_training
+from fuserank import schema
+from fuserank.retrieval import sequence, sequence_training
 from fuserank.config import ConfigError, RunConfig, SequenceConfig, SplitConfig, with_overrides
 from fuserank.data.cutoffs import build_cutoffs
-from fuserank.sequence import cache_key, fit_sequence_model
-from fuserank.sequence_training import training_sequences, user_sequences
+from fuserank.retrieval.sequence import cache_key, fit_sequence_model
+from fuserank.retrieval.sequence_training import training_sequences, user_sequences
 
 N_ITEMS = 30
 CYCLE = [f"item{j:02d}" for j in np.random.default_rng(3).permutation(N_ITEMS)]  # CYCLE[k] -> CYCLE[k + 1]

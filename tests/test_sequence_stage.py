@@ -12,9 +12,9 @@ import pytest
 from fuserank import schema
 from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig
 from fuserank.encoders.base import Embeddings
-from fuserank.sequence import cache_key
-from fuserank.sequence_features import sequence_candidates, sequence_features
-from fuserank.two_stage import candidate_features, candidate_sources, fit_stage_one
+from fuserank.retrieval.sequence import cache_key
+from fuserank.ranking.sequence_features import sequence_candidates, sequence_features
+from fuserank.pipeline import candidate_features, candidate_sources, fit_stage_one
 from test_sequence import CATALOG, TINY, cyclic, next_item
 
 

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from fuserank.sharding import (
+from fuserank.retrieval.sharding import (
     build_sharded,
     merge_by_score,
     recall_at_k,
@@ -65,8 +65,8 @@ def test_sharded_equals_one_index_and_recalls_exact_neighbours(data):
 def test_shards_searched_on_dask_workers_give_the_same_answer(data):
     pytest.importorskip("distributed")
     from fuserank.config import DaskConfig
-    from fuserank.distributed import dask_client
-    from fuserank.sharding import scatter_shards, search_sharded_dask
+    from fuserank.jobs.distributed import dask_client
+    from fuserank.retrieval.sharding import scatter_shards, search_sharded_dask
 
     x, queries, _ = data
     index = build_sharded(x, 2, n_lists=32, pq_m=8, nprobe=8, train_sample=3000, seed=2)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fuserank import progress, sources
-from fuserank.sources import SourceError, resolve
+from fuserank import progress
+from fuserank.data import sources
+from fuserank.data.sources import SourceError, resolve
 
 FILES = {"fakepkg/data/a.txt": "alpha", "fakepkg/data/sub/b.txt": "beta", "fakepkg/__init__.py": ""}
 

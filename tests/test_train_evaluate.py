@@ -13,7 +13,7 @@ from fuserank.cli import main
 from fuserank.config import load_config
 from fuserank.data.split import leave_last_out
 from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
-from fuserank.train_evaluate import train_evaluate
+from fuserank.jobs.train_evaluate import train_evaluate
 from tiny_models import save_tiny_bert
 
 

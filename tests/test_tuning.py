@@ -15,9 +15,9 @@ from fuserank import schema, tracking
 from fuserank.cli import main
 from fuserank.config import RunConfig, load_config
 from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
-from fuserank.features import select_features
-from fuserank.protocol import validation_frames
-from fuserank.tuning import FrameCache, run_trial, sample_params, stage_one_key, trial_config
+from fuserank.ranking.features import select_features
+from fuserank.evaluation.protocol import validation_frames
+from fuserank.jobs.tuning import FrameCache, run_trial, sample_params, stage_one_key, trial_config
 from tiny_models import save_tiny_bert
 
 
@@ -118,7 +118,7 @@ class FakeTrial:
 
 
 def test_validation_frames_never_read_test_and_pruning_stops_after_the_short_fit(tiny):
-    from fuserank.train_evaluate import prepare
+    from fuserank.jobs.train_evaluate import prepare
 
     _, path = tiny
     config = load_config(path)

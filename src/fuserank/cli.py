@@ -73,7 +73,7 @@ def _add_tuning_parsers(commands: argparse._SubParsersAction) -> None:
 def _run_tuning_commands(args: argparse.Namespace, config: RunConfig) -> int | None:
     """`tune`, `compare` and `ui`; None for any other command."""
     if args.command == "tune":
-        from fuserank.tuning import tune
+        from fuserank.jobs.tuning import tune
 
         summary, folder = tune(config)
         width = max(len(k) for k in summary)
@@ -81,7 +81,7 @@ def _run_tuning_commands(args: argparse.Namespace, config: RunConfig) -> int | N
         print(f"outputs: {folder}")
         return 0
     if args.command == "compare":
-        from fuserank.compare import compare_runs
+        from fuserank.evaluation.compare import compare_runs
 
         experiment = args.experiment or (None if args.runs else config.tracking.experiment)
         try:
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     from fuserank.atomic import OutputError
     from fuserank.data.cutoffs import ProtocolError
     from fuserank.data.validate import DataError
-    from fuserank.sources import SourceError
-    from fuserank.study import StudyMismatchError
+    from fuserank.data.sources import SourceError
+    from fuserank.jobs.study import StudyMismatchError
 
     try:
         return _run(args, config)
@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace, config: RunConfig) -> int:
     command = args.command
     if command == "fetch":
         from fuserank.config import cache_dir
-        from fuserank.sources import resolve
+        from fuserank.data.sources import resolve
 
         refs = [config.sources.text_model]
         if config.data.dataset == "movielens-100k":
@@ -162,8 +162,8 @@ def _run(args: argparse.Namespace, config: RunConfig) -> int:
             print(f"{ref} -> {resolve(ref, cache_dir(config.sources))}")
         return 0
     if command == "ablate":
-        from fuserank.ablation import format_table
-        from fuserank.train_evaluate import ablate
+        from fuserank.evaluation.ablation import format_table
+        from fuserank.jobs.train_evaluate import ablate
 
         table, folder = ablate(config)
         print(format_table(table))
@@ -173,15 +173,15 @@ def _run(args: argparse.Namespace, config: RunConfig) -> int:
     if tuning is not None:
         return tuning
     if command == "train-evaluate":
-        from fuserank.train_evaluate import format_summary, train_evaluate
+        from fuserank.jobs.train_evaluate import format_summary, train_evaluate
 
         metrics, folder = train_evaluate(config)
         print(format_summary(metrics))
         print(f"outputs: {folder}")
         return 0
     if command == "export":
-        from fuserank.export import ExportError
-        from fuserank.export_job import export
+        from fuserank.jobs.arms import ExportError
+        from fuserank.jobs.export import export
 
         if args.format:
             config = dataclasses.replace(config, export=dataclasses.replace(config.export, format=args.format))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuserank.feature_groups import GROUPS
+from fuserank.ranking.feature_groups import GROUPS
 
 
 class ConfigError(ValueError):
@@ -157,7 +157,7 @@ class VideoConfig:
 @dataclass(frozen=True)
 class BehaviourConfig:
     """Behaviour signals learned from train interactions only (off: no behaviour in fusion,
-    candidates or features): an embedding, and an EASE item-item model (collaborative.py) whose
+    candidates or features): an embedding, and an EASE item-item model (retrieval/collaborative.py) whose
     score is a feature and whose top items are a candidate source (retrieval.ease_candidates).
 
     ease_l2: EASE's L2 weight; 0 turns EASE off.
@@ -237,7 +237,7 @@ class FeatureConfig:
     recent_k: int = ranged(5, "[1, inf)")
     window_days: tuple[int, ...] = ranged((7, 30), "[1, inf)")
     # > 0: "seq_transition_*" features, counts of "candidate followed one of the user's recent_k
-    # newest items within this many steps" in other histories (covisitation.py); 0: off.
+    # newest items within this many steps" in other histories (retrieval/covisitation.py); 0: off.
     transition_window: int = ranged(0, "[0, inf)")
     # Feature groups (feature_groups.GROUPS, e.g. "popularity") the ranker does not read.
     disabled_groups: tuple[str, ...] = one_of((), (*GROUPS, "other"))
@@ -292,7 +292,7 @@ class TuneConfig:
 
     storage: any Optuna database URL; several processes given the same URL and study_name share
         one study (each trial seeded by its position, so no two draw alike), and rerunning
-        continues it. A study is bound to its data and base config (study.py): continuing it
+        continues it. A study is bound to its data and base config (jobs/study.py): continuing it
         with other data or settings is an error that names the study; bookkeeping keys (paths,
         tracking, n_trials, evaluate_best, cache_entries) may change.
     n_trials: new trials per `fuserank tune` call. n_startup_trials: random trials before TPE
@@ -348,7 +348,7 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """LLM-derived features (llm_features.py): item descriptions, user profiles, hidden-state
+    """LLM-derived features (ranking/llm_features.py): item descriptions, user profiles, hidden-state
     similarity and an optional yes/no relevance score.
 
     model: a `pypi:`/`hf:` reference or local path to a model folder or `.gguf` file, or a hub id.
@@ -383,7 +383,7 @@ class LLMConfig:
 
 @dataclass(frozen=True)
 class DaskConfig:
-    """Running on a Dask cluster (distributed.py, sharding.py); off by default.
+    """Running on a Dask cluster (jobs/distributed.py, retrieval/sharding.py); off by default.
 
     enabled: fit the ranker with `lightgbm.dask.DaskLGBMRanker` and build encodings and features
         over Dask partitions of the catalog and of the users.

@@ -54,7 +54,7 @@ CANDIDATES = {
 RANKED_LIST = {USER_ID: pl.String, ITEM_ID: pl.String, RANK: pl.Int32, SCORE: pl.Float32}
 AB_RANKED_LIST = {**RANKED_LIST, ARM: pl.String, RUN_ID: pl.String, MODEL_VERSION: pl.String}
 
-# Export for A/B tests (export.py): the ranked list plus a flag for users served the cold-start
+# Export for A/B tests (jobs/arms.py): the ranked list plus a flag for users served the cold-start
 # fallback, and each user's hash bucket and arm.
 COLD_START = "cold_start"
 BUCKET = "bucket"

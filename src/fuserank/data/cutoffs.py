@@ -30,7 +30,7 @@ import polars as pl
 from fuserank import schema
 from fuserank.config import SplitConfig
 from fuserank.data.split import Split, holdout_labels, leave_last_out, sort_interactions
-from fuserank.popularity import reference_times
+from fuserank.retrieval.popularity import reference_times
 
 
 class ProtocolError(ValueError):

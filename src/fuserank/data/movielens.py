@@ -2,7 +2,7 @@
 
 An atomic file is tab-separated, unquoted, with a header of `name:type` fields, where type is
 token, token_seq (space-separated tokens), float or float_seq. MovieLens terms forbid
-redistribution, so the files are fetched at set-up through `fuserank.sources`, never committed.
+redistribution, so the files are fetched at set-up through `fuserank.data.sources`, never committed.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import polars as pl
 from fuserank import progress, schema
 from fuserank.encoders.base import Embeddings, l2_normalise
 from fuserank.encoders.cache import CacheWriter, EmbeddingCache, fill_from_cache
-from fuserank.media import MediaError, group_media_files
+from fuserank.data.media import MediaError, group_media_files
 
 logger = logging.getLogger(__name__)
 

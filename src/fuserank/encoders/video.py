@@ -29,7 +29,7 @@ from fuserank.encoders import audio as audio_module
 from fuserank.encoders.audio import AudioEncoder, media_paths
 from fuserank.encoders.base import Embeddings, l2_normalise
 from fuserank.encoders.cache import CacheWriter, EmbeddingCache, content_key, fill_from_cache
-from fuserank.media import MediaError, group_media_files
+from fuserank.data.media import MediaError, group_media_files
 
 logger = logging.getLogger(__name__)
 

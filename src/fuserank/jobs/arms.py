@@ -1,7 +1,7 @@
 """Ranked lists for A/B tests: user bucketing, arm plans, list building, batches and the manifest.
 
 Pure: frames and arrays in and out. The edge that finds the run, loads its booster and writes
-files is export_job.py.
+files is jobs/export.py.
 
 Assignment: a user's bucket is sha256(salt + user_id) (UTF-8), its first 8 bytes read as a
 big-endian unsigned integer, modulo 10,000. Arms own consecutive bucket ranges in their
@@ -28,14 +28,14 @@ import polars as pl
 from fuserank import schema
 from fuserank.config import FeatureConfig, RetrievalConfig
 from fuserank.data.cutoffs import serving_ref_times
-from fuserank.evaluate import stage_one_rankings
-from fuserank.ranking import Ranker
-from fuserank.retrieval import merge_candidates
+from fuserank.evaluation.scoring import stage_one_rankings
+from fuserank.ranking.ranker import Ranker
+from fuserank.retrieval.index import merge_candidates
 from fuserank.schema import ARM, BUCKET, COLD_START, ITEM_ID, MODEL_VERSION, RANK, RUN_ID, SCORE, USER_ID
-from fuserank.two_stage import StageOne, candidate_features, generate_candidates, rank_candidates
+from fuserank.pipeline import StageOne, candidate_features, generate_candidates, rank_candidates
 
 if TYPE_CHECKING:
-    from fuserank.llm_features import LLMSignals
+    from fuserank.ranking.llm_features import LLMSignals
 
 BUCKETS = 10_000
 HOLDOUT = "holdout"
@@ -352,7 +352,7 @@ def retrieval_lists(
     stage: StageOne, history: pl.DataFrame, retrieval: RetrievalConfig, k: int, exclude_seen: bool,
     protocol: str = "leave_last_out",
 ) -> Callable[[Sequence[str]], pl.DataFrame]:
-    """The retrieval-only baseline: stage-1 candidates in stage-1 order (evaluate.stage_one_rankings),
+    """The retrieval-only baseline: stage-1 candidates in stage-1 order (evaluation.scoring.stage_one_rankings),
     then the user's seen items unless `exclude_seen`; reference times as in `ranker_lists`."""
 
     def lists(users: Sequence[str]) -> pl.DataFrame:

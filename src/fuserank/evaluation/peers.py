@@ -23,7 +23,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from fuserank import schema
-from fuserank.collaborative import top_k, user_matrix
+from fuserank.retrieval.collaborative import top_k, user_matrix
 
 # user rows (n,) int64 -> float32 (n, n_items) scores, higher is better.
 Scorer = Callable[[np.ndarray], np.ndarray]

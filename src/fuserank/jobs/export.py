@@ -21,7 +21,7 @@ import polars as pl
 
 from fuserank import atomic, schema
 from fuserank.config import ConfigError, RunConfig, cache_dir, from_dict
-from fuserank.export import (
+from fuserank.jobs.arms import (
     ExportError,
     Server,
     assign_arms,
@@ -96,7 +96,7 @@ def load_recorded_run(config: RunConfig, run_id: str, folder: Path) -> RecordedR
 
     from fuserank import tracking
     from fuserank.progress import is_quiet
-    from fuserank.ranking import MODEL_FILE
+    from fuserank.ranking.ranker import MODEL_FILE
 
     if is_quiet():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -152,8 +152,8 @@ def export(
     Returns:
         (manifest, output folder).
     """
-    from fuserank.train_evaluate import prepare
-    from fuserank.two_stage import fit_stage_one
+    from fuserank.jobs.train_evaluate import prepare
+    from fuserank.pipeline import fit_stage_one
 
     settings = config.export
     if settings.format not in ("parquet", "csv"):
@@ -209,7 +209,7 @@ def export(
                                             retrieval_lists(stage, history, run.config.retrieval, k, exclude,
                                                             run.config.split.protocol))
             else:
-                from fuserank.ranking import load_ranker
+                from fuserank.ranking.ranker import load_ranker
 
                 ranker = load_ranker(run.ranker_dir)
                 servers[plan.name] = Server(run.run_id, run.model_version, ranker_lists(
@@ -251,7 +251,7 @@ def export(
 
 def _content_for(config: RunConfig, data_hash: str) -> dict:
     """Content embeddings under another run's encoder settings (cached by content hash on disk)."""
-    from fuserank.train_evaluate import prepare
+    from fuserank.jobs.train_evaluate import prepare
 
     data = prepare(config)
     if data.tags["data_hash"] != data_hash:

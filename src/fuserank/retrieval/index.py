@@ -148,7 +148,7 @@ class IVFPQSettings:
 
 
 def _ivfpq_index(faiss: Any, vectors: np.ndarray, settings: IVFPQSettings) -> Any:
-    from fuserank.sharding import train_ivfpq
+    from fuserank.retrieval.sharding import train_ivfpq
 
     trained = train_ivfpq(vectors, settings.lists, settings.pq_m, settings.pq_bits, settings.train_sample,
                           settings.seed)

@@ -18,13 +18,13 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
-from fuserank.collaborative import ItemItemModel, ease_feature
-from fuserank.covisitation import fit_transitions, transition_features
+from fuserank.retrieval.collaborative import ItemItemModel, ease_feature
+from fuserank.retrieval.covisitation import fit_transitions, transition_features
 from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
-from fuserank.feature_groups import GROUP_PREFIXES, GROUPS
-from fuserank.popularity import Timeline, item_timeline, ref_time_array, reference_times
-from fuserank.retrieval import user_queries
+from fuserank.ranking.feature_groups import GROUP_PREFIXES, GROUPS
+from fuserank.retrieval.popularity import Timeline, item_timeline, ref_time_array, reference_times
+from fuserank.retrieval.index import user_queries
 
 DAY = 86_400.0
 _ROW_CHUNK_BYTES = 64_000_000

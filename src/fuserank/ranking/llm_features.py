@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from fuserank import prompts, schema
+from fuserank import schema
+from fuserank.encoders import prompts
 from fuserank.data.split import holdout_labels, sort_interactions
 from fuserank.encoders.base import Embeddings
-from fuserank.features import within_user_z
+from fuserank.ranking.features import within_user_z
 
 if TYPE_CHECKING:
     from fuserank.config import LLMConfig, RunConfig
@@ -322,7 +323,7 @@ def prepare_llm(items: pl.DataFrame, train: pl.DataFrame, profile_from: pl.DataF
     from fuserank.encoders.llm import load_causal_lm
     from fuserank.encoders.text import TextEncoder
     from fuserank.progress import step
-    from fuserank.sources import resolve
+    from fuserank.data.sources import resolve
 
     root = cache_dir(config.sources)
     with step("load LLM") as s:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fuserank import atomic
-from fuserank.features import feature_group
+from fuserank.ranking.features import feature_group
 
 # System label -> metric-name prefix, as written by protocol.run_protocol.
 SYSTEMS = {"fuserank": "test_", "popular": "test_popular_", "retrieval": "test_retrieval_"}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fuserank.encoders.cache import content_key
-from fuserank.sources import file_sha256
+from fuserank.data.sources import file_sha256
 
 
 class MediaError(ValueError):

@@ -17,13 +17,13 @@ from fuserank import schema
 from fuserank.config import RunConfig
 from fuserank.data.cutoffs import Cutoffs
 from fuserank.encoders.base import Embeddings
-from fuserank.llm_features import VIEWS as LLM_VIEWS
-from fuserank.metrics import bootstrap_ci, paired_bootstrap_ci
+from fuserank.ranking.llm_features import VIEWS as LLM_VIEWS
+from fuserank.evaluation.metrics import bootstrap_ci, paired_bootstrap_ci
 from fuserank.progress import step
-from fuserank.protocol import ProtocolResult, run_protocol
+from fuserank.evaluation.protocol import ProtocolResult, run_protocol
 
 if TYPE_CHECKING:
-    from fuserank.llm_features import LLMSignals
+    from fuserank.ranking.llm_features import LLMSignals
 
 FULL = "full"
 METRIC = "ndcg_at_10"

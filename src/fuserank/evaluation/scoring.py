@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import polars as pl
 
 from fuserank import schema
-from fuserank.metrics import bootstrap_ci, catalog_coverage, evaluate_rankings, paired_bootstrap_ci, summarise
-from fuserank.popularity import popular_candidates
-from fuserank.retrieval import candidate_recall
+from fuserank.evaluation.metrics import bootstrap_ci, catalog_coverage, evaluate_rankings, paired_bootstrap_ci, summarise
+from fuserank.retrieval.popularity import popular_candidates
+from fuserank.retrieval.index import candidate_recall
 
 
 def most_popular_rankings(history: pl.DataFrame, users: Sequence[str], k: int) -> pl.DataFrame:

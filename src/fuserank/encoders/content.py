@@ -18,7 +18,7 @@ from fuserank import schema
 from fuserank.config import RunConfig, cache_dir
 from fuserank.encoders.base import Embeddings, centre
 from fuserank.progress import megabytes, step
-from fuserank.sources import resolve
+from fuserank.data.sources import resolve
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _run_encoder(encoder: Any, items: pl.DataFrame, config: RunConfig) -> Embedd
     encoder is shipped to the workers)."""
     if not config.dask.enabled:
         return encoder.encode(items)
-    from fuserank.distributed import dask_client, encode_fitted_dask
+    from fuserank.jobs.distributed import dask_client, encode_fitted_dask
 
     with dask_client(config.dask) as client:
         return encode_fitted_dask(client, encoder, items, config.dask.item_partitions)
@@ -154,7 +154,7 @@ def _encode_text(items: pl.DataFrame, config: RunConfig, root_cache: Path) -> Em
               "device": config.text.device, "cache_dir": root_cache / "embeddings" / "text"}
     with step("encode text") as s:
         if config.dask.enabled:  # one model per worker, a slice of the catalog each
-            from fuserank.distributed import dask_client, encode_dask
+            from fuserank.jobs.distributed import dask_client, encode_dask
 
             with dask_client(config.dask) as client:
                 text = encode_dask(client, TextEncoder, kwargs, items, config.dask.item_partitions)

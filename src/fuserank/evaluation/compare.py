@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from fuserank import schema
-from fuserank.metrics import paired_bootstrap_ci
+from fuserank.evaluation.metrics import paired_bootstrap_ci
 
 METRICS = ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_precision_at_10",
            "test_f1_at_10", "test_stage1_recall", "valid_ndcg_at_10")

@@ -16,13 +16,13 @@ import polars as pl
 from fuserank import atomic, schema
 from fuserank.config import RunConfig, cache_dir, flatten, to_dict
 from fuserank.progress import step
-from fuserank.content import encode_content
+from fuserank.encoders.content import encode_content
 from fuserank.data.cutoffs import Cutoffs
 from fuserank.encoders.base import Embeddings
-from fuserank.llm_features import VIEWS as LLM_VIEWS
-from fuserank.llm_features import LLMSignals, prepare_llm
-from fuserank.protocol import ProtocolResult, make_cutoffs, run_protocol
-from fuserank.sources import resolve
+from fuserank.ranking.llm_features import VIEWS as LLM_VIEWS
+from fuserank.ranking.llm_features import LLMSignals, prepare_llm
+from fuserank.evaluation.protocol import ProtocolResult, make_cutoffs, run_protocol
+from fuserank.data.sources import resolve
 
 HEADLINE = (
     "n_test_users",
@@ -86,7 +86,7 @@ def git_commit() -> str:
 
 def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_id: str | None) -> dict[str, Path]:
     """Write ranked lists, metrics, per-user metrics, model and resolved config; returns the paths."""
-    from fuserank.ranking import save_ranker
+    from fuserank.ranking.ranker import save_ranker
 
     import yaml
 
@@ -139,7 +139,8 @@ def prepare(config: RunConfig) -> Prepared:
 
 def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tuple[dict[str, float], Path]:
     """Run the whole job; returns (metrics, output folder). `tags` are added to the MLflow run."""
-    from fuserank import plots, tracking
+    from fuserank import tracking
+    from fuserank.evaluation import plots
 
     start = time.perf_counter()
     run_name = config.run_name or f"train-evaluate-{config.data.dataset}"
@@ -181,7 +182,7 @@ def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tup
 def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
     """Per-modality ablation on one split; writes ablation.csv/.txt and records one MLflow run."""
     from fuserank import tracking
-    from fuserank.ablation import format_table, run_ablation
+    from fuserank.evaluation.ablation import format_table, run_ablation
 
     run_name = config.run_name or f"ablation-{config.data.dataset}"
     folder = tracking.check_outputs(config.tracking, Path(config.output_dir) / run_name)  # before any work
@@ -191,7 +192,7 @@ def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
             tracking.log_params(flatten(config))
         table, results = run_ablation(data.cutoffs, data.items[schema.ITEM_ID].to_list(), data.content, config,
                                       data.llm)
-        from fuserank.plots import gain_by_group
+        from fuserank.evaluation.plots import gain_by_group
 
         paths = [
             atomic.write_atomic(folder / "ablation.csv", lambda tmp: table.write_csv(tmp)),

@@ -19,7 +19,7 @@ from fuserank import schema
 from fuserank.config import RunConfig, cache_dir
 from fuserank.data.cutoffs import Cutoff, Cutoffs, build_cutoffs
 from fuserank.encoders.base import Embeddings
-from fuserank.evaluate import (
+from fuserank.evaluation.scoring import (
     confidence_intervals,
     most_popular_rankings,
     score_lists,
@@ -27,11 +27,11 @@ from fuserank.evaluate import (
     stage_one_recall,
 )
 from fuserank.progress import step
-from fuserank.ranking import Ranker, fit_ranker
-from fuserank.two_stage import candidate_features, fit_stage_one, label_candidates, rank_candidates
+from fuserank.ranking.ranker import Ranker, fit_ranker
+from fuserank.pipeline import candidate_features, fit_stage_one, label_candidates, rank_candidates
 
 if TYPE_CHECKING:
-    from fuserank.llm_features import LLMSignals
+    from fuserank.ranking.llm_features import LLMSignals
 
 QUERY = "query"
 
@@ -71,7 +71,7 @@ def cutoff_frame(config: RunConfig, cutoff: Cutoff, item_ids: Sequence[str], con
         if config.dask.enabled:
             from distributed import default_client
 
-            from fuserank.distributed import candidate_features_dask
+            from fuserank.jobs.distributed import candidate_features_dask
 
             frame, names = candidate_features_dask(default_client(), stage, history, users, config.retrieval,
                                                    config.features, llm=llm, n_partitions=config.dask.user_partitions,
@@ -150,7 +150,7 @@ def run_protocol(
     """`_run_protocol` locally, or with features and ranker on Dask when `config.dask.enabled`."""
     if not config.dask.enabled:
         return _run_protocol(cutoffs, item_ids, content, config, llm)
-    from fuserank.distributed import dask_client
+    from fuserank.jobs.distributed import dask_client
 
     with dask_client(config.dask):
         return _run_protocol(cutoffs, item_ids, content, config, llm)
@@ -182,7 +182,7 @@ def _run_protocol(
         if config.dask.enabled:
             from distributed import default_client
 
-            from fuserank.distributed import fit_ranker_dask
+            from fuserank.jobs.distributed import fit_ranker_dask
 
             ranker = fit_ranker_dask(default_client(), fit_frame, valid_frame, names, config.ranker, config.seed,
                                      group=QUERY)

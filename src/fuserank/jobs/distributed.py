@@ -25,8 +25,8 @@ import polars as pl
 
 from fuserank import progress
 from fuserank.config import DaskConfig, RankerConfig
-from fuserank.metrics import grouped_ndcg
-from fuserank.ranking import Ranker, _params, _query_groups, score_base
+from fuserank.evaluation.metrics import grouped_ndcg
+from fuserank.ranking.ranker import Ranker, _params, _query_groups, score_base
 from fuserank.schema import USER_ID
 
 
@@ -236,7 +236,7 @@ def chunk_evenly(values: Sequence[Any], n_parts: int) -> list[list[Any]]:
 
 def _features_chunk(users: list[str], stage: Any, history: pl.DataFrame, retrieval: Any, features: Any,
                     llm: Any, ref_times: pl.DataFrame | None) -> tuple[pl.DataFrame, list[str]]:
-    from fuserank.two_stage import candidate_features
+    from fuserank.pipeline import candidate_features
 
     return candidate_features(stage, history, users, retrieval, features, llm=llm, ref_times=ref_times)
 
@@ -252,7 +252,7 @@ def candidate_features_dask(
     n_partitions: int = 0,
     ref_times: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
-    """`two_stage.candidate_features` over Dask partitions of the users, concatenated in user order.
+    """`pipeline.candidate_features` over Dask partitions of the users, concatenated in user order.
 
     Every candidate and feature of a user depends only on that user, the stage and the history,
     so the result equals the local call row for row. The stage (FAISS index included) and the
@@ -260,7 +260,7 @@ def candidate_features_dask(
 
     Args:
         client: a connected `distributed.Client`.
-        stage, history, users, retrieval, features, llm, ref_times: as in `two_stage.candidate_features`.
+        stage, history, users, retrieval, features, llm, ref_times: as in `pipeline.candidate_features`.
         n_partitions: user partitions; 0 means one per worker.
 
     Returns:

@@ -16,19 +16,19 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
-from fuserank.collaborative import ItemItemModel, ease_candidates, fit_ease
+from fuserank.retrieval.collaborative import ItemItemModel, ease_candidates, fit_ease
 from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig, SequenceConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.encoders.behaviour import fit_behaviour
-from fuserank.features import build_features, select_features
-from fuserank.fusion import fuse
-from fuserank.popularity import neighbourhood_popular, popular_candidates, reference_times
-from fuserank.retrieval import IVFPQSettings, ItemIndex, build_index, merge_candidates, retrieve
-from fuserank.sequence import SequenceModel, fit_sequence_model
-from fuserank.sequence_features import add_sequence_features, sequence_candidates
+from fuserank.ranking.features import build_features, select_features
+from fuserank.retrieval.fusion import fuse
+from fuserank.retrieval.popularity import neighbourhood_popular, popular_candidates, reference_times
+from fuserank.retrieval.index import IVFPQSettings, ItemIndex, build_index, merge_candidates, retrieve
+from fuserank.retrieval.sequence import SequenceModel, fit_sequence_model
+from fuserank.ranking.sequence_features import add_sequence_features, sequence_candidates
 
 if TYPE_CHECKING:
-    from fuserank.llm_features import LLMSignals
+    from fuserank.ranking.llm_features import LLMSignals
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def candidate_features(
     """Candidates for `users` with every feature column; returns (frame, feature names), the names
     without those of `features.disabled_groups` (the frame keeps every column). `extra`
     (schema.CANDIDATES) is merged after stage 1's own candidates, e.g. seen items for export.
-    `llm` adds the LLM feature columns (llm_features.py). `ref_times` (schema.REF_TIMES; None:
+    `llm` adds the LLM feature columns (ranking/llm_features.py). `ref_times` (schema.REF_TIMES; None:
     each user's newest history interaction) bounds every statistic of each user's query."""
     if ref_times is None:
         ref_times = reference_times(history, users)
@@ -217,7 +217,7 @@ def candidate_features(
     if stage.sequence is not None:
         frame, names = add_sequence_features(frame, names, stage.sequence, history)
     if llm is not None:
-        from fuserank.llm_features import add_llm_features
+        from fuserank.ranking.llm_features import add_llm_features
 
         frame, names = add_llm_features(frame, names, history, llm)
     return frame, select_features(names, features.disabled_groups)

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
-from fuserank.retrieval import seen_rows
+from fuserank.retrieval.index import seen_rows
 from fuserank.schema import ITEM_ID, RETRIEVAL_RANK, RETRIEVAL_SCORE, SOURCE, USER_ID
 
 

@@ -34,12 +34,12 @@ from typing import Any
 import polars as pl
 
 from fuserank.config import RunConfig, TuneConfig, flatten, to_dict, with_overrides
-from fuserank.feature_groups import GROUPS
-from fuserank.features import select_features
+from fuserank.ranking.feature_groups import GROUPS
+from fuserank.ranking.features import select_features
 from fuserank.progress import step
-from fuserank.protocol import QUERY, ValidationFrames, validation_frames, validation_metrics
-from fuserank.ranking import fit_ranker
-from fuserank.study import bind_study, record_tested, study_binding, tested_metrics, trial_sampler
+from fuserank.evaluation.protocol import QUERY, ValidationFrames, validation_frames, validation_metrics
+from fuserank.ranking.ranker import fit_ranker
+from fuserank.jobs.study import bind_study, record_tested, study_binding, tested_metrics, trial_sampler
 
 OBJECTIVE = "valid_ndcg_at_10"
 WORKER = "worker"  # trial user attribute: host:pid of the process running it
@@ -282,7 +282,7 @@ def test_best_once(study: Any, best_config: RunConfig, tags: dict[str, str]) -> 
     """best_* test metrics of the study's best configuration; evaluated on test (a train-evaluate
     run with `tags`) only when the best trial changed since the study's last evaluation, so a
     continued study looks at test once per best configuration. best_tested_now says which."""
-    from fuserank.train_evaluate import train_evaluate
+    from fuserank.jobs.train_evaluate import train_evaluate
 
     known = tested_metrics(study)
     if known is not None:
@@ -302,8 +302,9 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
     import optuna
     import yaml
 
-    from fuserank import atomic, plots, schema, tracking
-    from fuserank.train_evaluate import prepare
+    from fuserank import atomic, schema, tracking
+    from fuserank.evaluation import plots
+    from fuserank.jobs.train_evaluate import prepare
 
     check_search_space(config.tune)
     run_name = config.run_name or f"tune-{config.tune.study_name}"

@@ -17,7 +17,7 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.data.split import sort_interactions
-from fuserank.popularity import Timeline
+from fuserank.retrieval.popularity import Timeline
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import polars as pl
 from fuserank import schema
 from fuserank.data.cutoffs import Cutoffs
 from fuserank.data.split import Split
-from fuserank.metrics import bootstrap_ci, evaluate_rankings, paired_bootstrap_ci
-from fuserank.peers import PEERS, recommend
+from fuserank.evaluation.metrics import bootstrap_ci, evaluate_rankings, paired_bootstrap_ci
+from fuserank.evaluation.peers import PEERS, recommend
 from fuserank.progress import step
 
 # The metrics of the benchmark table, as evaluate_rankings names them.

@@ -7,7 +7,7 @@ PAD (0), so the newest item is always the last column; positions count back from
 makes a window of any length up to `max_length` use the same position embeddings.
 
 torch is imported at module level here because this module is the network itself; only
-fuserank.sequence imports it, inside its functions, so `import fuserank` stays fast.
+fuserank.retrieval.sequence imports it, inside its functions, so `import fuserank` stays fast.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A SASRec next-item model fitted on one cut-off's history: fit or load, user states, scores.
 
-The network is fuserank.sequence_model; training (validation inside the history, early
-stopping) is fuserank.sequence_training. Inference reads whatever history it is given, usually
+The network is fuserank.retrieval.sequence_model; training (validation inside the history, early
+stopping) is fuserank.retrieval.sequence_training. Inference reads whatever history it is given, usually
 a longer one than the fit's (a later cut-off's): each user's newest `max_length` items. It never
 trains on it.
 
@@ -25,17 +25,17 @@ import numpy as np
 import polars as pl
 
 from fuserank import atomic, progress, schema
-from fuserank.collaborative import top_k
+from fuserank.retrieval.collaborative import top_k
 from fuserank.config import SequenceConfig
 from fuserank.data.split import sort_interactions
 from fuserank.encoders.text import resolve_device
-from fuserank.sequence_training import (
+from fuserank.retrieval.sequence_training import (
     VALID_K, build_network, exclude_history, train_network, training_sequences, user_sequences,
 )
 from fuserank.torch_threads import torch_threads
 
 if TYPE_CHECKING:
-    from fuserank.sequence_model import SASRec
+    from fuserank.retrieval.sequence_model import SASRec
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class SequenceModel:
         Returns:
             float32 (len(users), dim); zeros for a user without catalog items in `history`.
         """
-        from fuserank.sequence_model import last_hidden  # torch: imported only when used
+        from fuserank.retrieval.sequence_model import last_hidden  # torch: imported only when used
 
         known, sequences = user_sequences(history.filter(pl.col(schema.USER_ID).is_in(list(users))), self.item_ids)
         with torch_threads(self.threads):

@@ -1,6 +1,6 @@
 """The sequence model in both stages: its candidates (stage 1) and its scores as features (stage 2).
 
-The model a cut-off uses is fitted on that cut-off's history only (two_stage.fit_stage_one), so
+The model a cut-off uses is fitted on that cut-off's history only (pipeline.fit_stage_one), so
 neither its candidates nor its scores have seen the cut-off's targets or anything later.
 """
 
@@ -12,9 +12,9 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
-from fuserank.features import within_user_z
-from fuserank.retrieval import ItemIndex, search_candidates, seen_rows
-from fuserank.sequence import SequenceModel
+from fuserank.ranking.features import within_user_z
+from fuserank.retrieval.index import ItemIndex, search_candidates, seen_rows
+from fuserank.retrieval.sequence import SequenceModel
 
 
 def sequence_candidates(model: SequenceModel, index: ItemIndex, history: pl.DataFrame, users: Sequence[str], n: int,
