@@ -15,16 +15,13 @@ from PIL import Image, ImageDraw, ImageFile
 from fuserank import progress, schema
 from fuserank.config import ImageConfig
 from fuserank.encoders.image import (
-    DESCRIPTOR_BLOCKS,
-    DESCRIPTOR_DIM,
     NO_WEIGHTS_MESSAGE,
     ClipImageEncoder,
     ClipLoadError,
-    DescriptorImageEncoder,
-    describe_image,
-    load_image,
     make_image_encoder,
 )
+from fuserank.encoders.image_descriptor import DESCRIPTOR_BLOCKS, DESCRIPTOR_DIM, DescriptorImageEncoder, describe_image
+from fuserank.encoders.image_files import load_image
 from fuserank.data.media import MediaError
 from fuserank.data.sources import SourceError
 
@@ -424,7 +421,7 @@ def test_bad_media_degrade_to_zero_rows_with_one_warning_each(make_encoder, tmp_
     }
     items = items_frame(["good", *bad], ["good.png", *bad.values()])
     encoder = make_encoder(root, max_pixels=10_000_000)
-    with caplog.at_level(logging.WARNING, logger="fuserank.encoders.image"):
+    with caplog.at_level(logging.WARNING, logger="fuserank.encoders.image_files"):
         embeddings = encoder.encode(items)
     assert embeddings.mask.tolist() == [True] + [False] * len(bad)
     assert not embeddings.vectors[1:].any()

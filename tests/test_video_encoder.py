@@ -271,7 +271,7 @@ def test_an_unfitted_audio_encoder_leaves_the_sound_out_with_a_warning(catalog, 
 
 
 def test_with_the_descriptor_image_encoder(catalog):
-    image = pytest.importorskip("fuserank.encoders.image")
+    image = pytest.importorskip("fuserank.encoders.image_descriptor")
     if not hasattr(image, "DescriptorImageEncoder"):
         pytest.skip("encoders/image.py has no DescriptorImageEncoder yet")
     root, items = catalog

@@ -17,7 +17,7 @@ from PIL import Image
 
 from fuserank.encoders.base import Embeddings, l2_normalise
 from fuserank.encoders.cache import EmbeddingCache, content_key
-from fuserank.encoders.image import LOADER_VERSION, encode_image_files
+from fuserank.encoders.image_files import LOADER_VERSION, encode_image_files
 
 # Bump when describe_image changes the vector it returns, so cached vectors are recomputed.
 DESCRIPTOR_VERSION = "descriptor-v2"
