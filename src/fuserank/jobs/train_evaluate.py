@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from fuserank import atomic, schema
+from fuserank import atomic, provenance, schema
 from fuserank.config import RunConfig, cache_dir, flatten, to_dict
 from fuserank.progress import step
 from fuserank.encoders.content import encode_content
@@ -73,17 +72,6 @@ def frame_digest(frame: pl.DataFrame) -> str:
     return hashlib.sha256(frame.write_csv().encode("utf-8")).hexdigest()
 
 
-def git_commit() -> str:
-    """The checked-out commit of the working directory ("unknown" outside git), "+dirty" if changed."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + ("+dirty" if dirty else "")
-
-
 def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_id: str | None) -> dict[str, Path]:
     """Write ranked lists, metrics, per-user metrics, model and resolved config; returns the paths."""
     from fuserank.ranking.ranker import save_ranker
@@ -125,12 +113,12 @@ def prepare(config: RunConfig) -> Prepared:
     if llm is not None:  # extra content views: fused by their fusion weight, features always
         content.update({name: view for name, view in llm.views().items() if name in LLM_VIEWS})
     tags = {
-        "git_commit": git_commit(),
+        "git_commit": provenance.code_version(),
         "data_hash": frame_digest(interactions.select(list(schema.INTERACTIONS))),
         "items_hash": frame_digest(items.select(schema.ITEM_ID, schema.TEXT)),
         "text_model": config.sources.text_model,
         "image_weights": str(config.image.clip_weights),
-        "command": " ".join(sys.argv),
+        "command": provenance.command_line(sys.argv),
     }
     if llm is not None:
         tags["llm_model"] = config.llm.model
