@@ -145,3 +145,43 @@ def test_ablate_command_reports_every_modality_and_logs_the_table(tiny_run, caps
     assert len(runs) == 1
     assert runs[0].data.metrics["without_behaviour_test_ndcg_at_10"] == table.filter(
         pl.col("variant") == "without_behaviour")["test_ndcg_at_10"][0]
+
+
+def test_the_run_registers_its_ranker_and_records_its_datasets(tiny_run):
+    import hashlib
+
+    from mlflow.tracking import MlflowClient
+
+    root, _, interactions = tiny_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id], "attributes.run_name = 'tiny'")
+    # The ranker is a version of registered model "fuserank", tagged with the data and headline metrics.
+    (version,) = client.search_model_versions(f"name = 'fuserank' and run_id = '{run.info.run_id}'")
+    booster = (root / "outputs" / "tiny" / "model" / "model.txt").read_bytes()
+    assert version.tags["model_hash"] == hashlib.sha256(booster).hexdigest() == run.data.tags["model_hash"]
+    assert version.tags["data_hash"] == run.data.tags["data_hash"]
+    assert float(version.tags["test_ndcg_at_10"]) == pytest.approx(run.data.metrics["test_ndcg_at_10"], rel=1e-5)
+    assert run.data.tags["registered_model"] == f"models:/fuserank/{version.version}"
+    # The registered model is the booster the run wrote, with its feature list and base as metadata.
+    import mlflow.artifacts
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/fuserank/{version.version}",
+                                                dst_path=str(root / "registered"), tracking_uri=client.tracking_uri)
+    spec = yaml.safe_load(open(f"{local}/MLmodel", encoding="utf-8"))
+    features = json.loads((root / "outputs" / "tiny" / "model" / "features.json").read_text())
+    assert spec["metadata"] == features and "base" in spec["metadata"] and spec["metadata"]["feature_names"]
+    assert open(f"{local}/{spec['flavors']['lightgbm']['data']}", "rb").read() == booster
+    # Datasets: items and history for training, test targets for evaluation, with digests and counts.
+    inputs = {(d.tags[0].value if d.tags[0].key == "mlflow.data.context" else d.tags[1].value, d.dataset.name): d
+              for d in run.inputs.dataset_inputs}
+    names = sorted(inputs)
+    assert names == [("evaluation", "catalog interactions (test targets, leave_last_out)"),
+                     ("training", "catalog interactions (history, leave_last_out)"), ("training", "catalog items")]
+    split = leave_last_out(interactions)
+    targets = inputs[names[0]].dataset
+    assert json.loads(targets.profile)["num_rows"] == split.test.height
+    history = inputs[names[1]].dataset
+    assert json.loads(history.profile)["num_rows"] == split.train.height + split.valid.height
+    assert json.loads(history.source)["uri"].startswith(str(root / "catalog")) and history.source_type == "local"
+    assert "user_id" in history.schema and len(history.digest) == 16
+    assert inputs[names[2]].dataset.digest == run.data.tags["items_hash"][:16]

@@ -278,12 +278,17 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """MLflow store: sqlite under mlruns/ by default."""
+    """MLflow store: sqlite under mlruns/ by default.
+
+    registered_model: the registered model each train-evaluate adds its ranker to as a new
+        version ("" registers nothing); arms and `fuserank promote` name it.
+    """
 
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: str = "mlruns/artifacts"
     experiment: str = "fuserank"
     enabled: bool = True
+    registered_model: str = "fuserank"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""MLflow helpers: the only module that imports mlflow.
+"""MLflow helpers: with registry.py (models and datasets) the only modules that import mlflow.
 
 The store is sqlite under mlruns/ with artifacts beside it, because MLflow 3 keeps the plain
 file store in maintenance mode.
@@ -6,6 +6,7 @@ file store in maintenance mode.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,6 +20,9 @@ from fuserank.config import TrackingConfig
 _MAX_PARAM = 6000
 # host:pid of the process that opened a run, so a later run can tell a killed one from a live one.
 WORKER_TAG = "fuserank.worker"
+# Tags of a dataset input (registry.log_datasets): MLflow's context and the fuserank table it holds.
+CONTEXT_TAG = "mlflow.data.context"
+TABLE_TAG = "fuserank.table"
 
 
 def _worker() -> str:
@@ -152,17 +156,6 @@ def log_artifacts(paths: Sequence[tuple[str, Path]]) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder or None)
 
 
-def log_lightgbm(booster: Any, name: str = "ranker") -> None:
-    """Log the booster as an MLflow LightGBM model (saved in LightGBM's own text format).
-
-    pip_requirements are given so MLflow does not spend ~16 s inferring them by import tracing.
-    """
-    import lightgbm
-    import mlflow.lightgbm
-
-    mlflow.lightgbm.log_model(booster, name=name, pip_requirements=[f"lightgbm=={lightgbm.__version__}"])
-
-
 # --- nested runs, tags, search and artifacts (tuning, comparison, UI) ---
 
 
@@ -207,7 +200,7 @@ def search_runs(
 
     Returns:
         One dict per run: run_id, run_name, experiment_id, status, start_time (ms), metrics,
-        params and tags (dicts of str -> float / str).
+        params and tags (dicts of str -> float / str), and datasets (`run_datasets`).
 
     Raises:
         ValueError: the experiment does not exist, or neither an experiment nor ids are given.
@@ -242,9 +235,26 @@ def search_runs(
             "metrics": dict(run.data.metrics),
             "params": dict(run.data.params),
             "tags": dict(run.data.tags),
+            "datasets": run_datasets(run),
         }
         for run in runs
     ]
+
+
+def run_datasets(run: Any) -> list[dict[str, Any]]:
+    """An MLflow run's dataset inputs: dicts of name, digest, source, context ("training" /
+    "evaluation"), table ("items" / "interactions"; None when not logged by fuserank) and
+    profile (row counts)."""
+    found = []
+    for given in getattr(getattr(run, "inputs", None), "dataset_inputs", None) or []:
+        tags = {tag.key: tag.value for tag in given.tags}
+        try:
+            profile = json.loads(given.dataset.profile or "{}")
+        except json.JSONDecodeError:
+            profile = {}
+        found.append({"name": given.dataset.name, "digest": given.dataset.digest, "source": given.dataset.source,
+                      "context": tags.get(CONTEXT_TAG), "table": tags.get(TABLE_TAG), "profile": profile})
+    return found
 
 
 def download_artifact(config: TrackingConfig, run_id: str, artifact_path: str, dst: Path) -> Path | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from fuserank import atomic, provenance, schema
+from fuserank import atomic, provenance, registry, schema, tracking
 from fuserank.config import RunConfig, cache_dir, flatten, to_dict
 from fuserank.progress import step
 from fuserank.encoders.content import encode_content
@@ -20,6 +20,7 @@ from fuserank.data.cutoffs import Cutoffs
 from fuserank.encoders.base import Embeddings
 from fuserank.ranking.llm_features import VIEWS as LLM_VIEWS
 from fuserank.ranking.llm_features import LLMSignals, prepare_llm
+from fuserank.evaluation import plots
 from fuserank.evaluation.protocol import ProtocolResult, make_cutoffs, run_protocol
 from fuserank.data.sources import resolve
 
@@ -126,10 +127,11 @@ def prepare(config: RunConfig) -> Prepared:
 
 
 def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tuple[dict[str, float], Path]:
-    """Run the whole job; returns (metrics, output folder). `tags` are added to the MLflow run."""
-    from fuserank import tracking
-    from fuserank.evaluation import plots
+    """Run the whole job; returns (metrics, output folder). `tags` are added to the MLflow run.
 
+    The run records the data it read as dataset inputs and registers its ranker as a new version
+    of `tracking.registered_model` (see registry.py).
+    """
     start = time.perf_counter()
     run_name = config.run_name or f"train-evaluate-{config.data.dataset}"
     folder = tracking.check_outputs(config.tracking, Path(config.output_dir) / run_name)  # before any work
@@ -138,6 +140,7 @@ def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tup
     with tracking.tracked_run(config.tracking, run_name, run_tags) as run_id:
         if run_id is not None:
             tracking.log_params(flatten(config))
+            registry.log_datasets(run_id, config.tracking, dataset_records(config, data))
         result = run_protocol(data.cutoffs, data.items[schema.ITEM_ID].to_list(), data.content, config, data.llm)
         metrics = {**result.metrics, **data.media, "wall_seconds": time.perf_counter() - start}
         result = dataclasses.replace(result, metrics=metrics)
@@ -161,15 +164,47 @@ def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tup
                     *(("plots", path) for path in figures.values()),
                     *(("llm", paths[k]) for k in ("llm_samples",) if k in paths),
                 ])
-                tracking.set_tags({"model_hash": hashlib.sha256(paths["model"].read_bytes()).hexdigest()})
-                tracking.log_lightgbm(result.ranker.booster)
-                s.done(f"run {run_id}")
+                model_hash = hashlib.sha256(paths["model"].read_bytes()).hexdigest()
+                tracking.set_tags({"model_hash": model_hash})
+                version_tags = {k: data.tags[k] for k in ("data_hash", "items_hash", "git_commit")}
+                version_tags |= {"model_hash": model_hash, "run_name": run_name, "dataset": config.data.dataset}
+                version_tags |= {k: f"{metrics[k]:.6g}" for k in (*HEADLINE, "valid_ndcg_at_10") if k in metrics}
+                version = registry.register_ranker(config.tracking, paths["model"].parent, version_tags)
+                if version is not None:
+                    tracking.set_tags({"registered_model": version.uri})
+                s.done(f"run {run_id}" + (f", {version.uri}" if version else ""))
     return metrics, folder
+
+
+def dataset_records(config: RunConfig, data: Prepared) -> list[registry.DatasetRecord]:
+    """The tables a train-evaluate run reads, for its MLflow run page: the items and the test
+    cut-off's history ("training": what stage 1 and the ranker learn from), and the test targets
+    ("evaluation"), each with a content digest and where it came from."""
+    name = config.data.dataset
+    if name == "catalog":
+        items_source = ("local", provenance.portable_path(str(config.data.items_path)))
+        interactions_source = ("local", provenance.portable_path(str(config.data.interactions_path)))
+    else:
+        reference = {"movielens-100k": config.sources.movielens_100k,
+                     "movielens-1m": config.sources.movielens_1m}[name]
+        kind = "pypi" if reference.startswith("pypi:") else "local"
+        items_source = interactions_source = (kind, reference if kind == "pypi" else provenance.portable_path(reference))
+    columns = list(schema.INTERACTIONS)
+    history = data.cutoffs.test.history.select(columns)
+    targets = pl.concat([data.cutoffs.test.targets.select(columns), data.cutoffs.cold_test.select(columns)])
+    protocol = config.split.protocol
+    return [
+        registry.DatasetRecord(f"{name} items", data.tags["items_hash"][:16], *items_source, "items", "training",
+                               data.items),
+        registry.DatasetRecord(f"{name} interactions (history, {protocol})", frame_digest(history)[:16],
+                               *interactions_source, "interactions", "training", history),
+        registry.DatasetRecord(f"{name} interactions (test targets, {protocol})", frame_digest(targets)[:16],
+                               *interactions_source, "interactions", "evaluation", targets),
+    ]
 
 
 def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
     """Per-modality ablation on one split; writes ablation.csv/.txt and records one MLflow run."""
-    from fuserank import tracking
     from fuserank.evaluation.ablation import format_table, run_ablation
 
     run_name = config.run_name or f"ablation-{config.data.dataset}"
