@@ -222,7 +222,6 @@ def test_share_labels_are_train_rows_missing_from_their_own_history(tmp_path, mo
 
 
 def test_tuning_objective_never_sees_a_test_row(tmp_path, monkeypatch):
-    import fuserank.jobs.train_evaluate as train_evaluate
     import fuserank.jobs.tuning as tuning
     from fuserank.jobs.train_evaluate import Prepared
 
@@ -232,7 +231,7 @@ def test_tuning_objective_never_sees_a_test_row(tmp_path, monkeypatch):
                           f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}")
     split = leave_last_out(interactions, min_interactions=config.split.min_interactions)
     prepared = Prepared(items, cutoffs_from_split(split, config.split), content, {}, {})
-    monkeypatch.setattr(train_evaluate, "prepare", lambda _config: prepared)
+    monkeypatch.setattr(tuning, "prepare", lambda _config: prepared)
     targets: list[pl.DataFrame] = []
     original = tuning.run_trial
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fuserank.ranking.feature_groups import GROUPS
 
 
@@ -546,7 +548,6 @@ def flatten(config: Any) -> dict[str, Any]:
 
 def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply "section.key=value" overrides (value parsed as YAML) with the same strictness."""
-    import yaml
 
     values = to_dict(config)
     for item in overrides:
@@ -628,7 +629,6 @@ def _inside(value: float, interval: str) -> bool:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML file (or the defaults when `path` is None) and apply overrides."""
-    import yaml
 
     config = RunConfig()
     if path is not None:

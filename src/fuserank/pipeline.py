@@ -10,25 +10,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from fuserank import schema
-from fuserank.retrieval.collaborative import ItemItemModel, ease_candidates, fit_ease
 from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig, SequenceConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.encoders.behaviour import fit_behaviour
 from fuserank.ranking.features import build_features, select_features
-from fuserank.retrieval.fusion import fuse
-from fuserank.retrieval.popularity import neighbourhood_popular, popular_candidates, reference_times
-from fuserank.retrieval.index import IVFPQSettings, ItemIndex, build_index, merge_candidates, retrieve
-from fuserank.retrieval.sequence import SequenceModel, fit_sequence_model
+from fuserank.ranking.llm_features import LLMSignals, add_llm_features
 from fuserank.ranking.sequence_features import add_sequence_features, sequence_candidates
-
-if TYPE_CHECKING:
-    from fuserank.ranking.llm_features import LLMSignals
+from fuserank.retrieval.collaborative import ItemItemModel, ease_candidates, fit_ease
+from fuserank.retrieval.fusion import fuse
+from fuserank.retrieval.index import ItemIndex, IVFPQSettings, build_index, merge_candidates, retrieve
+from fuserank.retrieval.popularity import neighbourhood_popular, popular_candidates, reference_times
+from fuserank.retrieval.sequence import SequenceModel, fit_sequence_model
 
 
 @dataclass(frozen=True)
@@ -217,8 +214,6 @@ def candidate_features(
     if stage.sequence is not None:
         frame, names = add_sequence_features(frame, names, stage.sequence, history)
     if llm is not None:
-        from fuserank.ranking.llm_features import add_llm_features
-
         frame, names = add_llm_features(frame, names, history, llm)
     return frame, select_features(names, features.disabled_groups)
 

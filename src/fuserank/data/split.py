@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from fuserank import schema
@@ -198,7 +199,6 @@ def random_split(interactions: pl.DataFrame, seed: int, ratios: tuple[float, flo
         Split(train, valid, test): disjoint, union equal to the input, each sorted with
         `sort_interactions`. A user with too few rows for a share gets none of it.
     """
-    import numpy as np
 
     if len(ratios) != 3 or min(ratios) <= 0 or abs(sum(ratios) - 1.0) > 1e-9:
         raise ValueError(f"ratios must be three positive shares summing to 1, got {ratios}")

@@ -11,7 +11,9 @@ PIL, soundfile and PyAV are imported inside the functions that need them.
 from __future__ import annotations
 
 import colorsys
+import multiprocessing
 import struct
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,8 +330,6 @@ def write_all_media(jobs: list[dict], workers: int = 1) -> int:
     """
     if workers <= 1:
         return sum(write_item_media(**job) for job in progress.bar(jobs, "synthetic media", unit="item"))
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: a forked child hangs if this process has already run OpenMP code.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:

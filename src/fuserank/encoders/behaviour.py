@@ -16,16 +16,14 @@ these vectors are the cosine of co-occurrence reconstructed with a softened spec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
+from scipy.sparse.linalg import svds
 
 from fuserank import schema
 from fuserank.encoders.base import Embeddings, l2_normalise
-
-if TYPE_CHECKING:
-    import scipy.sparse as sp
 
 NAME = "behaviour"
 
@@ -61,7 +59,6 @@ def fit_behaviour(
     Raises:
         ValueError: if fewer than 2 users or 2 items take part, or dim < 1.
     """
-    import scipy.sparse as sp
 
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
@@ -123,8 +120,6 @@ def _truncated_svd(matrix: sp.csr_matrix, k: int, seed: int) -> tuple[np.ndarray
         _, singular, right = np.linalg.svd(matrix.toarray(), full_matrices=False)
         singular, right = singular[:k], right[:k]
     else:
-        from scipy.sparse.linalg import svds
-
         v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, size=min(n_rows, n_cols))
         _, singular, right = svds(matrix, k=k, v0=v0, solver="arpack")
         order = np.argsort(-singular, kind="stable")

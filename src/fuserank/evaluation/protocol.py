@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -26,12 +25,11 @@ from fuserank.evaluation.scoring import (
     stage_one_rankings,
     stage_one_recall,
 )
-from fuserank.progress import step
-from fuserank.ranking.ranker import Ranker, fit_ranker
+from fuserank.jobs.distributed import candidate_features_dask, dask_client, fit_ranker_dask
 from fuserank.pipeline import candidate_features, fit_stage_one, label_candidates, rank_candidates
-
-if TYPE_CHECKING:
-    from fuserank.ranking.llm_features import LLMSignals
+from fuserank.progress import step
+from fuserank.ranking.llm_features import LLMSignals
+from fuserank.ranking.ranker import Ranker, fit_ranker
 
 QUERY = "query"
 
@@ -70,8 +68,6 @@ def cutoff_frame(config: RunConfig, cutoff: Cutoff, item_ids: Sequence[str], con
         llm = llm if config.llm.enabled else None
         if config.dask.enabled:
             from distributed import default_client
-
-            from fuserank.jobs.distributed import candidate_features_dask
 
             frame, names = candidate_features_dask(default_client(), stage, history, users, config.retrieval,
                                                    config.features, llm=llm, n_partitions=config.dask.user_partitions,
@@ -150,7 +146,6 @@ def run_protocol(
     """`_run_protocol` locally, or with features and ranker on Dask when `config.dask.enabled`."""
     if not config.dask.enabled:
         return _run_protocol(cutoffs, item_ids, content, config, llm)
-    from fuserank.jobs.distributed import dask_client
 
     with dask_client(config.dask):
         return _run_protocol(cutoffs, item_ids, content, config, llm)
@@ -181,8 +176,6 @@ def _run_protocol(
     with step("train ranker") as s:
         if config.dask.enabled:
             from distributed import default_client
-
-            from fuserank.jobs.distributed import fit_ranker_dask
 
             ranker = fit_ranker_dask(default_client(), fit_frame, valid_frame, names, config.ranker, config.seed,
                                      group=QUERY)

@@ -25,7 +25,9 @@ import polars as pl
 
 from fuserank import progress
 from fuserank.config import DaskConfig, RankerConfig
+from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.metrics import grouped_ndcg
+from fuserank.pipeline import candidate_features
 from fuserank.ranking.ranker import Ranker, _params, _query_groups, score_base
 from fuserank.schema import USER_ID
 
@@ -236,8 +238,6 @@ def chunk_evenly(values: Sequence[Any], n_parts: int) -> list[list[Any]]:
 
 def _features_chunk(users: list[str], stage: Any, history: pl.DataFrame, retrieval: Any, features: Any,
                     llm: Any, ref_times: pl.DataFrame | None) -> tuple[pl.DataFrame, list[str]]:
-    from fuserank.pipeline import candidate_features
-
     return candidate_features(stage, history, users, retrieval, features, llm=llm, ref_times=ref_times)
 
 
@@ -279,7 +279,6 @@ def _encode_chunk(items: pl.DataFrame, encoder_cls: Any, kwargs: dict[str, Any])
 
 def _concatenate(parts: Sequence[Any]) -> Any:
     """Per-partition Embeddings, in partition order, as one."""
-    from fuserank.encoders.base import Embeddings
 
     return Embeddings(
         tuple(i for p in parts for i in p.item_ids),

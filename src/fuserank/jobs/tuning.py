@@ -20,6 +20,7 @@ crash draws the same trials as one that ran without interruption.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,14 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import yaml
 
+from fuserank import atomic, schema, tracking
+from fuserank.atomic import file_lock, process_alive
 from fuserank.config import RunConfig, TuneConfig, flatten, to_dict, with_overrides
+from fuserank.evaluation import plots
+from fuserank.evaluation.protocol import QUERY, ValidationFrames, validation_frames, validation_metrics
+from fuserank.jobs.study import bind_study, record_tested, study_binding, tested_metrics, trial_sampler
+from fuserank.jobs.train_evaluate import prepare, train_evaluate
+from fuserank.progress import step
 from fuserank.ranking.feature_groups import GROUPS
 from fuserank.ranking.features import select_features
-from fuserank.progress import step
-from fuserank.evaluation.protocol import QUERY, ValidationFrames, validation_frames, validation_metrics
 from fuserank.ranking.ranker import fit_ranker
-from fuserank.jobs.study import bind_study, record_tested, study_binding, tested_metrics, trial_sampler
 
 OBJECTIVE = "valid_ndcg_at_10"
 WORKER = "worker"  # trial user attribute: host:pid of the process running it
@@ -195,11 +201,8 @@ def create_study(tune: TuneConfig, seed: int, binding: Mapping[str, Any] | None 
     it (else study.StudyMismatchError, before any trial of the study is touched). Processes
     sharing a new sqlite file create its tables one at a time.
     """
-    import contextlib
 
     import optuna
-
-    from fuserank.atomic import file_lock
 
     lock = contextlib.nullcontext()
     if tune.storage.startswith("sqlite:///"):
@@ -224,8 +227,6 @@ def fail_orphaned_trials(study: Any) -> list[int]:
     returns their numbers. Trials of live workers and of other hosts sharing the study are left
     alone. TPE would otherwise condition on an orphan's parameters as if it were still running."""
     import optuna
-
-    from fuserank.atomic import process_alive
 
     host = socket.gethostname()
     orphaned = []
@@ -282,7 +283,6 @@ def test_best_once(study: Any, best_config: RunConfig, tags: dict[str, str]) -> 
     """best_* test metrics of the study's best configuration; evaluated on test (a train-evaluate
     run with `tags`) only when the best trial changed since the study's last evaluation, so a
     continued study looks at test once per best configuration. best_tested_now says which."""
-    from fuserank.jobs.train_evaluate import train_evaluate
 
     known = tested_metrics(study)
     if known is not None:
@@ -300,11 +300,6 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
     Returns (summary metrics, output folder).
     """
     import optuna
-    import yaml
-
-    from fuserank import atomic, schema, tracking
-    from fuserank.evaluation import plots
-    from fuserank.jobs.train_evaluate import prepare
 
     check_search_space(config.tune)
     run_name = config.run_name or f"tune-{config.tune.study_name}"

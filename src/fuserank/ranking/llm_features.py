@@ -29,19 +29,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from fuserank import schema
-from fuserank.encoders import prompts
+from fuserank.config import LLMConfig, RunConfig, cache_dir
+from fuserank.data.sources import resolve
 from fuserank.data.split import holdout_labels, sort_interactions
+from fuserank.encoders import llm, prompts
 from fuserank.encoders.base import Embeddings
+from fuserank.encoders.llm import load_causal_lm
+from fuserank.encoders.text import TextEncoder
+from fuserank.progress import step
 from fuserank.ranking.features import within_user_z
-
-if TYPE_CHECKING:
-    from fuserank.config import LLMConfig, RunConfig
 
 DESCRIPTION = "llm_description"
 HIDDEN = "llm_hidden"
@@ -234,7 +236,6 @@ def build_llm_signals(
         cache_root: folder of the LLM caches (None: no caching).
         seed: seed of the generation calls.
     """
-    from fuserank.encoders import llm
 
     def folder(name: str) -> Path | None:
         return None if cache_root is None else Path(cache_root) / name
@@ -319,11 +320,6 @@ def prepare_llm(items: pl.DataFrame, train: pl.DataFrame, profile_from: pl.DataF
     """
     if not config.llm.enabled:
         return None
-    from fuserank.config import cache_dir
-    from fuserank.encoders.llm import load_causal_lm
-    from fuserank.encoders.text import TextEncoder
-    from fuserank.progress import step
-    from fuserank.data.sources import resolve
 
     root = cache_dir(config.sources)
     with step("load LLM") as s:

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy import sparse
 
 from fuserank import progress
+from fuserank.retrieval.sharding import train_ivfpq
 from fuserank.schema import (
     CANDIDATES,
     ITEM_ID,
@@ -148,7 +150,6 @@ class IVFPQSettings:
 
 
 def _ivfpq_index(faiss: Any, vectors: np.ndarray, settings: IVFPQSettings) -> Any:
-    from fuserank.retrieval.sharding import train_ivfpq
 
     trained = train_ivfpq(vectors, settings.lists, settings.pq_m, settings.pq_bits, settings.train_sample,
                           settings.seed)
@@ -293,7 +294,6 @@ def user_queries(
             or only zero vectors).
         histories: per user, the sorted unique int64 item rows of their whole known history.
     """
-    from scipy import sparse
 
     item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     if item_vectors.ndim != 2 or item_vectors.shape[0] != len(item_ids):
