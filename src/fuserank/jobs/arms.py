@@ -18,6 +18,7 @@ scores (null), so every list has K items unless fewer eligible items exist.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,8 +31,10 @@ from fuserank.config import FeatureConfig, RetrievalConfig
 from fuserank.data.cutoffs import serving_ref_times
 from fuserank.evaluation.scoring import stage_one_rankings
 from fuserank.ranking.ranker import Ranker
+from fuserank.registry import is_model_uri
 from fuserank.retrieval.index import merge_candidates
 from fuserank.schema import ARM, BUCKET, COLD_START, ITEM_ID, MODEL_VERSION, RANK, RUN_ID, SCORE, USER_ID
+from fuserank.retrieval.popularity import item_counts
 from fuserank.pipeline import StageOne, candidate_features, generate_candidates, rank_candidates
 
 if TYPE_CHECKING:
@@ -42,6 +45,8 @@ HOLDOUT = "holdout"
 BASELINES = ("popular", "retrieval")
 _POP = "_pop"
 _COUNT = "_count"
+# An MLflow run id as an arm source on its own (32 hex digits).
+RUN_ID_FORM = re.compile(r"[0-9a-f]{32}")
 
 
 class ExportError(ValueError):
@@ -52,7 +57,8 @@ class ExportError(ValueError):
 class ArmPlan:
     """One arm: what it serves and the buckets [low, high) it owns.
 
-    source: "run", "run:<run id>", "popular", "retrieval" or "holdout" (no list).
+    source: "run", "run:<run id>", "models:/<name>@<alias>", "models:/<name>/<version>", "popular",
+        "retrieval" or "holdout" (no list). A bare run id is written "run:<run id>".
     """
 
     name: str
@@ -91,10 +97,13 @@ def plan_arms(arms: Mapping[str, str], shares: Mapping[str, float], holdout: flo
         raise ExportError("export.arms is empty")
     if HOLDOUT in arms:
         raise ExportError(f"arm name {HOLDOUT!r} is reserved for export.holdout")
+    arms = {name: f"run:{source}" if RUN_ID_FORM.fullmatch(str(source)) else source for name, source in arms.items()}
     for name, source in arms.items():
-        if source not in ("run", *BASELINES) and not (source.startswith("run:") and len(source) > 4):
+        if (source not in ("run", *BASELINES) and not (source.startswith("run:") and len(source) > 4)
+                and not is_model_uri(source)):
             raise ExportError(
-                f"export.arms.{name}: unknown source {source!r}; use 'run', 'run:<run id>', 'popular' or 'retrieval'"
+                f"export.arms.{name}: unknown source {source!r}; use 'run', 'run:<run id>' (or the bare run id), "
+                "'models:/<name>@<alias>', 'models:/<name>/<version>', 'popular' or 'retrieval'"
             )
     if any(not 0 < s <= 1 for s in shares.values()) or not 0 <= holdout < 1:
         raise ExportError(f"export.shares must be in (0, 1] and export.holdout in [0, 1); got {dict(shares)}, {holdout}")
@@ -147,11 +156,9 @@ def popularity_pool(history: pl.DataFrame, item_ids: Sequence[str]) -> pl.DataFr
         Frame item_id, _count (float32), _pop (int64, 0 = most popular), one row per catalog item
         (items never interacted with have count 0 and come last).
     """
-    counts = history.group_by(ITEM_ID).agg(pl.len().alias(_COUNT))
     return (
-        pl.DataFrame({ITEM_ID: pl.Series(list(item_ids), dtype=pl.String)})
-        .join(counts, on=ITEM_ID, how="left")
-        .with_columns(pl.col(_COUNT).fill_null(0).cast(pl.Float32))
+        pl.DataFrame({ITEM_ID: pl.Series(list(item_ids), dtype=pl.String),
+                      _COUNT: pl.Series(item_counts(history, item_ids), dtype=pl.Float32)})
         .sort([_COUNT, ITEM_ID], descending=[True, False])
         .with_row_index(_POP)
         .with_columns(pl.col(_POP).cast(pl.Int64))
@@ -230,11 +237,16 @@ class Server:
         run_id: the MLflow run behind the lists (None for a baseline without one).
         model_version: e.g. the sha256 prefix of the booster text, or "most-popular".
         lists: users -> schema.RANKED_LIST of those users (best first; may be short).
+        booster_sha256: sha256 of the booster text the lists are scored with (None: no booster).
+        registered: the registered model version served: {"name", "version", "alias", "uri"}
+            (alias None when named by number); None when the booster is no registered version.
     """
 
     run_id: str | None
     model_version: str
     lists: Callable[[Sequence[str]], pl.DataFrame]
+    booster_sha256: str | None = None
+    registered: Mapping[str, str | None] | None = None
 
 
 def export_batches(
@@ -386,7 +398,8 @@ def build_manifest(
     created_at: str,
     max_listed: int = 1000,
 ) -> dict:
-    """The manifest: arms (run, model version, share, buckets, user and row counts), counts, files.
+    """The manifest: arms (run, model version, registered version, booster hash, share, buckets,
+    user and row counts), counts, files.
 
     Args:
         plans: the arm plans (holdout included).
@@ -408,6 +421,8 @@ def build_manifest(
             "source": plan.source,
             "run_id": server.run_id if server else None,
             "model_version": server.model_version if server else None,
+            "registered_model": dict(server.registered) if server and server.registered else None,
+            "booster_sha256": server.booster_sha256 if server else None,
             "share": plan.share,
             "buckets": [plan.low, plan.high],
             "users": int(n_users),

@@ -16,7 +16,7 @@ import polars as pl
 from scipy import sparse
 
 from fuserank import progress
-from fuserank.retrieval.sharding import train_ivfpq
+from fuserank.retrieval.sharding import as_faiss_index, build_sharded
 from fuserank.schema import (
     CANDIDATES,
     ITEM_ID,
@@ -116,7 +116,10 @@ def build_index(
             index.hnsw.efConstruction = max(_MIN_EF_CONSTRUCTION, 2 * hnsw_m)
             index.hnsw.efSearch = hnsw_ef_search
         elif kind == "ivfpq":
-            index = _ivfpq_index(faiss, vectors, ivfpq or IVFPQSettings())
+            settings = ivfpq or IVFPQSettings()
+            index = as_faiss_index(build_sharded(vectors, settings.shards, settings.lists, settings.pq_m,
+                                                 settings.pq_bits, settings.nprobe, settings.train_sample,
+                                                 settings.seed))
         else:
             try:
                 index = faiss.index_factory(d, kind, faiss.METRIC_INNER_PRODUCT)
@@ -124,7 +127,7 @@ def build_index(
                 raise ValueError(f"FAISS cannot build index {kind!r} for d={d}: {err}") from err
             if not index.is_trained:
                 index.train(vectors)
-        if kind != "ivfpq":  # _ivfpq_index fills its shards itself
+        if kind != "ivfpq":  # build_sharded fills its shards itself
             index.add(vectors)
         n_bytes = n * d * 4 if kind == "flat" else _index_bytes(faiss, index)
         item_index = ItemIndex(index=index, item_ids=tuple(item_ids), kind=kind, on_gpu=False)
@@ -147,24 +150,6 @@ class IVFPQSettings:
     train_sample: int = 50_000
     shards: int = 1
     seed: int = 0
-
-
-def _ivfpq_index(faiss: Any, vectors: np.ndarray, settings: IVFPQSettings) -> Any:
-
-    trained = train_ivfpq(vectors, settings.lists, settings.pq_m, settings.pq_bits, settings.train_sample,
-                          settings.seed)
-    trained.nprobe = settings.nprobe
-    if settings.shards <= 1:
-        trained.add(vectors)
-        return trained
-    # Every shard is a copy of the one trained index, so merged shard results equal one index's.
-    index = faiss.IndexShards(vectors.shape[1], True, False)
-    offsets = np.linspace(0, vectors.shape[0], settings.shards + 1).round().astype(np.int64)
-    for start, stop in zip(offsets[:-1], offsets[1:], strict=True):
-        shard = faiss.clone_index(trained)
-        shard.add_with_ids(vectors[start:stop], np.arange(start, stop, dtype=np.int64))
-        index.add_shard(shard)
-    return index
 
 
 def _index_bytes(faiss: Any, index: Any) -> int:

@@ -100,6 +100,13 @@ def item_timeline(history: pl.DataFrame, item_ids: Sequence[str]) -> Timeline:
                     events[schema.RATING].cast(pl.Float64).fill_null(np.nan).to_numpy())
 
 
+def item_counts(history: pl.DataFrame, item_ids: Sequence[str]) -> np.ndarray:
+    """int64 (n_items,): each catalog item's interactions in the whole of `history` (serving:
+    everything known now). Rows whose item is not in `item_ids` are ignored."""
+    latest = int(history[schema.TIMESTAMP].max()) if history.height else 0
+    return item_timeline(history, item_ids).counts_at(latest)
+
+
 def reference_times(history: pl.DataFrame, users: Sequence[str]) -> pl.DataFrame:
     """Leave-last-out's reference time: each user's newest history timestamp.
 

@@ -128,15 +128,24 @@ def merge_by_score(results: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> 
     return np.take_along_axis(scores, order, 1).astype(np.float32), np.take_along_axis(ids, order, 1)
 
 
-def search_sharded(index: ShardedIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Search every shard in this process (threads, via faiss.IndexShards) and merge by score."""
+def as_faiss_index(index: ShardedIndex) -> Any:
+    """One FAISS index over all shards: the shard itself when there is one, else a
+    `faiss.IndexShards` that searches them in threads and merges by score."""
     import faiss
 
-    combined = faiss.IndexShards(index.shards[0].d, True, False)
     for shard in index.shards:
         shard.nprobe = index.nprobe
+    if len(index.shards) == 1:
+        return index.shards[0]
+    combined = faiss.IndexShards(index.shards[0].d, True, False)
+    for shard in index.shards:
         combined.add_shard(shard)
-    return combined.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return combined
+
+
+def search_sharded(index: ShardedIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Search every shard in this process (threads, via faiss.IndexShards) and merge by score."""
+    return as_faiss_index(index).search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
 def search_sharded_dask(client: Any, index: ShardedIndex, queries: np.ndarray, k: int,
