@@ -159,3 +159,57 @@ def test_compare_refuses_runs_on_different_data_unless_forced(tmp_path, capsys):
     assert printed.splitlines()[0].startswith("WARNING: data_hash differs: ml100k in")
     recorded = [r for r in tracking.search_runs(config.tracking, "cmp") if r["tags"].get("kind") == "compare"]
     assert [r["tags"]["data_mismatch"] for r in recorded] == ["false", "true"]
+
+
+def test_data_warnings_compare_dataset_digests_per_context_and_table():
+    def datasets(history: str, targets: str) -> list[dict]:
+        return [{"context": "training", "table": "items", "digest": "items16"},
+                {"context": "training", "table": "interactions", "digest": history},
+                {"context": "evaluation", "table": "interactions", "digest": targets}]
+
+    tags = {"data_hash": "d1", "items_hash": "i1"}
+    runs = [{"run_id": "aaaa0000", "tags": tags, "datasets": datasets("h1", "t1")},
+            {"run_id": "bbbb1111", "tags": tags, "datasets": datasets("h1", "t1")},
+            {"run_id": "eeee4444", "tags": tags}]  # an older run without dataset inputs: not a mismatch
+    assert data_warnings(runs) == ([], [])
+    runs.append({"run_id": "cccc2222", "tags": tags, "datasets": datasets("h1", "t2")})
+    assert data_warnings(runs)[0] == [
+        "evaluation interactions dataset digest differs: t1 in aaaa0000, bbbb1111; t2 in cccc2222"]
+
+
+def test_compare_refuses_runs_whose_logged_datasets_differ(tmp_path, capsys):
+    # Same data_hash tags, but the evaluation targets (a different split) differ: refused, naming both digests.
+    from fuserank import atomic, registry, tracking
+    from fuserank.cli import main
+
+    store = tmp_path / "mlruns"
+    settings = [f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}",
+                f"tracking.artifact_root={store / 'artifacts'}", "tracking.experiment=cmp-data",
+                f"output_dir={tmp_path / 'out'}"]
+    config = with_overrides(RunConfig(), settings)
+    runs, frames = planted()
+    interactions = pl.DataFrame({"user_id": USERS, "item_id": ["i"] * len(USERS), "timestamp": list(range(50))})
+    targets = {"aaaa0000": interactions.head(40), "bbbb1111": interactions.tail(40)}
+    digests = {"aaaa0000": "0123456789abcdef", "bbbb1111": "fedcba9876543210"}
+    for planted_run in runs[:2]:
+        with tracking.tracked_run(config.tracking, planted_run["run_name"],
+                                  {"data_hash": "same", "items_hash": "same"}) as run_id:
+            tracking.log_metrics(planted_run["metrics"])
+            record = registry.DatasetRecord("tiny interactions (test targets)", digests[planted_run["run_id"]],
+                                            "local", "data/interactions.parquet", "interactions", "evaluation",
+                                            targets[planted_run["run_id"]])
+            registry.log_datasets(run_id, config.tracking, [record])
+            path = atomic.write_parquet(tmp_path / planted_run["run_id"] / "per_user_metrics.parquet",
+                                        frames[planted_run["run_id"]])
+            tracking.log_artifacts([("evaluation", path)])
+    found = tracking.search_runs(config.tracking, "cmp-data")
+    assert [d["profile"]["num_rows"] for r in found for d in r["datasets"]] == [40, 40]
+    with pytest.raises(DataMismatchError, match="0123456789abcdef in .*; fedcba9876543210 in"):
+        compare_runs(config, "cmp-data", [], None)
+    args = ["compare", "--quiet", *(a for s in settings for a in ("--set", s))]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "0123456789abcdef" in err and "fedcba9876543210" in err and "--force" in err
+    assert main([*args, "--force"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("WARNING: evaluation interactions dataset digest differs: 0123456789abcdef in")

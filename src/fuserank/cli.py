@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fuserank import registry
+
 if TYPE_CHECKING:
     from fuserank.config import RunConfig
 
@@ -49,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_common_arguments(sub)
     _add_export_parser(commands)
     _add_tuning_parsers(commands)
+    promote = commands.add_parser(
+        "promote", help="point an alias of the registered model (e.g. champion) at the version a run registered")
+    promote.add_argument("run_id", metavar="RUN_ID", help="the train-evaluate run whose registered version to promote")
+    promote.add_argument("--alias", required=True, help="alias to set, e.g. champion or challenger")
+    add_common_arguments(promote)
     return parser
 
 
@@ -111,7 +118,8 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
         "export", help="write a trained run's top-K lists per user, with A/B arms, for an experimentation platform"
     )
     add_common_arguments(export)
-    export.add_argument("--run-id", help="the run to export (default: the best run of --experiment by --metric)")
+    export.add_argument("--run-id", help="the run to export, or a registered version (models:/fuserank@champion, "
+                        "models:/fuserank/3) (default: the best run of --experiment by --metric)")
     export.add_argument("--experiment", help="MLflow experiment to pick the best run from (default tracking.experiment)")
     export.add_argument("--metric", default="test_ndcg_at_10", help="metric that picks the best run (higher is better)")
     export.add_argument("--minimize", action="store_true", help="lower --metric is better")
@@ -179,6 +187,15 @@ def _run(args: argparse.Namespace, config: RunConfig) -> int:
         print(format_summary(metrics))
         print(f"outputs: {folder}")
         return 0
+    if command == "promote":
+        try:
+            version, before = registry.promote(config.tracking, args.run_id, args.alias)
+        except registry.RegistryError as err:
+            print(f"fuserank promote: {err}", file=sys.stderr)
+            return 1
+        was = f"; was version {before}" if before and before != version.version else ""
+        print(f"models:/{version.name}@{version.alias} -> version {version.version} (run {version.run_id}{was})")
+        return 0
     if command == "export":
         from fuserank.jobs.arms import ExportError
         from fuserank.jobs.export import export
@@ -192,8 +209,9 @@ def _run(args: argparse.Namespace, config: RunConfig) -> int:
             print(f"fuserank export: {err}", file=sys.stderr)
             return 1
         for arm, facts in manifest["arms"].items():
+            registered = facts.get("registered_model") or {}
             print(f"{arm:<12} {facts['source']:<12} {facts['users']:>9,} users {facts['rows']:>11,} rows  "
-                  f"model {facts['model_version']}")
+                  f"model {facts['model_version']}" + (f" ({registered['uri']})" if registered else ""))
         print(f"outputs: {folder}")
         return 0
     return 2

@@ -5,8 +5,9 @@ a baseline run and a paired bootstrap 95% CI over users of the test NDCG@10 diff
 and per-user metrics from MLflow and records the table as an artifact of a "compare" run.
 
 Users are paired by id, which means something only when the runs read the same data: runs whose
-recorded data hashes (`DATA_TAGS`, set by train-evaluate) differ are refused unless forced, and a
-forced comparison carries a warning line in its table.
+recorded data hashes (`DATA_TAGS`, set by train-evaluate) or MLflow dataset digests (items and
+interactions, for training and for evaluation) differ are refused unless forced, and a forced
+comparison carries a warning line in its table.
 """
 
 from __future__ import annotations
@@ -50,14 +51,17 @@ class DataMismatchError(ValueError):
 
 
 def data_warnings(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
-    """What the runs' data tags say about comparing them.
+    """What the runs' data tags and dataset inputs say about comparing them.
 
     Args:
-        runs: dicts with run_id and tags (name -> str), as tracking.search_runs returns them.
+        runs: dicts with run_id, tags (name -> str) and optionally datasets (dicts with digest,
+            context, table), as tracking.search_runs returns them.
 
     Returns:
-        (mismatches, unknown): a line per tag in `DATA_TAGS` whose recorded values differ
-        (naming each value and its runs), and a line per tag some runs do not record.
+        (mismatches, unknown): a line per tag in `DATA_TAGS`, and per (context, table) of the
+        runs' dataset inputs, whose recorded values differ (naming each digest and its runs), and
+        a line per tag some runs do not record. Datasets are compared among the runs that record
+        them (runs older than dataset inputs have none).
     """
     mismatches, unknown = [], []
     for tag in DATA_TAGS:
@@ -74,6 +78,16 @@ def data_warnings(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[st
             mismatches.append(f"{tag} differs: {values}")
         if missing:
             unknown.append(f"no {tag} recorded by {', '.join(missing)}: same data not checked")
+    digests: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for run in runs:
+        for dataset in run.get("datasets") or ():
+            if dataset.get("table") and dataset.get("context"):
+                key = (dataset["context"], dataset["table"])
+                digests.setdefault(key, {}).setdefault(dataset["digest"], []).append(run["run_id"][:8])
+    for (context, table), groups in sorted(digests.items()):
+        if len(groups) > 1:
+            values = "; ".join(f"{digest} in {', '.join(ids)}" for digest, ids in groups.items())
+            mismatches.append(f"{context} {table} dataset digest differs: {values}")
     return mismatches, unknown
 
 

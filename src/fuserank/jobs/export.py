@@ -7,6 +7,7 @@ end, so a failure never leaves a partial export behind.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from fuserank import atomic, schema
+from fuserank import atomic, registry, schema, tracking
 from fuserank.config import ConfigError, RunConfig, cache_dir, from_dict
 from fuserank.jobs.arms import (
     ExportError,
@@ -35,7 +36,8 @@ from fuserank.jobs.arms import (
     ranker_lists,
     retrieval_lists,
 )
-from fuserank.progress import bar, step
+from fuserank.progress import bar, is_quiet, step
+from fuserank.ranking.ranker import MODEL_FILE
 
 LISTS = "ranked_lists"
 ASSIGNMENTS = "assignments"
@@ -44,7 +46,8 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class RecordedRun:
-    """What a trained run recorded: its id, resolved config, booster folder and hashes."""
+    """What a trained run recorded: its id, resolved config, booster folder and hashes, and the
+    registered model version whose booster it serves (None: the run's own ranker_text/)."""
 
     run_id: str
     config: RunConfig
@@ -52,6 +55,8 @@ class RecordedRun:
     ranker_dir: Path
     model_version: str
     data_hash: str | None
+    booster_sha256: str = ""
+    registered: dict[str, str | None] | None = None
 
 
 def pick_best_run(runs: Sequence[dict], metric: str, minimize: bool = False) -> str:
@@ -71,9 +76,10 @@ def pick_best_run(runs: Sequence[dict], metric: str, minimize: bool = False) -> 
 
 
 def find_run(config: RunConfig, run_id: str | None, experiment: str | None, metric: str, minimize: bool) -> str:
-    """`run_id` when given (checked to exist), else the best run of `experiment` by `metric`."""
-    from fuserank import tracking
-
+    """`run_id` when given (checked to exist; a `models:/` URI names the run that logged that
+    version), else the best run of `experiment` by `metric`."""
+    if run_id and registry.is_model_uri(run_id):
+        return _resolve_model(config, run_id).run_id
     if run_id:
         try:
             (run,) = tracking.search_runs(config.tracking, run_ids=[run_id])
@@ -94,10 +100,6 @@ def load_recorded_run(config: RunConfig, run_id: str, folder: Path) -> RecordedR
     """Download a run's config.yaml and ranker_text/ into `folder` and read them (nothing pickled)."""
     import yaml
 
-    from fuserank import tracking
-    from fuserank.progress import is_quiet
-    from fuserank.ranking.ranker import MODEL_FILE
-
     if is_quiet():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     config_file = tracking.download_artifact(config.tracking, run_id, "config.yaml", folder)
@@ -111,8 +113,43 @@ def load_recorded_run(config: RunConfig, run_id: str, folder: Path) -> RecordedR
         raise ExportError(str(err)) from err
     (run,) = tracking.search_runs(config.tracking, run_ids=[run_id])
     booster_text = (ranker_dir / MODEL_FILE).read_text(encoding="utf-8")
+    versions = registry.run_versions(config.tracking, run_id)
+    registered = None if not versions else {"name": versions[0].name, "version": versions[0].version,
+                                            "alias": None, "uri": versions[0].uri}
     return RecordedRun(run_id, recorded, config_digest(text), ranker_dir, model_version(booster_text),
-                       run["tags"].get("data_hash"))
+                       run["tags"].get("data_hash"), _sha256(booster_text), registered)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _resolve_model(config: RunConfig, uri: str) -> registry.ModelVersionRef:
+    try:
+        return registry.resolve_model(config.tracking, uri)
+    except registry.RegistryError as err:
+        raise ExportError(str(err)) from err
+
+
+def load_registered_run(config: RunConfig, uri: str, folder: Path) -> tuple[RecordedRun, RecordedRun]:
+    """A registered model version (`models:/NAME@ALIAS` or `models:/NAME/N`) as a recorded run:
+    the config of the run that logged it, and the booster and feature list of the version itself.
+    Returns (the run as recorded, the run serving the version).
+
+    A version that fuserank did not log (no feature list in its MLmodel) serves its run's
+    ranker_text/ instead, with a note on stderr.
+    """
+    ref = _resolve_model(config, uri)
+    run = load_recorded_run(config, ref.run_id, folder / "run")
+    ranker_dir = registry.download_ranker(config.tracking, ref, folder / "model")
+    registered = {"name": ref.name, "version": ref.version, "alias": ref.alias, "uri": ref.uri}
+    if ranker_dir is None:
+        print(f"fuserank export: {uri} (version {ref.version}) has no fuserank feature list; serving the "
+              f"ranker_text/ of its run {ref.run_id}", file=sys.stderr)
+        return run, dataclasses.replace(run, registered=registered)
+    booster_text = (ranker_dir / MODEL_FILE).read_text(encoding="utf-8")
+    return run, dataclasses.replace(run, ranker_dir=ranker_dir, model_version=model_version(booster_text),
+                                    booster_sha256=_sha256(booster_text), registered=registered)
 
 
 def read_user_list(path: Path) -> list[str]:
@@ -146,7 +183,9 @@ def export(
         config: this command's config: `tracking` names the store, `export` the arms and output;
             data, stages and seed come from the run's recorded config.
         out: output folder (default <output_dir>/export-<run id>); replaced as a whole.
-        run_id / experiment / metric / minimize: which run (see `find_run`).
+        run_id / experiment / metric / minimize: which run (see `find_run`); a `models:/` URI
+            makes arm "run" serve that registered version. Without any of them, when every arm
+            names its own run or model version, the first of those supplies data and settings.
         users_file: users to export (see `read_user_list`); default every user in the data.
 
     Returns:
@@ -159,17 +198,30 @@ def export(
     if settings.format not in ("parquet", "csv"):
         raise ExportError(f"export.format must be 'parquet' or 'csv', got {settings.format!r}")
     plans = plan_arms(settings.arms, settings.shares, settings.holdout)
+    if run_id and registry.is_model_uri(run_id):  # arm "run" serves that registered version
+        plans = tuple(dataclasses.replace(p, source=run_id) if p.source == "run" else p for p in plans)
+    elif not run_id and not experiment and not any(p.source in ("run", "retrieval") for p in plans):
+        # Every arm names its own model: the data and stage settings come from the first of them.
+        run_id = next((p.source for p in plans if p.source.startswith(("run:", "models:/"))), None)
+        run_id = run_id.removeprefix("run:") if run_id else None
     # Before any work: the export is staged in its parent folder (the output folder by default).
     atomic.check_writable(Path(out).parent if out else Path(config.output_dir))
     main_id = find_run(config, run_id, experiment, metric, minimize)
     out = Path(out) if out else Path(config.output_dir) / f"export-{main_id}"
     with tempfile.TemporaryDirectory(prefix="fuserank-export-") as scratch:
         runs = {main_id: load_recorded_run(config, main_id, Path(scratch) / main_id)}
+        arm_runs = {"run": runs[main_id], "retrieval": runs[main_id]}  # arm source -> what it serves
         for plan in plans:
             other = plan.source.removeprefix("run:")
             if plan.source.startswith("run:") and other not in runs:
                 find_run(config, other, None, metric, minimize)
                 runs[other] = load_recorded_run(config, other, Path(scratch) / other)
+            if plan.source.startswith("run:"):
+                arm_runs[plan.source] = runs[other]
+            elif registry.is_model_uri(plan.source) and plan.source not in arm_runs:
+                folder = Path(scratch) / f"model-{len(arm_runs)}"
+                recorded, arm_runs[plan.source] = load_registered_run(config, plan.source, folder)
+                runs.setdefault(recorded.run_id, recorded)
         main = runs[main_id]
         data = prepare(main.config)
         history = data.cutoffs.interactions.select(list(schema.INTERACTIONS))
@@ -197,9 +249,9 @@ def export(
 
                 servers[plan.name] = Server(None, "most-popular", lists)
                 continue
-            run = main if plan.source in ("run", "retrieval") else runs[plan.source.removeprefix("run:")]
+            run = arm_runs[plan.source]
             if run.run_id not in stages:
-                content = data.content if run is main else _content_for(run.config, data_hash)
+                content = data.content if run.run_id == main.run_id else _content_for(run.config, data_hash)
                 c = run.config
                 stages[run.run_id] = fit_stage_one(history, item_ids, content, c.behaviour, c.fusion, c.retrieval, c.seed,
                                                    c.sequence, cache_dir(c.sources) / "sequence")
@@ -212,7 +264,8 @@ def export(
                 from fuserank.ranking.ranker import load_ranker
 
                 ranker = load_ranker(run.ranker_dir)
-                servers[plan.name] = Server(run.run_id, run.model_version, ranker_lists(
+                servers[plan.name] = Server(run.run_id, run.model_version, booster_sha256=run.booster_sha256,
+                                            registered=run.registered, lists=ranker_lists(
                     stage, ranker, history, run.config.retrieval, run.config.features, k, exclude,
                     llm=data.llm if run.config.llm.enabled else None, protocol=run.config.split.protocol))
 
