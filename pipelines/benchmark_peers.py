@@ -2,7 +2,7 @@
 
     python pipelines/benchmark_peers.py --dataset movielens-1m
         [--protocols leave_last_out global_time recbole] [--seeds 42 43 44]
-        [--peers popular item_knn als bpr ease] [--set section.key=value ...]
+        [--peers popular item_knn als bpr ease rectools_sasrec fuserank_sasrec] [--set section.key=value ...]
 
 Three protocols (data.cutoffs builds the first two):
 - leave_last_out: per user, the last interaction is the test target, the one before it the
@@ -24,6 +24,7 @@ history items and ranks the whole catalog. Writes benchmarks/peers_<dataset>.jso
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -41,13 +42,21 @@ from fuserank import atomic, schema  # noqa: E402
 from fuserank.evaluation.benchmarking import (  # noqa: E402
     HEADLINE, format_table, order_as_time, run_peer, spread_over_seeds, summarise_systems,
 )
-from fuserank.config import RunConfig, load_config, with_overrides  # noqa: E402
+from fuserank.config import RunConfig, cache_dir, load_config, with_overrides  # noqa: E402
 from fuserank.data.cutoffs import Cutoffs, build_cutoffs, cutoffs_from_split  # noqa: E402
 from fuserank.data.split import recbole_split  # noqa: E402
+from fuserank.evaluation.peer_env import PeerEnv, ensure_env  # noqa: E402
 from fuserank.evaluation.peers import PEERS  # noqa: E402
+from fuserank.evaluation.sequence_peers import (  # noqa: E402
+    RECTOOLS_SASREC_GRID, run_fuserank_sequence, run_rectools_sasrec,
+)
 from fuserank.progress import set_quiet, step  # noqa: E402
 
 PROTOCOLS = ("leave_last_out", "global_time", "recbole")
+# Systems beside peers.PEERS: (library, what it is).
+SEQUENTIAL = {"rectools_sasrec": "rectools", "fuserank_sasrec": "fuserank (sequence model alone)"}
+PEER_ENVS = Path(__file__).resolve().parent / "peer_envs"
+RECTOOLS_LOCK, RECTOOLS_WORKER = PEER_ENVS / "rectools.lock.txt", PEER_ENVS / "rectools_worker.py"
 # fuserank's own numbers worth keeping beside the table: its stage-1 ceiling and its stage-1 order.
 FUSERANK_EXTRA = ("test_stage1_recall", "test_stage1_candidates_per_user", "test_retrieval_ndcg_at_10",
                   "valid_ndcg_at_10", "ranker_best_iteration")
@@ -91,9 +100,32 @@ RECBOLE_FUSERANK = ("split.label_share=0.125", "ranker.base_scale=0.3")
 SEED_SPREAD = ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_stage1_recall", "valid_ndcg_at_10")
 
 
+def budget_table(details: dict[str, dict]) -> str:
+    """Markdown: each system's validation budget (configurations, fits), its choice and edges."""
+    lines = ["| system | configurations | validation fits | chosen on validation | on a grid edge | seconds |",
+             "|---|---|---|---|---|---|"]
+    for system, d in details.items():
+        if system == "fuserank":
+            runs = d["validation_runs"]
+            lines.append(f"| fuserank | {runs['configurations']} | {runs['fits']} | defaults, ranker early-stopped "
+                         f"on validation per seed | | {d['seconds']:.0f} |")
+            continue
+        chosen = ", ".join(f"{k}={v}" for k, v in d.get("params", {}).items() if k in d.get("tuned_axes", ()))
+        edges = ", ".join(f"{k} ({v})" for k, v in d.get("edge_choices", {}).items()) or "none"
+        lines.append(f"| {system} | {d.get('grid_size', 1)} | {d.get('validation_fits', 0)} | {chosen or '-'} | "
+                     f"{edges} | {d['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def tuned_axes(grid: Sequence[dict]) -> list[str]:
+    """Parameters that take more than one value in `grid`."""
+    return [k for k in grid[0] if len({str(p.get(k)) for p in grid}) > 1] if grid else []
+
+
 def benchmark_protocol(
     protocol: str, items: pl.DataFrame, interactions: pl.DataFrame, config: RunConfig, peers: list[str],
     recbole_overrides: Sequence[str] = RECBOLE_FUSERANK, seeds: Sequence[int] = (42,),
+    rectools_env: PeerEnv | None = None,
 ) -> dict:
     """Every system on one protocol's cut-offs: the summary rows and the details for the record."""
     cutoffs, fuserank_cutoffs = protocol_cutoffs(protocol, interactions, config)
@@ -120,12 +152,27 @@ def benchmark_protocol(
                            "label_share": fuserank_config.split.label_share,
                            "base_scale": fuserank_config.ranker.base_scale,
                            "timestamps": "protocol order" if protocol == "recbole" else "real",
+                           # This run's validation budget: the default configuration, one run per seed, whose
+                           # ranker stops early on the validation cut-off's NDCG@10.
+                           "validation_runs": {"configurations": 1, "fits": len(seeds)},
                            **{k: metrics[k] for k in FUSERANK_EXTRA if k in metrics}}
+    cache = cache_dir(config.sources)
     for name in peers:
-        result = run_peer(name, cutoffs, item_ids, seed=config.seed)
+        if name == "rectools_sasrec":
+            assert rectools_env is not None, "rectools_sasrec needs its venv (peer_env.ensure_env)"
+            result = run_rectools_sasrec(cutoffs, item_ids, config.seed, rectools_env, RECTOOLS_WORKER,
+                                         cache_dir=cache / "peer_results")
+            grid, library = RECTOOLS_SASREC_GRID, result.test_meta.get("library", "rectools")
+        elif name == "fuserank_sasrec":
+            # One torch thread, as RecTools' SASRec gets; the sequence section's other settings as configured.
+            sequence = dataclasses.replace(fuserank_config.sequence, threads=1)
+            result = run_fuserank_sequence(cutoffs, item_ids, sequence, config.seed, cache_dir=cache / "sequence")
+            grid, library = (dataclasses.asdict(sequence),), SEQUENTIAL[name]
+        else:
+            result = run_peer(name, cutoffs, item_ids, seed=config.seed)
+            grid, library = PEERS[name].grid, PEERS[name].library
         per_user[name] = result.per_user
-        details[name] = {"library": PEERS[name].library, "params": dict(result.params), "tuning": result.tuning,
-                         "seconds": result.fit_seconds}
+        details[name] = result.record(library) | {"tuned_axes": tuned_axes(list(grid))}
     rows = summarise_systems({s: f.select(schema.USER_ID, *HEADLINE) for s, f in per_user.items()},
                              reference="fuserank", seed=config.seed)
     return {
@@ -139,6 +186,8 @@ def benchmark_protocol(
         "systems": rows,
         "details": details,
         "table": format_table(rows),
+        "budget_table": budget_table(details),
+        "edge_choices": {name: d["edge_choices"] for name, d in details.items() if d.get("edge_choices")},
     }
 
 
@@ -146,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="movielens-1m", help="data.dataset (movielens-100k, movielens-1m)")
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
-    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
+    parser.add_argument("--peers", nargs="+", default=[*PEERS, *SEQUENTIAL], choices=[*PEERS, *SEQUENTIAL])
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44],
                         help="fuserank's seeds (the table shows the first; the record has every one)")
     parser.add_argument("--config", help="fuserank YAML config (defaults otherwise)")
@@ -172,17 +221,26 @@ def main(argv: list[str] | None = None) -> int:
         "recbole_protocol_fuserank": "timestamps replaced by the protocol's random order "
                                      f"(benchmarking.order_as_time), {' '.join(recbole_overrides)}; chosen on "
                                      "the protocol's validation NDCG@10 (see RECBOLE_FUSERANK)",
-        "tuning": "each tunable peer: 6 configurations (peers.PEERS grids) fitted on train, best validation "
-                  "NDCG@10 refitted on train+valid; fuserank: default config, early stopping on validation",
+        "tuning": "each tunable peer: its grid (peers.PEERS, sequence_peers.RECTOOLS_SASREC_GRID) fitted on the "
+                  "validation cut-off's history, the best validation NDCG@10 refitted on the test cut-off's history; "
+                  "each protocol's details list grid sizes, validation fits and edge choices beside fuserank's "
+                  "validation runs (default config, ranker early-stopped on validation, once per seed)",
         "protocols": {},
     }
+    out = Path(args.out or f"benchmarks/peers_{args.dataset}.json")
+    rectools_env = None
+    if "rectools_sasrec" in args.peers:
+        rectools_env = ensure_env("rectools", RECTOOLS_LOCK, cache_dir(config.sources) / "peer_envs")
+        report["rectools_env"] = {"lock": "pipelines/peer_envs/rectools.lock.txt", "key": rectools_env.key,
+                                  "build_seconds": rectools_env.built_seconds}
     for protocol in args.protocols:
         report["protocols"][protocol] = benchmark_protocol(protocol, items, interactions, config, args.peers,
-                                                           recbole_overrides, args.seeds)
-        print(f"\n{protocol} protocol, {args.dataset}:\n{report['protocols'][protocol]['table']}\n", flush=True)
-    report["wall_seconds"] = time.perf_counter() - start
-    out = Path(args.out or f"benchmarks/peers_{args.dataset}.json")
-    atomic.write_json(out, report)
+                                                           recbole_overrides, args.seeds, rectools_env)
+        done = report["protocols"][protocol]
+        print(f"\n{protocol} protocol, {args.dataset}:\n{done['table']}\n\n{done['budget_table']}\n", flush=True)
+        # Written after every protocol, so a run stopped later keeps what it finished.
+        report["wall_seconds"] = time.perf_counter() - start
+        atomic.write_json(out, report | {"finished": list(report["protocols"]) == list(args.protocols)})
     print(f"wrote {out}")
     return 0
 

@@ -8,7 +8,7 @@ import pytest
 
 from fuserank import schema
 from fuserank.retrieval.collaborative import user_matrix
-from fuserank.evaluation.peers import PEERS, item_similarity, recommend
+from fuserank.evaluation.peers import PEERS, edge_choices, item_similarity, recommend
 
 
 def _frame(pairs: list[tuple[str, str]]) -> pl.DataFrame:
@@ -97,6 +97,14 @@ def test_recommend_rejects_unknown_peer():
         recommend("nope", {}, _frame([("a", "x")]), ["a"], ["x"], 1, 0)
 
 
-def test_grids_give_every_tunable_peer_the_same_budget():
-    sizes = {name: len(peer.grid) for name, peer in PEERS.items() if len(peer.grid) > 1}
-    assert set(sizes.values()) == {6}, sizes
+def test_grids_hold_the_values_earlier_benchmarks_chose_inside_them():
+    # Chosen on validation by the first 6-configuration grids, each on one of their edges
+    # (benchmarks/peers_movielens-*.json before the grids were widened).
+    chosen = {"item_knn": [{"neighbours": 50, "shrink": 0.0}, {"neighbours": 400, "shrink": 50.0}],
+              "als": [{"factors": 128, "alpha": 1.0, "regularization": 0.05},
+                      {"factors": 64, "alpha": 5.0, "regularization": 0.05}],
+              "bpr": [{"factors": 64, "learning_rate": 0.01}, {"factors": 128, "learning_rate": 0.1}]}
+    for name, choices in chosen.items():
+        for params in choices:
+            assert params in [dict(p) for p in PEERS[name].grid], (name, params)
+            assert edge_choices(PEERS[name].grid, params) == {}, (name, params)

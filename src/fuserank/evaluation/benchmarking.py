@@ -7,8 +7,8 @@ fuserank's protocol and writes the results.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from fuserank import schema
 from fuserank.data.cutoffs import Cutoffs
 from fuserank.data.split import Split
 from fuserank.evaluation.metrics import bootstrap_ci, evaluate_rankings, paired_bootstrap_ci
-from fuserank.evaluation.peers import PEERS, recommend
+from fuserank.evaluation.peers import PEERS, edge_choices, recommend
 from fuserank.progress import step
 
 # The metrics of the benchmark table, as evaluate_rankings names them.
@@ -27,16 +27,25 @@ KS = (10, 20)
 TUNING_METRIC = "ndcg_at_10"
 
 
+# (params, history, users) -> (ranked list, meta): one configuration fitted on `history`,
+# ranking every catalog item not in a user's history for `users`.
+RankFn = Callable[[Mapping[str, Any], pl.DataFrame, Sequence[str]], tuple[pl.DataFrame, dict[str, Any]]]
+
+
 @dataclass(frozen=True)
 class PeerResult:
     """One peer on one split.
 
     Attributes:
-        name: key of peers.PEERS.
+        name: the system's name in the table.
         params: the configuration chosen on validation.
-        tuning: one row per tried configuration: params (as text) and validation NDCG@10.
+        tuning: one row per tried configuration: params, validation NDCG@10 and the fit's meta
+            (if its ranker returns any).
         per_user: test metrics per test user (user_id + `<metric>_at_<k>` columns).
         fit_seconds: wall time of tuning plus the final fit and ranking.
+        grid_size: configurations in the grid (validation fits: this, or 0 for a grid of one).
+        edges: axes whose chosen value sits on an edge of the grid (peers.edge_choices).
+        test_meta: the final fit's meta (epochs, library version, ...).
     """
 
     name: str
@@ -44,15 +53,58 @@ class PeerResult:
     tuning: list[dict[str, Any]]
     per_user: pl.DataFrame
     fit_seconds: float
+    grid_size: int = 1
+    edges: Mapping[str, str] = field(default_factory=dict)
+    test_meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def record(self, library: str) -> dict[str, Any]:
+        """The JSON-ready details a benchmark keeps for this peer."""
+        return {"library": library, "params": dict(self.params), "tuning": self.tuning, "seconds": self.fit_seconds,
+                "grid_size": self.grid_size, "validation_fits": len(self.tuning), "edge_choices": dict(self.edges),
+                **({"test_fit": dict(self.test_meta)} if self.test_meta else {})}
+
+
+def tune_and_test(name: str, rank: RankFn, grid: Sequence[Mapping[str, Any]], cutoffs: Cutoffs,
+                  k: int = 50) -> PeerResult:
+    """Tune a ranker on validation, refit the best configuration on the test history, rank test.
+
+    Tuning fits each configuration of `grid` on the validation cut-off's history and scores its
+    targets (NDCG@10; the first configuration wins ties); a grid of one is not tuned. The chosen
+    one is refitted on the test cut-off's history (train + valid under leave-last-out,
+    everything before the test cut under global time), the history test lists exclude, as
+    fuserank's protocol does.
+
+    Args:
+        name: the system's name (progress lines and the result).
+        rank: fits one configuration and ranks (RankFn).
+        grid: configurations, the first the default.
+        cutoffs: the protocol's cut-offs (only valid and test are read).
+        k: list length (>= the largest metric cut-off).
+    """
+    import time
+
+    start = time.perf_counter()
+    valid, test = cutoffs.valid, cutoffs.test
+    tuning: list[dict[str, Any]] = []
+    best, best_score = grid[0], -1.0
+    for params in grid if len(grid) > 1 else ():
+        with step(f"tune {name} {dict(params)}") as s:
+            ranked, meta = rank(params, valid.history, valid.users)
+            score = float(evaluate_rankings(ranked, valid.targets, (10,))[TUNING_METRIC].mean())
+            s.done(f"valid {TUNING_METRIC} {score:.4f}")
+        tuning.append({"params": dict(params), f"valid_{TUNING_METRIC}": score, **({"fit": meta} if meta else {})})
+        if score > best_score:
+            best, best_score = params, score
+    with step(f"test {name}") as s:
+        ranked, test_meta = rank(best, test.history, test.users)
+        per_user = evaluate_rankings(ranked, test.targets, KS)
+        s.done(f"{TUNING_METRIC} {per_user[TUNING_METRIC].mean():.4f}")
+    return PeerResult(name, dict(best), tuning, per_user, time.perf_counter() - start, len(grid),
+                      edge_choices(grid, best), test_meta)
 
 
 def run_peer(name: str, cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, k: int = 50) -> PeerResult:
-    """Tune peer `name` on validation, refit the best configuration on the test history, rank test.
-
-    Tuning fits each configuration of the peer's grid on the validation cut-off's history and
-    scores its targets (NDCG@10; the first configuration wins ties). The chosen one is refitted
-    on the test cut-off's history (train + valid under leave-last-out, everything before the
-    test cut under global time), the history test lists exclude, as fuserank's protocol does.
+    """tune_and_test of peers.PEERS[name] (fitted in this process by peers.recommend).
 
     Args:
         name: key of peers.PEERS.
@@ -61,31 +113,11 @@ def run_peer(name: str, cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, k:
         seed: model seed.
         k: list length (>= the largest metric cut-off).
     """
-    import time
 
-    start = time.perf_counter()
-    valid, test = cutoffs.valid, cutoffs.test
-    valid_users = valid.users
-    tuning: list[dict[str, Any]] = []
-    best, best_score = None, -1.0
-    grid = PEERS[name].grid
-    for params in grid:
-        if len(grid) == 1:
-            best = params
-            break
-        with step(f"tune {name} {dict(params)}") as s:
-            ranked = recommend(name, params, valid.history, valid_users, item_ids, k, seed)
-            score = float(evaluate_rankings(ranked, valid.targets, (10,))[TUNING_METRIC].mean())
-            s.done(f"valid {TUNING_METRIC} {score:.4f}")
-        tuning.append({"params": dict(params), f"valid_{TUNING_METRIC}": score})
-        if score > best_score:
-            best, best_score = params, score
-    assert best is not None
-    with step(f"test {name}") as s:
-        ranked = recommend(name, best, test.history, test.users, item_ids, k, seed)
-        per_user = evaluate_rankings(ranked, test.targets, KS)
-        s.done(f"{TUNING_METRIC} {per_user[TUNING_METRIC].mean():.4f}")
-    return PeerResult(name, dict(best), tuning, per_user, time.perf_counter() - start)
+    def rank(params: Mapping[str, Any], history: pl.DataFrame, users: Sequence[str]) -> tuple[pl.DataFrame, dict]:
+        return recommend(name, params, history, users, item_ids, k, seed), {}
+
+    return tune_and_test(name, rank, PEERS[name].grid, cutoffs, k)
 
 
 def summarise_systems(
