@@ -1,13 +1,15 @@
-"""One pass of the two-stage system for one cut-off: fit stage 1 on a history, then build the
-candidates and features for the users whose next interaction is predicted.
+"""The stage pipeline: one cut-off -> stage 1 -> candidates -> features -> labels.
 
-The evaluation protocol calls this three times with growing histories (ranker labels,
-validation, test) so that every stage-1 statistic is fitted on exactly what precedes the targets.
+`cutoff_frame` is the one chain. Its input is a data.cutoffs.Cutoff: stage 1 is fitted on the
+cut-off's history alone, and every candidate source and feature of a query is bounded by that
+query's reference time. The evaluation protocol (ranker labels, validation, test), tuning
+(through the protocol's validation frames) and export (a serving cut-off, no targets) all call
+it; the Dask path hands it a distributed feature builder (jobs.distributed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,16 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
-from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig, SequenceConfig
+from fuserank.config import (
+    BehaviourConfig,
+    FeatureConfig,
+    FusionConfig,
+    RetrievalConfig,
+    RunConfig,
+    SequenceConfig,
+    cache_dir,
+)
+from fuserank.data.cutoffs import Cutoff
 from fuserank.encoders.base import Embeddings
 from fuserank.encoders.behaviour import fit_behaviour
 from fuserank.ranking.features import build_features, select_features
@@ -25,6 +36,7 @@ from fuserank.retrieval.collaborative import ItemItemModel, ease_candidates, fit
 from fuserank.retrieval.fusion import fuse
 from fuserank.retrieval.index import ItemIndex, IVFPQSettings, build_index, merge_candidates, retrieve
 from fuserank.retrieval.popularity import neighbourhood_popular, popular_candidates, reference_times
+from fuserank.retrieval.sequence import VIEW as SEQUENCE
 from fuserank.retrieval.sequence import SequenceModel, fit_sequence_model
 
 
@@ -88,7 +100,7 @@ def fit_stage_one(
         model = fit_sequence_model(history, item_ids, sequence, seed, cache_dir)
         norms = np.linalg.norm(model.item_vectors, axis=1, keepdims=True)
         unit = np.divide(model.item_vectors, norms, out=np.zeros_like(model.item_vectors), where=norms > 0)
-        embeddings["sequence"] = Embeddings(item_ids, unit.astype(np.float32), norms[:, 0] > 0)
+        embeddings[SEQUENCE] = Embeddings(item_ids, unit.astype(np.float32), norms[:, 0] > 0)
     weights = {m: w for m, w in fusion.weights.items() if m in embeddings and w > 0}
     if not weights:
         raise ValueError(f"no modality to fuse: embeddings {sorted(embeddings)}, fusion weights {fusion.weights}")
@@ -179,6 +191,72 @@ def label_candidates(candidates: pl.DataFrame, targets: pl.DataFrame) -> pl.Data
     )
 
 
+FeatureBuilder = Callable[..., tuple[pl.DataFrame, list[str]]]
+
+
+def fit_stage(config: RunConfig, history: pl.DataFrame, item_ids: Sequence[str],
+              content: Mapping[str, Embeddings]) -> StageOne:
+    """Stage 1 under a run's stage settings, fitted on `history` alone (`fit_stage_one`)."""
+    return fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval, config.seed,
+                         config.sequence, cache_dir(config.sources) / SEQUENCE)
+
+
+def cutoff_frame(
+    config: RunConfig,
+    cutoff: Cutoff,
+    item_ids: Sequence[str],
+    content: Mapping[str, Embeddings],
+    llm: LLMSignals | None = None,
+    build: FeatureBuilder | None = None,
+) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
+    """The stage pipeline for one cut-off: stage 1 fitted on its history alone, then
+    `stage_frame`.
+
+    Args:
+        config: the run's config; its stage sections, seed, llm.enabled and sources are read.
+        cutoff: history, targets and reference times (data.cutoffs).
+        item_ids, content: the catalog and its content embeddings, in one item order.
+        llm: LLM signals, used while config.llm.enabled.
+        build: as in `stage_frame`.
+
+    Returns:
+        (features with labels, feature names, stage-1 candidates in stage-1 order).
+    """
+    stage = fit_stage(config, cutoff.history, item_ids, content)
+    return stage_frame(config, stage, cutoff, llm, build=build)
+
+
+def stage_frame(
+    config: RunConfig,
+    stage: StageOne,
+    cutoff: Cutoff,
+    llm: LLMSignals | None = None,
+    extra: pl.DataFrame | None = None,
+    build: FeatureBuilder | None = None,
+) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
+    """After stage 1: candidates and features of the cut-off's users as of their reference
+    times, labels from its targets (all 0 for a serving cut-off).
+
+    Args:
+        config: the run's config (retrieval, features, llm.enabled).
+        stage: stage 1 fitted on `cutoff.history` alone (export fits it once for all batches).
+        cutoff: history, targets and reference times.
+        llm: LLM signals, used while config.llm.enabled.
+        extra: candidates merged after stage 1's own (export's seen items).
+        build: the feature builder, `candidate_features` or one with its signature (the Dask
+            path's); None is `candidate_features`.
+
+    Returns:
+        (features with labels, feature names, stage-1 candidates in stage-1 order).
+    """
+    llm = llm if config.llm.enabled else None
+    options = {"extra": extra} if extra is not None else {}
+    frame, names = (build or candidate_features)(stage, cutoff.history, cutoff.users, config.retrieval,
+                                                 config.features, llm=llm, ref_times=cutoff.ref_times, **options)
+    frame = label_candidates(frame, cutoff.targets)
+    return frame, names, frame.select(list(schema.CANDIDATES))
+
+
 def candidate_features(
     stage: StageOne,
     history: pl.DataFrame,
@@ -225,7 +303,7 @@ def candidate_sources(stage: StageOne, retrieval: RetrievalConfig) -> tuple[str,
         per_modality += [f"ann_{m}" for m in stage.modality_indexes]
     if retrieval.neighbourhood_candidates > 0:
         per_modality += [f"pop_{m}" for m in stage.modality_indexes]
-    sequence = ("sequence",) if stage.sequence_index is not None else ()
+    sequence = (SEQUENCE,) if stage.sequence_index is not None else ()
     ease = ("ease",) if stage.ease is not None and retrieval.ease_candidates > 0 else ()
     return ("ann", *per_modality, *sequence, *ease, "popular")
 

@@ -55,8 +55,8 @@ class Cutoff:
 
     @property
     def users(self) -> list[str]:
-        """The target users, sorted."""
-        return self.targets[schema.USER_ID].unique().sort().to_list()
+        """The users queried (one reference time each), sorted."""
+        return self.ref_times[schema.USER_ID].unique().sort().to_list()
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,13 @@ def serving_ref_times(history: pl.DataFrame, users: list[str], protocol: str) ->
         return pl.DataFrame({schema.USER_ID: pl.Series(users, dtype=pl.String),
                              schema.REF_TIME: pl.Series([now] * len(users), dtype=pl.Int64)})
     return reference_times(history, users)
+
+
+def serving_cutoff(history: pl.DataFrame, users: list[str], protocol: str) -> Cutoff:
+    """The export's cut-off: every known interaction is history, no targets, and each user's
+    reference time by the rule the run was trained with (`serving_ref_times`)."""
+    targets = history.clear().select(list(schema.INTERACTIONS))
+    return Cutoff("serving", history, targets, serving_ref_times(history, users, protocol))
 
 
 def cut_times(interactions: pl.DataFrame, split: SplitConfig) -> tuple[int, int]:

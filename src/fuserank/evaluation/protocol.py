@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import polars as pl
 
 from fuserank import schema
-from fuserank.config import RunConfig, cache_dir
+from fuserank.config import RunConfig
 from fuserank.data.cutoffs import Cutoff, Cutoffs, build_cutoffs
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.scoring import (
@@ -26,7 +27,7 @@ from fuserank.evaluation.scoring import (
     stage_one_recall,
 )
 from fuserank.jobs.distributed import candidate_features_dask, dask_client, fit_ranker_dask
-from fuserank.pipeline import candidate_features, fit_stage_one, label_candidates, rank_candidates
+from fuserank.pipeline import cutoff_frame, rank_candidates
 from fuserank.progress import step
 from fuserank.ranking.llm_features import LLMSignals
 from fuserank.ranking.ranker import Ranker, fit_ranker
@@ -53,31 +54,19 @@ class ProtocolResult:
     feature_names: list[str]
 
 
-def cutoff_frame(config: RunConfig, cutoff: Cutoff, item_ids: Sequence[str], content: Mapping[str, Embeddings],
-                 llm: LLMSignals | None = None) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
-    """The stage pipeline for one cut-off: fit stage 1 on its history, build candidates and
-    features for its target users as of their reference times, label them.
+def evaluation_frame(config: RunConfig, cutoff: Cutoff, item_ids: Sequence[str],
+                     content: Mapping[str, Embeddings], llm: LLMSignals | None = None
+                     ) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
+    """`pipeline.cutoff_frame`, locally or with features built on the Dask cluster
+    (`config.dask.enabled`), reported as one step."""
+    build = None
+    if config.dask.enabled:
+        from distributed import default_client  # dask: an optional dependency
 
-    Returns (features with labels, feature names, stage-1 candidates in stage-1 order).
-    """
-    history, targets, ref_times = cutoff.history, cutoff.targets, cutoff.ref_times
-    users = cutoff.users
+        build = partial(candidate_features_dask, default_client(), n_partitions=config.dask.user_partitions)
     with step(f"stage 1 [{cutoff.name}]") as s:
-        stage = fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval,
-                              config.seed, config.sequence, cache_dir(config.sources) / "sequence")
-        llm = llm if config.llm.enabled else None
-        if config.dask.enabled:
-            from distributed import default_client
-
-            frame, names = candidate_features_dask(default_client(), stage, history, users, config.retrieval,
-                                                   config.features, llm=llm, n_partitions=config.dask.user_partitions,
-                                                   ref_times=ref_times)
-        else:
-            frame, names = candidate_features(stage, history, users, config.retrieval, config.features, llm=llm,
-                                              ref_times=ref_times)
-        frame = label_candidates(frame, targets)
-        s.done(f"{len(users):,} users, {frame.height:,} candidates x {len(names)} features")
-    candidates = frame.select(list(schema.CANDIDATES))
+        frame, names, candidates = cutoff_frame(config, cutoff, item_ids, content, llm, build=build)
+        s.done(f"{len(cutoff.users):,} users, {frame.height:,} candidates x {len(names)} features")
     return frame, names, candidates
 
 
@@ -88,7 +77,7 @@ def ranker_training_frame(
     """Labelled candidates of the ranker-label cut-offs, with a QUERY column (user#cut-off)."""
     frames, names = [], []
     for j, cutoff in enumerate(labels, start=1):
-        frame, names, _ = cutoff_frame(config, cutoff, item_ids, content, llm)
+        frame, names, _ = evaluation_frame(config, cutoff, item_ids, content, llm)
         query = pl.concat_str(pl.col(schema.USER_ID), pl.lit(f"#{j}"))
         frames.append(frame.with_columns(query.alias(QUERY)))
     if not frames:
@@ -119,7 +108,7 @@ def validation_frames(
 ) -> ValidationFrames:
     """Build the ranker-training and validation frames (the test cut-off is never read)."""
     fit, names = ranker_training_frame(cutoffs.labels, item_ids, content, config, llm)
-    valid, _, valid_candidates = cutoff_frame(config, cutoffs.valid, item_ids, content, llm)
+    valid, _, valid_candidates = evaluation_frame(config, cutoffs.valid, item_ids, content, llm)
     return ValidationFrames(fit, valid, names, valid_candidates)
 
 
@@ -170,8 +159,8 @@ def _run_protocol(
     valid, test = cutoffs.valid, cutoffs.test
 
     fit_frame, names = ranker_training_frame(cutoffs.labels, item_ids, content, config, llm)
-    valid_frame, _, valid_candidates = cutoff_frame(config, valid, item_ids, content, llm)
-    test_frame, _, test_candidates = cutoff_frame(config, test, item_ids, content, llm)
+    valid_frame, _, valid_candidates = evaluation_frame(config, valid, item_ids, content, llm)
+    test_frame, _, test_candidates = evaluation_frame(config, test, item_ids, content, llm)
 
     with step("train ranker") as s:
         if config.dask.enabled:

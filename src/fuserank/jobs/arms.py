@@ -21,24 +21,21 @@ import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from fuserank import schema
-from fuserank.config import FeatureConfig, RetrievalConfig
-from fuserank.data.cutoffs import serving_ref_times
+from fuserank.config import RetrievalConfig, RunConfig
+from fuserank.data.cutoffs import serving_cutoff, serving_ref_times
 from fuserank.evaluation.scoring import stage_one_rankings
+from fuserank.pipeline import StageOne, generate_candidates, rank_candidates, stage_frame
+from fuserank.ranking.llm_features import LLMSignals
 from fuserank.ranking.ranker import Ranker
 from fuserank.registry import is_model_uri
 from fuserank.retrieval.index import merge_candidates
-from fuserank.schema import ARM, BUCKET, COLD_START, ITEM_ID, MODEL_VERSION, RANK, RUN_ID, SCORE, USER_ID
 from fuserank.retrieval.popularity import item_counts
-from fuserank.pipeline import StageOne, candidate_features, generate_candidates, rank_candidates
-
-if TYPE_CHECKING:
-    from fuserank.ranking.llm_features import LLMSignals
+from fuserank.schema import ARM, BUCKET, COLD_START, ITEM_ID, MODEL_VERSION, RANK, RUN_ID, SCORE, USER_ID
 
 BUCKETS = 10_000
 HOLDOUT = "holdout"
@@ -324,37 +321,34 @@ def seen_candidates(history: pl.DataFrame, users: Sequence[str]) -> pl.DataFrame
 
 
 def ranker_lists(
+    config: RunConfig,
     stage: StageOne,
     ranker: Ranker,
     history: pl.DataFrame,
-    retrieval: RetrievalConfig,
-    features: FeatureConfig,
     k: int,
     exclude_seen: bool,
     llm: LLMSignals | None = None,
-    protocol: str = "leave_last_out",
 ) -> Callable[[Sequence[str]], pl.DataFrame]:
-    """The full two-stage lists: stage-1 candidates (plus seen items unless `exclude_seen`),
-    features, the run's booster, top k by score (ties: stage-1 order).
+    """The full two-stage lists: the stage pipeline (`pipeline.cutoff_frame`) on a serving
+    cut-off of the users (data.cutoffs.serving_cutoff: every interaction is history, reference
+    times by the rule the run was trained with), the run's booster, top k by score (ties:
+    stage-1 order).
 
     Args:
-        stage: stage 1 fitted on the whole history with the run's recorded config.
+        config: the run's recorded config (stage sections, split.protocol, llm.enabled).
+        stage: stage 1 fitted on the whole history with that config (pipeline.fit_stage).
         ranker: the run's booster (ranking.load_ranker).
         history: every known interaction (schema.INTERACTIONS).
-        retrieval, features: the run's recorded stage configs.
         k: list length.
         exclude_seen: False adds the user's interacted items as candidates (source "seen"), which
             the ranker never saw in training; meant for re-consumption catalogs.
         llm: the LLM signals of a run trained with `llm.enabled` (llm_features.prepare_llm).
-        protocol: the run's split.protocol, which sets each query's reference time
-            (data.cutoffs.serving_ref_times).
     """
 
     def lists(users: Sequence[str]) -> pl.DataFrame:
         extra = None if exclude_seen else seen_candidates(history, users)
-        ref_times = serving_ref_times(history, list(users), protocol)
-        frame, _ = candidate_features(stage, history, users, retrieval, features, extra=extra, llm=llm,
-                                      ref_times=ref_times)
+        cutoff = serving_cutoff(history, list(users), config.split.protocol)
+        frame, _, _ = stage_frame(config, stage, cutoff, llm, extra=extra)
         return rank_candidates(frame, ranker.score(frame), k)
 
     return lists

@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from fuserank import atomic, registry, schema, tracking
-from fuserank.config import ConfigError, RunConfig, cache_dir, from_dict
+from fuserank.config import ConfigError, RunConfig, from_dict
 from fuserank.jobs.arms import (
     ExportError,
     Server,
@@ -36,6 +36,7 @@ from fuserank.jobs.arms import (
     ranker_lists,
     retrieval_lists,
 )
+from fuserank.pipeline import fit_stage
 from fuserank.progress import bar, is_quiet, step
 from fuserank.ranking.ranker import MODEL_FILE
 
@@ -192,7 +193,6 @@ def export(
         (manifest, output folder).
     """
     from fuserank.jobs.train_evaluate import prepare
-    from fuserank.pipeline import fit_stage_one
 
     settings = config.export
     if settings.format not in ("parquet", "csv"):
@@ -252,9 +252,7 @@ def export(
             run = arm_runs[plan.source]
             if run.run_id not in stages:
                 content = data.content if run.run_id == main.run_id else _content_for(run.config, data_hash)
-                c = run.config
-                stages[run.run_id] = fit_stage_one(history, item_ids, content, c.behaviour, c.fusion, c.retrieval, c.seed,
-                                                   c.sequence, cache_dir(c.sources) / "sequence")
+                stages[run.run_id] = fit_stage(run.config, history, item_ids, content)
             stage = stages[run.run_id]
             if plan.source == "retrieval":
                 servers[plan.name] = Server(run.run_id, "retrieval-only",
@@ -266,8 +264,7 @@ def export(
                 ranker = load_ranker(run.ranker_dir)
                 servers[plan.name] = Server(run.run_id, run.model_version, booster_sha256=run.booster_sha256,
                                             registered=run.registered, lists=ranker_lists(
-                    stage, ranker, history, run.config.retrieval, run.config.features, k, exclude,
-                    llm=data.llm if run.config.llm.enabled else None, protocol=run.config.split.protocol))
+                    run.config, stage, ranker, history, k, exclude, llm=data.llm))
 
         known = set(history[schema.USER_ID].unique().to_list())
         wanted = read_user_list(users_file) if users_file else sorted(known)

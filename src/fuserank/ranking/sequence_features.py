@@ -14,7 +14,7 @@ import polars as pl
 from fuserank import schema
 from fuserank.ranking.features import within_user_z
 from fuserank.retrieval.index import ItemIndex, search_candidates, seen_rows
-from fuserank.retrieval.sequence import SequenceModel
+from fuserank.retrieval.sequence import VIEW, SequenceModel
 
 
 def sequence_candidates(model: SequenceModel, index: ItemIndex, history: pl.DataFrame, users: Sequence[str], n: int,
@@ -29,7 +29,7 @@ def sequence_candidates(model: SequenceModel, index: ItemIndex, history: pl.Data
     """
     users = sorted(set(users) & set(history[schema.USER_ID].unique().to_list()))
     states = model.user_states(history, users)
-    return search_candidates(index, users, states, seen_rows(history, users, model.item_ids), n, "sequence",
+    return search_candidates(index, users, states, seen_rows(history, users, model.item_ids), n, VIEW,
                              batch_size)
 
 

@@ -25,12 +25,17 @@ import numpy as np
 import polars as pl
 
 from fuserank import atomic, progress, schema
-from fuserank.retrieval.collaborative import top_k
 from fuserank.config import SequenceConfig
 from fuserank.data.split import sort_interactions
 from fuserank.encoders.text import resolve_device
+from fuserank.retrieval.collaborative import top_k
 from fuserank.retrieval.sequence_training import (
-    VALID_K, build_network, exclude_history, train_network, training_sequences, user_sequences,
+    VALID_K,
+    build_network,
+    exclude_history,
+    train_network,
+    training_sequences,
+    user_sequences,
 )
 from fuserank.torch_threads import torch_threads
 
@@ -41,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # Bump when training or the network changes, so cached models are refitted.
 MODEL_VERSION = "sasrec-v1"
+# The model's name as a content view (its item embeddings), a candidate source and its cache folder.
+VIEW = "sequence"
 _USER_BATCH = 512
 
 
