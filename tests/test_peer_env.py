@@ -201,11 +201,15 @@ def test_rectools_worker_in_the_real_env_ranks_a_planted_sequence(tmp_path):
         rows += [(f"u{u}", f"i{j}", j) for j in range(start, start + 5)]
     history = _history(rows)
     items = [f"i{j}" for j in range(10)]
-    params = {"n_factors": 16, "session_max_len": 8, "lr": 0.01, "max_epochs": 30, "patience": 30, "threads": 1}
+    params = {"n_factors": 16, "session_max_len": 8, "lr": 0.01, "batch_size": 16, "max_epochs": 40, "patience": 40,
+              "threads": 1}
     users = [f"u{u}" for u in range(60)]
     ranked, meta = recommend_in_env(env, WORKER, params, history, users, items, 3, 0)
     assert meta["library"].startswith("rectools 0.19") and meta["history_items_dropped"] == 0
     last = {u: max(j for uu, i, j in rows if uu == u) for u in users}
     top = {u: i for u, i, r in ranked.select(schema.USER_ID, schema.ITEM_ID, schema.RANK).rows() if r == 1}
-    hits = [top.get(u) == f"i{last[u] + 1}" for u in users if last[u] < 9]
+    # Each user's newest item is RecTools' validation target, not trained on: the step i7 -> i8 is
+    # never learned and i9 never occurs, so users ending at i7 or i8 have no learnable answer.
+    hits = [top.get(u) == f"i{last[u] + 1}" for u in users if last[u] <= 6]
+    assert len(hits) >= 20
     assert np.mean(hits) >= 0.8
