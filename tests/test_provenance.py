@@ -78,3 +78,5 @@ def test_the_command_line_has_no_absolute_path_where_a_relative_one_serves(tmp_p
         "--out ~/exports/x --users /srv/shared/users.txt")
     assert provenance.command_line([str(cwd / "pipelines" / "tune.py"), "--quiet"], cwd, home) == (
         "pipelines/tune.py --quiet")
+    main = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "pytest" / "__main__.py"
+    assert provenance.command_line([str(main), "-q"], cwd, home) == "python -m pytest -q"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fuserank import registry
+from fuserank import registry, tracking
 
 if TYPE_CHECKING:
     from fuserank.config import RunConfig
@@ -100,17 +100,34 @@ def _run_tuning_commands(args: argparse.Namespace, config: RunConfig) -> int | N
         print(f"outputs: {folder}")
         return 0
     if args.command == "ui":
-        import subprocess
-
-        from fuserank.tracking import ui_command
-
-        command_line, env = ui_command(config.tracking, args.port)
-        print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)", file=sys.stderr)
-        try:
-            return subprocess.run(command_line, env=env, check=False).returncode
-        except KeyboardInterrupt:
-            return 0
+        return _serve_ui(config, args.port)
     return None
+
+
+def _serve_ui(config: RunConfig, port: int) -> int:
+    """Run `mlflow ui` until it exits, Ctrl-C, or SIGTERM, which is passed on to the server, so
+    stopping this process never leaves the server behind."""
+    import signal
+    import subprocess
+
+    command_line, env = tracking.ui_command(config.tracking, port)
+    print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)", file=sys.stderr)
+    server = subprocess.Popen(command_line, env=env)
+    stopped = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        server.terminate()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:  # the terminal sent SIGINT to the server too
+        server.wait()
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0 if stopped else code
 
 
 def _add_export_parser(commands: argparse._SubParsersAction) -> None:

@@ -105,6 +105,13 @@ def command_line(argv: Sequence[str], cwd: Path | None = None, home: Path | None
     virtual environment's script) and path arguments relative where a relative one serves."""
     if not argv:
         return ""
-    # A console script is known by its name; a script file (pipelines/...) by its portable path.
-    program = portable_path(argv[0], cwd, home) if argv[0].endswith(".py") else Path(argv[0]).name
+    # A console script is known by its name, a module run with -m by its package, a script file
+    # (pipelines/...) by its portable path.
+    first = Path(argv[0])
+    if first.name == "__main__.py":
+        program = f"python -m {first.parent.name}"
+    elif first.suffix == ".py":
+        program = portable_path(argv[0], cwd, home)
+    else:
+        program = first.name
     return " ".join([program, *(portable_path(arg, cwd, home) for arg in argv[1:])])
