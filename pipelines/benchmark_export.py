@@ -58,7 +58,7 @@ def run_full(n_users: int, n_items: int, top_k: int) -> dict:
     return {
         "path": "full two-stage (stage 1 refit, candidates, features, booster, top-K, Parquet)",
         "users": manifest["users"]["total"], "items": n_items, "interactions": interactions.height,
-        "top_k": top_k, "rows": manifest["rows"], "candidates_per_user": config.retrieval.n_candidates
+        "top_k": top_k, "rows": manifest["rows"], "candidates_per_user": config.retrieval.ann_candidates
         + config.retrieval.popular_candidates, "batch_users": config.export.batch_users,
         "export_seconds": round(seconds, 1), "users_per_second": round(manifest["users"]["total"] / seconds, 1),
         "train_seconds": round(train_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 0),

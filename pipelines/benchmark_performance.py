@@ -131,7 +131,7 @@ def stage_costs(dataset: str, seed: int, trees: int = 100) -> dict:
     with step("build_features") as s:
         start = time.perf_counter()
         frame, names = build_features(candidates, history, stage.embeddings, stage.fused, config.features,
-                                      profile_items=config.retrieval.recent_items,
+                                      profile_items=config.retrieval.query_items,
                                       half_life=config.retrieval.recency_half_life,
                                       sources=candidate_sources(stage, config.retrieval),
                                       ref_times=first.ref_times)

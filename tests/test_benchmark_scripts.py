@@ -54,7 +54,7 @@ def test_benchmark_peers_on_a_tiny_catalog(tmp_path):
         "--dataset", "catalog", "--quiet", "--out", str(out), "--peers", "popular", "item_knn", "ease",
         "--set", f"data.items_path={items_path}", "--set", f"data.interactions_path={interactions_path}",
         "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
-        "--set", "retrieval.n_candidates=40", "--set", "retrieval.popular_candidates=10",
+        "--set", "retrieval.ann_candidates=40", "--set", "retrieval.popular_candidates=10",
         "--set", "ranker.n_estimators=50", "--set", "ranker.min_child_samples=5",
         "--recbole-set", "split.label_share=0.25", "--recbole-set", "ranker.base_scale=0.3", "--seeds", "5", "6",
     ])

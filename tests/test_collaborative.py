@@ -85,7 +85,7 @@ def test_stage_one_adds_the_ease_source_and_features_only_when_behaviour_is_on()
     from fuserank.config import BehaviourConfig, FeatureConfig, FusionConfig, RetrievalConfig
     from fuserank.pipeline import candidate_features, fit_stage_one
 
-    retrieval = RetrievalConfig(n_candidates=1, popular_candidates=1, ease_candidates=2)
+    retrieval = RetrievalConfig(ann_candidates=1, popular_candidates=1, ease_candidates=2)
     on = fit_stage_one(HISTORY, ITEMS, {}, BehaviourConfig(dim=2, ease_l2=0.5), FusionConfig(), retrieval, seed=1)
     frame, names = candidate_features(on, HISTORY, ["u1", "u3"], retrieval, FeatureConfig())
     assert {"from_ease", "ease_score", "ease_score_z"} <= set(names)

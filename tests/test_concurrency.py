@@ -78,7 +78,7 @@ def test_two_tune_jobs_on_one_study_lose_no_trial_and_repeat_none(tmp_path):
     import optuna
 
     tune = {"storage": "sqlite:///mlruns/optuna.db", "n_trials": 3, "n_startup_trials": 2, "prune_rounds": 0,
-            "n_candidates": [20, 30], "fusion_weights": [0.5, 1.0], "evaluate_best": False}
+            "ann_candidates": [20, 30], "fusion_weights": [0.5, 1.0], "evaluate_best": False}
     config = write_project(tmp_path, "shared", tune=tune)
     jobs = [start(["tune", "--config", str(config), "--quiet", "--set", f"run_name=worker-{i}"], tmp_path)
             for i in range(2)]

@@ -1,12 +1,15 @@
 import dataclasses
 import typing
+import warnings
 from pathlib import Path
 
 import pytest
 
 from fuserank.cli import main
+from fuserank.config.load import RENAMED
 from fuserank.config import (
     ConfigError,
+    ExperimentConfig,
     RunConfig,
     cache_dir,
     check_values,
@@ -31,7 +34,7 @@ def test_defaults_round_trip_through_a_dict():
     [
         ({"retrieval": {"n_candidate": 5}}, ["config.retrieval", "n_candidate"]),
         ({"nonsense": 1}, ["nonsense"]),
-        ({"retrieval": {"n_candidates": "many"}}, ["config.retrieval.n_candidates", "expected int"]),
+        ({"retrieval": {"ann_candidates": "many"}}, ["config.retrieval.ann_candidates", "expected int"]),
         ({"ranker": {"learning_rate": True}}, ["config.ranker.learning_rate"]),
         ({"eval": {"ks": 10}}, ["config.eval.ks", "expected a list"]),
         ({"fusion": {"weights": ["text"]}}, ["config.fusion.weights"]),
@@ -162,3 +165,33 @@ def test_shipped_configs_load(path):
     config = load_config(path)
     if path.name == "movielens_100k.yaml":  # documented as "the defaults, written out"
         assert config == RunConfig()
+
+
+def test_renamed_keys_load_under_their_new_names_with_a_warning(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("retrieval:\n  n_candidates: 123\n  recent_items: 7\nfeatures:\n  recent_k: 3\n"
+                    "llm:\n  history_items: 9\ntune:\n  n_candidates: [10, 20]\n", encoding="utf-8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = load_config(path)
+    said = sorted(str(w.message).split(": ", 1)[1] for w in caught if w.category is FutureWarning)
+    assert said == sorted(f"{s}.{old} is deprecated and will stop loading in the next release; use {s}.{new}"
+                          for (s, old), new in RENAMED.items())
+    assert config.retrieval.ann_candidates == 123 and config.retrieval.query_items == 7
+    assert config.features.last_items == 3 and config.llm.prompt_items == 9 and config.tune.ann_candidates == (10, 20)
+    with pytest.warns(FutureWarning, match="features.recent_k"):
+        assert load_config(None, ["features.recent_k=4"]).features.last_items == 4
+
+
+def test_a_renamed_key_set_under_both_names_is_an_error(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("retrieval:\n  n_candidates: 1\n  ann_candidates: 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="both 'n_candidates' .deprecated. and 'ann_candidates'"):
+        load_config(path)
+
+
+def test_the_experiment_holds_what_defines_a_model_and_the_run_adds_job_settings():
+    experiment = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    run = {f.name for f in dataclasses.fields(RunConfig)}
+    assert run - experiment == {"output_dir", "run_name", "tracking", "tune", "export", "dask"}
+    assert {"seed", "split", "retrieval", "features", "ranker", "sequence"} <= experiment

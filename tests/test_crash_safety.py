@@ -150,7 +150,7 @@ def project(tmp_path_factory):
     path = write_project(
         root, "crash",
         tune={"storage": "sqlite:///mlruns/optuna.db", "n_trials": 3, "n_startup_trials": 1, "prune_rounds": 0,
-              "n_candidates": [20, 30], "fusion_weights": [0.5, 1.0], "evaluate_best": False},
+              "ann_candidates": [20, 30], "fusion_weights": [0.5, 1.0], "evaluate_best": False},
         export={"arms": {"control": "popular", "treatment": "run"}, "shares": {"control": 0.5, "treatment": 0.5},
                 "holdout": 0.0, "top_k": 10, "batch_users": 10, "salt": "crash"},
     )

@@ -90,7 +90,7 @@ def _stage_inputs():
 
 
 def _features(history, users, ids, content, ref_times):
-    retrieval = RetrievalConfig(n_candidates=15, popular_candidates=10, neighbourhood_candidates=5,
+    retrieval = RetrievalConfig(ann_candidates=15, popular_candidates=10, neighbourhood_candidates=5,
                                 neighbourhood_pool=20)
     stage = fit_stage_one(history, ids, content, BehaviourConfig(enabled=False), FusionConfig(weights={"text": 1.0}),
                           retrieval, seed=0)
@@ -123,7 +123,7 @@ def test_global_time_later_interactions_of_new_users_change_no_metric(tmp_path):
     valid_time, test_time = int(times[int(0.7 * len(times))]), int(times[int(0.85 * len(times))])
     config = load_config(None, [
         "seed=3", f"output_dir={tmp_path}", "tracking.enabled=false", "split.protocol=global_time",
-        f"split.valid_time={valid_time}", f"split.test_time={test_time}", "retrieval.n_candidates=30",
+        f"split.valid_time={valid_time}", f"split.test_time={test_time}", "retrieval.ann_candidates=30",
         "retrieval.popular_candidates=10", "behaviour.dim=8", "ranker.n_estimators=20", "ranker.min_child_samples=5",
     ])
     first = run_protocol(build_cutoffs(interactions, config.split), ids, content, config)

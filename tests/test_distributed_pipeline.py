@@ -40,7 +40,7 @@ def test_features_over_user_partitions_equal_the_local_frame(client, catalog):
 
     _, _, _, _, items, interactions = catalog
     split = leave_last_out(interactions)
-    retrieval = RetrievalConfig(n_candidates=40, popular_candidates=10, modality_candidates=5)
+    retrieval = RetrievalConfig(ann_candidates=40, popular_candidates=10, modality_candidates=5)
     stage = fit_stage_one(split.train, items[schema.ITEM_ID].to_list(), {}, BehaviourConfig(dim=16),
                           FusionConfig(), retrieval, seed=1)
     users = split.valid[schema.USER_ID].unique().sort().to_list()
@@ -59,7 +59,7 @@ def run(catalog, dask: bool):
         "seed=7", f"output_dir={root / 'outputs'}", f"run_name={name}", "data.dataset=catalog",
         f"data.items_path={items_path}", f"data.interactions_path={interactions_path}",
         f"sources.cache_dir={root / 'cache'}", f"sources.text_model={model}",
-        "retrieval.n_candidates=60", "retrieval.popular_candidates=10",
+        "retrieval.ann_candidates=60", "retrieval.popular_candidates=10",
         "ranker.n_estimators=80", "ranker.num_leaves=7", "ranker.min_child_samples=10", "ranker.n_jobs=1",
         "ranker.early_stopping_rounds=0", "eval.top_k=20",
         "tracking.enabled=false", f"dask.enabled={str(dask).lower()}",

@@ -36,7 +36,7 @@ def tiny_run(tmp_path_factory):
         "data": {"dataset": "catalog", "items_path": str(items_path), "interactions_path": str(interactions_path)},
         "sources": {"cache_dir": str(root / "cache"), "text_model": str(model)},
         "split": {"label_cutoffs": 2},
-        "retrieval": {"n_candidates": 40, "popular_candidates": 10},
+        "retrieval": {"ann_candidates": 40, "popular_candidates": 10},
         "ranker": {"n_estimators": 40, "min_child_samples": 10, "n_jobs": 1},
         "tracking": {
             "tracking_uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",

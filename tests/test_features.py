@@ -40,7 +40,7 @@ def planted():
         schema=schema.CANDIDATES,
     )
     frame, names = build_features(
-        candidates, history, {"text": text}, text.vectors, FeatureConfig(recent_k=2, window_days=(7,)),
+        candidates, history, {"text": text}, text.vectors, FeatureConfig(last_items=2, window_days=(7,)),
         profile_items=2, half_life=1.0,
     )
     return frame, names
@@ -143,7 +143,7 @@ def test_coherence_and_within_user_z():
          schema.RETRIEVAL_SCORE: [0.0] * 3, schema.RETRIEVAL_RANK: [1, 1, 2]},
         schema=schema.CANDIDATES,
     )
-    frame, _ = build_features(candidates, history, {"text": emb}, vectors, FeatureConfig(recent_k=2), half_life=1.0)
+    frame, _ = build_features(candidates, history, {"text": emb}, vectors, FeatureConfig(last_items=2), half_life=1.0)
     # "same" saw two identical items (mean pairwise cosine 1), "mixed" two orthogonal ones (0)
     assert col(frame, "cos_text_coherence") == pytest.approx([1.0, 0.0, 0.0])
     # one candidate, or equal values, standardise to 0

@@ -68,7 +68,7 @@ def planted_catalog() -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Embeddings]
 def small_config(tmp_path, *extra):
     return load_config(None, [
         "seed=3", f"output_dir={tmp_path / 'out'}", "tracking.enabled=false",
-        "retrieval.n_candidates=40", "retrieval.popular_candidates=10", "behaviour.dim=8",
+        "retrieval.ann_candidates=40", "retrieval.popular_candidates=10", "behaviour.dim=8",
         "ranker.n_estimators=30", "ranker.min_child_samples=5", "eval.top_k=20", *extra,
     ])
 
@@ -227,7 +227,7 @@ def test_tuning_objective_never_sees_a_test_row(tmp_path, monkeypatch):
 
     items, interactions, content = planted_catalog()
     config = small_config(tmp_path, "tune.n_trials=2", "tune.n_startup_trials=1", "tune.prune_rounds=0",
-                          "tune.evaluate_best=false", "tune.n_candidates=[20, 40]", "tune.fusion_weights=[0.5]",
+                          "tune.evaluate_best=false", "tune.ann_candidates=[20, 40]", "tune.fusion_weights=[0.5]",
                           f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}")
     split = leave_last_out(interactions, min_interactions=config.split.min_interactions)
     prepared = Prepared(items, cutoffs_from_split(split, config.split), content, {}, {})

@@ -26,7 +26,7 @@ def llm_config(tmp_path_factory):
         f"output_dir={root / 'outputs'}", "run_name=llm", "data.dataset=catalog",
         f"data.items_path={items_path}", f"data.interactions_path={interactions_path}",
         f"sources.cache_dir={root / 'cache'}", f"sources.text_model={bert}",
-        "retrieval.n_candidates=20", "retrieval.popular_candidates=5", "ranker.n_estimators=20",
+        "retrieval.ann_candidates=20", "retrieval.popular_candidates=5", "ranker.n_estimators=20",
         "eval.top_k=10", "tracking.enabled=false",
         "llm.enabled=true", f"llm.model={llama}", "llm.max_new_tokens=4", "llm.relevance_top_m=3",
         "llm.max_items=30", "llm.log_samples=5", "llm.history_text=true",

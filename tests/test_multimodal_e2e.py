@@ -42,7 +42,7 @@ def test_broken_media_degrade_and_are_counted(broken_catalog):
         f"sources.cache_dir={root / 'cache'}", f"sources.text_model={model}",
         f"tracking.tracking_uri=sqlite:///{root / 'mlruns' / 'mlflow.db'}",
         f"tracking.artifact_root={root / 'mlruns' / 'artifacts'}",
-        "retrieval.n_candidates=30", "retrieval.popular_candidates=5", "retrieval.modality_candidates=5",
+        "retrieval.ann_candidates=30", "retrieval.popular_candidates=5", "retrieval.modality_candidates=5",
         "retrieval.neighbourhood_candidates=5",
         "ranker.n_estimators=50",
     ])

@@ -28,7 +28,7 @@ def tiny_config(tmp_path_factory):
         "output_dir": str(root / "outputs"),
         "data": {"dataset": "catalog", "items_path": str(items_path), "interactions_path": str(interactions_path)},
         "sources": {"cache_dir": str(root / "cache"), "text_model": str(model)},
-        "retrieval": {"n_candidates": 30, "popular_candidates": 10},
+        "retrieval": {"ann_candidates": 30, "popular_candidates": 10},
         "split": {"label_cutoffs": 2},
         "ranker": {"n_estimators": 40, "min_child_samples": 10},
         "eval": {"top_k": 20},

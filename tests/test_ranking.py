@@ -17,22 +17,22 @@ FEATURES = ("noise_a", "signal", "noise_b", "noise_c")
 CONFIG = RankerConfig(n_estimators=40, learning_rate=0.1, num_leaves=7, min_child_samples=10, n_jobs=1)
 
 
-def make_queries(n_queries: int, n_candidates: int, seed: int, prefix: str = "q") -> pl.DataFrame:
+def make_queries(n_queries: int, ann_candidates: int, seed: int, prefix: str = "q") -> pl.DataFrame:
     """One positive per query: the candidate whose `signal` is largest; other features are noise.
 
     The positive sits at a random position of its query so row order reveals nothing, and rows of
     different queries are interleaved to check that fitting groups them by user itself.
     """
     rng = np.random.default_rng(seed)
-    n = n_queries * n_candidates
-    users = np.repeat([f"{prefix}{i:04d}" for i in range(n_queries)], n_candidates)
-    signal = rng.normal(size=(n_queries, n_candidates))
-    positive = rng.integers(0, n_candidates, size=n_queries)
+    n = n_queries * ann_candidates
+    users = np.repeat([f"{prefix}{i:04d}" for i in range(n_queries)], ann_candidates)
+    signal = rng.normal(size=(n_queries, ann_candidates))
+    positive = rng.integers(0, ann_candidates, size=n_queries)
     rows = np.arange(n_queries)
     # The positive beats the best negative by a margin, so ranking by `signal` is always right.
     signal[rows, positive] = -np.inf
     signal[rows, positive] = signal.max(axis=1) + rng.uniform(0.3, 1.0, size=n_queries)
-    label = np.zeros((n_queries, n_candidates), dtype=np.int8)
+    label = np.zeros((n_queries, ann_candidates), dtype=np.int8)
     label[rows, positive] = 1
     label = label.ravel()
     frame = pl.DataFrame(

@@ -137,7 +137,7 @@ def test_user_queries_weights_by_hand():
     np.testing.assert_allclose(queries[0], want_u0, atol=1e-6)
     np.testing.assert_array_equal(queries[2], np.zeros(4))
     assert [h.tolist() for h in histories] == [[0, 3], [0, 1, 2], []]
-    _, recent, _ = retrieval.user_queries(history, ["a", "b", "c", "d"], vectors, recent_items=2, half_life=1.0)
+    _, recent, _ = retrieval.user_queries(history, ["a", "b", "c", "d"], vectors, query_items=2, half_life=1.0)
     np.testing.assert_allclose(recent[1], np.array([0.0, 0.5, 1.0, 0.0]) / math.sqrt(1.25), atol=1e-6)
 
 

@@ -44,7 +44,7 @@ def test_sequence_features_by_hand():
 def cycle_stage(tmp_path_factory):
     history = cyclic(n_users=60)
     content = {"text": Embeddings(CATALOG, np.eye(len(CATALOG), 8, dtype=np.float32), np.ones(len(CATALOG), bool))}
-    retrieval = RetrievalConfig(n_candidates=5, popular_candidates=3, sequence_candidates=5, ease_candidates=0)
+    retrieval = RetrievalConfig(ann_candidates=5, popular_candidates=3, sequence_candidates=5, ease_candidates=0)
     config = dataclasses.replace(TINY, enabled=True)
     stage = fit_stage_one(history, CATALOG, content, BehaviourConfig(dim=4, ease_l2=0.0), FusionConfig(), retrieval,
                           seed=0, sequence=config, cache_dir=tmp_path_factory.mktemp("seq"))

@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory):
         "run_name": "tiny",
         "data": {"dataset": "catalog", "items_path": str(items_path), "interactions_path": str(interactions_path)},
         "sources": {"cache_dir": str(root / "cache"), "text_model": str(model)},
-        "retrieval": {"n_candidates": 60, "popular_candidates": 10},
+        "retrieval": {"ann_candidates": 60, "popular_candidates": 10},
         "ranker": {"n_estimators": 200, "min_child_samples": 10},
         "eval": {"top_k": 20},
         "tracking": {

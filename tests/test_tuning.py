@@ -32,13 +32,13 @@ def tiny(tmp_path_factory):
         "output_dir": str(root / "outputs"),
         "data": {"dataset": "catalog", "items_path": str(items_path), "interactions_path": str(interactions_path)},
         "sources": {"cache_dir": str(root / "cache"), "text_model": str(model)},
-        "retrieval": {"n_candidates": 40, "popular_candidates": 10},
+        "retrieval": {"ann_candidates": 40, "popular_candidates": 10},
         "ranker": {"n_estimators": 60, "min_child_samples": 10, "early_stopping_rounds": 20},
         "eval": {"top_k": 20},
         "tracking": {"tracking_uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
                      "artifact_root": str(root / "mlruns" / "artifacts"), "experiment": "tune-test"},
         "tune": {"storage": f"sqlite:///{root / 'mlruns' / 'optuna.db'}", "n_trials": 3, "n_startup_trials": 1,
-                 "prune_rounds": 5, "n_candidates": [20, 40], "fusion_weights": [0.5, 1.0]},
+                 "prune_rounds": 5, "ann_candidates": [20, 40], "fusion_weights": [0.5, 1.0]},
     }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -46,10 +46,10 @@ def tiny(tmp_path_factory):
 
 
 def test_trial_params_become_a_config():
-    params = {"ranker.learning_rate": 0.1, "retrieval.n_candidates": 300, "fusion.weights.text": 0.0,
+    params = {"ranker.learning_rate": 0.1, "retrieval.ann_candidates": 300, "fusion.weights.text": 0.0,
               "features.use_popularity": False, "features.use_user": True}
     config = trial_config(RunConfig(), params)
-    assert config.ranker.learning_rate == 0.1 and config.retrieval.n_candidates == 300
+    assert config.ranker.learning_rate == 0.1 and config.retrieval.ann_candidates == 300
     assert config.fusion.weights["text"] == 0.0 and config.fusion.weights["behaviour"] == 1.0
     assert config.features.disabled_groups == ("popularity",)
     assert config.ranker.num_leaves == RunConfig().ranker.num_leaves
@@ -76,7 +76,7 @@ def test_stage_one_key_ignores_feature_groups_only():
     base = RunConfig()
     assert stage_one_key(trial_config(base, {"features.use_user": False})) == stage_one_key(base)
     assert stage_one_key(trial_config(base, {"ranker.num_leaves": 7})) == stage_one_key(base)
-    assert stage_one_key(trial_config(base, {"retrieval.n_candidates": 50})) != stage_one_key(base)
+    assert stage_one_key(trial_config(base, {"retrieval.ann_candidates": 50})) != stage_one_key(base)
     assert stage_one_key(trial_config(base, {"fusion.weights.text": 1.0})) != stage_one_key(base)
 
 
@@ -85,10 +85,10 @@ def test_frame_cache_builds_each_stage_one_setting_once_and_drops_the_oldest():
 
     def build(config):
         built.append(config)
-        return f"frames-{config.retrieval.n_candidates}"
+        return f"frames-{config.retrieval.ann_candidates}"
 
     cache = FrameCache(build, max_entries=2)
-    a, b, c = (trial_config(RunConfig(), {"retrieval.n_candidates": n}) for n in (10, 20, 30))
+    a, b, c = (trial_config(RunConfig(), {"retrieval.ann_candidates": n}) for n in (10, 20, 30))
     assert cache.get(a) == ("frames-10", False)
     assert cache.get(trial_config(a, {"features.use_user": False, "ranker.num_leaves": 8})) == ("frames-10", True)
     assert all(c.features.disabled_groups == () for c in built)  # frames always hold every group
@@ -166,7 +166,7 @@ def test_tune_records_a_resumable_study_and_tests_the_best_config_once(tiny):
     assert (folder / "param_importances.png").is_file() == (len(complete) >= 2)
     best = load_config(folder / "best_config.yaml")
     assert best.ranker.learning_rate == study.best_params["ranker.learning_rate"]
-    assert best.retrieval.n_candidates == study.best_params["retrieval.n_candidates"]
+    assert best.retrieval.ann_candidates == study.best_params["retrieval.ann_candidates"]
     tested = [r for r in runs if r["tags"].get("tuned_by") == parent["run_id"]]
     assert len(tested) == 1
     # Same protocol, seed and config: the test run reproduces the best trial's validation score.

@@ -27,7 +27,7 @@ def write_project(root: Path, run_name: str, n_jobs: int = 1, **sections: Any) -
         "data": {"dataset": "catalog", "items_path": str(items_path), "interactions_path": str(interactions_path)},
         "sources": {"cache_dir": "cache", "text_model": str(model)},
         "split": {"label_cutoffs": 2},
-        "retrieval": {"n_candidates": 30, "popular_candidates": 10},
+        "retrieval": {"ann_candidates": 30, "popular_candidates": 10},
         "ranker": {"n_estimators": 30, "min_child_samples": 10, "n_jobs": n_jobs},
         "tracking": {"tracking_uri": "sqlite:///mlruns/mlflow.db", "artifact_root": "mlruns/artifacts",
                      "experiment": run_name},

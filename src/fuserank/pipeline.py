@@ -19,10 +19,10 @@ import polars as pl
 from fuserank import schema
 from fuserank.config import (
     BehaviourConfig,
+    ExperimentConfig,
     FeatureConfig,
     FusionConfig,
     RetrievalConfig,
-    RunConfig,
     SequenceConfig,
     cache_dir,
 )
@@ -145,8 +145,8 @@ def generate_candidates(
             stage.index,
             history,
             stage.fused,
-            retrieval.n_candidates,
-            recent_items=retrieval.recent_items,
+            retrieval.ann_candidates,
+            query_items=retrieval.query_items,
             half_life=retrieval.recency_half_life,
             users=users,
             batch_size=retrieval.batch_size,
@@ -160,7 +160,7 @@ def generate_candidates(
             history,
             stage.embeddings[modality].vectors,
             depth,
-            recent_items=retrieval.recent_items,
+            query_items=retrieval.query_items,
             half_life=retrieval.recency_half_life,
             users=users,
             batch_size=retrieval.batch_size,
@@ -194,7 +194,7 @@ def label_candidates(candidates: pl.DataFrame, targets: pl.DataFrame) -> pl.Data
 FeatureBuilder = Callable[..., tuple[pl.DataFrame, list[str]]]
 
 
-def fit_stage(config: RunConfig, history: pl.DataFrame, item_ids: Sequence[str],
+def fit_stage(config: ExperimentConfig, history: pl.DataFrame, item_ids: Sequence[str],
               content: Mapping[str, Embeddings]) -> StageOne:
     """Stage 1 under a run's stage settings, fitted on `history` alone (`fit_stage_one`)."""
     return fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval, config.seed,
@@ -202,7 +202,7 @@ def fit_stage(config: RunConfig, history: pl.DataFrame, item_ids: Sequence[str],
 
 
 def cutoff_frame(
-    config: RunConfig,
+    config: ExperimentConfig,
     cutoff: Cutoff,
     item_ids: Sequence[str],
     content: Mapping[str, Embeddings],
@@ -227,7 +227,7 @@ def cutoff_frame(
 
 
 def stage_frame(
-    config: RunConfig,
+    config: ExperimentConfig,
     stage: StageOne,
     cutoff: Cutoff,
     llm: LLMSignals | None = None,
@@ -283,7 +283,7 @@ def candidate_features(
         stage.embeddings,
         stage.fused,
         features,
-        profile_items=retrieval.recent_items,
+        profile_items=retrieval.query_items,
         half_life=retrieval.recency_half_life,
         sources=candidate_sources(stage, retrieval),
         ease=stage.ease,

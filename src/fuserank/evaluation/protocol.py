@@ -114,12 +114,12 @@ def validation_frames(
 
 def validation_metrics(
     frames: ValidationFrames, valid_targets: pl.DataFrame, ranker: Ranker, ks: Sequence[int], n_items: int,
-    n_candidates: int,
+    ann_candidates: int,
 ) -> dict[str, float]:
     """valid_* metrics (full ranking, as in run_protocol) of `ranker` on the validation users."""
     ranked = rank_candidates(frames.valid, ranker.score(frames.valid), max(ks))
     _, metrics = score_lists(ranked, valid_targets, ks, n_items, "valid_")
-    metrics.update(stage_one_recall(frames.valid_candidates, valid_targets, n_candidates, "valid_"))
+    metrics.update(stage_one_recall(frames.valid_candidates, valid_targets, ann_candidates, "valid_"))
     return metrics
 
 
@@ -187,7 +187,7 @@ def _run_protocol(
         valid_ranked = rank_candidates(valid_frame, ranker.score(valid_frame), top_k)
         _, valid_summary = score_lists(valid_ranked, valid.targets, ks, n_items, "valid_")
         metrics.update(valid_summary)
-        metrics.update(stage_one_recall(valid_candidates, valid.targets, config.retrieval.n_candidates, "valid_"))
+        metrics.update(stage_one_recall(valid_candidates, valid.targets, config.retrieval.ann_candidates, "valid_"))
 
         lists = {
             "fuserank": rank_candidates(test_frame, ranker.score(test_frame), top_k),
@@ -200,7 +200,7 @@ def _run_protocol(
             users_metrics, summary = score_lists(ranked, test.targets, ks, n_items, prefix)
             metrics.update(summary)
             frames.append(users_metrics.with_columns(pl.lit(system).alias("system")))
-        metrics.update(stage_one_recall(test_candidates, test.targets, config.retrieval.n_candidates, "test_"))
+        metrics.update(stage_one_recall(test_candidates, test.targets, config.retrieval.ann_candidates, "test_"))
         per_user = pl.concat(frames)
         metrics.update(confidence_intervals(per_user, "fuserank", "ndcg_at_10", "test_", seed=config.seed))
         metrics.update(cold_user_metrics(cutoffs, ks, n_items, top_k))

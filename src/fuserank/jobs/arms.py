@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
-from fuserank.config import RetrievalConfig, RunConfig
+from fuserank.config import ExperimentConfig, RetrievalConfig
 from fuserank.data.cutoffs import serving_cutoff, serving_ref_times
 from fuserank.evaluation.scoring import stage_one_rankings
 from fuserank.pipeline import StageOne, generate_candidates, rank_candidates, stage_frame
@@ -321,7 +321,7 @@ def seen_candidates(history: pl.DataFrame, users: Sequence[str]) -> pl.DataFrame
 
 
 def ranker_lists(
-    config: RunConfig,
+    config: ExperimentConfig,
     stage: StageOne,
     ranker: Ranker,
     history: pl.DataFrame,

@@ -72,7 +72,7 @@ def sample_params(trial: Any, tune: TuneConfig, modalities: Sequence[str], behav
         "ranker.feature_fraction": trial.suggest_float("ranker.feature_fraction", 0.4, 1.0),
         "ranker.bagging_fraction": trial.suggest_float("ranker.bagging_fraction", 0.5, 1.0),
         "ranker.lambda_l2": trial.suggest_float("ranker.lambda_l2", 1e-3, 30.0, log=True),
-        "retrieval.n_candidates": trial.suggest_categorical("retrieval.n_candidates", list(tune.n_candidates)),
+        "retrieval.ann_candidates": trial.suggest_categorical("retrieval.ann_candidates", list(tune.ann_candidates)),
     }
     if behaviour:  # the default base, ease_score_z, exists only with behaviour on
         params["ranker.base_scale"] = trial.suggest_categorical("ranker.base_scale", [0.0, 0.1, 0.3, 1.0])
@@ -166,7 +166,7 @@ def run_trial(trial: Any, config: RunConfig, cache: FrameCache, valid_targets: p
     def fit_and_score(ranker_config: Any) -> tuple[dict[str, float], int]:
         ranker = fit_ranker(frames.fit, frames.valid, names, ranker_config, seed=config.seed, group=QUERY)
         metrics = validation_metrics(frames, valid_targets, ranker, config.eval.ks, n_items,
-                                     config.retrieval.n_candidates)
+                                     config.retrieval.ann_candidates)
         return metrics, ranker.best_iteration
 
     def outcome(metrics: dict[str, float], best: int, pruned: bool) -> TrialOutcome:
@@ -190,8 +190,8 @@ def check_search_space(tune: TuneConfig) -> None:
         raise ValueError(f"tune.feature_groups: unknown group(s) {unknown}; known: {list(GROUPS)}")
     if "retrieval" in tune.feature_groups:
         raise ValueError("tune.feature_groups: 'retrieval' must stay on (the ranker would have no candidate order)")
-    if not tune.fusion_weights or not tune.n_candidates:
-        raise ValueError("tune.fusion_weights and tune.n_candidates need at least one choice each")
+    if not tune.fusion_weights or not tune.ann_candidates:
+        raise ValueError("tune.fusion_weights and tune.ann_candidates need at least one choice each")
 
 
 def create_study(tune: TuneConfig, seed: int, binding: Mapping[str, Any] | None = None) -> Any:

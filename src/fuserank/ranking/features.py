@@ -68,7 +68,7 @@ class UserHistory:
     ref_time: np.ndarray
 
 
-def summarise_history(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str], recent_k: int,
+def summarise_history(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str], last_items: int,
                       ref_times: pl.DataFrame | None = None) -> UserHistory:
     """Collect each user's newest items (equal timestamps: later in row order is newer, as in
     retrieval) and reference time (`ref_times`, schema.REF_TIMES; None: each user's newest
@@ -81,12 +81,12 @@ def summarise_history(history: pl.DataFrame, users: Sequence[str], item_ids: Seq
         .join(index, on=schema.ITEM_ID, how="inner")
         .sort([schema.USER_ID, schema.TIMESTAMP, "_seq"], descending=[False, True, True])
         .with_columns(pl.int_range(pl.len()).over(schema.USER_ID).alias("_age"))
-        .filter(pl.col("_age") < recent_k)
+        .filter(pl.col("_age") < last_items)
     )
     user_index = {u: i for i, u in enumerate(users)}
     u = np.array([user_index[x] for x in newest[schema.USER_ID].to_list()], dtype=np.int64)
     age = newest["_age"].to_numpy().astype(np.int64)
-    recent = np.full((len(users), recent_k), -1, dtype=np.int64)
+    recent = np.full((len(users), last_items), -1, dtype=np.int64)
     recent[u, age] = newest["_row"].to_numpy().astype(np.int64)
     if ref_times is None:
         ref_times = reference_times(history, users)
@@ -276,7 +276,7 @@ def build_features(
         history: the interactions known before the targets (schema.INTERACTIONS).
         embeddings: per-modality item embeddings, all with the same item_ids order.
         fused: float32 (n_items, D) fused item vectors in that order.
-        config: recent_k and window_days.
+        config: last_items and window_days.
         profile_items, half_life: how the user profile vector is formed (as in retrieval).
         sources: candidate sources that get a `from_<source>` indicator.
         ease: an EASE model fitted on `history`: adds `ease_score` and its within-user z-score.
@@ -290,7 +290,7 @@ def build_features(
     if item_ids is None:
         raise ValueError("build_features needs at least one modality's embeddings")
     users = candidates[schema.USER_ID].unique(maintain_order=True).to_list()
-    hist = summarise_history(history, users, item_ids, config.recent_k, ref_times)
+    hist = summarise_history(history, users, item_ids, config.last_items, ref_times)
     user_index = pl.DataFrame({schema.USER_ID: users, "_u": np.arange(len(users))})
     item_index = pl.DataFrame({schema.ITEM_ID: list(item_ids), "_i": np.arange(len(item_ids))})
     rows = candidates.join(user_index, on=schema.USER_ID, how="left", maintain_order="left").join(

@@ -68,7 +68,7 @@ class LLMSignals:
         embed_history: history texts -> float32 (n, d_llm) unit LLM hidden-state vectors.
         relevance: prompts -> float32 (n,) log P(yes); None when off.
         relevance_top_m: candidates per user (by retrieval rank) that get a relevance score.
-        history_items: newest history items named in a user-side prompt.
+        prompt_items: newest history items named in a user-side prompt.
         samples: generated texts to log, {"kind", "id", "input", "output"} each.
     """
 
@@ -83,7 +83,7 @@ class LLMSignals:
     embed_history: Callable[[Sequence[str]], np.ndarray] | None
     relevance: Callable[[Sequence[prompts.Prompt]], np.ndarray] | None = None
     relevance_top_m: int = 0
-    history_items: int = 20
+    prompt_items: int = 20
     samples: list[dict[str, str]] = field(default_factory=list)
 
     def views(self) -> dict[str, Embeddings]:
@@ -179,7 +179,7 @@ def llm_feature_columns(candidates: pl.DataFrame, history: pl.DataFrame, signals
     if signals.embed_history is not None and signals.hidden is not None:
         labels = dict(zip(signals.item_ids, signals.item_labels))
         seen = train_only(history, signals.train_pairs)
-        texts = [prompts.history_text(t) for t in recent_labels(seen, labels, users, signals.history_items)]
+        texts = [prompts.history_text(t) for t in recent_labels(seen, labels, users, signals.prompt_items)]
         user_hidden = signals.embed_history(texts)
         hidden = _cosine_rows(user_hidden, user_rows, signals.hidden.vectors, item_rows)
         columns["llm_hidden_cos"] = hidden
@@ -192,7 +192,7 @@ def llm_feature_columns(candidates: pl.DataFrame, history: pl.DataFrame, signals
 def _relevance(candidates: pl.DataFrame, history: pl.DataFrame, signals: LLMSignals, users: list[str],
                user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
     labels = dict(zip(signals.item_ids, signals.item_labels))
-    seen = recent_labels(train_only(history, signals.train_pairs), labels, users, signals.history_items)
+    seen = recent_labels(train_only(history, signals.train_pairs), labels, users, signals.prompt_items)
     # the M best-ranked candidates of each user in stage-1 order
     rank = candidates.select(pl.col(schema.RETRIEVAL_RANK).rank("ordinal").over(schema.USER_ID)).to_series()
     chosen = np.flatnonzero(rank.to_numpy() <= signals.relevance_top_m)
@@ -268,7 +268,7 @@ def build_llm_signals(
     if settings.profiles:
         early = profile_from
         users = sorted(_by_activity(early, schema.USER_ID, settings.max_users))
-        histories = recent_labels(early, dict(zip(item_ids, labels)), users, settings.history_items)
+        histories = recent_labels(early, dict(zip(item_ids, labels)), users, settings.prompt_items)
         users = [u for u, h in zip(users, histories) if h]
         histories = [h for h in histories if h]
         written = llm.generate(lm, [prompts.user_profile(h) for h in histories], folder("generate"),
@@ -306,7 +306,7 @@ def build_llm_signals(
         embed_history=embed_history,
         relevance=relevance,
         relevance_top_m=settings.relevance_top_m,
-        history_items=settings.history_items,
+        prompt_items=settings.prompt_items,
         samples=samples,
     )
 

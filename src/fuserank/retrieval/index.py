@@ -256,7 +256,7 @@ def user_queries(
     history: pl.DataFrame,
     item_ids: Sequence[str],
     item_vectors: np.ndarray,
-    recent_items: int = 50,
+    query_items: int = 50,
     half_life: float = 10.0,
 ) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
     """One query vector per user: the recency-weighted mean of their latest item vectors.
@@ -264,13 +264,13 @@ def user_queries(
     The user's interactions on known items are ordered by timestamp, ties in `history`'s row
     order (see data.split); the newest
     has weight 1 and the one j steps older `0.5 ** (j / half_life)`; only the last
-    `recent_items` count. Items missing from `item_ids` are ignored.
+    `query_items` count. Items missing from `item_ids` are ignored.
 
     Args:
         history: interactions frame (schema.INTERACTIONS columns).
         item_ids: `n_items` ids, row i of `item_vectors` belongs to `item_ids[i]`.
         item_vectors: float32 `(n_items, d)`.
-        recent_items: how many of the latest interactions make the query.
+        query_items: how many of the latest interactions make the query.
         half_life: in interactions; the weight halves every `half_life` steps back.
 
     Returns:
@@ -283,8 +283,8 @@ def user_queries(
     item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     if item_vectors.ndim != 2 or item_vectors.shape[0] != len(item_ids):
         raise ValueError(f"item_vectors shape {item_vectors.shape} does not fit {len(item_ids)} item ids")
-    if recent_items < 1 or not half_life > 0:
-        raise ValueError(f"need recent_items >= 1 and half_life > 0, got {recent_items}, {half_life}")
+    if query_items < 1 or not half_life > 0:
+        raise ValueError(f"need query_items >= 1 and half_life > 0, got {query_items}, {half_life}")
     catalog = _catalog_rows(item_ids)
     users = history.select(pl.col(USER_ID).unique().sort()).with_row_index(_USER)
     known = (
@@ -295,7 +295,7 @@ def user_queries(
         .sort(_USER, TIMESTAMP, "_seq")
     )
     age = pl.len().over(_USER) - 1 - pl.int_range(pl.len()).over(_USER)
-    recent = known.with_columns(age.alias("_age")).filter(pl.col("_age") < recent_items)
+    recent = known.with_columns(age.alias("_age")).filter(pl.col("_age") < query_items)
     weights = np.power(0.5, recent["_age"].to_numpy() / half_life).astype(np.float32)
     n_users, n_items = users.height, len(item_ids)
     mix = sparse.csr_matrix(
@@ -322,7 +322,7 @@ def retrieve(
     history: pl.DataFrame,
     item_vectors: np.ndarray,
     n: int,
-    recent_items: int = 50,
+    query_items: int = 50,
     half_life: float = 10.0,
     users: Sequence[str] | None = None,
     batch_size: int = 1024,
@@ -334,7 +334,7 @@ def retrieve(
         history: interactions the queries and the exclusions come from.
         item_vectors: float32 `(n_items, d)`.
         n: candidates per user.
-        recent_items, half_life: see `user_queries`.
+        query_items, half_life: see `user_queries`.
         users: whom to retrieve for; default every user in `history`. A user without known
             history (or whose query vector is zero) gets no ANN candidates.
         batch_size: queries per FAISS call.
@@ -348,7 +348,7 @@ def retrieve(
         if users is not None:
             wanted = pl.DataFrame({USER_ID: pl.Series(list(users), dtype=pl.String)})
             history = history.join(wanted.unique(), on=USER_ID, how="semi")
-        user_ids, queries, histories = user_queries(history, index.item_ids, item_vectors, recent_items, half_life)
+        user_ids, queries, histories = user_queries(history, index.item_ids, item_vectors, query_items, half_life)
         frame = search_candidates(index, user_ids, queries, histories, n, "ann", batch_size)
         s.done(f"{frame[USER_ID].n_unique():,} users, {frame.height:,} candidates")
     return frame
