@@ -20,7 +20,7 @@ from fuserank.evaluation.benchmarking import tune_and_test
 from fuserank.evaluation.peer_env import (
     PeerEnv, check_lock, env_key, read_result, recommend_in_env, request_arrays, request_key,
 )
-from fuserank.evaluation.peers import PEERS, edge_choices
+from fuserank.evaluation.peers import PEERS, PeerFitError, edge_choices
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "pipelines" / "peer_envs" / "rectools.lock.txt"
@@ -168,6 +168,8 @@ def test_tune_and_test_chooses_on_validation_and_scores_test():
 
     def rank(params, history, users):
         seen.append((params["p"], history.height))
+        if params["p"] == 3:
+            raise PeerFitError("diverged")
         # p=2 puts the validation target first; the test list then holds the test target at rank 2.
         order = {1: ["c", "b"], 2: ["b", "c"], 3: ["d", "c"]}[params["p"]]
         order = list(dict.fromkeys([i for i in order if i not in history[schema.ITEM_ID].to_list()] + ["d"]))
@@ -179,7 +181,8 @@ def test_tune_and_test_chooses_on_validation_and_scores_test():
     result = tune_and_test("toy", rank, [{"p": 1}, {"p": 2}, {"p": 3}], cutoffs)
     assert result.params == {"p": 2} and result.grid_size == 3 and result.edges == {}
     assert seen == [(1, 1), (2, 1), (3, 1), (2, 2)]  # three validation fits, then the refit on test history
-    assert [row["fit"] for row in result.tuning] == [{"p": 1}, {"p": 2}, {"p": 3}]
+    assert [row.get("fit") for row in result.tuning] == [{"p": 1}, {"p": 2}, None]
+    assert result.tuning[2] == {"params": {"p": 3}, "valid_ndcg_at_10": None, "error": "diverged"}
     assert result.per_user["ndcg_at_10"].to_list() == pytest.approx([1.0])  # c first once b is history
     assert result.test_meta == {"p": 2}
 

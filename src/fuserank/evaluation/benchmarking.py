@@ -18,7 +18,7 @@ from fuserank import schema
 from fuserank.data.cutoffs import Cutoffs
 from fuserank.data.split import Split
 from fuserank.evaluation.metrics import bootstrap_ci, evaluate_rankings, paired_bootstrap_ci
-from fuserank.evaluation.peers import PEERS, edge_choices, recommend
+from fuserank.evaluation.peers import PEERS, PeerFitError, edge_choices, recommend
 from fuserank.progress import step
 
 # The metrics of the benchmark table, as evaluate_rankings names them.
@@ -69,7 +69,9 @@ def tune_and_test(name: str, rank: RankFn, grid: Sequence[Mapping[str, Any]], cu
     """Tune a ranker on validation, refit the best configuration on the test history, rank test.
 
     Tuning fits each configuration of `grid` on the validation cut-off's history and scores its
-    targets (NDCG@10; the first configuration wins ties); a grid of one is not tuned. The chosen
+    targets (NDCG@10; the first configuration wins ties); a configuration whose fit raises
+    peers.PeerFitError (it diverged) is recorded with its error and skipped; a grid of one is
+    not tuned. The chosen
     one is refitted on the test cut-off's history (train + valid under leave-last-out,
     everything before the test cut under global time), the history test lists exclude, as
     fuserank's protocol does.
@@ -89,7 +91,12 @@ def tune_and_test(name: str, rank: RankFn, grid: Sequence[Mapping[str, Any]], cu
     best, best_score = grid[0], -1.0
     for params in grid if len(grid) > 1 else ():
         with step(f"tune {name} {dict(params)}") as s:
-            ranked, meta = rank(params, valid.history, valid.users)
+            try:
+                ranked, meta = rank(params, valid.history, valid.users)
+            except PeerFitError as err:  # a diverged configuration is a tuning result, not a crash
+                tuning.append({"params": dict(params), f"valid_{TUNING_METRIC}": None, "error": str(err)})
+                s.done(f"failed: {err}")
+                continue
             score = float(evaluate_rankings(ranked, valid.targets, (10,))[TUNING_METRIC].mean())
             s.done(f"valid {TUNING_METRIC} {score:.4f}")
         tuning.append({"params": dict(params), f"valid_{TUNING_METRIC}": score, **({"fit": meta} if meta else {})})

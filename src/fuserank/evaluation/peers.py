@@ -115,10 +115,23 @@ def fit_als(matrix: sp.csr_matrix, params: Mapping[str, Any], seed: int) -> Scor
     return _fit_implicit(model, matrix)
 
 
+class PeerFitError(RuntimeError):
+    """A configuration could not be fitted (e.g. it diverged): tuning records it and moves on."""
+
+
 def _fit_implicit(model: Any, matrix: sp.csr_matrix) -> Scorer:
-    """Fit an implicit factorisation model; score = user factors . item factors."""
+    """Fit an implicit factorisation model; score = user factors . item factors.
+
+    Raises:
+        PeerFitError: the factors went NaN (a learning rate too high for the data).
+    """
+    from implicit.recommender_base import ModelFitError
+
     with _implicit_threads():
-        model.fit(matrix.astype(np.float32).tocsr(), show_progress=False)
+        try:
+            model.fit(matrix.astype(np.float32).tocsr(), show_progress=False)
+        except ModelFitError as err:
+            raise PeerFitError(f"{type(model).__name__} did not fit: {err}") from err
     users, items = np.asarray(model.user_factors), np.asarray(model.item_factors)
     return lambda rows: (users[rows] @ items.T).astype(np.float32)
 
