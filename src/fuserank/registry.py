@@ -70,22 +70,29 @@ def register_ranker(config: TrackingConfig, model_dir: Path, tags: Mapping[str, 
     """
     import lightgbm
     import mlflow.lightgbm
+    from mlflow.exceptions import MlflowException
 
     booster = lightgbm.Booster(model_str=(Path(model_dir) / MODEL_FILE).read_text(encoding="utf-8"))
     meta = json.loads((Path(model_dir) / FEATURES_FILE).read_text(encoding="utf-8"))
-    name = config.registered_model or None
     # pip_requirements given, so MLflow does not spend ~16 s inferring them by import tracing.
-    # Registration creates the registered model on first use: one process at a time on sqlite.
-    with store_lock(config):
-        info = mlflow.lightgbm.log_model(booster, name=MODEL_NAME, registered_model_name=name, metadata=meta,
-                                         pip_requirements=[f"lightgbm=={lightgbm.__version__}"])
-    if name is None:
+    info = mlflow.lightgbm.log_model(booster, name=MODEL_NAME, metadata=meta,
+                                     pip_requirements=[f"lightgbm=={lightgbm.__version__}"])
+    name = config.registered_model
+    if not name:
         return None
-    version = str(info.registered_model_version)
+    run_id = mlflow.active_run().info.run_id
     client = _client(config)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
-    return ModelVersionRef(name, version, mlflow.active_run().info.run_id)
+    # Through the client rather than log_model's registered_model_name, which prints to stderr
+    # (and ignores --quiet); one process at a time creates the registered model on sqlite.
+    with store_lock(config):
+        try:
+            client.create_registered_model(name, description="fuserank rankers: one version per train-evaluate run")
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = client.create_model_version(name, source=info.model_uri, run_id=run_id,
+                                              tags={k: str(v) for k, v in tags.items()}, model_id=info.model_id)
+    return ModelVersionRef(name, str(version.version), run_id)
 
 
 def resolve_model(config: TrackingConfig, uri: str) -> ModelVersionRef:
@@ -115,10 +122,15 @@ def resolve_model(config: TrackingConfig, uri: str) -> ModelVersionRef:
 def run_versions(config: TrackingConfig, run_id: str, name: str | None = None) -> list[ModelVersionRef]:
     """The versions of registered model `name` (default `config.registered_model`) logged by
     `run_id`, newest first (empty when none, or when the model does not exist)."""
+    from mlflow.exceptions import MlflowException
+
     name = name or config.registered_model
     if not name:
         return []
-    found = _client(config).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    try:
+        found = _client(config).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:  # a store without a model registry
+        return []
     return sorted((ModelVersionRef(name, str(v.version), v.run_id) for v in found),
                   key=lambda ref: -int(ref.version))
 

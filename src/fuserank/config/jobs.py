@@ -66,9 +66,10 @@ class ExportConfig:
     """Ranked lists for an A/B test (`fuserank export`).
 
     top_k: items per user (fewer only when fewer eligible items exist).
-    arms: arm name -> what the arm serves: "run" (the exported run), "run:<run id>" (another
-        trained run), "popular" (most-popular baseline) or "retrieval" (the exported run's stage 1
-        in stage-1 order).
+    arms: arm name -> what the arm serves: "run" (the exported run), "run:<run id>" or the bare
+        run id (another trained run), "models:/<name>@<alias>" or "models:/<name>/<version>" (a
+        registered model version), "popular" (most-popular baseline) or "retrieval" (the exported
+        run's stage 1 in stage-1 order).
     shares: arm name -> share of users; the shares and `holdout` sum to 1.
     holdout: share of users in arm "holdout", who get no list.
     salt: a user's bucket is sha256(salt + user_id), first 8 bytes big-endian, modulo 10,000.
