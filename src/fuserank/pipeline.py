@@ -32,6 +32,8 @@ from fuserank.encoders.behaviour import fit_behaviour
 from fuserank.ranking.features import build_features, select_features
 from fuserank.ranking.llm_features import LLMSignals, add_llm_features
 from fuserank.ranking.sequence_features import add_sequence_features, sequence_candidates
+from fuserank.retrieval.cold import SOURCE as COLD
+from fuserank.retrieval.cold import cold_candidates, content_vectors
 from fuserank.retrieval.collaborative import ItemItemModel, ease_candidates, fit_ease
 from fuserank.retrieval.fusion import fuse
 from fuserank.retrieval.index import ItemIndex, IVFPQSettings, build_index, merge_candidates, retrieve
@@ -54,6 +56,8 @@ class StageOne:
             normalised item vectors are the view "sequence" of `embeddings`.
         sequence_index: FAISS index over the sequence model's raw output embeddings (the
             model's scores are inner products with them).
+        cold_vectors: float32 (n_items, D) content-only fused item vectors, when
+            retrieval.cold_candidates > 0 (the "cold" source, retrieval/cold.py).
     """
 
     embeddings: dict[str, Embeddings]
@@ -63,6 +67,7 @@ class StageOne:
     ease: ItemItemModel | None = None
     sequence: SequenceModel | None = None
     sequence_index: ItemIndex | None = None
+    cold_vectors: np.ndarray | None = None
 
 
 def fit_stage_one(
@@ -123,7 +128,8 @@ def fit_stage_one(
     if behaviour.enabled and behaviour.ease_l2 > 0:
         ease = fit_ease(history, item_ids, behaviour.ease_l2, behaviour.ease_max_items)
     sequence_index = index_of(model.item_vectors) if model is not None and retrieval.sequence_candidates > 0 else None
-    return StageOne(embeddings, fused, index_of(fused), per_modality, ease, model, sequence_index)
+    cold_vectors = content_vectors(embeddings, fusion.weights) if retrieval.cold_candidates > 0 else None
+    return StageOne(embeddings, fused, index_of(fused), per_modality, ease, model, sequence_index, cold_vectors)
 
 
 def generate_candidates(
@@ -178,6 +184,10 @@ def generate_candidates(
                                           retrieval.sequence_candidates, retrieval.batch_size))
     if stage.ease is not None and retrieval.ease_candidates > 0:
         frames.append(ease_candidates(stage.ease, history, users, retrieval.ease_candidates, retrieval.batch_size))
+    if stage.cold_vectors is not None:
+        frames.append(cold_candidates(stage.cold_vectors, stage.index.item_ids, history, users,
+                                      retrieval.cold_candidates, retrieval.query_items, retrieval.recency_half_life,
+                                      retrieval.batch_size))
     if retrieval.popular_candidates > 0:
         frames.append(popular_candidates(history, users, retrieval.popular_candidates, ref_times))
     return merge_candidates(frames)
@@ -305,7 +315,8 @@ def candidate_sources(stage: StageOne, retrieval: RetrievalConfig) -> tuple[str,
         per_modality += [f"pop_{m}" for m in stage.modality_indexes]
     sequence = (SEQUENCE,) if stage.sequence_index is not None else ()
     ease = ("ease",) if stage.ease is not None and retrieval.ease_candidates > 0 else ()
-    return ("ann", *per_modality, *sequence, *ease, "popular")
+    cold = (COLD,) if stage.cold_vectors is not None else ()
+    return ("ann", *per_modality, *sequence, *ease, *cold, "popular")
 
 
 def rank_candidates(frame: pl.DataFrame, scores: np.ndarray, top_k: int) -> pl.DataFrame:

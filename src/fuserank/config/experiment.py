@@ -59,6 +59,13 @@ class SplitConfig:
         positives; stage 1 for that cut-off is fitted on the interactions before them.
     label_share: when > 0, replaces label_window: each cut-off takes the last floor(share x n)
         of a user's n remaining interactions (at least one), as a per-user random split does.
+    cold_items: the cold-item protocol (data/cutoffs.py): this share of the items is cold, and
+        every interaction with a cold item leaves every history (they keep content only); test
+        targets on them form the cold slice. Each earlier cut-off masks another share of items
+        the same way, so the ranker sees cold-like positives. 0 (the default) is off.
+    cold_rule: which items are cold: "hash" (a seeded hash of the item id) or "latest" (the
+        items whose first interaction is latest).
+    cold_seed: the hash's seed.
     """
 
     protocol: str = one_of("leave_last_out", ("leave_last_out", "global_time"))
@@ -70,6 +77,9 @@ class SplitConfig:
     label_cutoffs: int = ranged(3, "[1, inf)")
     label_window: int = ranged(1, "[1, inf)")
     label_share: float = ranged(0.0, "[0, 1)")
+    cold_items: float = ranged(0.0, "[0, 1)")
+    cold_rule: str = one_of("hash", ("hash", "latest"))
+    cold_seed: int = ranged(0, "[0, inf)")
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,9 @@ class RetrievalConfig:
     sequence_candidates: int = ranged(100, "[0, inf)")
     # From the EASE model when behaviour.ease_l2 > 0 (source ease)
     ease_candidates: int = ranged(100, "[0, inf)")
+    # Items without an interaction in the history, nearest to the user's content profile (source
+    # cold, retrieval/cold.py): the only way stage 1 reaches a cold item
+    cold_candidates: int = ranged(0, "[0, inf)")
     query_items: int = ranged(50, "[1, inf)")
     recency_half_life: float = ranged(10.0, "(0, inf)")  # in interactions, newest item has weight 1
     hnsw_m: int = ranged(32, "[2, inf)")

@@ -18,11 +18,19 @@ Two protocols (split.protocol):
 Ranker labels come from cut-offs further back, built the same way: under leave_last_out by
 stepping back through each user's train interactions, under global_time by cut times that step
 back through the train interactions by the share of interactions between the two cuts.
+
+The cold-item protocol (split.cold_items > 0) works on top of either: a share of the items is
+cold (`select_cold_items`), and every interaction with a cold item leaves every cut-off's
+history, so no model, statistic or candidate source learns from one; only test targets may name
+a cold item. The ranker still needs positives that look like that, so each earlier cut-off
+(labels, validation) also hides another share of items, chosen by the hash salted with the
+cut-off's name, from its own history while keeping its targets on them (`mask_cold_items`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -71,6 +79,8 @@ class Cutoffs:
         cold_test: test targets of users with no history before the test cut (global_time
             only; empty under leave_last_out).
         interactions: every interaction, sorted (export serves from all of them).
+        cold_items: the cold items of the cold-item protocol (empty when split.cold_items = 0):
+            none of their interactions is in any history.
     """
 
     protocol: str
@@ -79,6 +89,7 @@ class Cutoffs:
     test: Cutoff
     cold_test: pl.DataFrame
     interactions: pl.DataFrame
+    cold_items: frozenset[str] = frozenset()
 
 
 def build_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
@@ -92,6 +103,8 @@ def build_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
         cutoffs = global_time_cutoffs(interactions, split)
     else:
         cutoffs = cutoffs_from_split(leave_last_out(interactions, split.min_interactions), split)
+    if split.cold_items > 0:
+        cutoffs = mask_cold_items(cutoffs, split)
     if cutoffs.test.targets.is_empty():
         raise ProtocolError(_nobody_to_evaluate(interactions, split))
     if not cutoffs.labels:
@@ -221,3 +234,73 @@ def _time_cutoff(name: str, ordered: pl.DataFrame, cut: int, upper: int | None) 
     users = targets[schema.USER_ID].unique().sort()
     ref_times = pl.DataFrame({schema.USER_ID: users, schema.REF_TIME: pl.Series([cut] * len(users), dtype=pl.Int64)})
     return Cutoff(name, history, targets, ref_times)
+
+
+def select_cold_items(interactions: pl.DataFrame, share: float, rule: str = "hash", seed: int = 0,
+                      salt: str = "") -> frozenset[str]:
+    """The cold items: round(`share` x the items that have interactions), at least one.
+
+    Args:
+        interactions: schema.INTERACTIONS rows, sorted as data.split sorts them.
+        share: in (0, 1).
+        rule: "hash": the items whose blake2b hash of (seed, salt, item id) is smallest, so an
+            item's fate does not depend on the other items or the row order; "latest": the items
+            whose first interaction is latest (ties: the later first row).
+        seed, salt: what the hash is keyed with ("hash" only).
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"the cold share must be in (0, 1), got {share}")
+    first = (interactions.with_row_index("_row").group_by(schema.ITEM_ID)
+             .agg(pl.col(schema.TIMESTAMP).min(), pl.col("_row").min()))
+    n = max(1, round(share * first.height))
+    if rule == "latest":
+        chosen = first.sort([schema.TIMESTAMP, "_row"], descending=True).head(n)[schema.ITEM_ID]
+        return frozenset(chosen.to_list())
+    if rule != "hash":
+        raise ValueError(f"split.cold_rule: unknown rule {rule!r}; use 'hash' or 'latest'")
+    def key(item: str) -> bytes:
+        return hashlib.blake2b(f"{seed}\x1f{salt}\x1f{item}".encode(), digest_size=8).digest()
+
+    return frozenset(sorted(first[schema.ITEM_ID].to_list(), key=key)[:n])
+
+
+def mask_cold_items(cutoffs: Cutoffs, split: SplitConfig) -> Cutoffs:
+    """The cold-item protocol over `cutoffs` (split.cold_items > 0; see the module docstring).
+
+    Every cut-off's history loses the interactions with cold items. The test cut-off keeps its
+    targets on cold items (the cold slice); the label and validation cut-offs drop theirs (a
+    cold item trains nothing) and each hides a further share of the remaining items, keyed by
+    its name, from its history while keeping its targets on them: cold-like positives for the
+    ranker and for early stopping. A query whose history becomes empty is dropped; reference
+    times are recomputed from the masked history (leave_last_out) or stay the cut (global_time).
+    """
+    cold = select_cold_items(cutoffs.interactions, split.cold_items, split.cold_rule, split.cold_seed)
+    warm = cutoffs.interactions.filter(~pl.col(schema.ITEM_ID).is_in(list(cold)))
+
+    def earlier(cutoff: Cutoff) -> Cutoff:
+        hidden = select_cold_items(warm, split.cold_items, "hash", split.cold_seed, salt=cutoff.name)
+        return _masked(cutoff, cold | hidden, cold, cutoffs.protocol)
+
+    return replace(
+        cutoffs,
+        labels=tuple(earlier(c) for c in cutoffs.labels),
+        valid=earlier(cutoffs.valid),
+        test=_masked(cutoffs.test, cold, frozenset(), cutoffs.protocol),
+        cold_items=cold,
+    )
+
+
+def _masked(cutoff: Cutoff, hidden: frozenset[str], drop_targets: frozenset[str], protocol: str) -> Cutoff:
+    """`cutoff` with the `hidden` items' interactions out of its history and the targets on
+    `drop_targets` removed; only users with history left keep their queries."""
+    item = pl.col(schema.ITEM_ID)
+    history = cutoff.history.filter(~item.is_in(list(hidden)))
+    targets = cutoff.targets.filter(~item.is_in(list(drop_targets)))
+    targets = targets.join(history.select(schema.USER_ID).unique(), on=schema.USER_ID, how="semi")
+    users = targets[schema.USER_ID].unique().sort().to_list()
+    if protocol == "global_time":
+        wanted = pl.DataFrame({schema.USER_ID: pl.Series(users, dtype=pl.String)})
+        ref_times = cutoff.ref_times.join(wanted, on=schema.USER_ID, how="semi")
+    else:
+        ref_times = reference_times(history, users)
+    return Cutoff(cutoff.name, history, targets, ref_times)

@@ -19,6 +19,7 @@ from fuserank import schema
 from fuserank.config import RunConfig
 from fuserank.data.cutoffs import Cutoff, Cutoffs, build_cutoffs
 from fuserank.encoders.base import Embeddings
+from fuserank.evaluation.baselines import content_knn_rankings, random_rankings
 from fuserank.evaluation.scoring import (
     confidence_intervals,
     most_popular_rankings,
@@ -26,6 +27,7 @@ from fuserank.evaluation.scoring import (
     stage_one_rankings,
     stage_one_recall,
 )
+from fuserank.evaluation.slices import slice_metrics, user_slices
 from fuserank.jobs.distributed import candidate_features_dask, dask_client, fit_ranker_dask
 from fuserank.pipeline import cutoff_frame, rank_candidates
 from fuserank.progress import step
@@ -193,6 +195,7 @@ def _run_protocol(
             "fuserank": rank_candidates(test_frame, ranker.score(test_frame), top_k),
             "popular": most_popular_rankings(test.history, test.users, top_k),
             "retrieval": stage_one_rankings(test_candidates, top_k),
+            **baseline_rankings(test, item_ids, content, config, top_k),
         }
         frames = []
         for system, ranked in lists.items():
@@ -204,9 +207,23 @@ def _run_protocol(
         per_user = pl.concat(frames)
         metrics.update(confidence_intervals(per_user, "fuserank", "ndcg_at_10", "test_", seed=config.seed))
         metrics.update(cold_user_metrics(cutoffs, ks, n_items, top_k))
+        metrics.update(slice_metrics(per_user, user_slices(test), test_candidates, test.targets, "test_", config.seed))
         s.done(f"{len(test.users):,} test users, {len(lists)} systems")
     ranked = lists["fuserank"].filter(pl.col(schema.RANK) <= config.eval.top_k)
     return ProtocolResult(metrics, per_user, ranked, ranker, names)
+
+
+def baseline_rankings(cutoff: Cutoff, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+                      top_k: int) -> dict[str, pl.DataFrame]:
+    """The baselines that can recommend a cold item (evaluation/baselines.py): the content-only
+    kNN on text (when the run has text) and random, over every item the user has not seen."""
+    lists = {}
+    if "text" in content:
+        lists["content_knn"] = content_knn_rankings(cutoff.history, cutoff.users, content["text"].align(item_ids),
+                                                    top_k, config.retrieval.query_items,
+                                                    config.retrieval.recency_half_life)
+    lists["random"] = random_rankings(cutoff.history, cutoff.users, item_ids, top_k, config.seed)
+    return lists
 
 
 def cold_user_metrics(cutoffs: Cutoffs, ks: Sequence[int], n_items: int, top_k: int) -> dict[str, float]:
