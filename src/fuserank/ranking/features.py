@@ -28,6 +28,11 @@ from fuserank.retrieval.index import user_queries
 
 DAY = 86_400.0
 _ROW_CHUNK_BYTES = 64_000_000
+# Catalogs up to about 4,000 items index their item pairs with a dense table (16M slots).
+_DENSE_PAIRS = 1 << 24
+# Row products gather their operands in blocks that stay in the CPU cache: gathering the whole
+# (n, d) operand first streams it through memory, which cost ~10x the arithmetic.
+_CACHE_CHUNK_BYTES = 2_000_000
 
 def feature_group(name: str) -> str:
     """The group a feature belongs to (e.g. "cos_text_last" -> "text"); "other" if none matches."""
@@ -112,9 +117,52 @@ def user_profiles(
     return profiles
 
 
-def _chunks(n_rows: int, row_bytes: int) -> list[slice]:
-    step = max(1, _ROW_CHUNK_BYTES // max(row_bytes, 1))
+def _chunks(n_rows: int, row_bytes: int, chunk_bytes: int = _ROW_CHUNK_BYTES) -> list[slice]:
+    step = max(1, chunk_bytes // max(row_bytes, 1))
     return [slice(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]
+
+
+@dataclass(frozen=True)
+class RecentPairs:
+    """The distinct (candidate item, recent item) pairs of a candidate frame.
+
+    Attributes:
+        left, right: int64 (m,) item rows of each distinct pair (n_items: the zero padding row).
+        inverse: int64 (n, k) index into the pairs of each candidate's k newest history items.
+    """
+
+    left: np.ndarray
+    right: np.ndarray
+    inverse: np.ndarray
+
+
+def recent_pairs(user_rows: np.ndarray, item_rows: np.ndarray, hist: UserHistory, n_items: int) -> RecentPairs:
+    """Deduplicate the (candidate, recent item) pairs: a batch of users repeats the same pairs of
+    a catalog many times over, and a cosine depends on the pair alone."""
+    recent = hist.recent[user_rows]
+    codes = item_rows[:, None] * (n_items + 1) + np.where(recent >= 0, recent, n_items)
+    if (n_items + 1) ** 2 <= _DENSE_PAIRS:  # a table of every pair is cheaper than sorting the codes
+        seen = np.zeros((n_items + 1) ** 2, dtype=bool)
+        seen[codes] = True
+        unique = np.flatnonzero(seen)
+        slot = np.cumsum(seen, dtype=np.int64) - 1
+        inverse = slot[codes]
+    else:
+        unique, inverse = np.unique(codes, return_inverse=True)
+    return RecentPairs(unique // (n_items + 1), unique % (n_items + 1), inverse.reshape(recent.shape))
+
+
+def pair_cosines(padded: np.ndarray, pairs: RecentPairs) -> np.ndarray:
+    """float32 (n, k) inner products of `pairs` in `padded` (n_items + 1, d).
+
+    Computed once per distinct pair with the same einsum reduction over d as a per-row product,
+    so every value is bit for bit what the row-by-row product gives.
+    """
+    d = padded.shape[1]
+    distinct = np.empty(len(pairs.left), dtype=np.float32)
+    for part in _chunks(len(distinct), 4 * d, _CACHE_CHUNK_BYTES):
+        distinct[part] = np.einsum("nd,nd->n", padded[pairs.left[part]], padded[pairs.right[part]])
+    return distinct[pairs.inverse]
 
 
 def similarity_features(
@@ -124,6 +172,7 @@ def similarity_features(
     profile: np.ndarray,
     vectors: np.ndarray,
     prefix: str,
+    pairs: RecentPairs | None = None,
 ) -> dict[str, np.ndarray]:
     """Cosines between a candidate and the user's history in one modality.
 
@@ -134,6 +183,7 @@ def similarity_features(
         profile: float32 (n_users, d) unit profile vector per user of `hist` (see user_profiles).
         vectors: float32 (n_items, d), L2-normalised rows (zero rows for items without this modality).
         prefix: start of the feature names, e.g. "cos_text".
+        pairs: `recent_pairs` of these rows (the same for every modality; None: computed here).
 
     Returns:
         float32 (n,) arrays: `<prefix>_profile` (recency-weighted mean profile), `<prefix>_last`
@@ -143,24 +193,21 @@ def similarity_features(
     """
     d = vectors.shape[1]
     padded = np.vstack([vectors, np.zeros((1, d), dtype=np.float32)])  # row -1 -> zeros
-    k = hist.recent.shape[1]
     # How alike the user's newest items are in this modality: the mean pairwise cosine, from the
     # norm of their sum. High when the user's taste lives in this modality.
     total = padded[hist.recent].sum(axis=1)
     n = (hist.recent >= 0).sum(axis=1)
     coherence = np.where(n > 1, (np.einsum("ud,ud->u", total, total) - n) / np.maximum(n * (n - 1), 1), 0.0)
     out = {name: np.zeros(len(item_rows), dtype=np.float32) for name in ("profile", "last", "max_recent", "mean_recent")}
-    valid_recent = hist.recent >= 0
-    for part in _chunks(len(item_rows), 4 * d * (k + 2)):
-        cand = padded[item_rows[part]]
-        users = user_rows[part]
-        out["profile"][part] = np.einsum("nd,nd->n", cand, profile[users])
-        sims = np.einsum("nd,nkd->nk", cand, padded[hist.recent[users]])
-        mask = valid_recent[users]
-        out["last"][part] = sims[:, 0]
-        out["max_recent"][part] = np.where(mask, sims, -1.0).max(axis=1)
-        count = np.maximum(mask.sum(axis=1), 1)
-        out["mean_recent"][part] = np.where(mask, sims, 0.0).sum(axis=1) / count
+    for part in _chunks(len(item_rows), 4 * d, _CACHE_CHUNK_BYTES):
+        out["profile"][part] = np.einsum("nd,nd->n", padded[item_rows[part]], profile[user_rows[part]])
+    pairs = pairs if pairs is not None else recent_pairs(user_rows, item_rows, hist, len(vectors))
+    sims = pair_cosines(padded, pairs)
+    mask = hist.recent[user_rows] >= 0
+    out["last"][:] = sims[:, 0]
+    out["max_recent"][:] = np.where(mask, sims, -1.0).max(axis=1)
+    count = np.maximum(mask.sum(axis=1), 1)
+    out["mean_recent"][:] = np.where(mask, sims, 0.0).sum(axis=1) / count
     out["coherence"] = coherence[user_rows].astype(np.float32)
     out["profile_z"] = within_user_z(user_rows, out["profile"])
     return {f"{prefix}_{name}": values for name, values in out.items()}
@@ -310,9 +357,10 @@ def build_features(
     for name in sources:
         columns[f"from_{name}"] = (source == name).astype(np.float32)
     views = {"fused": fused} | {f"cos_{m}": emb.vectors for m, emb in embeddings.items()}
+    pairs = recent_pairs(user_rows, item_rows, hist, len(item_ids))
     for prefix, vectors in views.items():
         profile = user_profiles(history, hist, item_ids, vectors, profile_items, half_life)
-        columns.update(similarity_features(user_rows, item_rows, hist, profile, vectors, prefix))
+        columns.update(similarity_features(user_rows, item_rows, hist, profile, vectors, prefix, pairs))
     if ease is not None:
         score = ease_feature(ease, history, users, user_rows, item_rows)
         columns["ease_score"] = score
