@@ -18,6 +18,10 @@ from fuserank.retrieval.index import seen_rows
 from fuserank.schema import ITEM_ID, RETRIEVAL_RANK, RETRIEVAL_SCORE, SOURCE, USER_ID
 
 
+# Cells (distinct reference times x items) of one block of popularity rankings.
+_RANKING_CELLS = 1 << 21
+
+
 class Timeline:
     """Counts, value sums, first and last times of keyed events up to any time.
 
@@ -157,17 +161,45 @@ def popular_as_of(timeline: Timeline, seen: Sequence[np.ndarray], ref: np.ndarra
     """
     rows_out: list[np.ndarray] = [np.empty(0, np.int64)] * len(ref)
     counts_out: list[np.ndarray] = [np.empty(0, np.int64)] * len(ref)
-    # Users sharing a reference time share one ranking: one sort per distinct time.
-    order = np.argsort(ref, kind="stable")
-    times, starts = np.unique(ref[order], return_index=True)
-    for time, group in zip(times, np.split(order, starts[1:])):
-        counts = timeline.counts_at(int(time))
-        ranking = np.lexsort((tie_rank, -counts))
-        ranking = ranking[counts[ranking] > 0]
-        for user in group:
-            head = ranking[: n + len(seen[user])]
-            head = head[~np.isin(head, seen[user])][:n]
-            rows_out[user], counts_out[user] = head, counts[head]
+    n_keys = timeline.n_keys
+    if not len(ref) or not n_keys or n < 1:
+        return rows_out, counts_out
+    n_seen = np.array([len(s) for s in seen], dtype=np.int64)
+    # The ranking's order as one unique integer per item: count descending, then tie_rank, then
+    # row (what a stable lexsort on (tie_rank, -count) gives), so a partial sort finds each head.
+    tie_pos = np.empty(n_keys, dtype=np.int64)
+    tie_pos[np.lexsort((np.arange(n_keys), tie_rank))] = np.arange(n_keys)
+    # Users sharing a reference time share one ranking; distinct times go in blocks of rows.
+    times, time_of_user = np.unique(ref, return_inverse=True)
+    block = max(1, _RANKING_CELLS // n_keys)
+    for first in range(0, len(times), block):
+        span = times[first:first + block]
+        users = np.flatnonzero((time_of_user >= first) & (time_of_user < first + len(span)))
+        row = time_of_user[users] - first
+        counts = timeline.count(np.tile(np.arange(n_keys, dtype=np.int64), len(span)),
+                                np.repeat(span, n_keys)).reshape(len(span), n_keys)
+        order_key = -counts * n_keys + tie_pos
+        depth = int(min(n + n_seen[users].max(), n_keys))
+        head = np.argpartition(order_key, depth - 1, axis=1)[:, :depth] if depth < n_keys else \
+            np.broadcast_to(np.arange(n_keys), order_key.shape)
+        head = np.take_along_axis(head, np.argsort(np.take_along_axis(order_key, head, 1), axis=1), 1)
+        positive = (np.take_along_axis(counts, head, 1) > 0).sum(axis=1)  # positives lead each head
+        # Each user's head: the first n + (items seen) of its time's ranking, seen items dropped, n kept.
+        length = np.minimum(n + n_seen[users], positive[row])
+        owner = np.repeat(np.arange(len(users)), length)
+        within = np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length)
+        items = head[row[owner], within]
+        mine = np.concatenate([seen[u] for u in users]) if len(users) else np.empty(0, np.int64)
+        mine_owner = np.repeat(np.arange(len(users)), n_seen[users])
+        keep = ~np.isin(owner * n_keys + items, mine_owner * n_keys + mine.astype(np.int64))
+        kept = np.cumsum(keep) - np.repeat(np.cumsum(np.bincount(owner[keep], minlength=len(users))) -
+                                           np.bincount(owner[keep], minlength=len(users)), length)
+        keep &= kept <= n
+        items, owner = items[keep], owner[keep]
+        found = counts[row[owner], items]
+        bounds = np.cumsum(np.bincount(owner, minlength=len(users)))[:-1]
+        for user, r, c in zip(users, np.split(items, bounds), np.split(found, bounds)):
+            rows_out[user], counts_out[user] = r, c
     return rows_out, counts_out
 
 
