@@ -221,3 +221,15 @@ def test_cold_slice_ranks_over_unseen_items_and_most_popular_scores_zero(cold_ru
     ranked = result.ranked
     assert not ranked.filter(ITEM.is_in(list(cutoffs.cold_items))).is_empty()
     assert ranked.join(cutoffs.test.history, on=[schema.USER_ID, schema.ITEM_ID], how="semi").is_empty()
+
+
+def test_the_run_summary_prints_the_slice_table(cold_run):
+    from fuserank.jobs.train_evaluate import format_summary
+
+    _, result, _ = cold_run
+    text = format_summary(result.metrics)
+    assert "test_ndcg_at_10_gain_vs_content_knn" in text and "_slice_" not in text
+    table = text.split("\n\n")[-1].splitlines()
+    assert table[0].split()[:2] == ["slice", "users"]
+    assert [line.split()[0] for line in table[1:]] == ["warm", "cold", "history_1_5", "history_6_20",
+                                                     "history_21_100", "history_over_100"]

@@ -92,6 +92,10 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(tiny_run):
     assert run.info.status == "FINISHED"
     metrics = json.loads((root / "outputs" / "tiny" / "metrics.json").read_text())
     assert run.data.metrics["test_ndcg_at_10"] == pytest.approx(metrics["test_ndcg_at_10"])
+    # the slices (issue 17): by the target's kind and the user's history length, with CIs
+    for key in ("test_slice_warm_ndcg_at_10", "test_slice_warm_recall_at_10_ci_low", "test_slice_cold_n_users",
+                "test_slice_history_6_20_n_users"):
+        assert run.data.metrics[key] == pytest.approx(metrics[key]), key
     assert metrics["run_id"] == run.info.run_id
     assert run.data.params["ranker.learning_rate"] == "0.05"
     assert run.data.tags["data_hash"]
@@ -138,7 +142,10 @@ def test_ablate_command_reports_every_modality_and_logs_the_table(tiny_run, caps
     assert main(["ablate", "--config", str(config_path), "--quiet", "--set", "run_name=ablation"]) == 0
     out = capsys.readouterr().out
     table = pl.read_csv(root / "outputs" / "ablation" / "ablation.csv")
-    assert table["variant"].to_list() == ["full", "without_text", "without_behaviour"]
+    variants = table["variant"].to_list()
+    assert [v for v in variants if not v.startswith("baseline_")] == ["full", "without_text", "without_behaviour"]
+    assert {"baseline_popular", "baseline_content_knn", "baseline_random"} <= set(variants)
+    assert {"warm_test_ndcg_at_10", "cold_delta_ci_low", "cold_users"} <= set(table.columns)
     assert "without_behaviour" in out
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id], "tags.kind = 'ablation'")

@@ -22,6 +22,7 @@ from fuserank.ranking.llm_features import VIEWS as LLM_VIEWS
 from fuserank.ranking.llm_features import LLMSignals, prepare_llm
 from fuserank.evaluation import plots
 from fuserank.evaluation.protocol import ProtocolResult, make_cutoffs, run_protocol
+from fuserank.evaluation.slices import format_slices
 from fuserank.data.sources import resolve
 
 HEADLINE = (
@@ -227,7 +228,10 @@ def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
             metrics = dict(data.media)
             for row in table.iter_rows(named=True):
                 for key in ("test_ndcg_at_10", "ci_low", "ci_high", "delta_vs_full", "delta_ci_low", "delta_ci_high"):
-                    metrics[f"{row['variant']}_{key}"] = row[key]
+                    for kind in ("", "warm_", "cold_"):  # every user, then the slices (NaN: empty slice)
+                        value = row.get(f"{kind}{key}")
+                        if value is not None and value == value:
+                            metrics[f"{row['variant']}_{kind}{key}"] = value
             tracking.log_metrics(metrics)
             tracking.log_artifacts([("", path) for path in paths])
     return table, folder
@@ -236,7 +240,8 @@ def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
 def format_summary(metrics: dict[str, float]) -> str:
     """The headline numbers as aligned lines, with bootstrap 95% CIs where the run has them."""
     keys = sorted(k for k in metrics if k.startswith("test_stage1_recall_at_")) + list(HEADLINE)
-    keys += sorted(k.removesuffix("_ci_low") for k in metrics if "_gain_vs_" in k and k.endswith("_ci_low"))
+    keys += sorted(k.removesuffix("_ci_low") for k in metrics
+                   if "_gain_vs_" in k and k.endswith("_ci_low") and "_slice_" not in k)
     keys = [k for k in keys if k in metrics or f"{k}_ci_low" in metrics] + ["wall_seconds"]
     width = max(len(k) for k in keys)
     lines = []
@@ -246,4 +251,6 @@ def format_summary(metrics: dict[str, float]) -> str:
         if f"{k}_ci_low" in metrics:
             value += f"  95% CI [{metrics[f'{k}_ci_low']:.4f}, {metrics[f'{k}_ci_high']:.4f}]"
         lines.append(f"{k:<{width}}  {value}")
+    if any(k.startswith("test_slice_") for k in metrics):  # slices: by the target's kind and history length
+        lines += ["", format_slices(metrics)]
     return "\n".join(lines)
