@@ -84,7 +84,9 @@ def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
                          schema.ITEM_ID: pl.Series(item_ids).gather(picks)}).unique()
     before_mb = peak_rss_mb()
     start = time.perf_counter()
-    pool = popularity_pool(seen, item_ids)
+    # The pool counts through popularity.item_counts, which reads times and ratings.
+    pool = popularity_pool(seen.with_columns(pl.lit(0, pl.Int64).alias(schema.TIMESTAMP),
+                                             pl.lit(None, pl.Float64).alias(schema.RATING)), item_ids)
     plans = plan_arms({"control": "popular", "treatment": "popular"}, {"control": 0.45, "treatment": 0.45}, 0.1)
     assignments = assign_arms(users.to_list(), plans, "bench").with_columns(pl.lit(False).alias(schema.COLD_START))
     assign_seconds = time.perf_counter() - start
@@ -94,7 +96,7 @@ def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
                          on=schema.USER_ID, how="semi")
         return popular_lists(pool, mine, us, top_k)
 
-    servers = {arm: Server(None, "most-popular", lists) for arm in ("control", "treatment")}
+    servers = {arm: Server(None, "most-popular", lists, clean=True) for arm in ("control", "treatment")}
     served = assignments.filter(pl.col(schema.ARM) != "holdout")
     batches = export_batches(served, servers, seen, pool, top_k, True, 10_000)
     out = WORK / f"write-{n_users}"

@@ -237,6 +237,9 @@ class Server:
         booster_sha256: sha256 of the booster text the lists are scored with (None: no booster).
         registered: the registered model version served: {"name", "version", "alias", "uri"}
             (alias None when named by number); None when the booster is no registered version.
+        clean: the lists already keep the guarantees (no duplicate, no item the export drops as
+            seen, ranks 1..n in row order, at most K), as `popular_lists` builds them; the
+            export then only tops up short lists instead of cleaning every row again.
     """
 
     run_id: str | None
@@ -244,6 +247,7 @@ class Server:
     lists: Callable[[Sequence[str]], pl.DataFrame]
     booster_sha256: str | None = None
     registered: Mapping[str, str | None] | None = None
+    clean: bool = False
 
 
 def export_batches(
@@ -266,9 +270,15 @@ def export_batches(
         exclude_seen: leave out seen items (also from the top-up).
         batch_users: users per batch.
     """
+    # Sorted once, so each batch (a range of user ids) reads only its own slice of the history
+    # instead of joining the whole of it: a million users is a hundred batches.
+    seen = seen.select(USER_ID, ITEM_ID).sort(USER_ID)
+    seen_users = seen[USER_ID]
     for start in range(0, assignments.height, batch_users):
         batch = assignments.slice(start, batch_users)
-        batch_seen = seen.join(batch.select(USER_ID), on=USER_ID, how="semi")
+        first, last = (batch[USER_ID].min(), batch[USER_ID].max()) if batch.height else ("", "")
+        low, high = seen_users.search_sorted(first, "left"), seen_users.search_sorted(last, "right")
+        batch_seen = seen.slice(low, high - low).join(batch.select(USER_ID), on=USER_ID, how="semi")
         drop = batch_seen if exclude_seen else None
         frames = []
         for arm, server in servers.items():
@@ -278,7 +288,9 @@ def export_batches(
             parts = []
             if warm:
                 # Clean first (duplicates, seen items), then top up only the lists left short.
-                ranked = complete_lists(server.lists(warm), schema.empty_frame(schema.RANKED_LIST), drop, k)
+                ranked = server.lists(warm)
+                if not server.clean:
+                    ranked = complete_lists(ranked, schema.empty_frame(schema.RANKED_LIST), drop, k)
                 full = set(ranked.group_by(USER_ID).len().filter(pl.col("len") >= k)[USER_ID].to_list())
                 short = [u for u in warm if u not in full]
                 if short:
@@ -295,7 +307,11 @@ def export_batches(
                     )
                 )
         if frames:
-            out = pl.concat(frames).sort(USER_ID, RANK)
+            # Sorted by (user_id, rank) through one integer, the user's position in the batch
+            # then the rank: ~5x faster than sorting the strings (a user has each rank once).
+            position = batch.select(USER_ID).sort(USER_ID).with_row_index("_position")
+            out = (pl.concat(frames).join(position, on=USER_ID, how="left", maintain_order="left")
+                   .sort(pl.col("_position").cast(pl.Int64) * 2**32 + pl.col(RANK)).drop("_position"))
         else:
             out = schema.empty_frame(schema.EXPORT_LIST)
         yield out.select([pl.col(c).cast(t) for c, t in schema.EXPORT_LIST.items()])

@@ -247,7 +247,7 @@ def export(
                         on=schema.USER_ID, how="semi")
                     return popular_lists(pool, mine, users, k)
 
-                servers[plan.name] = Server(None, "most-popular", lists)
+                servers[plan.name] = Server(None, "most-popular", lists, clean=True)
                 continue
             run = arm_runs[plan.source]
             if run.run_id not in stages:
