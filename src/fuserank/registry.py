@@ -21,7 +21,7 @@ import polars as pl
 from fuserank import schema
 from fuserank.config import TrackingConfig
 from fuserank.ranking.ranker import FEATURES_FILE, MODEL_FILE
-from fuserank.tracking import CONTEXT_TAG, TABLE_TAG, _prepare_store, store_lock
+from fuserank.tracking import CONTEXT_TAG, TABLE_TAG, prepare_store, store_lock
 
 MODEL_NAME = "ranker"  # the logged model's name inside its run
 # models:/NAME@ALIAS or models:/NAME/VERSION
@@ -55,7 +55,7 @@ def is_model_uri(text: str) -> bool:
 def _client(config: TrackingConfig) -> Any:
     from mlflow.tracking import MlflowClient
 
-    _prepare_store(config)
+    prepare_store(config)
     return MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
 
 
@@ -170,7 +170,7 @@ def download_ranker(config: TrackingConfig, ref: ModelVersionRef, dst: Path) -> 
     import mlflow.artifacts
     import yaml
 
-    _prepare_store(config)
+    prepare_store(config)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst / "mlflow"),
                                                      tracking_uri=config.tracking_uri))
     spec = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8")) or {}

@@ -29,7 +29,7 @@ def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _prepare_store(config: TrackingConfig) -> None:
+def prepare_store(config: TrackingConfig) -> None:
     """Point MLflow at the store; a new sqlite store gets its tables under the store lock."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -81,7 +81,7 @@ def experiment_id(config: TrackingConfig) -> str:
     """The id of the configured experiment, created with artifacts under `artifact_root`."""
     import mlflow
 
-    _prepare_store(config)
+    prepare_store(config)
     with store_lock(config):  # two jobs must not both find it missing and both create it
         found = mlflow.get_experiment_by_name(config.experiment)
         if found is not None:
@@ -207,7 +207,7 @@ def search_runs(
     """
     from mlflow.tracking import MlflowClient
 
-    _prepare_store(config)
+    prepare_store(config)
     client = MlflowClient(tracking_uri=config.tracking_uri)
     if run_ids:
         runs = [client.get_run(run_id) for run_id in run_ids]
@@ -262,7 +262,7 @@ def download_artifact(config: TrackingConfig, run_id: str, artifact_path: str, d
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    _prepare_store(config)
+    prepare_store(config)
     dst.mkdir(parents=True, exist_ok=True)
     try:
         local = mlflow.artifacts.download_artifacts(
