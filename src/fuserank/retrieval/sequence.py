@@ -40,7 +40,7 @@ from fuserank.retrieval.sequence_training import (
 from fuserank.torch_threads import torch_threads
 
 if TYPE_CHECKING:
-    from fuserank.retrieval.sequence_model import SASRec
+    from fuserank.retrieval.sequence_model import SASRec  # imports torch: loaded only when a model runs
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from fuserank.evaluation.metrics import ndcg_at_k
 if TYPE_CHECKING:
     import torch
 
-    from fuserank.retrieval.sequence_model import SASRec
+    from fuserank.retrieval.sequence_model import SASRec  # imports torch: loaded only when a model runs
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def training_sequences(history: pl.DataFrame, item_ids: Sequence[str], max_lengt
 def build_network(n_items: int, config: SequenceConfig, device: str) -> SASRec:
     """A freshly initialised SASRec on `device` (initialised from torch's global generator)."""
     # torch is heavy: imported only when a network is built, so `import fuserank` stays fast.
-    from fuserank.retrieval.sequence_model import SASRec
+    from fuserank.retrieval.sequence_model import SASRec  # imports torch: loaded only when a model runs
 
     network = SASRec(n_items, config.max_length, config.dim, config.blocks, config.heads, config.dropout)
     return network.to(device)
@@ -138,7 +138,7 @@ def _train_epoch(network: SASRec, optimiser: torch.optim.Optimizer, train: Seque
     """One pass over `train` in a seeded random order; returns the mean batch loss."""
     import torch
 
-    from fuserank.retrieval.sequence_model import PAD, left_pad
+    from fuserank.retrieval.sequence_model import PAD, left_pad  # imports torch: loaded only when a model runs
 
     order = torch.randperm(len(train), generator=generator).tolist()
     batches = [order[start:start + config.batch_size] for start in range(0, len(order), config.batch_size)]
@@ -181,7 +181,7 @@ def _loss(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, ne
 def validation_ndcg(network: SASRec, data: Sequences, device: str) -> float:
     """Mean NDCG@10 of the validation targets, each ranked against the whole catalog minus the
     user's other history items: metrics.ndcg_at_k (the one NDCG) on catalog indices."""
-    from fuserank.retrieval.sequence_model import last_hidden
+    from fuserank.retrieval.sequence_model import last_hidden  # imports torch: loaded only when a model runs
 
     states = last_hidden(network, list(data.valid_inputs), device)
     weights = network.item_weights.detach().cpu().numpy()
