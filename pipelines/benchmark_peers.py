@@ -112,8 +112,12 @@ def budget_table(details: dict[str, dict]) -> str:
             continue
         chosen = ", ".join(f"{k}={v}" for k, v in d.get("params", {}).items() if k in d.get("tuned_axes", ()))
         edges = ", ".join(f"{k} ({v})" for k, v in d.get("edge_choices", {}).items()) or "none"
+        seconds = f"{d['seconds']:.0f}"
+        if d.get("from_cache"):
+            seconds += f" ({d['from_cache']} fits cached" + (
+                f"; {d['fit_seconds_when_fitted']:.0f} s when fitted)" if "fit_seconds_when_fitted" in d else ")")
         lines.append(f"| {system} | {d.get('grid_size', 1)} | {d.get('validation_fits', 0)} | {chosen or '-'} | "
-                     f"{edges} | {d['seconds']:.0f} |")
+                     f"{edges} | {seconds} |")
     return "\n".join(lines)
 
 

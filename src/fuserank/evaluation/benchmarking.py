@@ -59,8 +59,13 @@ class PeerResult:
 
     def record(self, library: str) -> dict[str, Any]:
         """The JSON-ready details a benchmark keeps for this peer."""
+        metas = [row["fit"] for row in self.tuning if "fit" in row] + ([self.test_meta] if self.test_meta else [])
+        # A fit loaded from a cache took no time in this run; its meta keeps the time it took when fitted.
+        fitted = [m["fit_seconds"] for m in metas if "fit_seconds" in m]
         return {"library": library, "params": dict(self.params), "tuning": self.tuning, "seconds": self.fit_seconds,
                 "grid_size": self.grid_size, "validation_fits": len(self.tuning), "edge_choices": dict(self.edges),
+                "from_cache": sum(bool(m.get("from_cache")) for m in metas),
+                **({"fit_seconds_when_fitted": sum(fitted)} if fitted else {}),
                 **({"test_fit": dict(self.test_meta)} if self.test_meta else {})}
 
 

@@ -12,6 +12,7 @@ pipelines/peer_envs/rectools.lock.txt through peer_env (built on first use, minu
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,11 @@ def run_fuserank_sequence(cutoffs: Cutoffs, item_ids: Sequence[str], config: Seq
     """
 
     def rank(params: Mapping[str, Any], history: pl.DataFrame, users: Sequence[str]) -> tuple[pl.DataFrame, dict]:
+        start = time.perf_counter()
         model = fit_sequence_model(history, item_ids, config, seed, cache_dir)
         meta = {"epochs": model.epochs, "best_epoch": model.best_epoch,
-                "inner_valid_ndcg_at_10": model.best_valid_ndcg, "from_cache": model.from_cache}
+                "inner_valid_ndcg_at_10": model.best_valid_ndcg, "from_cache": model.from_cache,
+                **({} if model.from_cache else {"fit_seconds": time.perf_counter() - start})}
         return model.recommend(history, users, k), meta
 
     return tune_and_test("fuserank_sasrec", rank, (dataclasses.asdict(config),), cutoffs, k)
