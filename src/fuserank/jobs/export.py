@@ -7,6 +7,7 @@ end, so a failure never leaves a partial export behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -36,6 +37,8 @@ from fuserank.jobs.arms import (
     ranker_lists,
     retrieval_lists,
 )
+from fuserank.jobs.distributed import dask_client
+from fuserank.jobs.distributed_export import export_batches_dask
 from fuserank.pipeline import fit_stage
 from fuserank.progress import bar, is_quiet, step
 from fuserank.ranking.ranker import MODEL_FILE
@@ -294,8 +297,13 @@ def export(
             "cold_start_fallback": "most-popular items of the whole catalog (interaction count, ties by item_id)",
         }
         n_batches = -(-served.height // settings.batch_users)
-        manifest = write_export(out, bar(batches, desc="export", total=n_batches, unit="batch"), assignments,
-                                plans, servers, facts, unknown, settings.format)
+        with contextlib.ExitStack() as cluster:
+            if config.dask.enabled:  # each batch scored on a worker, written here in order
+                client = cluster.enter_context(dask_client(config.dask))
+                batches = export_batches_dask(client, served, servers, history.select(schema.USER_ID, schema.ITEM_ID),
+                                              pool, k, exclude, settings.batch_users)
+            manifest = write_export(out, bar(batches, desc="export", total=n_batches, unit="batch"), assignments,
+                                    plans, servers, facts, unknown, settings.format)
     return manifest, out
 
 

@@ -1,0 +1,72 @@
+"""`fuserank export` on a Dask cluster: every batch of users is scored on a worker.
+
+The local export (jobs/export.py) builds one batch of users at a time with
+`arms.export_batches` and streams it into the lists file. Here each batch is one Dask task:
+the worker runs the same `export_batches` on its batch alone (candidates, features, the
+booster, top-K, the list guarantees) and sends back only the batch's ranked lists, K rows per
+user. The driver writes them in batch order, so the files are byte for byte those of the local
+export.
+
+What is sent where: the arm servers (stage 1 with its FAISS index, the booster, the history they
+read) and the popularity pool are scattered to every worker once; each task then carries its
+batch's assignments and that batch's slice of the seen items. At most `ahead` batches are in
+flight, so the driver holds a bounded number of finished lists whatever the number of users.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import polars as pl
+
+from fuserank.jobs.arms import Server, export_batches
+from fuserank.jobs.distributed import n_workers
+from fuserank.schema import ITEM_ID, USER_ID
+
+
+def _export_batch(batch: pl.DataFrame, batch_seen: pl.DataFrame, shared: tuple) -> pl.DataFrame:
+    """The lists of one batch, as the local loop builds them (runs on a worker)."""
+    servers, pool, k, exclude_seen = shared
+    return next(export_batches(batch, servers, batch_seen, pool, k, exclude_seen, max(batch.height, 1)))
+
+
+def export_batches_dask(
+    client: Any,
+    assignments: pl.DataFrame,
+    servers: Mapping[str, Server],
+    seen: pl.DataFrame,
+    pool: pl.DataFrame,
+    k: int,
+    exclude_seen: bool,
+    batch_users: int,
+    ahead: int = 0,
+) -> Iterator[pl.DataFrame]:
+    """`arms.export_batches` with every batch built on the cluster; same frames, same order.
+
+    Args:
+        client: a connected `distributed.Client` (jobs.distributed.dask_client).
+        assignments, servers, seen, pool, k, exclude_seen, batch_users: as in `arms.export_batches`.
+        ahead: batches in flight at once; 0 means two per worker.
+
+    Yields:
+        schema.EXPORT_LIST frames, one per batch of `batch_users` users in user_id order.
+    """
+    ahead = ahead or 2 * n_workers(client)
+    # Scattered once to every worker: stage 1, boosters and pools are the same for every batch.
+    (shared,) = client.scatter([(dict(servers), pool, k, exclude_seen)], broadcast=True)
+    seen = seen.select(USER_ID, ITEM_ID).sort(USER_ID)
+    seen_users = seen[USER_ID]
+    pending: deque = deque()
+    for start in range(0, assignments.height, batch_users):
+        batch = assignments.slice(start, batch_users)
+        first, last = batch[USER_ID].min(), batch[USER_ID].max()
+        low, high = seen_users.search_sorted(first, "left"), seen_users.search_sorted(last, "right")
+        batch_seen = seen.slice(low, high - low).join(batch.select(USER_ID), on=USER_ID, how="semi")
+        # pure=False: a batch is never deduplicated with another task; retries rerun it whole.
+        pending.append(client.submit(_export_batch, batch, batch_seen, shared, pure=False))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()

@@ -1,0 +1,103 @@
+"""`fuserank export` with dask.enabled: batches scored on a 2-worker LocalCluster, files byte for
+byte those of the local export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from fuserank.config import DaskConfig, load_config
+from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
+from fuserank.jobs.export import export
+from fuserank.jobs.train_evaluate import train_evaluate
+from tiny_models import save_tiny_bert
+
+pytest.importorskip("distributed")
+
+from fuserank.jobs.distributed import dask_client  # noqa: E402
+
+ARMS = ["export.arms={control: popular, treatment: run, plain: retrieval}",
+        "export.shares={control: 0.3, treatment: 0.4, plain: 0.2}", "export.holdout=0.1", "export.top_k=20",
+        "export.batch_users=17", "export.salt=exp-dask"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    with dask_client(DaskConfig(enabled=True, n_workers=2, threads_per_worker=1)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dask_export")
+    items, interactions = generate_catalog(n_items=100, n_users=80, seed=9)
+    items_path, interactions_path = write_catalog(root / "catalog", items, interactions)
+    model = save_tiny_bert(root / "bert", words=["a", "story", "number", *GENRES])
+    config = {
+        "seed": 4, "output_dir": str(root / "outputs"), "run_name": "tiny",
+        "data": {"dataset": "catalog", "items_path": str(items_path), "interactions_path": str(interactions_path)},
+        "sources": {"cache_dir": str(root / "cache"), "text_model": str(model)},
+        "split": {"label_cutoffs": 1},
+        "retrieval": {"ann_candidates": 30, "popular_candidates": 10},
+        "ranker": {"n_estimators": 20, "min_child_samples": 10, "n_jobs": 1},
+        "tracking": {"tracking_uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+                     "artifact_root": str(root / "mlruns" / "artifacts"), "experiment": "dask-export"},
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    _, folder = train_evaluate(load_config(path, []))
+    return root, path, json.loads((folder / "metrics.json").read_text())["run_id"]
+
+
+@pytest.mark.slow  # trains a tiny run (~30 s on 2 busy cores), then exports it twice
+def test_cluster_export_writes_the_local_files_byte_for_byte(client, tiny_run):
+    root, path, run_id = tiny_run
+    local, local_dir = export(load_config(path, ARMS), root / "local", run_id=run_id)
+    spread, spread_dir = export(load_config(path, [*ARMS, "dask.enabled=true"]), root / "spread", run_id=run_id)
+    assert local["users"]["total"] == 80 and local["rows"] > 0
+    for name in ("ranked_lists.parquet", "assignments.parquet"):
+        assert (spread_dir / name).read_bytes() == (local_dir / name).read_bytes(), name
+    assert {k: v for k, v in spread.items() if k != "created_at"} == {k: v for k, v in local.items() if k != "created_at"}
+
+
+def _kill_a_worker_while_it_exports(client, killed: list) -> None:
+    """Wait until a worker runs an export batch, then end its process (its nanny restarts it)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for worker, keys in client.processing().items():
+            if any("_export_batch" in str(key) for key in keys):
+                killed.append(worker)
+                try:  # runs in the worker's event loop, beside the busy task thread
+                    client.run(os._exit, 1, workers=[worker])
+                except Exception:  # noqa: BLE001 - the worker dies before it can answer
+                    pass
+                return
+        time.sleep(0.02)
+
+
+@pytest.mark.slow  # exports the tiny run twice more (~1 min on 2 busy cores)
+def test_a_worker_killed_mid_export_is_retried_and_the_files_do_not_change(client, tiny_run):
+    import threading
+
+    from distributed import get_task_stream
+
+    root, path, run_id = tiny_run
+    _, local_dir = export(load_config(path, ARMS), root / "local-2", run_id=run_id)
+    before = set(client.scheduler_info()["workers"])
+    killed: list = []
+    killer = threading.Thread(target=_kill_a_worker_while_it_exports, args=(client, killed))
+    with get_task_stream(client) as stream:
+        killer.start()
+        _, spread_dir = export(load_config(path, [*ARMS, "dask.enabled=true"]), root / "killed", run_id=run_id)
+        killer.join()
+    assert killed and killed[0] in before, "no worker was running an export batch"
+    assert any("_export_batch" in str(task["key"]) for task in stream.data)  # batches ran on the workers
+    client.wait_for_workers(2, timeout=60)
+    assert set(client.scheduler_info()["workers"]) != before  # the killed worker came back as a new one
+    for name in ("ranked_lists.parquet", "assignments.parquet"):
+        assert (spread_dir / name).read_bytes() == (local_dir / name).read_bytes(), name
