@@ -195,10 +195,21 @@ def recommend_in_env(env: PeerEnv, worker: Path, params: Mapping[str, Any], hist
     """
     worker = Path(worker)
     arrays = request_arrays(history, users, item_ids, k, seed, params)
-    cached = Path(cache_dir) / f"{request_key(arrays, env, worker.read_text(encoding='utf-8'))}.npz" if cache_dir else None
-    if cached is not None and cached.exists():
-        ranked, meta = read_result(cached, list(users), item_ids, history)
-        return ranked, meta | {"from_cache": True}
+    if cache_dir is None:
+        return _run_worker(env, worker, arrays, users, item_ids, history, None, timeout_s)
+    key = request_key(arrays, env, worker.read_text(encoding="utf-8"))
+    cached = Path(cache_dir) / f"{key}.npz"
+    # A second process asking for the same fit waits for the first and reads its result.
+    with atomic.file_lock(Path(cache_dir) / f".{key}.lock"):
+        if cached.exists():
+            ranked, meta = read_result(cached, list(users), item_ids, history)
+            return ranked, meta | {"from_cache": True}
+        return _run_worker(env, worker, arrays, users, item_ids, history, cached, timeout_s)
+
+
+def _run_worker(env: PeerEnv, worker: Path, arrays: Mapping[str, np.ndarray], users: Sequence[str],
+                item_ids: Sequence[str], history: pl.DataFrame, cached: Path | None,
+                timeout_s: float | None) -> tuple[pl.DataFrame, dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="fuserank-peer-") as folder:
         request, result = Path(folder) / "request.npz", Path(folder) / "result.npz"
         np.savez(request, **arrays)
