@@ -233,3 +233,37 @@ def test_the_run_summary_prints_the_slice_table(cold_run):
     assert table[0].split()[:2] == ["slice", "users"]
     assert [line.split()[0] for line in table[1:]] == ["warm", "cold", "history_1_5", "history_6_20",
                                                      "history_21_100", "history_over_100"]
+
+
+@pytest.mark.slow
+def test_benchmark_cold_writes_the_slice_tables_and_the_spread(tmp_path):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    from fuserank.data.synthetic import GENRES, write_catalog
+    from tiny_models import save_tiny_bert
+
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_cold", Path(__file__).resolve().parents[1] / "pipelines" / "benchmark_cold.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark_cold"] = module
+    spec.loader.exec_module(module)
+    items, interactions = generate_catalog(n_items=120, n_users=100, seed=3)
+    catalog = write_catalog(tmp_path / "catalog", items, interactions)[0].parent
+    model = save_tiny_bert(tmp_path / "bert", words=["a", "story", "number", *GENRES])
+    out = tmp_path / "cold.json"
+    assert module.main([
+        "--dataset", "synthetic", "--catalog", str(catalog), "--quiet", "--out", str(out), "--seeds", "5", "6",
+        "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
+        "--set", "retrieval.ann_candidates=40", "--set", "retrieval.popular_candidates=10",
+        "--set", "ranker.n_estimators=20", "--set", "ranker.min_child_samples=5",
+    ]) == 0
+    report = json.loads(out.read_text())
+    assert report["seeds"] == [5, 6] and "split.cold_items=0.1" in report["settings"]
+    rows = {row["variant"]: row for row in report["runs"]["5"]["table"]}
+    assert {"full", "without_text", "without_behaviour", "baseline_popular", "baseline_content_knn"} <= set(rows)
+    assert rows["full"]["cold_users"] > 0 and rows["baseline_popular"]["cold_test_ndcg_at_10"] == 0.0
+    assert set(report["over_seeds"]["full/cold_test_ndcg_at_10"]["by_seed"]) == {"5", "6"}
+    assert "cold-item slice" in out.with_suffix(".txt").read_text()
