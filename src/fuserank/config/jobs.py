@@ -93,7 +93,8 @@ class DaskConfig:
     """Running on a Dask cluster (jobs/distributed.py, retrieval/sharding.py); off by default.
 
     enabled: fit the ranker with `lightgbm.dask.DaskLGBMRanker` and build encodings and features
-        over Dask partitions of the catalog and of the users.
+        over Dask partitions of the catalog and of the users; `export` scores each batch of users
+        on a worker (jobs/distributed_export.py) and `tune` runs its trials as Dask tasks.
     scheduler: "local" (a LocalCluster of spawned worker processes) or a scheduler address such
         as "tcp://10.0.0.5:8786".
     n_workers / threads_per_worker: the LocalCluster's size (ignored for an address).

@@ -40,6 +40,7 @@ from fuserank.atomic import file_lock, process_alive
 from fuserank.config import RunConfig, TuneConfig, flatten, to_dict, with_overrides
 from fuserank.evaluation import plots
 from fuserank.evaluation.protocol import QUERY, ValidationFrames, validation_frames, validation_metrics
+from fuserank.jobs.distributed import chunk_evenly, dask_client, n_workers
 from fuserank.jobs.study import bind_study, record_tested, study_binding, tested_metrics, trial_sampler
 from fuserank.jobs.train_evaluate import prepare, train_evaluate
 from fuserank.progress import step
@@ -293,14 +294,76 @@ def test_best_once(study: Any, best_config: RunConfig, tags: dict[str, str]) -> 
     return {**reported, "best_tested_now": 1.0}
 
 
+def make_objective(config: RunConfig, data: Any, cache: FrameCache, item_ids: Sequence[str],
+                   parent_id: str | None) -> Callable[[Any], float]:
+    """The Optuna objective of `tune`: sample a trial's parameters, run it (`run_trial`), and
+    record it as a nested MLflow run of `parent_id` (None: no MLflow run per trial)."""
+    import optuna
+
+    def objective(trial: Any) -> float:
+        # Seeded by the trial's position, so two processes sharing the study never draw alike.
+        trial.study.sampler = trial_sampler(trial.study, trial.number, config.tune, config.seed)
+        trial.set_user_attr(WORKER, worker_id())
+        params = sample_params(trial, config.tune, list(data.content), config.behaviour.enabled)
+        trial_cfg = trial_config(config, params)
+        with step(f"trial {trial.number}") as s:
+            if parent_id is None:
+                result = run_trial(trial, trial_cfg, cache, data.cutoffs.valid.targets, len(item_ids),
+                                   config.tune.prune_rounds)
+            else:
+                trial_tags = {"kind": "tune-trial", "trial_number": str(trial.number),
+                              "study_name": config.tune.study_name}
+                with tracking.nested_run(f"trial-{trial.number}", trial_tags) as child:
+                    tracking.log_params(params)
+                    result = run_trial(trial, trial_cfg, cache, data.cutoffs.valid.targets, len(item_ids),
+                                       config.tune.prune_rounds)
+                    tracking.log_metrics(result.metrics)
+                    tracking.set_tags({"trial_state": "PRUNED" if result.pruned else "COMPLETE"})
+                    child.status = "KILLED" if result.pruned else "FINISHED"
+            s.done(f"{OBJECTIVE} {result.value:.4f}{' (pruned)' if result.pruned else ''}, "
+                   f"stage 1 {'cached' if result.metrics['stage1_cached'] else 'built'}")
+        for key in ("trial_seconds", "stage1_cached"):
+            trial.set_user_attr(key, result.metrics[key])
+        if result.pruned:
+            raise optuna.TrialPruned()
+        return result.value
+
+    return objective
+
+
+def run_trials(config: RunConfig, n_trials: int) -> int:
+    """`n_trials` trials of the config's study in this process, against its Optuna storage,
+    without an MLflow run per trial: one Dask worker's share (`tune_on_cluster`). The process
+    prepares its own data and stage-1 frames. Returns the number of trials run."""
+    data = prepare(config)
+    item_ids = data.items[schema.ITEM_ID].to_list()
+    cache = FrameCache(
+        lambda c: validation_frames(data.cutoffs, item_ids, data.content, c, data.llm), config.tune.cache_entries
+    )
+    study = create_study(config.tune, config.seed)  # the driver has bound the study already
+    objective = make_objective(config, data, cache, item_ids, None)
+    for _ in range(n_trials):
+        study = next_trial_study(study, config.tune, config.seed)
+        study.optimize(objective, n_trials=1, gc_after_trial=False)
+    return n_trials
+
+
+def tune_on_cluster(config: RunConfig) -> int:
+    """Split `tune.n_trials` over the workers of `config.dask`'s cluster, one `run_trials` task
+    per worker, all against `tune.storage` (a database every worker reaches: a sqlite file on a
+    shared disk, or PostgreSQL). Returns the number of trials run."""
+    serial = dataclasses.replace(config, dask=dataclasses.replace(config.dask, enabled=False))
+    with dask_client(config.dask) as client:
+        shares = [len(c) for c in chunk_evenly(range(config.tune.n_trials), n_workers(client))]
+        return sum(client.gather([client.submit(run_trials, serial, n, pure=False) for n in shares]))
+
+
 def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
     """The `fuserank tune` job: one parent MLflow run with a nested run per trial, the study's
     plots, the best configuration as YAML, then one test evaluation of it as its own run.
 
     Returns (summary metrics, output folder).
     """
-    import optuna
-
     check_search_space(config.tune)
     run_name = config.run_name or f"tune-{config.tune.study_name}"
     folder = tracking.check_outputs(config.tracking, Path(config.output_dir) / run_name)  # before any work
@@ -316,37 +379,14 @@ def tune(config: RunConfig) -> tuple[dict[str, float], Path]:
         if parent_id is not None:
             tracking.log_params({f"base.{k}": v for k, v in flatten(config).items()})
 
-        def objective(trial: optuna.Trial) -> float:
-            # Seeded by the trial's position, so two processes sharing the study never draw alike.
-            trial.study.sampler = trial_sampler(trial.study, trial.number, config.tune, config.seed)
-            trial.set_user_attr(WORKER, worker_id())
-            params = sample_params(trial, config.tune, list(data.content), config.behaviour.enabled)
-            trial_cfg = trial_config(config, params)
-            with step(f"trial {trial.number}") as s:
-                if parent_id is None:
-                    result = run_trial(trial, trial_cfg, cache, data.cutoffs.valid.targets, len(item_ids),
-                                       config.tune.prune_rounds)
-                else:
-                    trial_tags = {"kind": "tune-trial", "trial_number": str(trial.number),
-                                  "study_name": config.tune.study_name}
-                    with tracking.nested_run(f"trial-{trial.number}", trial_tags) as child:
-                        tracking.log_params(params)
-                        result = run_trial(trial, trial_cfg, cache, data.cutoffs.valid.targets, len(item_ids),
-                                           config.tune.prune_rounds)
-                        tracking.log_metrics(result.metrics)
-                        tracking.set_tags({"trial_state": "PRUNED" if result.pruned else "COMPLETE"})
-                        child.status = "KILLED" if result.pruned else "FINISHED"
-                s.done(f"{OBJECTIVE} {result.value:.4f}{' (pruned)' if result.pruned else ''}, "
-                       f"stage 1 {'cached' if result.metrics['stage1_cached'] else 'built'}")
-            for key in ("trial_seconds", "stage1_cached"):
-                trial.set_user_attr(key, result.metrics[key])
-            if result.pruned:
-                raise optuna.TrialPruned()
-            return result.value
-
-        for _ in range(config.tune.n_trials):
+        if config.dask.enabled:  # trials as Dask tasks against the one Optuna storage
+            tune_on_cluster(config)
             study = next_trial_study(study, config.tune, config.seed)
-            study.optimize(objective, n_trials=1, gc_after_trial=False)
+        else:
+            objective = make_objective(config, data, cache, item_ids, parent_id)
+            for _ in range(config.tune.n_trials):
+                study = next_trial_study(study, config.tune, config.seed)
+                study.optimize(objective, n_trials=1, gc_after_trial=False)
         summary = study_summary(study)
         best_config = None
         paths = [atomic.write_text(folder / "trials.csv", study.trials_dataframe().to_csv(index=False))]
