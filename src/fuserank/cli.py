@@ -5,21 +5,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from fuserank import registry, tracking
+# Set before any import below can load an OpenMP runtime (LightGBM, FAISS, torch): busy-waiting
+# OpenMP threads made LightGBM fit times swing 100x on 2 shared cores, and tokenizer worker
+# threads would be forked into any child process and hang it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-if TYPE_CHECKING:
-    from fuserank.config import RunConfig
-
-
-def _configure_process() -> None:
-    # Busy-waiting OpenMP threads made LightGBM fit times swing 100x on 2 shared cores.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # Tokenizer worker threads would be forked into any child process and hang it.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from fuserank import registry, tracking  # noqa: E402
+from fuserank.atomic import OutputError  # noqa: E402
+from fuserank.config import ConfigError, RunConfig, cache_dir, load_config  # noqa: E402
+from fuserank.data.cutoffs import ProtocolError  # noqa: E402
+from fuserank.data.sources import SourceError, resolve  # noqa: E402
+from fuserank.data.validate import DataError  # noqa: E402
+from fuserank.evaluation.ablation import format_table  # noqa: E402
+from fuserank.evaluation.compare import compare_runs  # noqa: E402
+from fuserank.jobs.arms import ExportError  # noqa: E402
+from fuserank.jobs.export import export  # noqa: E402
+from fuserank.jobs.study import StudyMismatchError  # noqa: E402
+from fuserank.jobs.train_evaluate import ablate, format_summary, train_evaluate  # noqa: E402
+from fuserank.jobs.tuning import tune  # noqa: E402
+from fuserank.progress import set_quiet  # noqa: E402
 
 
 def add_common_arguments(sub: argparse.ArgumentParser) -> None:
@@ -80,16 +90,12 @@ def _add_tuning_parsers(commands: argparse._SubParsersAction) -> None:
 def _run_tuning_commands(args: argparse.Namespace, config: RunConfig) -> int | None:
     """`tune`, `compare` and `ui`; None for any other command."""
     if args.command == "tune":
-        from fuserank.jobs.tuning import tune
-
         summary, folder = tune(config)
         width = max(len(k) for k in summary)
         print("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in summary.items()))
         print(f"outputs: {folder}")
         return 0
     if args.command == "compare":
-        from fuserank.evaluation.compare import compare_runs
-
         experiment = args.experiment or (None if args.runs else config.tracking.experiment)
         try:
             _, text, folder = compare_runs(config, experiment, args.runs, args.baseline, args.force)
@@ -107,9 +113,6 @@ def _run_tuning_commands(args: argparse.Namespace, config: RunConfig) -> int | N
 def _serve_ui(config: RunConfig, port: int) -> int:
     """Run `mlflow ui` until it exits, Ctrl-C, or SIGTERM, which is passed on to the server, so
     stopping this process never leaves the server behind."""
-    import signal
-    import subprocess
-
     command_line, env = tracking.ui_command(config.tracking, port)
     print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)", file=sys.stderr)
     server = subprocess.Popen(command_line, env=env)
@@ -146,10 +149,7 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _configure_process()
     args = build_parser().parse_args(argv)
-    from fuserank.config import ConfigError, load_config
-    from fuserank.progress import set_quiet
 
     set_quiet(args.quiet)
     try:
@@ -157,11 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as err:
         print(f"fuserank: {err}", file=sys.stderr)
         return 2
-    from fuserank.atomic import OutputError
-    from fuserank.data.cutoffs import ProtocolError
-    from fuserank.data.validate import DataError
-    from fuserank.data.sources import SourceError
-    from fuserank.jobs.study import StudyMismatchError
 
     try:
         return _run(args, config)
@@ -173,9 +168,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, config: RunConfig) -> int:
     command = args.command
     if command == "fetch":
-        from fuserank.config import cache_dir
-        from fuserank.data.sources import resolve
-
         refs = [config.sources.text_model]
         if config.data.dataset == "movielens-100k":
             refs.append(config.sources.movielens_100k)
@@ -187,9 +179,6 @@ def _run(args: argparse.Namespace, config: RunConfig) -> int:
             print(f"{ref} -> {resolve(ref, cache_dir(config.sources))}")
         return 0
     if command == "ablate":
-        from fuserank.evaluation.ablation import format_table
-        from fuserank.jobs.train_evaluate import ablate
-
         table, folder = ablate(config)
         print(format_table(table))
         print(f"outputs: {folder}")
@@ -198,8 +187,6 @@ def _run(args: argparse.Namespace, config: RunConfig) -> int:
     if tuning is not None:
         return tuning
     if command == "train-evaluate":
-        from fuserank.jobs.train_evaluate import format_summary, train_evaluate
-
         metrics, folder = train_evaluate(config)
         print(format_summary(metrics))
         print(f"outputs: {folder}")
@@ -214,9 +201,6 @@ def _run(args: argparse.Namespace, config: RunConfig) -> int:
         print(f"models:/{version.name}@{version.alias} -> version {version.version} (run {version.run_id}{was})")
         return 0
     if command == "export":
-        from fuserank.jobs.arms import ExportError
-        from fuserank.jobs.export import export
-
         if args.format:
             config = dataclasses.replace(config, export=dataclasses.replace(config.export, format=args.format))
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import yaml
 
 from fuserank import schema
 from fuserank.config import TrackingConfig
@@ -168,7 +169,6 @@ def download_ranker(config: TrackingConfig, ref: ModelVersionRef, dst: Path) -> 
     under `dst`, readable by ranking.load_ranker; None when the version was not logged by
     fuserank (its MLmodel has no feature list)."""
     import mlflow.artifacts
-    import yaml
 
     prepare_store(config)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst / "mlflow"),

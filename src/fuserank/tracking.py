@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fuserank.atomic import check_writable, file_lock, process_alive
 from fuserank.config import TrackingConfig
 
 # MLflow caps a param value at 6,000 characters.
@@ -55,7 +58,6 @@ def store_lock(config: TrackingConfig) -> Iterator[None]:
     if not config.tracking_uri.startswith("sqlite:///"):
         yield
         return
-    from fuserank.atomic import file_lock
 
     with file_lock(Path(f"{config.tracking_uri.removeprefix('sqlite:///')}.lock")):
         yield
@@ -68,7 +70,6 @@ def check_outputs(config: TrackingConfig, folder: Path) -> Path:
     Raises:
         atomic.OutputError: naming the folder that cannot be written and why.
     """
-    from fuserank.atomic import check_writable
 
     check_writable(folder)
     if config.enabled and config.tracking_uri.startswith("sqlite:///"):
@@ -114,8 +115,6 @@ def end_orphaned_runs(experiment: str) -> list[str]:
     """Mark KILLED the RUNNING runs of `experiment` whose process on this host is gone; returns
     their ids. Runs of live processes and of other hosts are left alone."""
     from mlflow.tracking import MlflowClient
-
-    from fuserank.atomic import process_alive
 
     client = MlflowClient()
     host = socket.gethostname()
@@ -278,8 +277,6 @@ def ui_command(config: TrackingConfig, port: int) -> tuple[list[str], dict[str, 
 
     One worker, and no job-execution process: the UI then runs as 2 processes in ~0.5 GB.
     """
-    import shutil
-    import sys
 
     if config.tracking_uri.startswith("sqlite:///"):
         Path(config.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from fuserank import schema
+from fuserank import atomic, schema, tracking
 from fuserank.evaluation.metrics import paired_bootstrap_ci
 
 METRICS = ("test_ndcg_at_10", "test_recall_at_10", "test_mrr_at_10", "test_precision_at_10",
@@ -214,7 +214,6 @@ def compare_runs(config: Any, experiment: str | None, run_ids: Sequence[str], ba
     Raises:
         DataMismatchError: the runs' recorded data hashes differ and `force` is False.
     """
-    from fuserank import atomic, tracking
 
     folder = atomic.check_writable(Path(config.output_dir) / (config.run_name or "compare"))
     runs = tracking.search_runs(config.tracking, experiment, run_ids)

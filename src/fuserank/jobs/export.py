@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
+import yaml
 
 from fuserank import atomic, registry, schema, tracking
 from fuserank.config import ConfigError, RunConfig, from_dict
@@ -39,9 +40,10 @@ from fuserank.jobs.arms import (
 )
 from fuserank.jobs.distributed import dask_client
 from fuserank.jobs.distributed_export import export_batches_dask
+from fuserank.jobs.train_evaluate import prepare
 from fuserank.pipeline import fit_stage
 from fuserank.progress import bar, is_quiet, step
-from fuserank.ranking.ranker import MODEL_FILE
+from fuserank.ranking.ranker import MODEL_FILE, load_ranker
 
 LISTS = "ranked_lists"
 ASSIGNMENTS = "assignments"
@@ -102,7 +104,6 @@ def find_run(config: RunConfig, run_id: str | None, experiment: str | None, metr
 
 def load_recorded_run(config: RunConfig, run_id: str, folder: Path) -> RecordedRun:
     """Download a run's config.yaml and ranker_text/ into `folder` and read them (nothing pickled)."""
-    import yaml
 
     if is_quiet():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -195,7 +196,6 @@ def export(
     Returns:
         (manifest, output folder).
     """
-    from fuserank.jobs.train_evaluate import prepare
 
     settings = config.export
     if settings.format not in ("parquet", "csv"):
@@ -262,8 +262,6 @@ def export(
                                             retrieval_lists(stage, history, run.config.retrieval, k, exclude,
                                                             run.config.split.protocol))
             else:
-                from fuserank.ranking.ranker import load_ranker
-
                 ranker = load_ranker(run.ranker_dir)
                 servers[plan.name] = Server(run.run_id, run.model_version, booster_sha256=run.booster_sha256,
                                             registered=run.registered, lists=ranker_lists(
@@ -309,7 +307,6 @@ def export(
 
 def _content_for(config: RunConfig, data_hash: str) -> dict:
     """Content embeddings under another run's encoder settings (cached by content hash on disk)."""
-    from fuserank.jobs.train_evaluate import prepare
 
     data = prepare(config)
     if data.tags["data_hash"] != data_hash:
