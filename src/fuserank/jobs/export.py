@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -353,12 +354,24 @@ def _write_lists(path: Path, batches: Iterable[pl.DataFrame], fmt: str) -> dict[
     rows: dict[str, int] = {}
     if fmt == "parquet":
         writer = pq.ParquetWriter(path, arrow_schema, compression="zstd")
+
+        def write(frame: pl.DataFrame) -> None:
+            writer.write_table(frame.to_arrow().cast(arrow_schema), row_group_size=max(frame.height, 1))
+
         try:
-            for frame in batches:
-                _count(rows, frame)
-                writer.write_table(frame.to_arrow().cast(arrow_schema), row_group_size=max(frame.height, 1))
+            # One thread encodes and writes a batch (Arrow releases the GIL) while the next batch
+            # is built; batches still reach the file one at a time, in order.
+            with ThreadPoolExecutor(max_workers=1) as writing:
+                pending = None
+                for frame in batches:
+                    _count(rows, frame)
+                    if pending is not None:
+                        pending.result()  # a failed write stops the export here
+                    pending = writing.submit(write, frame)
+                if pending is not None:
+                    pending.result()
         finally:
-            writer.close()
+            writer.close()  # after the thread is done: leaving the `with` waits for it
     else:
         with open(path, "wb") as handle:
             handle.write((",".join(schema.EXPORT_LIST) + "\n").encode("utf-8"))
