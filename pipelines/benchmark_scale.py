@@ -1,0 +1,156 @@
+"""Scaling benchmark: wall time and peak RSS of the driver and of each worker, per step, on a
+2-worker LocalCluster, for synthetic catalogs of growing user counts; writes benchmarks/scale.json.
+
+Each size runs in a fresh driver process with a fresh cluster. A thread samples the RSS of the
+driver and of every worker process (psutil, every 0.2 s); a step's peak is the largest sample
+taken while it ran. Steps, as the code distributes them today:
+
+- catalog: generate the synthetic catalog (about 20 interactions per user) on the driver;
+- stage 1 (driver): behaviour SVD, EASE, FAISS index fitted on every interaction;
+- features (workers): candidates and features over user partitions (jobs/distributed.py's
+  `candidate_features_dask`), gathered back to the driver as one frame;
+- export lists (workers): retrieval-only lists of every user built batch by batch on the
+  workers and counted on the driver (jobs/distributed_export.py), nothing written.
+
+Candidates per user are fewer than the defaults and the same at every size (--ann, --popular).
+
+    python pipelines/benchmark_scale.py --users 100000 300000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class RssSampler:
+    """Peak RSS (MB) of a set of processes, sampled in a thread, per named step."""
+
+    def __init__(self, pids: dict[str, int], every: float = 0.2) -> None:
+        import psutil
+
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.every, self.current = every, None
+        self.peaks: dict[str, dict[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            step = self.current
+            if step is not None:
+                peaks = self.peaks.setdefault(step, {})
+                for name, proc in self.procs.items():
+                    try:
+                        mb = proc.memory_info().rss / 2**20
+                    except Exception:  # noqa: BLE001 - a worker restarting has no RSS for a moment
+                        continue
+                    peaks[name] = max(peaks.get(name, 0.0), mb)
+            time.sleep(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: int) -> dict:
+    """Every step for one catalog size, in this process (the driver)."""
+    import polars as pl
+
+    from fuserank import schema
+    from fuserank.config import BehaviourConfig, DaskConfig, FeatureConfig, FusionConfig, RetrievalConfig
+    from fuserank.data.synthetic import generate_catalog
+    from fuserank.jobs.arms import Server, assign_arms, plan_arms, popularity_pool, retrieval_lists
+    from fuserank.jobs.distributed import candidate_features_dask, dask_client
+    from fuserank.jobs.distributed_export import export_batches_dask
+    from fuserank.pipeline import fit_stage_one
+
+    retrieval = RetrievalConfig(ann_candidates=ann, popular_candidates=popular, ease_candidates=0)
+    steps: dict[str, dict] = {}
+    with dask_client(DaskConfig(enabled=True, n_workers=2, threads_per_worker=1)) as client:
+        pids = {"driver": os.getpid()} | {
+            f"worker {i}": pid for i, pid in enumerate(client.run(os.getpid).values())}
+        sampler = RssSampler(pids)
+
+        def timed(name: str, work):
+            sampler.current = name
+            start = time.perf_counter()
+            result = work()
+            steps[name] = {"seconds": round(time.perf_counter() - start, 1)}
+            time.sleep(2 * sampler.every)  # a last sample after the step
+            sampler.current = None
+            return result
+
+        items, interactions = timed("catalog", lambda: generate_catalog(
+            n_items=n_items, n_users=n_users, seed=5, interactions_per_user=(15, 25)))
+        history = interactions.select(list(schema.INTERACTIONS))
+        item_ids = items[schema.ITEM_ID].to_list()
+        stage = timed("stage 1 (driver)", lambda: fit_stage_one(
+            history, item_ids, {}, BehaviourConfig(dim=32, ease_l2=0.0), FusionConfig(), retrieval, seed=1))
+        users = sorted(history[schema.USER_ID].unique().to_list())
+        frame, _ = timed("features (workers, frame gathered)", lambda: candidate_features_dask(
+            client, stage, history, users, retrieval, FeatureConfig()))
+        rows = frame.height
+        del frame
+
+        def lists() -> int:
+            plans = plan_arms({"plain": "retrieval"}, {"plain": 1.0}, 0.0)
+            assignments = assign_arms(users, plans, "scale").with_columns(pl.lit(False).alias(schema.COLD_START))
+            server = Server(None, "retrieval-only", retrieval_lists(stage, history, retrieval, 20, True))
+            pool = popularity_pool(history, item_ids)
+            seen = history.select(schema.USER_ID, schema.ITEM_ID)
+            return sum(b.height for b in export_batches_dask(client, assignments, {"plain": server}, seen, pool,
+                                                             20, True, batch_users))
+
+        list_rows = timed("export lists (workers)", lists)
+        sampler.stop()
+    for name, peaks in sampler.peaks.items():
+        steps[name]["peak_rss_mb"] = {k: round(v) for k, v in sorted(peaks.items())}
+    return {"users": n_users, "items": n_items, "interactions": interactions.height, "ann_candidates": ann,
+            "popular_candidates": popular, "feature_rows": rows, "list_rows": list_rows,
+            "batch_users": batch_users, "steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, nargs="*", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--ann", type=int, default=20, help="ANN candidates per user (the same at every size)")
+    parser.add_argument("--popular", type=int, default=5, help="popular candidates per user")
+    parser.add_argument("--batch-users", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/scale.json"))
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        from fuserank.progress import set_quiet
+
+        set_quiet(True)
+        print(json.dumps(run_size(args.child, args.items, args.ann, args.popular, args.batch_users)))
+        return
+    results = {"machine": f"{os.cpu_count()} cores", "cluster": "LocalCluster, 2 workers x 1 thread", "runs": []}
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
+    for n in args.users:
+        done = subprocess.run([sys.executable, __file__, "--child", str(n), "--items", str(args.items),
+                               "--ann", str(args.ann), "--popular", str(args.popular),
+                               "--batch-users", str(args.batch_users)], capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            results["runs"].append({"users": n, "failed": done.stderr[-2000:]})
+            print(f"{n} users failed:\n{done.stderr[-2000:]}", flush=True)
+            break  # a larger catalog would not fit either
+        results["runs"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results["runs"][-1]), flush=True)
+    from fuserank import atomic
+
+    atomic.write_json(args.out, results)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
