@@ -59,7 +59,8 @@ def check_lock(lock_text: str) -> list[str]:
     lines = [line for line in lines if line]
     loose = [line for line in lines if "==" not in line or any(c in line for c in "<>~!*,;@")]
     if loose or not lines:
-        raise ValueError(f"a peer lock file pins every package with '==' and nothing else; offending: {loose or 'empty'}")
+        raise ValueError("a peer lock file pins every package with '==' and nothing else; "
+                         f"offending: {loose or 'empty'}")
     return lines
 
 
