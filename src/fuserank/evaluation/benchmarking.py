@@ -7,6 +7,7 @@ fuserank's protocol and writes the results.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.data.cutoffs import Cutoffs
-from fuserank.data.split import Split
+from fuserank.data.split import Split, sort_interactions
 from fuserank.evaluation.metrics import bootstrap_ci, evaluate_rankings, paired_bootstrap_ci
 from fuserank.evaluation.peers import PEERS, PeerFitError, edge_choices, recommend
 from fuserank.progress import step
@@ -88,7 +89,6 @@ def tune_and_test(name: str, rank: RankFn, grid: Sequence[Mapping[str, Any]], cu
         cutoffs: the protocol's cut-offs (only valid and test are read).
         k: list length (>= the largest metric cut-off).
     """
-    import time
 
     start = time.perf_counter()
     valid, test = cutoffs.valid, cutoffs.test
@@ -229,7 +229,6 @@ def order_as_time(split: Split, seed: int) -> Split:
     Returns:
         The same rows with Int64 timestamps 0..n_user-1 per user, each part sorted.
     """
-    from fuserank.data.split import sort_interactions
 
     part, key = "__fuserank_part", "__fuserank_key"
     rows = pl.concat(
