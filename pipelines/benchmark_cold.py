@@ -11,9 +11,10 @@ random) as rows, each on every test user and on the warm-item and cold-item slic
 bootstrap 95% CIs and paired CIs against the full model. `--dataset synthetic` reads the
 catalog folder written by pipelines/make_synthetic_catalog.py (items.parquet,
 interactions.parquet) with per-modality candidates on (retrieval.modality_candidates = 50, as
-the warm synthetic ablation). With --llm the SmolLM2 views are on (descriptions and
-hidden states; user profiles off: see docs/benchmarks.md) and the LLM's cost is recorded (model
-calls, wall seconds of its preparation).
+the warm synthetic ablation). With --llm the LLM's hidden-state view of each item's text is on
+(descriptions and user profiles off: generating them for ML-100K did not fit a shared 2-core
+machine; add --set llm.descriptions=true --set llm.profiles=true, see docs/benchmarks.md) and
+its cost is recorded (model calls, wall seconds of its preparation).
 
 Writes benchmarks/cold_<dataset>.json (settings, per-seed tables and printouts, the spread over
 seeds of every variant's NDCG@10 and delta on all, warm and cold users) and
@@ -41,7 +42,7 @@ from fuserank.progress import set_quiet  # noqa: E402
 
 COLD = ["split.cold_items=0.1", "split.cold_rule=hash", "retrieval.cold_candidates=100"]
 SYNTHETIC = ["data.dataset=catalog", "retrieval.modality_candidates=50"]
-LLM = ["llm.enabled=true", "llm.profiles=false"]
+LLM = ["llm.enabled=true", "llm.profiles=false", "llm.descriptions=false"]
 COLUMNS = ("test_ndcg_at_10", "delta_vs_full", "delta_ci_low", "delta_ci_high")
 KINDS = ("", "warm_", "cold_")
 
