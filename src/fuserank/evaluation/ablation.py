@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -21,14 +20,12 @@ from fuserank import schema
 from fuserank.config import RunConfig
 from fuserank.data.cutoffs import Cutoffs
 from fuserank.encoders.base import Embeddings
-from fuserank.ranking.llm_features import VIEWS as LLM_VIEWS
 from fuserank.evaluation.metrics import bootstrap_ci, paired_bootstrap_ci
+from fuserank.evaluation.protocol import ProtocolResult, run_protocol
 from fuserank.evaluation.slices import COLD, WARM, slice_array, slice_users, user_slices
 from fuserank.progress import step
-from fuserank.evaluation.protocol import ProtocolResult, run_protocol
-
-if TYPE_CHECKING:
-    from fuserank.ranking.llm_features import LLMSignals
+from fuserank.ranking.llm_features import VIEWS as LLM_VIEWS
+from fuserank.ranking.llm_features import LLMSignals
 
 FULL = "full"
 METRIC = "ndcg_at_10"

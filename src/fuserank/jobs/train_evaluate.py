@@ -11,19 +11,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import yaml
 
 from fuserank import atomic, provenance, registry, schema, tracking
 from fuserank.config import RunConfig, cache_dir, flatten, to_dict
-from fuserank.progress import step
-from fuserank.encoders.content import encode_content
+from fuserank.data import movielens
+from fuserank.data.catalog import load_catalog
 from fuserank.data.cutoffs import Cutoffs
+from fuserank.data.sources import resolve
 from fuserank.encoders.base import Embeddings
-from fuserank.ranking.llm_features import VIEWS as LLM_VIEWS
-from fuserank.ranking.llm_features import LLMSignals, prepare_llm
+from fuserank.encoders.content import encode_content
 from fuserank.evaluation import plots
+from fuserank.evaluation.ablation import format_table, run_ablation
+from fuserank.evaluation.plots import gain_by_group
 from fuserank.evaluation.protocol import ProtocolResult, make_cutoffs, run_protocol
 from fuserank.evaluation.slices import format_slices
-from fuserank.data.sources import resolve
+from fuserank.progress import step
+from fuserank.ranking.llm_features import VIEWS as LLM_VIEWS
+from fuserank.ranking.llm_features import LLMSignals, prepare_llm
+from fuserank.ranking.ranker import save_ranker
 
 HEADLINE = (
     "n_test_users",
@@ -44,8 +50,6 @@ def load_data(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Items and interactions of the configured dataset, validated (never modified on disk)."""
     data = config.data
     if data.dataset in ("movielens-100k", "movielens-1m"):
-        from fuserank.data import movielens
-
         reference, loader = {
             "movielens-100k": (config.sources.movielens_100k, movielens.load_movielens_100k),
             "movielens-1m": (config.sources.movielens_1m, movielens.load_movielens_1m),
@@ -58,8 +62,6 @@ def load_data(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
             s.done(f"{items.height:,} items, {interactions.height:,} interactions")
         return items, interactions
     if data.dataset == "catalog":
-        from fuserank.data.catalog import load_catalog
-
         if not data.items_path or not data.interactions_path:
             raise ValueError("data.dataset=catalog needs data.items_path and data.interactions_path")
         with step("load catalog") as s:
@@ -76,9 +78,6 @@ def frame_digest(frame: pl.DataFrame) -> str:
 
 def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_id: str | None) -> dict[str, Path]:
     """Write ranked lists, metrics, per-user metrics, model and resolved config; returns the paths."""
-    from fuserank.ranking.ranker import save_ranker
-
-    import yaml
 
     paths = {
         "ranked_lists": atomic.write_parquet(folder / "ranked_lists.parquet", result.ranked),
@@ -206,7 +205,6 @@ def dataset_records(config: RunConfig, data: Prepared) -> list[registry.DatasetR
 
 def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
     """Per-modality ablation on one split; writes ablation.csv/.txt and records one MLflow run."""
-    from fuserank.evaluation.ablation import format_table, run_ablation
 
     run_name = config.run_name or f"ablation-{config.data.dataset}"
     folder = tracking.check_outputs(config.tracking, Path(config.output_dir) / run_name)  # before any work
@@ -216,7 +214,6 @@ def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
             tracking.log_params(flatten(config))
         table, results = run_ablation(data.cutoffs, data.items[schema.ITEM_ID].to_list(), data.content, config,
                                       data.llm)
-        from fuserank.evaluation.plots import gain_by_group
 
         paths = [
             atomic.write_atomic(folder / "ablation.csv", lambda tmp: table.write_csv(tmp)),
