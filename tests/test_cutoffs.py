@@ -172,3 +172,23 @@ def test_no_ranker_label_is_a_clear_error_too():
     rows = _frame([(u, f"{u}{n}", n) for u in ("a", "b") for n in range(3)])
     with pytest.raises(ProtocolError, match="enough train interactions to give the ranker a label"):
         build_cutoffs(rows, SplitConfig())
+
+
+@pytest.mark.parametrize("cold_items", [0.0, 0.2])
+@pytest.mark.parametrize("protocol", ["leave_last_out", "global_time"])
+def test_the_shared_history_is_in_every_cutoffs_history_and_nothing_else(protocol, cold_items):
+    _, interactions = generate_catalog(n_items=120, n_users=80, seed=5, interactions_per_user=(6, 12))
+    interactions = interactions.select(list(schema.INTERACTIONS))
+    times = np.sort(interactions[schema.TIMESTAMP].to_numpy())
+    extra = ({"valid_time": int(times[len(times) * 6 // 10]), "test_time": int(times[len(times) * 8 // 10])}
+             if protocol == "global_time" else {})
+    cutoffs = build_cutoffs(interactions, SplitConfig(protocol=protocol, cold_items=cold_items, **extra))
+    every = (*cutoffs.labels, cutoffs.valid, cutoffs.test)
+    shared = set(_keys(cutoffs.test.shared_history))
+    assert shared and all(cutoff.shared_history is cutoffs.test.shared_history for cutoff in every)
+    in_all = set.intersection(*(set(_keys(cutoff.history)) for cutoff in every))
+    assert shared == in_all
+    if cold_items == 0:  # nested histories: the shared one is the earliest cut-off's
+        assert cutoffs.test.shared_history.equals(cutoffs.labels[-1].history)
+    else:  # each earlier cut-off hides its own items, so the shared history is smaller than any
+        assert all(len(shared) < cutoff.history.height for cutoff in every)

@@ -162,6 +162,45 @@ def test_a_rerun_loads_from_the_cache_instead_of_training(history, tmp_path, mon
     np.testing.assert_array_equal(third.item_vectors, first.item_vectors)
 
 
+def test_a_continued_fit_starts_from_the_shared_histories_model_and_is_cached(full, history, tmp_path, monkeypatch):
+    shared = without_newest(full, HELD_BACK + 2)
+    config = dataclasses.replace(TINY, max_epochs=4, refit_epochs=2)
+    base = fit_sequence_model(shared, CATALOG, config, seed=0, cache_dir=tmp_path)
+    model = fit_sequence_model(history, CATALOG, config, seed=0, cache_dir=tmp_path, start_history=shared)
+    assert model.started_from == base.cache_key and not model.from_cache and model.epochs <= 2
+    assert model.cache_key != cache_key(history, CATALOG, config, 0, "cpu")  # not the from-scratch fit
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"sasrec-{m.cache_key}.pt" for m in (base, model))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the cache holds this model")
+
+    monkeypatch.setattr(sequence, "train_network", no_training)
+    again = fit_sequence_model(history, CATALOG, config, seed=0, cache_dir=tmp_path, start_history=shared)
+    assert again.from_cache and again.started_from == base.cache_key
+    np.testing.assert_array_equal(again.item_vectors, model.item_vectors)
+    # The shared history itself, or "scratch", is a plain fit; its key ignores the refit settings.
+    assert fit_sequence_model(shared, CATALOG, config, 0, tmp_path, start_history=shared).cache_key == base.cache_key
+    scratch = dataclasses.replace(config, refit="scratch", refit_epochs=7)
+    assert cache_key(history, CATALOG, scratch, 0, "cpu") == cache_key(history, CATALOG, config, 0, "cpu")
+    with pytest.raises(AssertionError, match="trained although"):
+        fit_sequence_model(history, CATALOG, scratch, seed=0, cache_dir=tmp_path, start_history=shared)
+
+
+def test_a_continued_fit_starts_from_the_start_models_weights(full, history):
+    shared = without_newest(full, HELD_BACK + 2)
+    continued = fit_sequence_model(history, CATALOG, dataclasses.replace(TINY, refit_epochs=1), seed=0,
+                                   start_history=shared)
+    fresh = fit_sequence_model(history, CATALOG, dataclasses.replace(TINY, refit="scratch", max_epochs=1), seed=0,
+                               start_history=shared)
+    base = fit_sequence_model(shared, CATALOG, TINY, seed=0)
+    assert continued.epochs == fresh.epochs == 1 and fresh.started_from is None
+    # Adam moves a weight by about the learning rate a step: 3 batches from the start weights.
+    steps = -(-len(training_sequences(history, CATALOG, TINY.max_length).train) // TINY.batch_size)
+    assert np.abs(continued.item_vectors - base.item_vectors).max() <= 1.5 * steps * TINY.learning_rate
+    assert np.abs(fresh.item_vectors - base.item_vectors).max() > 0.1
+    assert top1_accuracy(continued, history) >= 0.9
+
+
 def test_nothing_after_the_history_reaches_the_model(full):
     """Test targets are a planted item that exists only after the test cut-off's history: the model
     fitted on that history is the same whatever the targets are (same cache key: the key covers

@@ -80,6 +80,7 @@ def fit_stage_one(
     seed: int,
     sequence: SequenceConfig | None = None,
     cache_dir: Path | None = None,
+    shared_history: pl.DataFrame | None = None,
 ) -> StageOne:
     """Learn the behaviour embedding (and the sequence model) from `history`, fuse the views,
     index them.
@@ -92,6 +93,8 @@ def fit_stage_one(
         seed: seed for the behaviour embedding and the sequence model.
         sequence: the sequence model's settings (None or not enabled: no sequence model).
         cache_dir: where fitted sequence models are cached (None: not cached).
+        shared_history: the protocol's shared history (data.cutoffs), which the sequence model
+            continues from under sequence.refit "continue" (None: it starts from scratch).
     """
     item_ids = tuple(item_ids)
     embeddings = {name: emb.align(item_ids) for name, emb in content.items()}
@@ -102,7 +105,7 @@ def fit_stage_one(
         )
     model = None
     if sequence is not None and sequence.enabled:
-        model = fit_sequence_model(history, item_ids, sequence, seed, cache_dir)
+        model = fit_sequence_model(history, item_ids, sequence, seed, cache_dir, start_history=shared_history)
         norms = np.linalg.norm(model.item_vectors, axis=1, keepdims=True)
         unit = np.divide(model.item_vectors, norms, out=np.zeros_like(model.item_vectors), where=norms > 0)
         embeddings[SEQUENCE] = Embeddings(item_ids, unit.astype(np.float32), norms[:, 0] > 0)
@@ -205,10 +208,11 @@ FeatureBuilder = Callable[..., tuple[pl.DataFrame, list[str]]]
 
 
 def fit_stage(config: ExperimentConfig, history: pl.DataFrame, item_ids: Sequence[str],
-              content: Mapping[str, Embeddings]) -> StageOne:
-    """Stage 1 under a run's stage settings, fitted on `history` alone (`fit_stage_one`)."""
+              content: Mapping[str, Embeddings], shared_history: pl.DataFrame | None = None) -> StageOne:
+    """Stage 1 under a run's stage settings, fitted on `history` alone (`fit_stage_one`;
+    `shared_history` is a subset of it, see there)."""
     return fit_stage_one(history, item_ids, content, config.behaviour, config.fusion, config.retrieval, config.seed,
-                         config.sequence, cache_dir(config.sources) / SEQUENCE)
+                         config.sequence, cache_dir(config.sources) / SEQUENCE, shared_history)
 
 
 def cutoff_frame(
@@ -232,7 +236,7 @@ def cutoff_frame(
     Returns:
         (features with labels, feature names, stage-1 candidates in stage-1 order).
     """
-    stage = fit_stage(config, cutoff.history, item_ids, content)
+    stage = fit_stage(config, cutoff.history, item_ids, content, cutoff.shared_history)
     return stage_frame(config, stage, cutoff, llm, build=build)
 
 

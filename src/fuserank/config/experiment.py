@@ -306,6 +306,11 @@ class SequenceConfig:
     negatives: 0 trains with a full softmax over the catalog; n > 0 with a sampled softmax over
         n uniformly drawn items shared by the batch (for large catalogs).
     device: "auto" (cuda when torch sees a GPU), "cpu" or "cuda". threads: torch CPU threads.
+    refit: how each cut-off's model is trained. "continue": the model of the interactions that
+        every cut-off of the protocol has in its history (data.cutoffs' shared history) is
+        trained from scratch once, and each cut-off's model continues from its weights on its
+        own history for at most `refit_epochs` epochs (same early stopping). "scratch": every
+        cut-off's model starts from a fresh initialisation (as many full fits as cut-offs).
     """
 
     enabled: bool = False
@@ -321,6 +326,8 @@ class SequenceConfig:
     negatives: int = ranged(0, "[0, inf)")
     device: str = one_of("auto", ("auto", "cpu", "cuda"))
     threads: int = ranged(2, "[1, inf)")
+    refit: str = one_of("continue", ("continue", "scratch"))
+    refit_epochs: int = ranged(3, "[1, inf)")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ history, so no model, statistic or candidate source learns from one; only test t
 a cold item. The ranker still needs positives that look like that, so each earlier cut-off
 (labels, validation) also hides another share of items, chosen by the hash salted with the
 cut-off's name, from its own history while keeping its targets on them (`mask_cold_items`).
+
+Every cut-off also carries the protocol's shared history: the interactions that all of its
+cut-offs have in their histories (under leave_last_out without cold items, the earliest label
+cut-off's history). A model fitted on it has seen nothing that any cut-off predicts or hides,
+so each cut-off's sequence model may continue from it (sequence.refit).
 """
 
 from __future__ import annotations
@@ -54,12 +59,15 @@ class Cutoff:
         history: interactions stage 1 may learn from (sorted, data.split order).
         targets: the interactions to predict, each of a user with history.
         ref_times: schema.REF_TIMES, one row per target user.
+        shared_history: the rows of `history` every cut-off of the protocol has
+            (`share_history`); None for a cut-off built on its own (export's serving cut-off).
     """
 
     name: str
     history: pl.DataFrame
     targets: pl.DataFrame
     ref_times: pl.DataFrame
+    shared_history: pl.DataFrame | None = None
 
     @property
     def users(self) -> list[str]:
@@ -110,7 +118,23 @@ def build_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
     if not cutoffs.labels:
         raise ProtocolError("no user has enough train interactions to give the ranker a label; lower "
                             "split.label_window (or split.label_share), or raise split.min_interactions")
-    return cutoffs
+    return share_history(cutoffs)
+
+
+def share_history(cutoffs: Cutoffs) -> Cutoffs:
+    """`cutoffs` with each cut-off's shared_history set: the (user, item, timestamp) rows that
+    every cut-off's history holds, in the order of the shortest history."""
+    every = [*cutoffs.labels, cutoffs.valid, cutoffs.test]
+    keys = [schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP]
+    shared = min(every, key=lambda cutoff: cutoff.history.height).history
+    for cutoff in every:
+        shared = shared.join(cutoff.history.select(keys).unique(), on=keys, how="semi", maintain_order="left")
+    return replace(
+        cutoffs,
+        labels=tuple(replace(cutoff, shared_history=shared) for cutoff in cutoffs.labels),
+        valid=replace(cutoffs.valid, shared_history=shared),
+        test=replace(cutoffs.test, shared_history=shared),
+    )
 
 
 def _nobody_to_evaluate(interactions: pl.DataFrame, split: SplitConfig) -> str:

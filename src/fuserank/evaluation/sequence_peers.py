@@ -65,8 +65,10 @@ def run_rectools_sasrec(cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, en
 def run_fuserank_sequence(cutoffs: Cutoffs, item_ids: Sequence[str], config: SequenceConfig, seed: int,
                           k: int = 50, cache_dir: Path | None = None) -> PeerResult:
     """fuserank's SASRec alone: `config` (one configuration, so no validation fit) fitted on the
-    test cut-off's history, its early stopping on each user's last history item, ranking the
-    catalog minus history by user state . item vector.
+    test cut-off's history as the pipeline fits it (under sequence.refit "continue", continued
+    from the model of the cut-offs' shared history, so it is the very model whose features the
+    ranker reads), its early stopping on each user's last history item, ranking the catalog
+    minus history by user state . item vector.
 
     Args:
         cutoffs: the protocol's cut-offs.
@@ -79,7 +81,7 @@ def run_fuserank_sequence(cutoffs: Cutoffs, item_ids: Sequence[str], config: Seq
 
     def rank(params: Mapping[str, Any], history: pl.DataFrame, users: Sequence[str]) -> tuple[pl.DataFrame, dict]:
         start = time.perf_counter()
-        model = fit_sequence_model(history, item_ids, config, seed, cache_dir)
+        model = fit_sequence_model(history, item_ids, config, seed, cache_dir, cutoffs.test.shared_history)
         meta = {"epochs": model.epochs, "best_epoch": model.best_epoch,
                 "inner_valid_ndcg_at_10": model.best_valid_ndcg, "from_cache": model.from_cache,
                 **({} if model.from_cache else {"fit_seconds": time.perf_counter() - start})}

@@ -25,6 +25,7 @@ import yaml
 
 from fuserank import atomic, registry, schema, tracking
 from fuserank.config import ConfigError, RunConfig, from_dict
+from fuserank.data.cutoffs import build_cutoffs
 from fuserank.jobs.arms import (
     ExportError,
     Server,
@@ -256,7 +257,10 @@ def export(
             run = arm_runs[plan.source]
             if run.run_id not in stages:
                 content = data.content if run.run_id == main.run_id else _content_for(run.config, data_hash)
-                stages[run.run_id] = fit_stage(run.config, history, item_ids, content)
+                # A continued sequence model starts from the shared history of the run's own cut-offs.
+                shared = build_cutoffs(history, run.config.split).test.shared_history if run.config.sequence.enabled \
+                    else None
+                stages[run.run_id] = fit_stage(run.config, history, item_ids, content, shared)
             stage = stages[run.run_id]
             if plan.source == "retrieval":
                 servers[plan.name] = Server(run.run_id, "retrieval-only",

@@ -5,9 +5,14 @@ stopping) is fuserank.retrieval.sequence_training. Inference reads whatever hist
 a longer one than the fit's (a later cut-off's): each user's newest `max_length` items. It never
 trains on it.
 
+A fit starts from scratch, or (sequence.refit "continue") from the model of the protocol's
+shared history, the interactions every cut-off has (data.cutoffs): that model is fitted once and
+each cut-off's fit continues from it for a few epochs on its own history, so a protocol of five
+cut-offs costs about one full fit, and no fit sees what its cut-off predicts or hides.
+
 A fitted model is cached under sha256(history rows, catalog, settings, seed, device,
-MODEL_VERSION) as a torch state dict read back with weights_only=True, so a rerun with the same
-inputs loads it instead of training.
+MODEL_VERSION, the key of the model it continued from) as a torch state dict read back with
+weights_only=True, so a rerun with the same inputs loads it instead of training.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class SequenceModel:
         epochs: epochs trained; best_epoch: the epoch whose weights were kept (1-based).
         valid_ndcg / train_loss: validation NDCG@10 and mean training loss of each epoch.
         cache_key: `cache_key` of the fit; from_cache: whether it was loaded rather than trained.
+        started_from: the cache key of the model this fit continued from (None: from scratch).
     """
 
     item_ids: tuple[str, ...]
@@ -80,6 +86,7 @@ class SequenceModel:
     train_loss: tuple[float, ...]
     cache_key: str
     from_cache: bool
+    started_from: str | None = None
 
     @property
     def best_valid_ndcg(self) -> float:
@@ -153,12 +160,21 @@ class SequenceModel:
         return pl.concat(frames)
 
 
+# Settings of how a protocol's cut-offs share fits, not of one fit: a from-scratch fit's key
+# leaves them out, so "scratch" and "continue" find the same model of the shared history.
+_REFIT_FIELDS = ("refit", "refit_epochs")
+
+
 def cache_key(history: pl.DataFrame, item_ids: Sequence[str], config: SequenceConfig, seed: int,
-              device: str) -> str:
+              device: str, start: str | None = None) -> str:
     """sha256 hex of everything a fit depends on: the history's (user, item, timestamp) rows in
-    event order, the catalog, every config field, the seed, the device and MODEL_VERSION."""
+    event order, the catalog, the config fields (refit settings only for a continued fit), the
+    seed, the device, MODEL_VERSION and the key of the model it continues from (`start`)."""
     digest = hashlib.sha256()
-    settings = {"config": dataclasses.asdict(config), "seed": seed, "device": device, "version": MODEL_VERSION}
+    fields = {name: value for name, value in dataclasses.asdict(config).items() if name not in _REFIT_FIELDS}
+    settings = {"config": fields, "seed": seed, "device": device, "version": MODEL_VERSION}
+    if start is not None:
+        settings.update(start=start, refit_epochs=config.refit_epochs)
     digest.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
     digest.update(json.dumps(list(item_ids)).encode("utf-8") + b"\0")
     rows = sort_interactions(history.select(schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP))
@@ -167,7 +183,7 @@ def cache_key(history: pl.DataFrame, item_ids: Sequence[str], config: SequenceCo
 
 
 def fit_sequence_model(history: pl.DataFrame, item_ids: Sequence[str], config: SequenceConfig, seed: int,
-                       cache_dir: Path | None = None) -> SequenceModel:
+                       cache_dir: Path | None = None, start_history: pl.DataFrame | None = None) -> SequenceModel:
     """Fit (or load from `cache_dir`) a SASRec model on `history`.
 
     Args:
@@ -178,6 +194,10 @@ def fit_sequence_model(history: pl.DataFrame, item_ids: Sequence[str], config: S
         seed: seeds initialisation, dropout, batch order and negatives; the caller's random
             state is untouched (sequence_training.train_network).
         cache_dir: folder of cached models (created if missing); None neither reads nor writes.
+        start_history: rows of `history` that every cut-off of the protocol has (data.cutoffs'
+            shared history). With config.refit "continue" and fewer rows than `history`, a model
+            is fitted (or loaded) on them from scratch and this fit continues from its weights
+            for at most config.refit_epochs epochs; otherwise the fit starts from scratch.
 
     Returns:
         The fitted SequenceModel.
@@ -188,7 +208,10 @@ def fit_sequence_model(history: pl.DataFrame, item_ids: Sequence[str], config: S
     """
     item_ids = tuple(item_ids)
     device = resolve_device(config.device)
-    key = cache_key(history, item_ids, config, seed, device)
+    start = None
+    if config.refit == "continue" and start_history is not None and start_history.height < history.height:
+        start = fit_sequence_model(start_history, item_ids, config, seed, cache_dir)
+    key = cache_key(history, item_ids, config, seed, device, start.cache_key if start is not None else None)
     path = Path(cache_dir) / f"sasrec-{key}.pt" if cache_dir is not None else None
     with torch_threads(config.threads):
         loaded = _load(path, len(item_ids), config, device) if path is not None and path.exists() else None
@@ -199,8 +222,14 @@ def fit_sequence_model(history: pl.DataFrame, item_ids: Sequence[str], config: S
             longest = max((len(seq) for seq in data.items), default=0)
             raise ValueError(f"the sequence model needs a user with at least 3 catalog items in the history; "
                              f"the most any of {len(data.users):,} users has is {longest}")
-        with progress.step("fit sequence model") as s:
-            network, record = train_network(data, len(item_ids), config, seed, device)
+        what = "continue sequence model" if start is not None else "fit sequence model"
+        with progress.step(what) as s:
+            network, record = train_network(
+                data, len(item_ids), config, seed, device,
+                start=start.network.state_dict() if start is not None else None,
+                max_epochs=config.refit_epochs if start is not None else None,
+            )
+            record["started_from"] = start.cache_key if start is not None else None
             best = record["best_epoch"]
             s.done(f"{record['epochs']} epochs, best {best}, valid NDCG@{VALID_K} {record['valid_ndcg'][best - 1]:.4f}")
         if path is not None:
@@ -217,6 +246,7 @@ def _fitted(item_ids: tuple[str, ...], network: SASRec, record: dict[str, Any], 
         threads=config.threads, epochs=int(record["epochs"]), best_epoch=int(record["best_epoch"]),
         valid_ndcg=tuple(float(v) for v in record["valid_ndcg"]),
         train_loss=tuple(float(v) for v in record["train_loss"]), cache_key=key, from_cache=from_cache,
+        started_from=record.get("started_from"),
     )
 
 

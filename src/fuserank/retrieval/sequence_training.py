@@ -92,9 +92,12 @@ def build_network(n_items: int, config: SequenceConfig, device: str) -> SASRec:
     return network.to(device)
 
 
-def train_network(data: Sequences, n_items: int, config: SequenceConfig, seed: int,
-                  device: str) -> tuple[SASRec, dict[str, Any]]:
-    """Train until validation NDCG@10 has not improved for `patience` epochs (or max_epochs).
+def train_network(data: Sequences, n_items: int, config: SequenceConfig, seed: int, device: str,
+                  start: dict[str, torch.Tensor] | None = None,
+                  max_epochs: int | None = None) -> tuple[SASRec, dict[str, Any]]:
+    """Train until validation NDCG@10 has not improved for `patience` epochs (or `max_epochs`,
+    default config.max_epochs), from a fresh initialisation or from the weights `start` (a
+    state dict of a network of the same shape).
 
     torch's global generator (dropout, initialisation) is forked and seeded with `seed`, and a
     torch.Generator seeded with it orders batches and draws negatives, so the caller's random
@@ -111,13 +114,15 @@ def train_network(data: Sequences, n_items: int, config: SequenceConfig, seed: i
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         network = build_network(n_items, config, device)
+        if start is not None:
+            network.load_state_dict(start)
         generator = torch.Generator().manual_seed(seed)
         optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
         scores: list[float] = []
         losses: list[float] = []
         best_state: dict[str, torch.Tensor] = {}
         best_epoch = 0
-        for epoch in range(1, config.max_epochs + 1):
+        for epoch in range(1, (max_epochs or config.max_epochs) + 1):
             network.train()
             losses.append(_train_epoch(network, optimiser, data.train, config, generator, device, epoch))
             network.eval()
