@@ -4,6 +4,7 @@ features worked by hand, and each cut-off's model fitted on that cut-off's histo
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import polars as pl
@@ -68,3 +69,37 @@ def test_the_sequence_source_finds_each_users_next_item(cycle_stage):
     found = frame.join(wanted, on=[schema.USER_ID, schema.ITEM_ID], how="semi")
     assert found.height >= 0.8 * len(users)
     assert (found["seq_model_rank"] <= 2).mean() >= 0.8  # the model ranks the next item at or near the top
+
+
+@pytest.mark.slow  # ~80 s on busy cores: a train-evaluate, MLflow and an export
+def test_every_cutoff_and_the_export_continue_from_one_shared_history_model(tmp_path, monkeypatch):
+    """train-evaluate then export on a tiny catalog with the sequence model on: one model is
+    trained from scratch (on the shared history, which is the earliest label cut-off's), every
+    other cut-off's model and the export's continue from it, and no fit is repeated."""
+    import torch
+
+    from fuserank.cli import main
+    from tiny_project import write_project
+
+    sequence = {"enabled": True, "max_length": 10, "dim": 8, "blocks": 1, "heads": 1, "max_epochs": 3,
+                "patience": 1, "refit_epochs": 1, "batch_size": 32, "threads": 1}
+    config = write_project(tmp_path, "seq", sequence=sequence)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-evaluate", "--config", str(config), "--quiet"]) == 0
+    features = (tmp_path / "outputs" / "seq" / "model" / "features.json").read_text()
+    assert "seq_model_score" in features
+    folder = tmp_path / "cache" / "sequence"
+
+    def starts() -> list[str | None]:
+        return [torch.load(p, weights_only=True)["record"]["started_from"] for p in sorted(folder.glob("*.pt"))]
+
+    # Label cut-offs 2 and 1, validation and test: the earliest is the shared history itself.
+    after_run = starts()
+    base = [p.name.removeprefix("sasrec-").removesuffix(".pt") for p in sorted(folder.glob("*.pt"))]
+    assert after_run.count(None) == 1 and len(after_run) == 4
+    assert set(after_run) == {None, base[after_run.index(None)]}
+    run_id = json.loads((tmp_path / "outputs" / "seq" / "metrics.json").read_text())["run_id"]
+    assert main(["export", "--config", str(config), "--run-id", run_id, "--quiet"]) == 0
+    after_export = starts()
+    assert len(after_export) == 5 and after_export.count(None) == 1  # one more fit, continued from the same base
+    assert set(after_export) == set(after_run)
