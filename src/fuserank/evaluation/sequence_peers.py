@@ -65,10 +65,10 @@ def run_rectools_sasrec(cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, en
 def run_fuserank_sequence(cutoffs: Cutoffs, item_ids: Sequence[str], config: SequenceConfig, seed: int,
                           k: int = 50, cache_dir: Path | None = None) -> PeerResult:
     """fuserank's SASRec alone: `config` (one configuration, so no validation fit) fitted on the
-    test cut-off's history as the pipeline fits it (under sequence.refit "continue", continued
-    from the model of the cut-offs' shared history, so it is the very model whose features the
-    ranker reads), its early stopping on each user's last history item, ranking the catalog
-    minus history by user state . item vector.
+    test cut-off's history as the pipeline fits the model whose features its ranker reads
+    (under sequence.refit "continue", continued from the model of the cut-offs' shared
+    history), its early stopping on each user's last history item, ranking the catalog minus
+    history by user state . item vector.
 
     Args:
         cutoffs: the protocol's cut-offs.
