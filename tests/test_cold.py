@@ -92,13 +92,37 @@ def test_no_history_holds_a_cold_item_and_only_test_targets_name_one(protocol):
         assert set(cutoff.users) <= set(cutoff.history[schema.USER_ID].to_list())
     for cutoff in (*cutoffs.labels, cutoffs.valid):
         assert cutoff.targets.filter(ITEM.is_in(cold)).is_empty(), cutoff.name
+        assert cutoff.absent == cutoffs.cold_items, cutoff.name  # no target there may name one
         # cold-like positives: targets on items the cut-off hid from its own history
         unseen = cutoff.targets.join(cutoff.history.select(schema.ITEM_ID).unique(), on=schema.ITEM_ID, how="anti")
         assert unseen.height > 0, cutoff.name
     assert not cutoffs.test.targets.filter(ITEM.is_in(cold)).is_empty()  # the cold slice
+    assert cutoffs.test.absent == frozenset()
     if protocol == "leave_last_out":
         test = cutoffs.test
         assert test.ref_times.equals(reference_times(test.history, test.users))
+
+
+def test_earlier_cutoffs_offer_only_zero_interaction_items_that_may_be_the_answer():
+    """At a label cut-off a cold item can never be the answer, so it is no candidate there: every
+    zero-interaction candidate is an item that cut-off hid, as every one at test is a cold item."""
+    from fuserank.pipeline import cutoff_frame
+
+    interactions, ids, content = _catalog()
+    config = load_config(None, ["seed=3", "tracking.enabled=false", "retrieval.ann_candidates=40",
+                                "retrieval.popular_candidates=10", "retrieval.cold_candidates=30",
+                                "behaviour.dim=8", "split.cold_items=0.2"])
+    cutoffs = build_cutoffs(interactions, config.split)
+    cold = list(cutoffs.cold_items)
+    for cutoff in (cutoffs.labels[0], cutoffs.valid, cutoffs.test):
+        _, _, candidates = cutoff_frame(config, cutoff, ids, content)
+        unseen = candidates.join(cutoff.history.select(schema.ITEM_ID).unique(), on=schema.ITEM_ID, how="anti")
+        named = candidates.filter(ITEM.is_in(cold))
+        if cutoff is cutoffs.test:
+            assert not named.is_empty()
+        else:
+            assert named.is_empty(), cutoff.name
+            assert not unseen.is_empty() and set(unseen[schema.ITEM_ID]).isdisjoint(cold), cutoff.name
 
 
 def test_cold_source_finds_only_unseen_items_by_content():

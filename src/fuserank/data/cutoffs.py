@@ -25,6 +25,9 @@ history, so no model, statistic or candidate source learns from one; only test t
 a cold item. The ranker still needs positives that look like that, so each earlier cut-off
 (labels, validation) also hides another share of items, chosen by the hash salted with the
 cut-off's name, from its own history while keeping its targets on them (`mask_cold_items`).
+At those earlier cut-offs the cold items are outside the catalog (`Cutoff.absent`): offered
+there, they would be zero-interaction candidates that can never be the answer, and the ranker
+would learn a lower chance for every zero-interaction item than the test cut-off has.
 """
 
 from __future__ import annotations
@@ -54,12 +57,16 @@ class Cutoff:
         history: interactions stage 1 may learn from (sorted, data.split order).
         targets: the interactions to predict, each of a user with history.
         ref_times: schema.REF_TIMES, one row per target user.
+        absent: items outside this cut-off's catalog, which no candidate may name: under the
+            cold-item protocol, the cold items at the label and validation cut-offs, where no
+            target may name one (empty otherwise).
     """
 
     name: str
     history: pl.DataFrame
     targets: pl.DataFrame
     ref_times: pl.DataFrame
+    absent: frozenset[str] = frozenset()
 
     @property
     def users(self) -> list[str]:
@@ -271,7 +278,9 @@ def mask_cold_items(cutoffs: Cutoffs, split: SplitConfig) -> Cutoffs:
     targets on cold items (the cold slice); the label and validation cut-offs drop theirs (a
     cold item trains nothing) and each hides a further share of the remaining items, keyed by
     its name, from its history while keeping its targets on them: cold-like positives for the
-    ranker and for early stopping. A query whose history becomes empty is dropped; reference
+    ranker and for early stopping. The cold items leave those cut-offs' catalogs (`absent`), so
+    every zero-interaction candidate there is a hidden item, which may be the answer, as at
+    test. A query whose history becomes empty is dropped; reference
     times are recomputed from the masked history (leave_last_out) or stay the cut (global_time).
     """
     cold = select_cold_items(cutoffs.interactions, split.cold_items, split.cold_rule, split.cold_seed)
@@ -291,8 +300,9 @@ def mask_cold_items(cutoffs: Cutoffs, split: SplitConfig) -> Cutoffs:
 
 
 def _masked(cutoff: Cutoff, hidden: frozenset[str], drop_targets: frozenset[str], protocol: str) -> Cutoff:
-    """`cutoff` with the `hidden` items' interactions out of its history and the targets on
-    `drop_targets` removed; only users with history left keep their queries."""
+    """`cutoff` with the `hidden` items' interactions out of its history, and the targets on
+    `drop_targets` removed and those items out of its catalog; only users with history left
+    keep their queries."""
     item = pl.col(schema.ITEM_ID)
     history = cutoff.history.filter(~item.is_in(list(hidden)))
     targets = cutoff.targets.filter(~item.is_in(list(drop_targets)))
@@ -303,4 +313,4 @@ def _masked(cutoff: Cutoff, hidden: frozenset[str], drop_targets: frozenset[str]
         ref_times = cutoff.ref_times.join(wanted, on=schema.USER_ID, how="semi")
     else:
         ref_times = reference_times(history, users)
-    return Cutoff(cutoff.name, history, targets, ref_times)
+    return Cutoff(cutoff.name, history, targets, ref_times, absent=drop_targets)
