@@ -291,3 +291,23 @@ def test_benchmark_cold_writes_the_slice_tables_and_the_spread(tmp_path):
     assert rows["full"]["cold_users"] > 0 and rows["baseline_popular"]["cold_test_ndcg_at_10"] == 0.0
     assert set(report["over_seeds"]["full/cold_test_ndcg_at_10"]["by_seed"]) == {"5", "6"}
     assert "cold-item slice" in out.with_suffix(".txt").read_text()
+
+
+def test_unseen_candidate_report_by_hand():
+    from fuserank.evaluation.cold_diagnosis import unseen_candidate_report
+
+    seen = ["a", "b", *(f"s{k}" for k in range(10))]
+    history = _frame([("h", item, k) for k, item in enumerate(seen)])
+    # u1 and u2 rank unseen items (x, y; y is a cold item) among seen ones; u3's target is its 10th seen item.
+    rows = [("u1", "a", 0.9, 0), ("u1", "x", 0.8, 1), ("u1", "b", 0.1, 0),
+            ("u2", "b", 0.5, 1), ("u2", "y", 0.4, 0), ("u2", "x", 0.3, 0),
+            *(("u3", f"s{k}", 1.0 - k / 10, int(k == 9)) for k in range(10))]
+    users, items, scores, labels = zip(*rows)
+    frame = pl.DataFrame({schema.USER_ID: users, schema.ITEM_ID: items, schema.LABEL: labels})
+    report = unseen_candidate_report(frame, np.array(scores), history, cold_items={"y"})
+    assert report == {
+        "candidates": 16.0, "users": 3.0, "unseen_share": 3 / 16, "cold_items_offered": 1.0,
+        "positives": 3.0, "unseen_positives": 1.0, "seen_positive_rate": 2 / 13, "unseen_positive_rate": 1 / 3,
+        "unseen_in_top10": 3.0, "unseen_positives_in_top10": 1.0, "unseen_positive_median_rank": 2.0,
+        "best_unseen_is_target": 1.0, "tenth_seen_is_target": 1.0,
+    }
