@@ -280,8 +280,8 @@ def mask_cold_items(cutoffs: Cutoffs, split: SplitConfig) -> Cutoffs:
     its name, from its history while keeping its targets on them: cold-like positives for the
     ranker and for early stopping. The cold items leave those cut-offs' catalogs (`absent`), so
     every zero-interaction candidate there is a hidden item, which may be the answer, as at
-    test. A query whose history becomes empty is dropped; reference
-    times are recomputed from the masked history (leave_last_out) or stay the cut (global_time).
+    test. A query whose history becomes empty is dropped; reference times are recomputed from
+    the masked history (leave_last_out) or stay the cut (global_time).
     """
     cold = select_cold_items(cutoffs.interactions, split.cold_items, split.cold_rule, split.cold_seed)
     warm = cutoffs.interactions.filter(~pl.col(schema.ITEM_ID).is_in(list(cold)))
