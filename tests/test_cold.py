@@ -92,13 +92,37 @@ def test_no_history_holds_a_cold_item_and_only_test_targets_name_one(protocol):
         assert set(cutoff.users) <= set(cutoff.history[schema.USER_ID].to_list())
     for cutoff in (*cutoffs.labels, cutoffs.valid):
         assert cutoff.targets.filter(ITEM.is_in(cold)).is_empty(), cutoff.name
+        assert cutoff.absent == cutoffs.cold_items, cutoff.name  # no target there may name one
         # cold-like positives: targets on items the cut-off hid from its own history
         unseen = cutoff.targets.join(cutoff.history.select(schema.ITEM_ID).unique(), on=schema.ITEM_ID, how="anti")
         assert unseen.height > 0, cutoff.name
     assert not cutoffs.test.targets.filter(ITEM.is_in(cold)).is_empty()  # the cold slice
+    assert cutoffs.test.absent == frozenset()
     if protocol == "leave_last_out":
         test = cutoffs.test
         assert test.ref_times.equals(reference_times(test.history, test.users))
+
+
+def test_earlier_cutoffs_offer_only_zero_interaction_items_that_may_be_the_answer():
+    """At a label cut-off a cold item can never be the answer, so it is no candidate there: every
+    zero-interaction candidate is an item that cut-off hid, as every one at test is a cold item."""
+    from fuserank.pipeline import cutoff_frame
+
+    interactions, ids, content = _catalog()
+    config = load_config(None, ["seed=3", "tracking.enabled=false", "retrieval.ann_candidates=40",
+                                "retrieval.popular_candidates=10", "retrieval.cold_candidates=30",
+                                "behaviour.dim=8", "split.cold_items=0.2"])
+    cutoffs = build_cutoffs(interactions, config.split)
+    cold = list(cutoffs.cold_items)
+    for cutoff in (cutoffs.labels[0], cutoffs.valid, cutoffs.test):
+        _, _, candidates = cutoff_frame(config, cutoff, ids, content)
+        unseen = candidates.join(cutoff.history.select(schema.ITEM_ID).unique(), on=schema.ITEM_ID, how="anti")
+        named = candidates.filter(ITEM.is_in(cold))
+        if cutoff is cutoffs.test:
+            assert not named.is_empty()
+        else:
+            assert named.is_empty(), cutoff.name
+            assert not unseen.is_empty() and set(unseen[schema.ITEM_ID]).isdisjoint(cold), cutoff.name
 
 
 def test_cold_source_finds_only_unseen_items_by_content():
@@ -267,3 +291,23 @@ def test_benchmark_cold_writes_the_slice_tables_and_the_spread(tmp_path):
     assert rows["full"]["cold_users"] > 0 and rows["baseline_popular"]["cold_test_ndcg_at_10"] == 0.0
     assert set(report["over_seeds"]["full/cold_test_ndcg_at_10"]["by_seed"]) == {"5", "6"}
     assert "cold-item slice" in out.with_suffix(".txt").read_text()
+
+
+def test_unseen_candidate_report_by_hand():
+    from fuserank.evaluation.cold_diagnosis import unseen_candidate_report
+
+    seen = ["a", "b", *(f"s{k}" for k in range(10))]
+    history = _frame([("h", item, k) for k, item in enumerate(seen)])
+    # u1 and u2 rank unseen items (x, y; y is a cold item) among seen ones; u3's target is its 10th seen item.
+    rows = [("u1", "a", 0.9, 0), ("u1", "x", 0.8, 1), ("u1", "b", 0.1, 0),
+            ("u2", "b", 0.5, 1), ("u2", "y", 0.4, 0), ("u2", "x", 0.3, 0),
+            *(("u3", f"s{k}", 1.0 - k / 10, int(k == 9)) for k in range(10))]
+    users, items, scores, labels = zip(*rows)
+    frame = pl.DataFrame({schema.USER_ID: users, schema.ITEM_ID: items, schema.LABEL: labels})
+    report = unseen_candidate_report(frame, np.array(scores), history, cold_items={"y"})
+    assert report == {
+        "candidates": 16.0, "users": 3.0, "unseen_share": 3 / 16, "cold_items_offered": 1.0,
+        "positives": 3.0, "unseen_positives": 1.0, "seen_positive_rate": 2 / 13, "unseen_positive_rate": 1 / 3,
+        "unseen_in_top10": 3.0, "unseen_positives_in_top10": 1.0, "unseen_positive_median_rank": 2.0,
+        "best_unseen_is_target": 1.0, "tenth_seen_is_target": 1.0,
+    }

@@ -229,14 +229,16 @@ def cutoff_frame(
     Args:
         config: the run's config; its stage sections, seed, llm.enabled and sources are read.
         cutoff: history, targets and reference times (data.cutoffs).
-        item_ids, content: the catalog and its content embeddings, in one item order.
+        item_ids, content: the catalog and its content embeddings, in one item order; the
+            cut-off's `absent` items leave the catalog, so no candidate names one.
         llm: LLM signals, used while config.llm.enabled.
         build: as in `stage_frame`.
 
     Returns:
         (features with labels, feature names, stage-1 candidates in stage-1 order).
     """
-    stage = fit_stage(config, cutoff.history, item_ids, content, cutoff.shared_history)
+    catalog = [item for item in item_ids if item not in cutoff.absent] if cutoff.absent else item_ids
+    stage = fit_stage(config, cutoff.history, catalog, content, cutoff.shared_history)
     return stage_frame(config, stage, cutoff, llm, build=build)
 
 

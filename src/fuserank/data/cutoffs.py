@@ -25,6 +25,9 @@ history, so no model, statistic or candidate source learns from one; only test t
 a cold item. The ranker still needs positives that look like that, so each earlier cut-off
 (labels, validation) also hides another share of items, chosen by the hash salted with the
 cut-off's name, from its own history while keeping its targets on them (`mask_cold_items`).
+At those earlier cut-offs the cold items are outside the catalog (`Cutoff.absent`): offered
+there, they would be zero-interaction candidates that can never be the answer, and the ranker
+would learn a lower chance for every zero-interaction item than the test cut-off has.
 
 Every cut-off also carries the protocol's shared history: the interactions that all of its
 cut-offs have in their histories (under leave_last_out without cold items, the earliest label
@@ -61,6 +64,9 @@ class Cutoff:
         ref_times: schema.REF_TIMES, one row per target user.
         shared_history: the rows of `history` every cut-off of the protocol has
             (`share_history`); None for a cut-off built on its own (export's serving cut-off).
+        absent: items outside this cut-off's catalog, which no candidate may name: under the
+            cold-item protocol, the cold items at the label and validation cut-offs, where no
+            target may name one (empty otherwise).
     """
 
     name: str
@@ -68,6 +74,7 @@ class Cutoff:
     targets: pl.DataFrame
     ref_times: pl.DataFrame
     shared_history: pl.DataFrame | None = None
+    absent: frozenset[str] = frozenset()
 
     @property
     def users(self) -> list[str]:
@@ -295,8 +302,10 @@ def mask_cold_items(cutoffs: Cutoffs, split: SplitConfig) -> Cutoffs:
     targets on cold items (the cold slice); the label and validation cut-offs drop theirs (a
     cold item trains nothing) and each hides a further share of the remaining items, keyed by
     its name, from its history while keeping its targets on them: cold-like positives for the
-    ranker and for early stopping. A query whose history becomes empty is dropped; reference
-    times are recomputed from the masked history (leave_last_out) or stay the cut (global_time).
+    ranker and for early stopping. The cold items leave those cut-offs' catalogs (`absent`), so
+    every zero-interaction candidate there is a hidden item, which may be the answer, as at
+    test. A query whose history becomes empty is dropped; reference times are recomputed from
+    the masked history (leave_last_out) or stay the cut (global_time).
     """
     cold = select_cold_items(cutoffs.interactions, split.cold_items, split.cold_rule, split.cold_seed)
     warm = cutoffs.interactions.filter(~pl.col(schema.ITEM_ID).is_in(list(cold)))
@@ -315,8 +324,9 @@ def mask_cold_items(cutoffs: Cutoffs, split: SplitConfig) -> Cutoffs:
 
 
 def _masked(cutoff: Cutoff, hidden: frozenset[str], drop_targets: frozenset[str], protocol: str) -> Cutoff:
-    """`cutoff` with the `hidden` items' interactions out of its history and the targets on
-    `drop_targets` removed; only users with history left keep their queries."""
+    """`cutoff` with the `hidden` items' interactions out of its history, and the targets on
+    `drop_targets` removed and those items out of its catalog; only users with history left
+    keep their queries."""
     item = pl.col(schema.ITEM_ID)
     history = cutoff.history.filter(~item.is_in(list(hidden)))
     targets = cutoff.targets.filter(~item.is_in(list(drop_targets)))
@@ -327,4 +337,4 @@ def _masked(cutoff: Cutoff, hidden: frozenset[str], drop_targets: frozenset[str]
         ref_times = cutoff.ref_times.join(wanted, on=schema.USER_ID, how="semi")
     else:
         ref_times = reference_times(history, users)
-    return Cutoff(cutoff.name, history, targets, ref_times)
+    return Cutoff(cutoff.name, history, targets, ref_times, absent=drop_targets)
