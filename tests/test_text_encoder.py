@@ -10,7 +10,7 @@ import pytest
 
 from fuserank import schema
 from fuserank.encoders.text import TextEncoder, model_fingerprint
-from tiny_models import WORDS, save_tiny_bert
+from tiny_models import save_tiny_bert
 
 TEXTS = [
     "a cat",
