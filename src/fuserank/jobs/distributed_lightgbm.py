@@ -10,12 +10,11 @@ the missing-value type and the bins around zero would still come from the partit
 So every machine here first builds a Dataset from one bounded sample of rows, before the network
 starts, which LightGBM bins exactly as a local fit bins its own sample; the machine's partition
 then becomes a Dataset with that one as `reference`, which copies its bin mappers
-(`Dataset::CreateValid`) instead of finding bins. With the same bins, the data-parallel trees
-are the local trees up to the order in which histograms are summed.
-
-Bagging still differs: LightGBM draws the bag of a row from a random stream chosen by the row's
-index within its machine (`bagging_rands_[row / 1024]` in src/boosting/bagging.hpp), so a
-machine's rows get the draws of the first rows of a local fit, not of their own.
+(`Dataset::CreateValid`) instead of finding bins. One machine then gives the local model
+exactly; several start from the same first tree and then part, for reasons inside LightGBM's
+data-parallel learner: bags drawn by a row's index within its machine, leaf row counts
+estimated from hessians, no skipping of features unsplittable in the parent, another
+summation order (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -47,6 +46,8 @@ def bin_sample(n_rows: int, params: dict[str, Any]) -> np.ndarray:
 
     Every row up to `bin_construct_sample_cnt` (200,000 by default), else LightGBM's own sample
     of that many, drawn by its C++ sampler (`LGBM_SampleIndices`, seeded by `data_random_seed`).
+    Binned alone, a sample of k < n_rows rows pre-filters features at `min_data_in_leaf` rows
+    where the local fit uses `min_data_in_leaf` x k / n_rows.
 
     Returns:
         (k,) sorted int32 row indices, k <= bin_construct_sample_cnt.
