@@ -82,11 +82,23 @@ def test_placement_gives_contiguous_runs_over_sorted_workers():
     assert placement(workers, 1) == ["tcp://10.0.0.1:7"]
 
 
-def test_bin_sample_is_every_row_up_to_lightgbms_sample_size():
+def test_bin_sample_is_the_sample_a_local_fit_bins_from():
+    import lightgbm
+
     np.testing.assert_array_equal(bin_sample(1000, {"seed": 5}), np.arange(1000))
-    many = bin_sample(250_000, {"seed": 5})
-    assert many.size == 200_000 and np.all(np.diff(many) > 0) and many[-1] < 250_000
-    np.testing.assert_array_equal(bin_sample(250_000, {"seed": 5}), many)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 3)).astype(np.float32)
+    y = (x[:, 0] + rng.normal(size=3000) > 1).astype(int)
+    params = {"objective": "binary", "num_leaves": 31, "seed": 5, "bin_construct_sample_cnt": 1000, "verbosity": -1,
+              "num_threads": 1}
+
+    def model_with_bins_of(rows):
+        bins = lightgbm.Dataset(x[rows], params=params).construct()
+        return lightgbm.train(params, lightgbm.Dataset(x, label=y, reference=bins, params=params), 2).model_to_string()
+
+    local = lightgbm.train(params, lightgbm.Dataset(x, label=y, params=params), 2).model_to_string()
+    assert model_with_bins_of(bin_sample(3000, params)) == local
+    assert model_with_bins_of(np.sort(rng.choice(3000, 1000, replace=False))) != local  # the sample matters
 
 
 def trees(ranker) -> list:

@@ -19,6 +19,7 @@ summation order (docs/scaling.md).
 
 from __future__ import annotations
 
+import ctypes
 import socket
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -52,10 +53,18 @@ def bin_sample(n_rows: int, params: dict[str, Any]) -> np.ndarray:
     Returns:
         (k,) sorted int32 row indices, k <= bin_construct_sample_cnt.
     """
-    import lightgbm
+    from lightgbm.basic import _LIB, _c_str, _param_dict_to_str, _safe_call
 
-    # The same call LightGBM's Sequence input uses to sample; it reads only the params.
-    return np.sort(lightgbm.Dataset(None, params=params)._create_sample_indices(total_nrow=n_rows))
+    # The C call behind Dataset._create_sample_indices, but handed every parameter: that method
+    # passes only the Dataset ones, and `seed` (which sets data_random_seed) is not one of them.
+    text = _c_str(_param_dict_to_str(params))
+    size = ctypes.c_int(0)
+    _safe_call(_LIB.LGBM_GetSampleCount(ctypes.c_int32(n_rows), text, ctypes.byref(size)))
+    rows = np.empty(size.value, dtype=np.int32)
+    drawn = ctypes.c_int32(0)
+    _safe_call(_LIB.LGBM_SampleIndices(ctypes.c_int32(n_rows), text, rows.ctypes.data_as(ctypes.c_void_p),
+                                       ctypes.byref(drawn)))
+    return np.sort(rows[:drawn.value])
 
 
 def placement(workers: Sequence[str], n_parts: int) -> list[str]:
