@@ -96,7 +96,7 @@ def outcome(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
 
 
-@pytest.mark.slow  # ~40 s alone on 2 idle cores, up to two minutes on busy ones
+@pytest.mark.slow  # three runs: 40-56 s on 2 cores shared with other jobs
 def test_train_evaluate_on_a_local_cluster_matches_the_local_run(client, catalog):
     local, _ = run(catalog, "local")
     # Features on the workers, the ranker on one LightGBM machine: the local run, to the last bit.
