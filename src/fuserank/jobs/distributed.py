@@ -170,8 +170,9 @@ def fit_ranker_dask(
 ) -> Ranker:
     """Fit the lambdarank ranker with data-parallel LightGBM on the client's cluster.
 
-    Every machine bins with the bins a local fit finds (`distributed_lightgbm`), so without
-    bagging the trees equal `ranking.fit_ranker`'s up to the order histograms are summed in.
+    Every machine bins with the bins a local fit finds (`distributed_lightgbm`). One partition
+    gives `ranking.fit_ranker`'s model exactly; with more, LightGBM's data-parallel learner grows
+    trees that part from the local ones after a few rounds (docs/scaling.md).
 
     Args:
         client: a connected `distributed.Client` (see `dask_client`).
