@@ -178,9 +178,8 @@ def fit_ranker_dask(
         client: a connected `distributed.Client` (see `dask_client`).
         train, valid, feature_names, config, seed, group: as in `ranking.fit_ranker`.
         n_partitions: partitions of the training rows (whole query groups each), placed in
-            contiguous runs on the workers sorted by address; 0 means one per worker. LightGBM
-            uses threads_per_worker threads on each worker (config.n_jobs is the local setting
-            and is ignored here).
+            contiguous runs on the workers sorted by address; 0 means one per worker. Every
+            LightGBM machine uses config.n_jobs threads, as the local fit does.
 
     Returns:
         A `Ranker` whose booster holds all `n_estimators` rounds and whose best_iteration is
@@ -196,7 +195,6 @@ def fit_ranker_dask(
     parts = partitions(x, y, sizes, n_partitions or n_workers(client), init)
 
     params = _params(config, seed)
-    params.pop("num_threads")  # each worker's own thread count
     params.pop("metric")
     params.pop("eval_at")
     with progress.step("ranker (dask)") as s:

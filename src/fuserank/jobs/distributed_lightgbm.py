@@ -105,7 +105,9 @@ def train_data_parallel(client: Any, parts: Sequence[Partition], sample: np.ndar
         client: a connected `distributed.Client`.
         parts: the training rows, whole query groups each, in row order.
         sample: (k, n_features) float32 rows every machine takes the bins from (see `bin_sample`).
-        params: LightGBM parameters without threads or network settings.
+        params: LightGBM parameters without network settings. Their `num_threads` runs on every
+            machine whatever its worker's thread count, since LightGBM's sums, hence its trees,
+            depend on it.
         rounds: boosting rounds.
         feature_names: column names.
 
@@ -114,8 +116,7 @@ def train_data_parallel(client: Any, parts: Sequence[Partition], sample: np.ndar
     """
     import lightgbm
 
-    info = client.scheduler_info()["workers"]
-    owners = placement(list(info), len(parts))
+    owners = placement(list(client.scheduler_info()["workers"]), len(parts))
     machines = list(dict.fromkeys(owners))  # rank order: sorted worker addresses
     ports = client.run(_free_port, workers=machines)
     listen = ",".join(f"{urlparse(w).hostname}:{ports[w]}" for w in machines)
@@ -124,7 +125,7 @@ def train_data_parallel(client: Any, parts: Sequence[Partition], sample: np.ndar
     for w in machines:
         own = client.scatter([p for p, o in zip(parts, owners, strict=True) if o == w], workers=[w])
         network = {"tree_learner": "data", "machines": listen, "local_listen_port": ports[w],
-                   "num_machines": len(machines), "num_threads": info[w]["nthreads"]}
+                   "num_machines": len(machines)}
         futures.append(client.submit(_train_machine, own, shared, params, network, rounds, list(feature_names),
                                      workers=[w], allow_other_workers=False, pure=False))
     models = client.gather(futures)
