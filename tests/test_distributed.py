@@ -22,6 +22,7 @@ from fuserank.jobs.distributed import (  # noqa: E402
     ndcg_by_iteration,
     split_groups,
 )
+from fuserank.jobs.distributed_lightgbm import bin_sample, placement  # noqa: E402
 
 FEATURES = ["signal", "noise_a", "noise_b"]
 
@@ -74,6 +75,78 @@ def test_split_groups_keeps_whole_queries():
     assert chunk_evenly(list("ab"), 5) == [["a"], ["b"]]
 
 
+def test_placement_gives_contiguous_runs_over_sorted_workers():
+    workers = ["tcp://10.0.0.2:9", "tcp://10.0.0.1:7"]
+    assert placement(workers, 3) == ["tcp://10.0.0.1:7", "tcp://10.0.0.1:7", "tcp://10.0.0.2:9"]
+    assert placement(workers, 2) == ["tcp://10.0.0.1:7", "tcp://10.0.0.2:9"]
+    assert placement(workers, 1) == ["tcp://10.0.0.1:7"]
+
+
+def test_bin_sample_is_the_sample_a_local_fit_bins_from():
+    import lightgbm
+
+    np.testing.assert_array_equal(bin_sample(1000, {"seed": 5}), np.arange(1000))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 3)).astype(np.float32)
+    y = (x[:, 0] + rng.normal(size=3000) > 1).astype(int)
+    params = {"objective": "binary", "num_leaves": 31, "seed": 5, "bin_construct_sample_cnt": 1000, "verbosity": -1,
+              "num_threads": 1}
+
+    def model_with_bins_of(rows):
+        bins = lightgbm.Dataset(x[rows], params=params).construct()
+        return lightgbm.train(params, lightgbm.Dataset(x, label=y, reference=bins, params=params), 2).model_to_string()
+
+    local = lightgbm.train(params, lightgbm.Dataset(x, label=y, params=params), 2).model_to_string()
+    assert model_with_bins_of(bin_sample(3000, params)) == local
+    assert model_with_bins_of(np.sort(rng.choice(3000, 1000, replace=False))) != local  # the sample matters
+
+
+def trees(ranker) -> list:
+    """Each tree as nested (feature, threshold, left, right) with leaf values to 1e-9."""
+    def node(n):
+        if "leaf_index" in n:
+            return round(n["leaf_value"], 9)
+        return n["split_feature"], n["threshold"], node(n["left_child"]), node(n["right_child"])
+    return [node(t["tree_structure"]) for t in ranker.booster.dump_model()["tree_info"]]
+
+
+def tree_text(ranker) -> str:
+    """The trees of the model file, byte for byte (counts, gains and values included)."""
+    model = ranker.booster.model_to_string()
+    return model[model.index("Tree=0"):model.index("end of trees")]
+
+
+@pytest.mark.parametrize("base_scale", [0.0, 1.0])
+def test_one_partition_gives_the_local_model(client, base_scale):
+    """One LightGBM machine runs the serial learner on the reference-binned Dataset: the very
+    model of a local fit, bagging, feature sampling and the starting score included."""
+    train = planted(300, 41)
+    config = RankerConfig(n_estimators=30, num_leaves=7, min_child_samples=10, early_stopping_rounds=0, n_jobs=1,
+                          base_feature="signal", base_scale=base_scale)
+    local = fit_ranker(train, None, FEATURES, config, seed=5)
+    remote = fit_ranker_dask(client, train, None, FEATURES, config, seed=5, n_partitions=1)
+    assert tree_text(remote) == tree_text(local)
+
+
+def feature_infos(ranker) -> str:
+    """The model's `feature_infos` line: each feature's [min:max] as its bin mapper saw them."""
+    return next(line for line in ranker.booster.model_to_string().splitlines() if line.startswith("feature_infos="))
+
+
+def test_two_machines_bin_like_the_local_fit(client):
+    """Without bagging or feature sampling, both machines bin from the same rows as the local fit
+    and the first tree is the local one: the same thresholds and leaf values, so the same bins and
+    summed histograms. Later trees part for reasons inside LightGBM's data-parallel learner
+    (docs/scaling.md)."""
+    train = planted(600, 11)
+    config = RankerConfig(n_estimators=3, num_leaves=7, min_child_samples=10, early_stopping_rounds=0, n_jobs=1,
+                          bagging_fraction=1.0, feature_fraction=1.0)
+    local = fit_ranker(train, None, FEATURES, config, seed=5)
+    remote = fit_ranker_dask(client, train, None, FEATURES, config, seed=5)
+    assert feature_infos(remote) == feature_infos(local)
+    assert trees(remote)[0] == trees(local)[0]
+
+
 def test_best_iteration_follows_early_stopping_rule():
     curve = np.array([0.1, 0.3, 0.3, 0.2, 0.25, 0.29, 0.5])
     assert best_iteration(curve, 3) == 2  # rounds 3-5 do not beat 0.3 strictly: stop, best is round 2
@@ -110,9 +183,10 @@ def test_dask_fit_matches_local_quality_on_held_out_queries(client, tmp_path):
     local_ndcg, remote_ndcg = ndcg10(local, test), ndcg10(remote, test)
     # The planted signal alone scores ~0.7+ (70% of positives on top); chance is ~0.1.
     assert local_ndcg > 0.6
-    # Data-parallel trees see binned histograms summed over 2 machines: same model family, not
-    # the same trees. 300 test queries give an NDCG standard error of ~0.025; allow 2 of them.
-    assert abs(remote_ndcg - local_ndcg) < 0.05, (local_ndcg, remote_ndcg)
+    # Two data-parallel machines: the same bins, but trees that part after a few rounds
+    # (docs/scaling.md). Over ranker seeds 5-9 the gap was +0.003 to +0.014 (seed 5: +0.0047),
+    # while local fits with those seeds differ from each other by up to 0.037.
+    assert abs(remote_ndcg - local_ndcg) < 0.02, (local_ndcg, remote_ndcg)
     # The signal feature dominates in both.
     assert max(remote.gain_importance(), key=remote.gain_importance().get) == "signal"
     save_ranker(remote, tmp_path / "m")
@@ -128,7 +202,9 @@ def test_dask_fit_starts_from_the_base_like_a_local_fit(client):
     local = fit_ranker(train, valid, FEATURES, config, seed=5)
     remote = fit_ranker_dask(client, train, valid, FEATURES, config, seed=5)
     assert remote.base == local.base == ScoreBase("signal", 1.0)
-    assert abs(ndcg10(remote, test) - ndcg10(local, test)) < 0.05
+    # Over ranker seeds 5-9 the gap was at most 0.0037 (seed 5: 0.0028); local fits with those
+    # seeds differ from each other by up to 0.0054.
+    assert abs(ndcg10(remote, test) - ndcg10(local, test)) < 0.01
 
 
 def test_dask_fit_uses_query_column_groups(client):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import polars as pl
 import pytest
@@ -54,36 +55,66 @@ def test_features_over_user_partitions_equal_the_local_frame(client, catalog):
     assert_frame_equal(spread, local, check_exact=False, rel_tol=0.0, abs_tol=1e-6)
 
 
-def run(catalog, dask: bool):
+def test_cutoff_frames_over_user_partitions_equal_the_local_frames(client, catalog):
+    """Every frame the ranker meets in a train-evaluate (label, valid and test cut-offs: candidates,
+    text and behaviour features as of the reference times, labels), local against Dask."""
+    from fuserank.encoders.text import TextEncoder
+    from fuserank.evaluation.protocol import make_cutoffs
+    from fuserank.pipeline import fit_stage, stage_frame
+
+    _, _, _, model, items, interactions = catalog
+    config = load_config(None, ["seed=7", "retrieval.ann_candidates=60", "retrieval.popular_candidates=10"])
+    item_ids = items[schema.ITEM_ID].to_list()
+    content = {"text": TextEncoder(model, batch_size=16, max_length=32, device="cpu", cache_dir=None).encode(items)}
+    build = partial(candidate_features_dask, client, n_partitions=3)
+    cutoffs = make_cutoffs(interactions, config)
+    for cutoff in (*cutoffs.labels, cutoffs.valid, cutoffs.test):
+        stage = fit_stage(config, cutoff.history, item_ids, content, cutoff.shared_history)
+        local, names, _ = stage_frame(config, stage, cutoff)
+        spread, spread_names, _ = stage_frame(config, stage, cutoff, build=build)
+        assert spread_names == names and any(n.startswith("cos_text") for n in names), names
+        assert local.height > 50 * len(cutoff.users) * 0.9 and local[schema.LABEL].sum() > 0
+        assert_frame_equal(spread, local, check_exact=False, rel_tol=0.0, abs_tol=1e-6)
+
+
+def run(catalog, name: str, *overrides: str):
     root, items_path, interactions_path, model, _, _ = catalog
-    name = "dask" if dask else "local"
     config = load_config(None, [
         "seed=7", f"output_dir={root / 'outputs'}", f"run_name={name}", "data.dataset=catalog",
         f"data.items_path={items_path}", f"data.interactions_path={interactions_path}",
         f"sources.cache_dir={root / 'cache'}", f"sources.text_model={model}",
         "retrieval.ann_candidates=60", "retrieval.popular_candidates=10",
         "ranker.n_estimators=80", "ranker.num_leaves=7", "ranker.min_child_samples=10", "ranker.n_jobs=1",
-        "ranker.early_stopping_rounds=0", "eval.top_k=20",
-        "tracking.enabled=false", f"dask.enabled={str(dask).lower()}",
+        "ranker.early_stopping_rounds=0", "eval.top_k=20", "tracking.enabled=false", *overrides,
     ])
     metrics, folder = train_evaluate(config)
     return metrics, folder
 
 
-@pytest.mark.slow  # ~28 s alone on 2 idle cores, about a minute on busy ones
+def outcome(metrics: dict) -> dict:
+    """Every metric of a run but its timings."""
+    return {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
+
+
+@pytest.mark.slow  # three runs: 40-56 s on 2 cores shared with other jobs
 def test_train_evaluate_on_a_local_cluster_matches_the_local_run(client, catalog):
-    local, _ = run(catalog, dask=False)
-    spread, folder = run(catalog, dask=True)
+    local, _ = run(catalog, "local")
+    # Features on the workers, the ranker on one LightGBM machine: the local run, to the last bit.
+    one, _ = run(catalog, "dask1", "dask.enabled=true", "dask.ranker_partitions=1")
+    assert outcome(one) == outcome(local)
+    spread, folder = run(catalog, "dask", "dask.enabled=true")
     # Stage 1, candidates, features and the baselines do not depend on the ranker: identical.
     for key in ("test_stage1_recall", "test_popular_ndcg_at_10", "test_retrieval_ndcg_at_10", "ranker_train_rows",
                 "valid_stage1_recall"):
         assert spread[key] == local[key], key
-    # The ranker differs: 2 data-parallel LightGBM machines split on summed histograms, and which
-    # worker holds which partition varies, so the trees differ slightly (a fixed 80 rounds, since
-    # early stopping on 150 users would add its own noise). Per-user NDCG@10 has a standard
-    # deviation of ~0.3 here, so a mean over 150 users has a standard error of ~0.025: allow two.
-    for key in ("test_ndcg_at_10", "test_recall_at_10", "valid_ndcg_at_10"):
-        assert abs(spread[key] - local[key]) <= 0.05, (key, local[key], spread[key])
+    # Two data-parallel machines bin like the local fit, but LightGBM's data-parallel learner
+    # draws bags and counts leaves differently (docs/scaling.md), so the trees part after a few
+    # rounds. Measured over 3 catalogs x 3 seeds: Dask-vs-local gaps of at most 0.026 (test
+    # NDCG@10), 0.08 (test recall@10), 0.017 (valid NDCG@10), as large as between two local
+    # fits with different seeds (0.020, 0.06, 0.023). This run (deterministic) is at 0.0093,
+    # 0.020 and 0.0025.
+    for key, tolerance in (("test_ndcg_at_10", 0.025), ("test_recall_at_10", 0.05), ("valid_ndcg_at_10", 0.025)):
+        assert abs(spread[key] - local[key]) <= tolerance, (key, local[key], spread[key])
     assert spread["test_ndcg_at_10"] > 1.5 * spread["test_popular_ndcg_at_10"]
     saved = json.loads((folder / "model" / "features.json").read_text())
     assert saved["best_iteration"] == spread["ranker_best_iteration"] == 80

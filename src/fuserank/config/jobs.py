@@ -92,14 +92,18 @@ class ExportConfig:
 class DaskConfig:
     """Running on a Dask cluster (jobs/distributed.py, retrieval/sharding.py); off by default.
 
-    enabled: fit the ranker with `lightgbm.dask.DaskLGBMRanker` and build encodings and features
-        over Dask partitions of the catalog and of the users; `export` scores each batch of users
-        on a worker (jobs/distributed_export.py) and `tune` runs its trials as Dask tasks.
+    enabled: fit the ranker with data-parallel LightGBM on the workers (jobs/distributed_lightgbm.py)
+        and build encodings and features over Dask partitions of the catalog and of the users;
+        `export` scores each batch of users on a worker (jobs/distributed_export.py) and `tune`
+        runs its trials as Dask tasks.
     scheduler: "local" (a LocalCluster of spawned worker processes) or a scheduler address such
         as "tcp://10.0.0.5:8786".
     n_workers / threads_per_worker: the LocalCluster's size (ignored for an address).
     user_partitions / item_partitions: partitions of the users and of the catalog; 0 means one
         per worker.
+    ranker_partitions: partitions of the ranker's training rows, one LightGBM machine per worker
+        holding any; 0 means one per worker. 1 trains on one worker and gives exactly the local
+        model; more machines give trees that part from the local ones (docs/scaling.md).
     """
 
     enabled: bool = False
@@ -108,6 +112,7 @@ class DaskConfig:
     threads_per_worker: int = ranged(1, "[1, inf)")
     user_partitions: int = ranged(0, "[0, inf)")
     item_partitions: int = ranged(0, "[0, inf)")
+    ranker_partitions: int = ranged(0, "[0, inf)")
 
 
 @dataclass(frozen=True)

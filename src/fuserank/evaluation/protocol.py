@@ -169,7 +169,7 @@ def _run_protocol(
             from distributed import default_client
 
             ranker = fit_ranker_dask(default_client(), fit_frame, valid_frame, names, config.ranker, config.seed,
-                                     group=QUERY)
+                                     group=QUERY, n_partitions=config.dask.ranker_partitions)
         else:
             ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
         s.done(f"{ranker.best_iteration} trees on {fit_frame.height:,} rows")

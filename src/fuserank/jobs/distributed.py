@@ -1,11 +1,11 @@
 """Running fuserank's heavy steps on a Dask cluster: ranker training, encoding and features.
 
-The local path stays the default; everything here is used only when `dask.enabled`. LightGBM's
-own Dask interface (`lightgbm.dask.DaskLGBMRanker`) trains the ranker with data-parallel trees,
-one LightGBM machine per Dask worker. Each Dask partition holds whole query groups, since a
-lambdarank query split over two machines would be two different queries.
+The local path stays the default; everything here is used only when `dask.enabled`. The ranker
+trains with data-parallel LightGBM, one LightGBM machine per Dask worker, every machine binning
+with the local fit's bins (`jobs/distributed_lightgbm.py`). Each partition holds whole query
+groups, since a lambdarank query split over two machines would be two different queries.
 
-DaskLGBMRanker does not support early stopping, so `fit_ranker_dask` trains `n_estimators`
+Distributed LightGBM has no early stopping, so `fit_ranker_dask` trains `n_estimators`
 rounds and then picks the best iteration on the validation frame with the same rule as
 `lightgbm.early_stopping` (stop after `early_stopping_rounds` rounds without a better NDCG@k).
 The result is the same `Ranker` the local fit returns, saved in the same text format.
@@ -27,6 +27,7 @@ from fuserank import progress
 from fuserank.config import DaskConfig, RankerConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.metrics import grouped_ndcg
+from fuserank.jobs.distributed_lightgbm import Partition, bin_sample, train_data_parallel
 from fuserank.pipeline import candidate_features
 from fuserank.ranking.ranker import Ranker, _params, _query_groups, score_base
 from fuserank.schema import USER_ID
@@ -104,18 +105,15 @@ def split_groups(sizes: np.ndarray, n_parts: int) -> list[np.ndarray]:
     return [part for part in np.split(sizes, cuts) if part.size]
 
 
-def _dask_arrays(
-    x: np.ndarray, y: np.ndarray, sizes: np.ndarray, n_parts: int, init: np.ndarray | None = None
-) -> tuple[Any, Any, Any, Any]:
-    import dask.array as da
-
-    parts = split_groups(sizes, n_parts)
-    rows = tuple(int(p.sum()) for p in parts)
-    dx = da.from_array(x, chunks=(rows, (x.shape[1],)))
-    dy = da.from_array(y, chunks=(rows,))
-    dg = da.from_array(np.concatenate(parts), chunks=(tuple(p.size for p in parts),))
-    di = None if init is None else da.from_array(init, chunks=(rows,))
-    return dx, dy, dg, di
+def partitions(x: np.ndarray, y: np.ndarray, sizes: np.ndarray, n_parts: int,
+               init: np.ndarray | None = None) -> list[Partition]:
+    """The rows cut into at most `n_parts` consecutive partitions of whole query groups (`split_groups`)."""
+    out, start = [], 0
+    for part in split_groups(sizes, n_parts):
+        rows = slice(start, start + int(part.sum()))
+        out.append(Partition(x[rows], y[rows], part, None if init is None else init[rows]))
+        start = rows.stop
+    return out
 
 
 def ndcg_by_iteration(
@@ -170,21 +168,23 @@ def fit_ranker_dask(
     group: str = USER_ID,
     n_partitions: int = 0,
 ) -> Ranker:
-    """Fit the lambdarank ranker with `lightgbm.dask.DaskLGBMRanker` on the client's cluster.
+    """Fit the lambdarank ranker with data-parallel LightGBM on the client's cluster.
+
+    Every machine bins with the bins a local fit finds (`distributed_lightgbm`). One partition
+    gives `ranking.fit_ranker`'s model exactly; with more, LightGBM's data-parallel learner grows
+    trees that part from the local ones after a few rounds (docs/scaling.md).
 
     Args:
         client: a connected `distributed.Client` (see `dask_client`).
         train, valid, feature_names, config, seed, group: as in `ranking.fit_ranker`.
-        n_partitions: partitions of the training rows (whole query groups each); 0 means one per
-            worker. LightGBM uses threads_per_worker threads on each worker (config.n_jobs is
-            the local setting and is ignored here).
+        n_partitions: partitions of the training rows (whole query groups each), placed in
+            contiguous runs on the workers sorted by address; 0 means one per worker. Every
+            LightGBM machine uses config.n_jobs threads, as the local fit does.
 
     Returns:
         A `Ranker` whose booster holds all `n_estimators` rounds and whose best_iteration is
         chosen on `valid` (or is the last round when valid is None).
     """
-    from lightgbm.dask import DaskLGBMRanker
-
     feature_names = tuple(feature_names)
     if not feature_names or len(set(feature_names)) != len(feature_names):
         raise ValueError(f"feature_names must be non-empty and distinct: {feature_names}")
@@ -192,19 +192,15 @@ def fit_ranker_dask(
     x, y, sizes, init = _query_groups(train, feature_names, "train", group, base)
     if sizes.size == 0:
         raise ValueError("train has no user with a positive label; lambdarank has nothing to learn")
-    parts = n_partitions or n_workers(client)
-    dx, dy, dg, di = _dask_arrays(x, y, sizes, parts, init)
+    parts = partitions(x, y, sizes, n_partitions or n_workers(client), init)
 
     params = _params(config, seed)
-    params.pop("num_threads")  # Dask sets each worker's threads
     params.pop("metric")
     params.pop("eval_at")
-    params["n_estimators"] = config.n_estimators
     with progress.step("ranker (dask)") as s:
-        model = DaskLGBMRanker(client=client, **params)
-        model.fit(dx, dy, group=dg, init_score=di, feature_name=list(feature_names))
-        booster = model.to_local().booster_
-        s.done(f"{booster.current_iteration()} trees, {len(split_groups(sizes, parts))} partitions")
+        sample = x[bin_sample(x.shape[0], params)]
+        booster = train_data_parallel(client, parts, sample, params, config.n_estimators, feature_names)
+        s.done(f"{booster.current_iteration()} trees, {len(parts)} partitions")
     if booster.feature_name() != list(feature_names):
         raise ValueError(f"LightGBM renamed the features to {booster.feature_name()}")
     best = booster.current_iteration()
