@@ -89,7 +89,6 @@ def tune_and_test(name: str, rank: RankFn, grid: Sequence[Mapping[str, Any]], cu
         cutoffs: the protocol's cut-offs (only valid and test are read).
         k: list length (>= the largest metric cut-off).
     """
-
     start = time.perf_counter()
     valid, test = cutoffs.valid, cutoffs.test
     tuning: list[dict[str, Any]] = []
@@ -125,7 +124,6 @@ def run_peer(name: str, cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, k:
         seed: model seed.
         k: list length (>= the largest metric cut-off).
     """
-
     def rank(params: Mapping[str, Any], history: pl.DataFrame, users: Sequence[str]) -> tuple[pl.DataFrame, dict]:
         return recommend(name, params, history, users, item_ids, k, seed), {}
 
@@ -229,7 +227,6 @@ def order_as_time(split: Split, seed: int) -> Split:
     Returns:
         The same rows with Int64 timestamps 0..n_user-1 per user, each part sorted.
     """
-
     part, key = "__fuserank_part", "__fuserank_key"
     rows = pl.concat(
         [frame.with_columns(pl.lit(i, pl.Int8).alias(part)) for i, frame in enumerate((split.train, split.valid, split.test))]

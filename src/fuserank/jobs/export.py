@@ -25,7 +25,7 @@ import yaml
 
 from fuserank import atomic, registry, schema, tracking
 from fuserank.config import ConfigError, RunConfig, from_dict
-from fuserank.data.cutoffs import build_cutoffs
+from fuserank.data.cutoffs import Cutoffs, build_cutoffs
 from fuserank.jobs.arms import (
     ExportError,
     Server,
@@ -175,6 +175,17 @@ def read_user_list(path: Path) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))
 
 
+def _shared_history(config: RunConfig, main: RunConfig, cutoffs: Cutoffs, history: pl.DataFrame
+                    ) -> pl.DataFrame | None:
+    """What a run's sequence model continues from when it serves: the shared history of the
+    run's own cut-offs over `history` (those of the main run when the split is the same); None
+    without a sequence model."""
+    if not config.sequence.enabled:
+        return None
+    own = cutoffs if config.split == main.split else build_cutoffs(history, config.split)
+    return own.test.shared_history
+
+
 def export(
     config: RunConfig,
     out: Path | None = None,
@@ -257,10 +268,8 @@ def export(
             run = arm_runs[plan.source]
             if run.run_id not in stages:
                 content = data.content if run.run_id == main.run_id else _content_for(run.config, data_hash)
-                # A continued sequence model starts from the shared history of the run's own cut-offs.
-                shared = build_cutoffs(history, run.config.split).test.shared_history if run.config.sequence.enabled \
-                    else None
-                stages[run.run_id] = fit_stage(run.config, history, item_ids, content, shared)
+                stages[run.run_id] = fit_stage(run.config, history, item_ids, content,
+                                               _shared_history(run.config, main.config, data.cutoffs, history))
             stage = stages[run.run_id]
             if plan.source == "retrieval":
                 servers[plan.name] = Server(run.run_id, "retrieval-only",

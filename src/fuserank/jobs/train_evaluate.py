@@ -78,7 +78,6 @@ def frame_digest(frame: pl.DataFrame) -> str:
 
 def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_id: str | None) -> dict[str, Path]:
     """Write ranked lists, metrics, per-user metrics, model and resolved config; returns the paths."""
-
     paths = {
         "ranked_lists": atomic.write_parquet(folder / "ranked_lists.parquet", result.ranked),
         "per_user_metrics": atomic.write_parquet(folder / "per_user_metrics.parquet", result.per_user),
@@ -205,7 +204,6 @@ def dataset_records(config: RunConfig, data: Prepared) -> list[registry.DatasetR
 
 def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
     """Per-modality ablation on one split; writes ablation.csv/.txt and records one MLflow run."""
-
     run_name = config.run_name or f"ablation-{config.data.dataset}"
     folder = tracking.check_outputs(config.tracking, Path(config.output_dir) / run_name)  # before any work
     data = prepare(config)
@@ -214,7 +212,6 @@ def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
             tracking.log_params(flatten(config))
         table, results = run_ablation(data.cutoffs, data.items[schema.ITEM_ID].to_list(), data.content, config,
                                       data.llm)
-
         paths = [
             atomic.write_atomic(folder / "ablation.csv", lambda tmp: table.write_csv(tmp)),
             atomic.write_text(folder / "ablation.txt", format_table(table) + "\n"),
