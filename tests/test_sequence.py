@@ -249,6 +249,30 @@ def test_sampled_softmax_trains(history):
     assert top1_accuracy(model, history) >= 0.8
 
 
+def test_length_batches_cover_every_row_once_and_pad_less_than_random_ones():
+    lengths = np.random.default_rng(0).choice([3, 200], size=2_000, p=[0.7, 0.3])
+
+    def batches(batching: str) -> list[list[int]]:
+        return sequence_training.epoch_batches(lengths, 32, batching, torch.Generator().manual_seed(5))
+
+    def padded(split: list[list[int]]) -> int:
+        return sum(int(lengths[rows].max()) * len(rows) for rows in split)
+
+    # "random" is the order models were trained in before the option: slices of one permutation.
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(5)).tolist()
+    assert batches("random") == [order[start:start + 32] for start in range(0, len(order), 32)]
+    by_length = batches("length")
+    assert sorted(row for rows in by_length for row in rows) == list(range(len(lengths)))
+    assert max(len(rows) for rows in by_length) == 32 and by_length == batches("length")
+    assert padded(by_length) < 0.6 * padded(batches("random"))
+
+
+def test_length_batching_trains_and_is_keyed_apart(history):
+    config = dataclasses.replace(TINY, batching="length")
+    assert top1_accuracy(fit_sequence_model(history, CATALOG, config, seed=0), history) >= 0.9
+    assert cache_key(history, CATALOG, config, 0, "cpu") != cache_key(history, CATALOG, TINY, 0, "cpu")
+
+
 def test_bad_inputs_say_what_is_wrong(history):
     with pytest.raises(ValueError, match="multiple of sequence.heads"):
         fit_sequence_model(history, CATALOG, dataclasses.replace(TINY, dim=15), seed=0)
@@ -259,6 +283,6 @@ def test_bad_inputs_say_what_is_wrong(history):
 def test_the_sequence_section_is_off_by_default_and_checked():
     assert RunConfig().sequence == SequenceConfig() and not SequenceConfig().enabled
     assert with_overrides(RunConfig(), ["sequence.negatives=100"]).sequence.negatives == 100
-    for bad in ("sequence.device=tpu", "sequence.dropout=1.0", "sequence.max_length=0"):
+    for bad in ("sequence.device=tpu", "sequence.batching=sorted", "sequence.dropout=1.0", "sequence.max_length=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             with_overrides(RunConfig(), [bad])

@@ -305,6 +305,9 @@ class SequenceConfig:
         NDCG@10 (each user's last history item held out) and keeps the best epoch's weights.
     negatives: 0 trains with a full softmax over the catalog; n > 0 with a sampled softmax over
         n uniformly drawn items shared by the batch (for large catalogs).
+    batching: "random" (slices of a random order) or "length" (each pool of ten batches of a
+        random order sorted by length, then the batches shuffled: less padding, so less compute
+        in the attention blocks; sequence_training.epoch_batches).
     device: "auto" (cuda when torch sees a GPU), "cpu" or "cuda". threads: torch CPU threads.
     refit: how each cut-off's model is trained. "continue": the model of the interactions that
         every cut-off of the protocol has in its history (data.cutoffs' shared history) is
@@ -324,6 +327,7 @@ class SequenceConfig:
     batch_size: int = ranged(128, "[1, inf)")
     learning_rate: float = ranged(1e-3, "(0, inf)")
     negatives: int = ranged(0, "[0, inf)")
+    batching: str = one_of("random", ("random", "length"))
     device: str = one_of("auto", ("auto", "cpu", "cuda"))
     threads: int = ranged(2, "[1, inf)")
     refit: str = one_of("continue", ("continue", "scratch"))

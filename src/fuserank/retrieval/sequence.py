@@ -172,6 +172,10 @@ def cache_key(history: pl.DataFrame, item_ids: Sequence[str], config: SequenceCo
     seed, the device, MODEL_VERSION and the key of the model it continues from (`start`)."""
     digest = hashlib.sha256()
     fields = {name: value for name, value in dataclasses.asdict(config).items() if name not in _REFIT_FIELDS}
+    # Added after models were cached: at its default (the batching those were trained with) it
+    # stays out of the key, so they remain valid.
+    if fields["batching"] == "random":
+        del fields["batching"]
     settings = {"config": fields, "seed": seed, "device": device, "version": MODEL_VERSION}
     if start is not None:
         settings.update(start=start, refit_epochs=config.refit_epochs)
