@@ -127,7 +127,7 @@ def train_network(data: Sequences, n_items: int, config: SequenceConfig, seed: i
         best_epoch = 0
         for epoch in range(1, (max_epochs or config.max_epochs) + 1):
             network.train()
-            losses.append(_train_epoch(network, optimiser, data.train, config, generator, device, epoch))
+            losses.append(train_epoch(network, optimiser, data.train, config, generator, device, epoch))
             network.eval()
             scores.append(validation_ndcg(network, data, device))
             log.debug("sequence model epoch %d: train loss %.4f, valid NDCG@%d %.4f", epoch, losses[-1], VALID_K,
@@ -141,7 +141,7 @@ def train_network(data: Sequences, n_items: int, config: SequenceConfig, seed: i
     return network, {"epochs": len(scores), "best_epoch": best_epoch, "valid_ndcg": scores, "train_loss": losses}
 
 
-def _train_epoch(network: SASRec, optimiser: torch.optim.Optimizer, train: Sequence[np.ndarray],
+def train_epoch(network: SASRec, optimiser: torch.optim.Optimizer, train: Sequence[np.ndarray],
                  config: SequenceConfig, generator: torch.Generator, device: str, epoch: int) -> float:
     """One pass over `train` in a seeded random order; returns the mean batch loss."""
     import torch
