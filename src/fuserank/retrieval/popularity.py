@@ -258,15 +258,15 @@ def popular_candidates(history: pl.DataFrame, users: Sequence[str], n: int,
         ref = ref_time_array(ref_times, users)
     seen = seen_rows(history, users, item_ids)
     rows, counts = popular_as_of(timeline, seen, ref, n, np.arange(len(item_ids), dtype=np.int64))
-    lengths = [len(r) for r in rows]
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
     flat = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    owner = np.repeat(np.arange(len(users)), lengths)
     frame = pl.DataFrame({
-        USER_ID: pl.Series(np.repeat(np.array(users, dtype=object), lengths).tolist(), dtype=pl.String),
-        ITEM_ID: pl.Series(np.array(item_ids, dtype=object)[flat].tolist() if flat.size else [], dtype=pl.String),
-        SOURCE: pl.Series(["popular"] * int(flat.size), dtype=pl.String),
+        USER_ID: pl.Series(users, dtype=pl.String).gather(owner),
+        ITEM_ID: pl.Series(item_ids, dtype=pl.String).gather(flat),
+        SOURCE: pl.repeat("popular", len(flat), dtype=pl.String, eager=True),
         RETRIEVAL_SCORE: pl.Series(np.concatenate(counts) if counts else [], dtype=pl.Float32),
-        RETRIEVAL_RANK: pl.Series(np.concatenate([np.arange(1, k + 1) for k in lengths]) if users else [],
-                                  dtype=pl.Int32),
+        RETRIEVAL_RANK: pl.Series(np.arange(len(flat)) - (np.cumsum(lengths) - lengths)[owner] + 1, dtype=pl.Int32),
     })
     return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.CANDIDATES.items()])
 
