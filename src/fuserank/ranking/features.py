@@ -129,18 +129,20 @@ class RecentPairs:
     Attributes:
         left, right: int64 (m,) item rows of each distinct pair (n_items: the zero padding row).
         inverse: int64 (n, k) index into the pairs of each candidate's k newest history items.
+        known: bool (n, k) whether the user has that many history items (False: padding).
     """
 
     left: np.ndarray
     right: np.ndarray
     inverse: np.ndarray
+    known: np.ndarray
 
 
 def recent_pairs(user_rows: np.ndarray, item_rows: np.ndarray, hist: UserHistory, n_items: int) -> RecentPairs:
     """Deduplicate the (candidate, recent item) pairs: a batch of users repeats the same pairs of
     a catalog many times over, and a cosine depends on the pair alone."""
-    recent = hist.recent[user_rows]
-    codes = item_rows[:, None] * (n_items + 1) + np.where(recent >= 0, recent, n_items)
+    recent = np.where(hist.recent >= 0, hist.recent, n_items)[user_rows]
+    codes = item_rows[:, None] * (n_items + 1) + recent
     if (n_items + 1) ** 2 <= _DENSE_PAIRS:  # a table of every pair is cheaper than sorting the codes
         seen = np.zeros((n_items + 1) ** 2, dtype=bool)
         seen[codes] = True
@@ -149,7 +151,8 @@ def recent_pairs(user_rows: np.ndarray, item_rows: np.ndarray, hist: UserHistory
         inverse = slot[codes]
     else:
         unique, inverse = np.unique(codes, return_inverse=True)
-    return RecentPairs(unique // (n_items + 1), unique % (n_items + 1), inverse.reshape(recent.shape))
+    return RecentPairs(unique // (n_items + 1), unique % (n_items + 1), inverse.reshape(recent.shape),
+                       recent != n_items)
 
 
 def pair_cosines(padded: np.ndarray, pairs: RecentPairs) -> np.ndarray:
@@ -203,11 +206,10 @@ def similarity_features(
         out["profile"][part] = np.einsum("nd,nd->n", padded[item_rows[part]], profile[user_rows[part]])
     pairs = pairs if pairs is not None else recent_pairs(user_rows, item_rows, hist, len(vectors))
     sims = pair_cosines(padded, pairs)
-    mask = hist.recent[user_rows] >= 0
     out["last"][:] = sims[:, 0]
-    out["max_recent"][:] = np.where(mask, sims, -1.0).max(axis=1)
-    count = np.maximum(mask.sum(axis=1), 1)
-    out["mean_recent"][:] = np.where(mask, sims, 0.0).sum(axis=1) / count
+    out["max_recent"][:] = np.where(pairs.known, sims, -1.0).max(axis=1)
+    count = np.maximum(pairs.known.sum(axis=1), 1)
+    out["mean_recent"][:] = np.where(pairs.known, sims, 0.0).sum(axis=1) / count
     out["coherence"] = coherence[user_rows].astype(np.float32)
     out["profile_z"] = within_user_z(user_rows, out["profile"])
     return {f"{prefix}_{name}": values for name, values in out.items()}
