@@ -24,7 +24,7 @@ from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.ranking.feature_groups import GROUP_PREFIXES, GROUPS
 from fuserank.retrieval.popularity import Timeline, item_timeline, ref_time_array, reference_times
-from fuserank.retrieval.index import user_queries
+from fuserank.retrieval.index import mixed_queries, query_weights
 
 DAY = 86_400.0
 _ROW_CHUNK_BYTES = 64_000_000
@@ -99,21 +99,23 @@ def summarise_history(history: pl.DataFrame, users: Sequence[str], item_ids: Seq
 
 
 def user_profiles(
-    history: pl.DataFrame, hist: UserHistory, item_ids: Sequence[str], vectors: np.ndarray,
+    history: pl.DataFrame, hist: UserHistory, item_ids: Sequence[str], views: Mapping[str, np.ndarray],
     profile_items: int, half_life: float,
-) -> np.ndarray:
-    """float32 (n_users, d) profile per user of `hist`: the same recency-weighted mean as the
-    retrieval query (zero for a user without history)."""
+) -> dict[str, np.ndarray]:
+    """Per view, float32 (n_users, d) profile per user of `hist`: the same recency-weighted mean
+    as the retrieval query (zero for a user without history)."""
     # A profile depends only on its own user's rows; the others would cost (n_all_users, d) memory
     # per call, which batched export calls thousands of times.
     wanted = pl.DataFrame({schema.USER_ID: pl.Series(list(hist.user_ids), dtype=pl.String)})
     history = history.join(wanted, on=schema.USER_ID, how="semi")
-    ids, queries, _ = user_queries(history, item_ids, vectors, profile_items, half_life)
-    profiles = np.zeros((len(hist.user_ids), vectors.shape[1]), dtype=np.float32)
+    ids, mix, _ = query_weights(history, item_ids, profile_items, half_life)
     row = {u: i for i, u in enumerate(ids)}
-    for target, user in enumerate(hist.user_ids):
-        if user in row:
-            profiles[target] = queries[row[user]]
+    targets = [t for t, user in enumerate(hist.user_ids) if user in row]
+    sources = [row[hist.user_ids[t]] for t in targets]
+    profiles = {}
+    for name, vectors in views.items():
+        profiles[name] = np.zeros((len(hist.user_ids), vectors.shape[1]), dtype=np.float32)
+        profiles[name][targets] = mixed_queries(mix, vectors)[sources]
     return profiles
 
 
@@ -360,9 +362,9 @@ def build_features(
         columns[f"from_{name}"] = (source == name).astype(np.float32)
     views = {"fused": fused} | {f"cos_{m}": emb.vectors for m, emb in embeddings.items()}
     pairs = recent_pairs(user_rows, item_rows, hist, len(item_ids))
+    profiles = user_profiles(history, hist, item_ids, views, profile_items, half_life)
     for prefix, vectors in views.items():
-        profile = user_profiles(history, hist, item_ids, vectors, profile_items, half_life)
-        columns.update(similarity_features(user_rows, item_rows, hist, profile, vectors, prefix, pairs))
+        columns.update(similarity_features(user_rows, item_rows, hist, profiles[prefix], vectors, prefix, pairs))
     if ease is not None:
         score = ease_feature(ease, history, users, user_rows, item_rows)
         columns["ease_score"] = score

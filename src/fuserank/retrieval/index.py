@@ -283,6 +283,20 @@ def user_queries(
     item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     if item_vectors.ndim != 2 or item_vectors.shape[0] != len(item_ids):
         raise ValueError(f"item_vectors shape {item_vectors.shape} does not fit {len(item_ids)} item ids")
+    users, mix, histories = query_weights(history, item_ids, query_items, half_life)
+    return users, mixed_queries(mix, item_vectors), histories
+
+
+def query_weights(
+    history: pl.DataFrame, item_ids: Sequence[str], query_items: int = 50, half_life: float = 10.0,
+) -> tuple[list[str], sparse.csr_matrix, list[np.ndarray]]:
+    """What `user_queries` weighs, whatever the vectors: one set of weights serves every view.
+
+    Returns:
+        users: every user in `history`, sorted.
+        mix: float32 csr (n_users, n_items), each user's recency weights of their latest items.
+        histories: per user, the sorted unique int64 item rows of their whole known history.
+    """
     if query_items < 1 or not half_life > 0:
         raise ValueError(f"need query_items >= 1 and half_life > 0, got {query_items}, {half_life}")
     catalog = _catalog_rows(item_ids)
@@ -301,13 +315,17 @@ def user_queries(
     mix = sparse.csr_matrix(
         (weights, (recent[_USER].to_numpy(), recent[_ROW].to_numpy())), shape=(n_users, n_items)
     )
-    queries = np.asarray(mix @ item_vectors, dtype=np.float32)
-    norms = np.linalg.norm(queries, axis=1, keepdims=True)
-    queries = np.divide(queries, norms, out=np.zeros_like(queries), where=norms > 0)
     seen = known.select(_USER, _ROW).unique().sort(_USER, _ROW)
     counts = np.bincount(seen[_USER].to_numpy(), minlength=n_users)
     histories = np.split(seen[_ROW].to_numpy().astype(np.int64), np.cumsum(counts)[:-1])
-    return users[USER_ID].to_list(), queries, histories
+    return users[USER_ID].to_list(), mix, histories
+
+
+def mixed_queries(mix: sparse.csr_matrix, item_vectors: np.ndarray) -> np.ndarray:
+    """float32 (n_users, d) L2-normalised rows of `mix @ item_vectors` (zero rows stay zero)."""
+    queries = np.asarray(mix @ np.ascontiguousarray(item_vectors, dtype=np.float32), dtype=np.float32)
+    norms = np.linalg.norm(queries, axis=1, keepdims=True)
+    return np.divide(queries, norms, out=np.zeros_like(queries), where=norms > 0)
 
 
 def _catalog_rows(item_ids: Sequence[str]) -> pl.DataFrame:
