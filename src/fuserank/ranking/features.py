@@ -11,6 +11,7 @@ docs/protocol.md for what that lets them learn).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -209,8 +210,9 @@ def similarity_features(
     pairs = pairs if pairs is not None else recent_pairs(user_rows, item_rows, hist, len(vectors))
     sims = pair_cosines(padded, pairs)
     out["last"][:] = sims[:, 0]
-    out["max_recent"][:] = np.where(pairs.known, sims, -1.0).max(axis=1)
-    count = np.maximum(pairs.known.sum(axis=1), 1)
+    # Column by column: numpy reduces a short last axis row by row, several times slower.
+    out["max_recent"][:] = functools.reduce(np.maximum, np.where(pairs.known, sims, -1.0).T)
+    count = np.maximum(n[user_rows], 1)
     out["mean_recent"][:] = np.where(pairs.known, sims, 0.0).sum(axis=1) / count
     out["coherence"] = coherence[user_rows].astype(np.float32)
     out["profile_z"] = within_user_z(user_rows, out["profile"])
