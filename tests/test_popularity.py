@@ -49,6 +49,19 @@ def test_timeline_matches_a_count_by_hand_in_any_query_order(seed):
     assert timeline.counts_at(200).tolist() == np.bincount(keys, minlength=12).tolist()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_count_grid_is_every_keys_count_at_each_time(seed):
+    rng = np.random.default_rng(seed)
+    keys, times, values = random_events(rng)
+    timeline = Timeline(keys, times, 12, values)
+    # Ascending times at events (ties), before all, after all, one repeated; then a later block.
+    for grid_times in (np.array([90, 100, 104, 104, 111, 120]), np.array([121, 125, 200]), np.array([95])):
+        grid = timeline.count_grid(grid_times)
+        expected = [[reference(keys, times, values, k, -np.inf, t)[0] for k in range(12)] for t in grid_times]
+        assert grid.tolist() == expected
+    assert timeline.count_grid(np.array([], dtype=np.int64)).shape == (0, 12)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_popular_as_of_is_each_users_ranking_at_their_time_without_their_items(seed):
     rng = np.random.default_rng(seed)

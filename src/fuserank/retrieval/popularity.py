@@ -53,6 +53,7 @@ class Timeline:
         self._start = np.searchsorted(self._keys, np.arange(n_keys + 1, dtype=np.int64) * self._span)
         self._recent: list[tuple[np.ndarray, np.ndarray]] = []  # (needles, positions), newest first
         self._order = np.empty(0, dtype=np.int64)  # the last sort of unsorted needles
+        self._by_time: tuple[np.ndarray, np.ndarray] | None = None  # (times, keys) of the events by time
 
     def _upto(self, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Position after the last event of each key at or before each time."""
@@ -104,6 +105,27 @@ class Timeline:
         n = (self._valued[upto] - self._valued[start]).astype(np.int64)
         total = self._value_sum[upto] - self._value_sum[start]
         return np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0), n
+
+    def count_grid(self, times: np.ndarray) -> np.ndarray:
+        """int64 (len(times), n_keys): every key's event count at or before each of the
+        ascending `times`.
+
+        The counts at the first time, then the events up to the last one added in time order:
+        one pass over the events in between, not one search per (time, key) cell.
+        """
+        times = np.asarray(times, dtype=np.int64)
+        if not len(times):
+            return np.zeros((0, self.n_keys), dtype=np.int64)
+        if self._by_time is None:
+            order = np.argsort(self._times, kind="stable")
+            self._by_time = (self._times[order], self._keys[order] // self._span)
+        event_times, event_keys = self._by_time
+        lo, hi = np.searchsorted(event_times, [times[0], times[-1]], side="right")
+        slot = np.searchsorted(times, event_times[lo:hi], side="left")  # the first time that counts it
+        grid = np.bincount(slot * self.n_keys + event_keys[lo:hi], minlength=len(times) * self.n_keys)
+        grid = grid.reshape(len(times), self.n_keys)
+        grid[0] += self.counts_at(int(times[0]))
+        return np.cumsum(grid, axis=0)
 
     def counts_at(self, time: int) -> np.ndarray:
         """int64 (n_keys,): every key's event count at or before `time`."""
@@ -200,9 +222,7 @@ def popular_as_of(timeline: Timeline, seen: Sequence[np.ndarray], ref: np.ndarra
         span = times[first:first + block]
         users = np.flatnonzero((time_of_user >= first) & (time_of_user < first + len(span)))
         row = time_of_user[users] - first
-        # Asked key by key, each key's times ascending, the searches run in sorted order.
-        counts = np.ascontiguousarray(timeline.count(np.repeat(np.arange(n_keys, dtype=np.int64), len(span)),
-                                                     np.tile(span, n_keys)).reshape(n_keys, len(span)).T)
+        counts = timeline.count_grid(span)
         order_key = -counts * n_keys + tie_pos
         depth = int(min(n + n_seen[users].max(), n_keys))
         head = np.argpartition(order_key, depth - 1, axis=1)[:, :depth] if depth < n_keys else \
