@@ -309,10 +309,10 @@ def export_batches(
         exclude_seen: leave out seen items (also from the top-up).
         batch_users: users per batch.
     """
-    seen_of = seen_lookup(seen)
+    seen_of = seen_lookup(seen) if exclude_seen else None
     for start in range(0, assignments.height, batch_users):
         batch = assignments.slice(start, batch_users)
-        drop = seen_of(batch[USER_ID]) if exclude_seen else None
+        drop = seen_of(batch[USER_ID]) if seen_of is not None else None
         frames = []
         for arm, server in servers.items():
             members = batch.filter(pl.col(ARM) == arm)
