@@ -359,9 +359,8 @@ def build_features(
         "retrieval_rank": candidates[schema.RETRIEVAL_RANK].to_numpy().astype(np.float32),
         "retrieval_score": candidates[schema.RETRIEVAL_SCORE].to_numpy().astype(np.float32),
     }
-    source = candidates[schema.SOURCE].to_numpy()
-    for name in sources:
-        columns[f"from_{name}"] = (source == name).astype(np.float32)
+    for name in sources:  # compared in polars: a numpy array of millions of str objects is ~15x slower
+        columns[f"from_{name}"] = (candidates[schema.SOURCE] == name).fill_null(False).to_numpy().astype(np.float32)
     views = {"fused": fused} | {f"cos_{m}": emb.vectors for m, emb in embeddings.items()}
     pairs = recent_pairs(user_rows, item_rows, hist, len(item_ids))
     profiles = user_profiles(history, hist, item_ids, views, profile_items, half_life)
