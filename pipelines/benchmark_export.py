@@ -114,6 +114,7 @@ def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
     import polars as pl
 
     from fuserank import schema
+    from fuserank.jobs import arms
     from fuserank.jobs.arms import Server, assign_arms, export_batches, plan_arms, popular_lists, popularity_pool
     from fuserank.jobs.export import write_export
 
@@ -133,13 +134,17 @@ def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
     assignments = assign_arms(users.to_list(), plans, "bench").with_columns(pl.lit(False).alias(schema.COLD_START))
     assign_seconds = time.perf_counter() - start
 
-    def lists(us):
+    def lists(us):  # what older code's export built for a most-popular arm
         mine = seen.join(pl.DataFrame({schema.USER_ID: us}, schema={schema.USER_ID: pl.String}),
                          on=schema.USER_ID, how="semi")
         return popular_lists(pool, mine, us, top_k)
 
-    clean = {"clean": True} if "clean" in Server.__dataclass_fields__ else {}  # older code: no flag
-    servers = {arm: Server(None, "most-popular", lists, **clean) for arm in ("control", "treatment")}
+    if hasattr(arms, "popular_server"):  # the export's own most-popular arm, serving both arms
+        server = arms.popular_server(pool, seen, top_k)
+        servers = {arm: server for arm in ("control", "treatment")}
+    else:
+        clean = {"clean": True} if "clean" in Server.__dataclass_fields__ else {}  # older code: no flag
+        servers = {arm: Server(None, "most-popular", lists, **clean) for arm in ("control", "treatment")}
     served = assignments.filter(pl.col(schema.ARM) != "holdout")
     batches = export_batches(served, servers, seen, pool, top_k, True, 10_000)
     out = WORK / f"write-{n_users}"

@@ -99,6 +99,28 @@ def test_popular_lists_skip_seen_items_and_reach_k_from_the_whole_catalog():
     assert popular_lists(pool, None, ["u3"], 2)[I].to_list() == ["a", "b"]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_popular_lists_equal_a_user_by_user_walk_down_the_pool(seed):
+    rnd = random.Random(seed)
+    catalog = [f"i{n}" for n in range(12)]
+    seen = pl.DataFrame({U: [f"u{rnd.randrange(8)}" for _ in range(50)],  # repeats, items off the catalog
+                         I: [f"i{rnd.randrange(14)}" for _ in range(50)]})
+    history = seen.with_columns(pl.lit(0, pl.Int64).alias(schema.TIMESTAMP),
+                                pl.lit(None, pl.Float64).alias(schema.RATING))
+    pool = popularity_pool(history, catalog)
+    users = [f"u{n}" for n in rnd.sample(range(10), 9)] + ["u1"]  # some without history, one twice
+    for k in (1, 4, 12, 20):
+        lists = popular_lists(pool, seen, users, k)
+        want = []
+        for user in sorted(set(users)):
+            mine = set(seen.filter(pl.col(U) == user)[I].to_list())
+            kept = [row for row in pool.iter_rows(named=True) if row[I] not in mine][:k]
+            want += [(user, row[I], rank, float(row["_count"])) for rank, row in enumerate(kept, 1)]
+        assert lists.rows() == want
+        assert lists.schema == pl.Schema(schema.RANKED_LIST)
+    assert popular_lists(pool.head(0), seen, users, 3).height == 0
+
+
 def test_complete_lists_dedupe_drop_seen_and_top_up_without_scores():
     ranked = pl.DataFrame({U: ["u1"] * 4, I: ["x", "a", "x", "y"], schema.RANK: [1, 2, 3, 4],
                            schema.SCORE: [0.9, 0.8, 0.7, 0.6]}, schema=schema.RANKED_LIST)

@@ -217,6 +217,24 @@ def test_merge_candidates_keeps_first_source_and_orders():
     assert retrieval.merge_candidates([]).schema == pl.Schema(CANDIDATES)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_merge_candidates_equals_sorting_then_dropping_repeated_pairs(seed):
+    rng = np.random.default_rng(seed)
+
+    def random_frame(source):  # unsorted, with repeated pairs inside one frame too
+        n = int(rng.integers(0, 60))
+        return pl.DataFrame({USER_ID: [f"u{u}" for u in rng.integers(0, 8, n)],
+                             ITEM_ID: [f"i{i}" for i in rng.integers(0, 12, n)], SOURCE: [source] * n,
+                             "retrieval_score": rng.random(n).astype(np.float32),
+                             RETRIEVAL_RANK: rng.integers(1, 20, n).astype(np.int32)}, schema=CANDIDATES)
+
+    frames = [random_frame(name) for name in ("ann", "ease", "popular")]
+    tagged = [f.with_columns(pl.lit(i, dtype=pl.Int32).alias("_frame")) for i, f in enumerate(frames)]
+    want = (pl.concat(tagged).sort(USER_ID, "_frame", RETRIEVAL_RANK, maintain_order=True)
+            .unique(subset=[USER_ID, ITEM_ID], keep="first", maintain_order=True).drop("_frame"))
+    assert retrieval.merge_candidates(frames).equals(want)
+
+
 def test_candidate_recall_by_hand():
     cands = candidates([("u1", "a", "ann", 1.0, 1), ("u1", "b", "ann", 0.5, 2), ("u2", "c", "popular", 3.0, 1)])
     targets = pl.DataFrame({USER_ID: ["u1", "u1", "u2", "u3", "u2"], ITEM_ID: ["a", "z", "c", "a", "a"]})

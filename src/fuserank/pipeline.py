@@ -198,6 +198,8 @@ def generate_candidates(
 
 def label_candidates(candidates: pl.DataFrame, targets: pl.DataFrame) -> pl.DataFrame:
     """Add schema.LABEL: 1 where (user, item) is a target, else 0."""
+    if targets.height == 0:  # a serving cut-off: no join of millions of rows against nothing
+        return candidates.with_columns(pl.lit(0, pl.Int8).alias(schema.LABEL))
     hits = targets.select(schema.USER_ID, schema.ITEM_ID).unique().with_columns(pl.lit(1, pl.Int8).alias(schema.LABEL))
     return candidates.join(hits, on=[schema.USER_ID, schema.ITEM_ID], how="left", maintain_order="left").with_columns(
         pl.col(schema.LABEL).fill_null(0)
@@ -327,11 +329,14 @@ def candidate_sources(stage: StageOne, retrieval: RetrievalConfig) -> tuple[str,
 
 def rank_candidates(frame: pl.DataFrame, scores: np.ndarray, top_k: int) -> pl.DataFrame:
     """Top `top_k` per user by score (ties: stage-1 order), as schema.RANKED_LIST."""
+    # Users as integers in user_id order: sorting and ranking them is cheaper than the strings.
+    users = frame[schema.USER_ID].cast(pl.Enum(frame[schema.USER_ID].unique().sort())).to_physical()
     return (
         frame.select(schema.USER_ID, schema.ITEM_ID)
-        .with_columns(pl.Series(schema.SCORE, scores, dtype=pl.Float32), pl.int_range(pl.len()).alias("_order"))
-        .sort([schema.USER_ID, schema.SCORE, "_order"], descending=[False, True, False])
-        .with_columns((pl.int_range(pl.len()).over(schema.USER_ID) + 1).cast(pl.Int32).alias(schema.RANK))
+        .with_columns(pl.Series(schema.SCORE, scores, dtype=pl.Float32), pl.int_range(pl.len()).alias("_order"),
+                      users.alias("_user"))
+        .sort(["_user", schema.SCORE, "_order"], descending=[False, True, False])
+        .with_columns((pl.int_range(pl.len()).over("_user") + 1).cast(pl.Int32).alias(schema.RANK))
         .filter(pl.col(schema.RANK) <= top_k)
         .select(list(schema.RANKED_LIST))
     )

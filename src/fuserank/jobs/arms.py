@@ -162,6 +162,24 @@ def popularity_pool(history: pl.DataFrame, item_ids: Sequence[str]) -> pl.DataFr
     )
 
 
+def seen_lookup(seen: pl.DataFrame) -> Callable[[Sequence[str]], pl.DataFrame]:
+    """The user_id, item_id pairs of `seen` that belong to given users (in no particular order).
+
+    One hashing pass groups the rows of each user; a call then gathers only its users' rows
+    instead of joining all of `seen` (export asks batch by batch: a million users is a hundred
+    batches), and no sort of millions of strings is needed.
+    """
+    pairs = seen.select(USER_ID, ITEM_ID)
+    rows_of = pairs.with_row_index("_row").group_by(USER_ID).agg("_row")
+
+    def of(users: Sequence[str]) -> pl.DataFrame:
+        wanted = pl.DataFrame({USER_ID: pl.Series(list(users), dtype=pl.String)}).unique()
+        rows = wanted.join(rows_of, on=USER_ID).explode("_row")["_row"]
+        return pairs[rows.to_numpy()]
+
+    return of
+
+
 def popular_lists(pool: pl.DataFrame, seen: pl.DataFrame | None, users: Sequence[str], k: int) -> pl.DataFrame:
     """The k most popular items of `pool` per user, skipping the user's `seen` items.
 
@@ -174,24 +192,34 @@ def popular_lists(pool: pl.DataFrame, seen: pl.DataFrame | None, users: Sequence
     Returns:
         schema.RANKED_LIST frame (score = interaction count), sorted by user_id, rank.
     """
-    targets = pl.DataFrame({USER_ID: pl.Series(list(users), dtype=pl.String)}).unique().sort(USER_ID)
+    targets = pl.Series(USER_ID, list(users), dtype=pl.String).unique().sort()
     if seen is None:
         seen = pl.DataFrame(schema={USER_ID: pl.String, ITEM_ID: pl.String})
-    seen = seen.select(USER_ID, ITEM_ID).unique().join(targets, on=USER_ID, how="semi")
-    # A user needs at most k + (items they have seen) positions of the ranking.
-    n_seen = seen.group_by(USER_ID).agg(pl.len().cast(pl.Int64).alias("_n_seen"))
-    frame = (
-        targets.join(n_seen, on=USER_ID, how="left")
-        .with_columns(pl.int_ranges(0, pl.min_horizontal(k + pl.col("_n_seen").fill_null(0), pool.height)).alias(_POP))
-        .explode(_POP)
-        .drop_nulls(_POP)
-        # Row order (user, then popularity) is kept through the joins: no sort of a million strings.
-        .join(pool, on=_POP, how="inner", maintain_order="left")
-        .join(seen, on=[USER_ID, ITEM_ID], how="anti", maintain_order="left")
-        .with_columns((pl.int_range(pl.len()).over(USER_ID) + 1).cast(pl.Int32).alias(RANK))
-        .filter(pl.col(RANK) <= k)
-    )
-    return frame.select(USER_ID, ITEM_ID, RANK, pl.col(_COUNT).cast(pl.Float32).alias(SCORE))
+    # Every user reads the same ranking: a user's list is the first k + (their seen items)
+    # positions of the pool, less the seen ones, cut at k. Positions are counted in numpy, one
+    # slot per (user, position), rather than exploded, joined and ranked over a frame of strings.
+    mine = (seen.select(USER_ID, ITEM_ID).unique()
+            .join(targets.to_frame().with_row_index("_user"), on=USER_ID)
+            .join(pool.select(ITEM_ID, _POP), on=ITEM_ID))
+    seen_user = mine["_user"].to_numpy().astype(np.int64)
+    seen_position = mine[_POP].to_numpy().astype(np.int64)
+    depth = np.minimum(k + np.bincount(seen_user, minlength=len(targets)), pool.height)
+    start = np.cumsum(depth) - depth
+    owner = np.repeat(np.arange(len(targets)), depth)
+    position = np.arange(int(depth.sum())) - start[owner]
+    keep = np.ones(len(owner), dtype=bool)
+    inside = seen_position < depth[seen_user]
+    keep[start[seen_user[inside]] + seen_position[inside]] = False
+    kept = np.cumsum(keep)
+    rank = kept - np.concatenate([[0], kept])[start][owner]  # 1-based among the user's kept positions
+    keep &= rank <= k
+    rows = position[keep]  # the pool's row order is its ranking
+    return pl.DataFrame({
+        USER_ID: targets.gather(owner[keep]),
+        ITEM_ID: pool[ITEM_ID].gather(rows),
+        RANK: pl.Series(rank[keep], dtype=pl.Int32),
+        SCORE: pool[_COUNT].gather(rows).cast(pl.Float32),
+    })
 
 
 def complete_lists(
@@ -250,6 +278,17 @@ class Server:
     clean: bool = False
 
 
+def popular_server(pool: pl.DataFrame, seen: pl.DataFrame | None, k: int) -> Server:
+    """The most-popular arm: `popular_lists` of each batch, skipping the users' `seen` items
+    (user_id, item_id pairs; None: skipping nothing)."""
+    seen_of = None if seen is None else seen_lookup(seen)
+
+    def lists(users: Sequence[str]) -> pl.DataFrame:
+        return popular_lists(pool, None if seen_of is None else seen_of(users), users, k)
+
+    return Server(None, "most-popular", lists, clean=True)
+
+
 def export_batches(
     assignments: pl.DataFrame,
     servers: Mapping[str, Server],
@@ -270,16 +309,10 @@ def export_batches(
         exclude_seen: leave out seen items (also from the top-up).
         batch_users: users per batch.
     """
-    # Sorted once, so each batch (a range of user ids) reads only its own slice of the history
-    # instead of joining the whole of it: a million users is a hundred batches.
-    seen = seen.select(USER_ID, ITEM_ID).sort(USER_ID)
-    seen_users = seen[USER_ID]
+    seen_of = seen_lookup(seen) if exclude_seen else None
     for start in range(0, assignments.height, batch_users):
         batch = assignments.slice(start, batch_users)
-        first, last = (batch[USER_ID].min(), batch[USER_ID].max()) if batch.height else ("", "")
-        low, high = seen_users.search_sorted(first, "left"), seen_users.search_sorted(last, "right")
-        batch_seen = seen.slice(low, high - low).join(batch.select(USER_ID), on=USER_ID, how="semi")
-        drop = batch_seen if exclude_seen else None
+        drop = seen_of(batch[USER_ID]) if seen_of is not None else None
         frames = []
         for arm, server in servers.items():
             members = batch.filter(pl.col(ARM) == arm)

@@ -21,9 +21,9 @@ from typing import Any
 
 import polars as pl
 
-from fuserank.jobs.arms import Server, export_batches
+from fuserank.jobs.arms import Server, export_batches, seen_lookup
 from fuserank.jobs.distributed import n_workers
-from fuserank.schema import ITEM_ID, USER_ID
+from fuserank.schema import USER_ID
 
 
 def _export_batch(batch: pl.DataFrame, batch_seen: pl.DataFrame, shared: tuple) -> pl.DataFrame:
@@ -56,14 +56,11 @@ def export_batches_dask(
     ahead = ahead or 2 * n_workers(client)
     # Scattered once to every worker: stage 1, boosters and pools are the same for every batch.
     (shared,) = client.scatter([(dict(servers), pool, k, exclude_seen)], broadcast=True)
-    seen = seen.select(USER_ID, ITEM_ID).sort(USER_ID)
-    seen_users = seen[USER_ID]
+    seen_of = seen_lookup(seen)
     pending: deque = deque()
     for start in range(0, assignments.height, batch_users):
         batch = assignments.slice(start, batch_users)
-        first, last = batch[USER_ID].min(), batch[USER_ID].max()
-        low, high = seen_users.search_sorted(first, "left"), seen_users.search_sorted(last, "right")
-        batch_seen = seen.slice(low, high - low).join(batch.select(USER_ID), on=USER_ID, how="semi")
+        batch_seen = seen_of(batch[USER_ID])
         # pure=False: a batch is never deduplicated with another task; retries rerun it whole.
         pending.append(client.submit(_export_batch, batch, batch_seen, shared, pure=False))
         if len(pending) >= ahead:

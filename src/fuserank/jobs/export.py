@@ -35,7 +35,7 @@ from fuserank.jobs.arms import (
     export_batches,
     model_version,
     plan_arms,
-    popular_lists,
+    popular_server,
     popularity_pool,
     ranker_lists,
     retrieval_lists,
@@ -255,15 +255,7 @@ def export(
             if plan.source in ("holdout",):
                 continue
             if plan.source == "popular":
-                seen = history.select(schema.USER_ID, schema.ITEM_ID) if exclude else None
-
-                def lists(users: Sequence[str], seen=seen) -> pl.DataFrame:
-                    mine = None if seen is None else seen.join(
-                        pl.DataFrame({schema.USER_ID: list(users)}, schema={schema.USER_ID: pl.String}),
-                        on=schema.USER_ID, how="semi")
-                    return popular_lists(pool, mine, users, k)
-
-                servers[plan.name] = Server(None, "most-popular", lists, clean=True)
+                servers[plan.name] = popular_server(pool, history if exclude else None, k)
                 continue
             run = arm_runs[plan.source]
             if run.run_id not in stages:

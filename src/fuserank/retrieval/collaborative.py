@@ -108,7 +108,6 @@ def ease_candidates(
     users = list(dict.fromkeys(users))
     matrix = user_matrix(history, users, model.item_ids)
     n = min(n, model.columns.size)
-    catalog = np.asarray(model.item_ids, dtype=object)[model.columns]
     out_users, out_items, out_scores, out_ranks = [], [], [], []
     for start in range(0, len(users) if n > 0 else 0, batch_size):
         rows = matrix[start : start + batch_size]
@@ -118,19 +117,21 @@ def ease_candidates(
         scores[np.asarray(rows.sum(axis=1)).ravel() == 0] = -np.inf
         top, top_scores = top_k(scores, n)
         keep = np.isfinite(top_scores)
-        chunk = np.asarray(users[start : start + batch_size], dtype=object)
-        out_users.append(np.repeat(chunk, keep.sum(axis=1)))
-        out_items.append(catalog[top[keep]])
+        out_users.append(np.repeat(np.arange(start, start + len(top)), keep.sum(axis=1)))
+        out_items.append(model.columns[top[keep]])
         out_scores.append(top_scores[keep])
         out_ranks.append(np.broadcast_to(np.arange(1, n + 1, dtype=np.int32), top.shape)[keep])
-    empty = not out_users
+
+    def joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
     return pl.DataFrame(
         {
-            schema.USER_ID: [] if empty else np.concatenate(out_users).tolist(),
-            schema.ITEM_ID: [] if empty else np.concatenate(out_items).tolist(),
+            schema.USER_ID: pl.Series(users, dtype=pl.String).gather(joined(out_users, np.int64)),
+            schema.ITEM_ID: pl.Series(model.item_ids, dtype=pl.String).gather(joined(out_items, np.int64)),
             schema.SOURCE: "ease",
-            schema.RETRIEVAL_SCORE: np.zeros(0, np.float32) if empty else np.concatenate(out_scores),
-            schema.RETRIEVAL_RANK: np.zeros(0, np.int32) if empty else np.concatenate(out_ranks),
+            schema.RETRIEVAL_SCORE: joined(out_scores, np.float32),
+            schema.RETRIEVAL_RANK: joined(out_ranks, np.int32),
         },
         schema=schema.CANDIDATES,
     ).sort(schema.USER_ID, schema.RETRIEVAL_RANK)

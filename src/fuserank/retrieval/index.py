@@ -283,6 +283,20 @@ def user_queries(
     item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     if item_vectors.ndim != 2 or item_vectors.shape[0] != len(item_ids):
         raise ValueError(f"item_vectors shape {item_vectors.shape} does not fit {len(item_ids)} item ids")
+    users, mix, histories = query_weights(history, item_ids, query_items, half_life)
+    return users, mixed_queries(mix, item_vectors), histories
+
+
+def query_weights(
+    history: pl.DataFrame, item_ids: Sequence[str], query_items: int = 50, half_life: float = 10.0,
+) -> tuple[list[str], sparse.csr_matrix, list[np.ndarray]]:
+    """What `user_queries` weighs, whatever the vectors: one set of weights serves every view.
+
+    Returns:
+        users: every user in `history`, sorted.
+        mix: float32 csr (n_users, n_items), each user's recency weights of their latest items.
+        histories: per user, the sorted unique int64 item rows of their whole known history.
+    """
     if query_items < 1 or not half_life > 0:
         raise ValueError(f"need query_items >= 1 and half_life > 0, got {query_items}, {half_life}")
     catalog = _catalog_rows(item_ids)
@@ -301,13 +315,17 @@ def user_queries(
     mix = sparse.csr_matrix(
         (weights, (recent[_USER].to_numpy(), recent[_ROW].to_numpy())), shape=(n_users, n_items)
     )
-    queries = np.asarray(mix @ item_vectors, dtype=np.float32)
-    norms = np.linalg.norm(queries, axis=1, keepdims=True)
-    queries = np.divide(queries, norms, out=np.zeros_like(queries), where=norms > 0)
     seen = known.select(_USER, _ROW).unique().sort(_USER, _ROW)
     counts = np.bincount(seen[_USER].to_numpy(), minlength=n_users)
     histories = np.split(seen[_ROW].to_numpy().astype(np.int64), np.cumsum(counts)[:-1])
-    return users[USER_ID].to_list(), queries, histories
+    return users[USER_ID].to_list(), mix, histories
+
+
+def mixed_queries(mix: sparse.csr_matrix, item_vectors: np.ndarray) -> np.ndarray:
+    """float32 (n_users, d) L2-normalised rows of `mix @ item_vectors` (zero rows stay zero)."""
+    queries = np.asarray(mix @ np.ascontiguousarray(item_vectors, dtype=np.float32), dtype=np.float32)
+    norms = np.linalg.norm(queries, axis=1, keepdims=True)
+    return np.divide(queries, norms, out=np.zeros_like(queries), where=norms > 0)
 
 
 def _catalog_rows(item_ids: Sequence[str]) -> pl.DataFrame:
@@ -377,7 +395,7 @@ def search_candidates(index: ItemIndex, user_ids: Sequence[str], queries: np.nda
         {
             USER_ID: pl.Series(list(user_ids), dtype=pl.String).gather(usable[q]),
             ITEM_ID: pl.Series(index.item_ids, dtype=pl.String).gather(rows[q, position]),
-            SOURCE: pl.Series(np.full(len(q), source, dtype=object), dtype=pl.String),
+            SOURCE: source,
             RETRIEVAL_SCORE: pl.Series(scores[q, position], dtype=pl.Float32),
             RETRIEVAL_RANK: pl.Series(position + 1, dtype=pl.Int32),
         },
@@ -410,12 +428,13 @@ def merge_candidates(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema=CANDIDATES)
     tagged = [_as_candidates(f).with_columns(pl.lit(i, dtype=pl.Int32).alias("_frame")) for i, f in enumerate(frames)]
-    return (
-        pl.concat(tagged)
-        .sort(USER_ID, "_frame", RETRIEVAL_RANK, maintain_order=True)
-        .unique(subset=[USER_ID, ITEM_ID], keep="first", maintain_order=True)
-        .drop("_frame")
-    )
+    ordered = pl.concat(tagged).sort(USER_ID, "_frame", RETRIEVAL_RANK, maintain_order=True)
+    # The first row of each (user, item): hashing one integer per pair costs a third of
+    # hashing the two strings.
+    users, items = ordered[USER_ID].unique(), ordered[ITEM_ID].unique()
+    pair = (ordered[USER_ID].cast(pl.Enum(users)).to_physical().cast(pl.Int64) * len(items)
+            + ordered[ITEM_ID].cast(pl.Enum(items)).to_physical().cast(pl.Int64))
+    return ordered.filter(pair.is_first_distinct()).drop("_frame")
 
 
 def candidate_recall(candidates: pl.DataFrame, targets: pl.DataFrame) -> float:

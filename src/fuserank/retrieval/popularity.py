@@ -51,18 +51,31 @@ class Timeline:
         self._valued = np.concatenate([zero, np.cumsum(valued)])
         self._value_sum = np.concatenate([zero, np.cumsum(np.where(valued, values[order], 0.0))])
         self._start = np.searchsorted(self._keys, np.arange(n_keys + 1, dtype=np.int64) * self._span)
+        self._recent: list[tuple[np.ndarray, np.ndarray]] = []  # (needles, positions), newest first
+        self._order = np.empty(0, dtype=np.int64)  # the last sort of unsorted needles
+        self._by_time: tuple[np.ndarray, np.ndarray] | None = None  # (times, keys) of the events by time
 
     def _upto(self, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Position after the last event of each key at or before each time."""
         offset = np.clip(np.asarray(times, dtype=np.int64) - self._t0, 0, self._span - 1)
         needles = keys * self._span + offset
-        # Features ask for the same (key, time) rows several times in a row (count, last and
-        # first time, means): comparing needles is ~10x cheaper than searching them again.
-        last = getattr(self, "_last", None)
-        if last is not None and np.array_equal(last[0], needles):
-            return last[1]
-        found = np.searchsorted(self._keys, needles, side="right")
-        self._last = (needles, found)
+        # Features ask for the same (key, time) rows several times (count, last and first time,
+        # means, each window's end): comparing needles is ~10x cheaper than searching again.
+        for at, (previous, found) in enumerate(self._recent):
+            if np.array_equal(previous, needles):
+                self._recent.insert(0, self._recent.pop(at))
+                return found
+        found = np.empty(len(needles), dtype=np.int64)
+        # Sorted needles search ~5x faster than scattered ones, and the same keys at shifted
+        # times (a window's start) stay sorted in the order of the unshifted ones: one sort
+        # serves every window.
+        if _ascending(needles):
+            found[:] = np.searchsorted(self._keys, needles, side="right")
+        else:
+            if len(self._order) != len(needles) or not _ascending(needles[self._order]):
+                self._order = np.argsort(needles)
+            found[self._order] = np.searchsorted(self._keys, needles[self._order], side="right")
+        self._recent = [(needles, found), *self._recent[:1]]
         return found
 
     def count(self, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -93,9 +106,34 @@ class Timeline:
         total = self._value_sum[upto] - self._value_sum[start]
         return np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0), n
 
+    def count_grid(self, times: np.ndarray) -> np.ndarray:
+        """int64 (len(times), n_keys): every key's event count at or before each of the
+        ascending `times`.
+
+        The counts at the first time, then the events up to the last one added in time order:
+        one pass over the events in between, not one search per (time, key) cell.
+        """
+        times = np.asarray(times, dtype=np.int64)
+        if not len(times):
+            return np.zeros((0, self.n_keys), dtype=np.int64)
+        if self._by_time is None:
+            order = np.argsort(self._times, kind="stable")
+            self._by_time = (self._times[order], self._keys[order] // self._span)
+        event_times, event_keys = self._by_time
+        lo, hi = np.searchsorted(event_times, [times[0], times[-1]], side="right")
+        slot = np.searchsorted(times, event_times[lo:hi], side="left")  # the first time that counts it
+        grid = np.bincount(slot * self.n_keys + event_keys[lo:hi], minlength=len(times) * self.n_keys)
+        grid = grid.reshape(len(times), self.n_keys)
+        grid[0] += self.counts_at(int(times[0]))
+        return np.cumsum(grid, axis=0)
+
     def counts_at(self, time: int) -> np.ndarray:
         """int64 (n_keys,): every key's event count at or before `time`."""
         return self.count(np.arange(self.n_keys, dtype=np.int64), np.full(self.n_keys, time, dtype=np.int64))
+
+
+def _ascending(values: np.ndarray) -> bool:
+    return bool(np.all(values[1:] >= values[:-1]))
 
 
 def item_timeline(history: pl.DataFrame, item_ids: Sequence[str]) -> Timeline:
@@ -184,8 +222,7 @@ def popular_as_of(timeline: Timeline, seen: Sequence[np.ndarray], ref: np.ndarra
         span = times[first:first + block]
         users = np.flatnonzero((time_of_user >= first) & (time_of_user < first + len(span)))
         row = time_of_user[users] - first
-        counts = timeline.count(np.tile(np.arange(n_keys, dtype=np.int64), len(span)),
-                                np.repeat(span, n_keys)).reshape(len(span), n_keys)
+        counts = timeline.count_grid(span)
         order_key = -counts * n_keys + tie_pos
         depth = int(min(n + n_seen[users].max(), n_keys))
         head = np.argpartition(order_key, depth - 1, axis=1)[:, :depth] if depth < n_keys else \
@@ -241,15 +278,15 @@ def popular_candidates(history: pl.DataFrame, users: Sequence[str], n: int,
         ref = ref_time_array(ref_times, users)
     seen = seen_rows(history, users, item_ids)
     rows, counts = popular_as_of(timeline, seen, ref, n, np.arange(len(item_ids), dtype=np.int64))
-    lengths = [len(r) for r in rows]
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
     flat = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    owner = np.repeat(np.arange(len(users)), lengths)
     frame = pl.DataFrame({
-        USER_ID: pl.Series(np.repeat(np.array(users, dtype=object), lengths).tolist(), dtype=pl.String),
-        ITEM_ID: pl.Series(np.array(item_ids, dtype=object)[flat].tolist() if flat.size else [], dtype=pl.String),
-        SOURCE: pl.Series(["popular"] * int(flat.size), dtype=pl.String),
+        USER_ID: pl.Series(users, dtype=pl.String).gather(owner),
+        ITEM_ID: pl.Series(item_ids, dtype=pl.String).gather(flat),
+        SOURCE: pl.repeat("popular", len(flat), dtype=pl.String, eager=True),
         RETRIEVAL_SCORE: pl.Series(np.concatenate(counts) if counts else [], dtype=pl.Float32),
-        RETRIEVAL_RANK: pl.Series(np.concatenate([np.arange(1, k + 1) for k in lengths]) if users else [],
-                                  dtype=pl.Int32),
+        RETRIEVAL_RANK: pl.Series(np.arange(len(flat)) - (np.cumsum(lengths) - lengths)[owner] + 1, dtype=pl.Int32),
     })
     return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.CANDIDATES.items()])
 
