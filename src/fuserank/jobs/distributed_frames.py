@@ -1,0 +1,178 @@
+"""Feature frames that stay on the Dask workers, one polars frame per partition of the users.
+
+A cut-off's candidates, features and labels are built on the workers (`cutoff_parts`) and kept
+there as futures; the driver holds only their row counts. Whatever reads them (the ranker's
+training partitions, validation and test scoring) runs as tasks beside them, and only small
+results come back (`map_parts`, `gather_parts`).
+
+Every partition holds a contiguous run of the users in the order of `query_key`, the same runs
+at every cut-off of a run (`user_bounds`): a lambdarank query `user#j` then lies in one
+partition, and the partitions' rows sorted by query, concatenated in partition order, are the
+rows of the whole frame sorted by query, as a local fit orders them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fuserank import schema
+from fuserank.pipeline import candidate_features, label_candidates
+
+
+def query_key(user: str) -> str:
+    """The user's place in the order of its queries `user#j` (protocol.QUERY): a user id sorts
+    before another exactly when each of its queries sorts before each of the other's."""
+    return user + "#"
+
+
+def user_bounds(users: Sequence[str], n_parts: int) -> list[str]:
+    """Keys (`query_key`) of the first user of each of at most `n_parts` runs of about equal size.
+
+    Args:
+        users: every user any cut-off of the run may query (any order, repeats allowed).
+        n_parts: wanted runs (>= 1).
+
+    Returns:
+        Sorted keys, the first the smallest; `split_users` cuts any cut-off's users at them.
+    """
+    keys = sorted({query_key(u) for u in users})
+    if not keys:
+        return []
+    starts = np.linspace(0, len(keys), max(1, min(n_parts, len(keys))) + 1).round().astype(int)[:-1]
+    return [keys[s] for s in np.unique(starts)]
+
+
+def split_users(users: Sequence[str], bounds: Sequence[str]) -> list[list[str]]:
+    """`users` cut at `bounds` (`user_bounds`): one list per bound, each sorted by `query_key`,
+    possibly empty, so that partition p of every cut-off covers the same run of users."""
+    parts: list[list[str]] = [[] for _ in bounds]
+    for user in sorted(users, key=query_key):
+        parts[max(0, bisect_right(bounds, query_key(user)) - 1)].append(user)
+    return parts
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A frame kept on the workers.
+
+    Attributes:
+        futures: one `distributed.Future` per partition, each of a polars frame holding whole
+            users, in partition order; None for a partition without users.
+        rows: (n_partitions,) rows of each partition.
+    """
+
+    futures: list[Any]
+    rows: list[int]
+
+    @property
+    def held(self) -> list[Any]:
+        """The futures of the partitions that hold users, in partition order."""
+        return [f for f in self.futures if f is not None]
+
+    @property
+    def height(self) -> int:
+        return int(sum(self.rows))
+
+
+def _height(frame: pl.DataFrame) -> int:
+    return frame.height
+
+
+def _cutoff_part(users: list[str], stage: Any, history: pl.DataFrame, retrieval: Any, features: Any, llm: Any,
+                 ref_times: pl.DataFrame | None, targets: pl.DataFrame | None, query: str | None,
+                 ) -> tuple[pl.DataFrame, list[str]]:
+    frame, names = candidate_features(stage, history, users, retrieval, features, llm=llm, ref_times=ref_times)
+    if targets is not None:
+        frame = label_candidates(frame, targets)
+    if query is not None:  # one lambdarank query per (user, cut-off)
+        frame = frame.with_columns(pl.concat_str(pl.col(schema.USER_ID), pl.lit(query)).alias("query"))
+    return frame, names
+
+
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
+
+
+def _second(pair: tuple[Any, Any]) -> Any:
+    return pair[1]
+
+
+def _of_users(frame: pl.DataFrame | None, users: list[str]) -> pl.DataFrame | None:
+    if frame is None:
+        return None
+    return frame.filter(pl.col(schema.USER_ID).is_in(pl.Series(users, dtype=pl.String).implode()))
+
+
+def cutoff_parts(
+    client: Any,
+    stage: Any,
+    history: pl.DataFrame,
+    user_parts: Sequence[list[str]],
+    retrieval: Any,
+    features: Any,
+    llm: Any = None,
+    ref_times: pl.DataFrame | None = None,
+    targets: pl.DataFrame | None = None,
+    query: str | None = None,
+) -> tuple[Parts, list[str]]:
+    """`pipeline.candidate_features` (and `label_candidates` when `targets` are given) per
+    partition of the users, on the workers; the frames stay there.
+
+    The stage (FAISS index included) and the history go to every worker once; each task gets its
+    users and their rows of `ref_times` and `targets`.
+
+    Args:
+        client: a connected `distributed.Client`.
+        stage, history, retrieval, features, llm, ref_times: as in `pipeline.candidate_features`.
+        user_parts: the users of each partition (`split_users`, or any split of the users).
+        targets: the cut-off's targets, giving schema.LABEL (None: no label column).
+        query: when given, a "query" column `user_id + query` (e.g. "#1").
+
+    Returns:
+        (the parts, the feature names).
+    """
+    if not any(user_parts):
+        raise ValueError("no users to build features for")
+    shared = [client.scatter(a, broadcast=True) for a in (stage, history, retrieval, features, llm)]
+    pairs = [client.submit(_cutoff_part, users, *shared, _of_users(ref_times, users), _of_users(targets, users),
+                           query, pure=False) if users else None for users in user_parts]
+    futures = [None if p is None else client.submit(_first, p, pure=False) for p in pairs]
+    names = client.submit(_second, next(p for p in pairs if p is not None), pure=False).result()
+    parts = Parts(futures, [0] * len(futures))
+    del pairs  # the frames live on in `futures`
+    return _counted(client, parts), list(names)
+
+
+def _counted(client: Any, parts: Parts) -> Parts:
+    rows = iter(client.gather([client.submit(_height, f, pure=False) for f in parts.held]))
+    return Parts(parts.futures, [0 if f is None else int(next(rows)) for f in parts.futures])
+
+
+def map_parts(client: Any, func: Callable[..., pl.DataFrame], parts: Parts, *shared: Any) -> Parts:
+    """`func(frame, *shared)` on every partition where it lies; the results stay there too."""
+    args = [client.scatter(a, broadcast=True) for a in shared]
+    futures = [None if f is None else client.submit(func, f, *args, pure=False) for f in parts.futures]
+    return _counted(client, Parts(futures, [0] * len(futures)))
+
+
+def gather_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: Any,
+                 per_part: Sequence[Sequence[Any]] | None = None) -> list[Any]:
+    """`func(frame, *per_part[p], *shared)` on every partition p that holds users; the (small)
+    results, in partition order, come back to the driver."""
+    args = [client.scatter(a, broadcast=True) for a in shared]
+    own = per_part or [()] * len(parts.futures)
+    futures = [client.submit(func, f, *mine, *args, pure=False)
+               for f, mine in zip(parts.futures, own, strict=True) if f is not None]
+    return client.gather(futures)
+
+
+def collect(client: Any, parts: Parts) -> pl.DataFrame:
+    """The whole frame on the driver, partitions in order: for tests and small data only, since
+    it is what the distributed path exists to avoid."""
+    return pl.concat(client.gather(parts.held), how="vertical")
