@@ -158,3 +158,52 @@ def test_media_encoding_over_catalog_partitions_equals_the_local_encoding(client
         assert spread.item_ids == local.item_ids and local.mask.sum() == items.height
         np.testing.assert_array_equal(spread.mask, local.mask)
         np.testing.assert_allclose(spread.vectors, local.vectors, atol=1e-6)
+
+
+def gathered_frames(value) -> list[pl.DataFrame]:
+    """Every polars frame inside a gathered result (lists, tuples, dataclasses)."""
+    import dataclasses
+
+    if isinstance(value, pl.DataFrame):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [f for v in value for f in gathered_frames(v)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [f for field in dataclasses.fields(value) for f in gathered_frames(getattr(value, field.name))]
+    return []
+
+
+def test_train_evaluate_on_a_cluster_never_builds_features_on_the_driver(client, catalog, monkeypatch):
+    """Features, the ranker's matrix, scoring and stage-1 counts stay on the workers: in the
+    driver process the feature builder, the matrix builder and `collect` fail if called, and
+    nothing the driver gathers holds a feature column or more rows than the per-user results."""
+    import fuserank.pipeline
+    import fuserank.ranking.ranker
+    from fuserank.jobs import distributed, distributed_frames
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("called on the driver")
+
+    for module, name in ((fuserank.pipeline, "candidate_features"), (distributed_frames, "candidate_features"),
+                         (fuserank.ranking.ranker, "_query_groups"), (distributed, "_query_groups"),
+                         (distributed_frames, "collect")):
+        monkeypatch.setattr(module, name, forbidden)
+    seen: list[pl.DataFrame] = []
+    gather = client.gather
+
+    def spying(futures, *args, **kwargs):
+        result = gather(futures, *args, **kwargs)
+        seen.extend(gathered_frames(result))
+        return result
+
+    monkeypatch.setattr(client, "gather", spying)
+    metrics, folder = run(catalog, "dask_frames", "dask.enabled=true")
+    names = json.loads((folder / "model" / "features.json").read_text())["feature_names"]
+    assert metrics["test_ndcg_at_10"] > metrics["test_popular_ndcg_at_10"]
+    assert seen, "the lists come back through client.gather"
+    assert not any(set(names) & set(frame.columns) for frame in seen)
+    # Per user: the top k by the ranker and by stage 1 (k the largest eval cut-off), one row of counts.
+    top_k = max(int(key.rsplit("_", 1)[1]) for key in metrics
+                if key.startswith("test_ndcg_at_") and key.rsplit("_", 1)[1].isdigit())
+    n_users = metrics["n_users"]
+    assert max(frame.height for frame in seen) <= top_k * n_users < metrics["ranker_train_rows"]

@@ -237,9 +237,15 @@ def cutoff_frame(
     Returns:
         (features with labels, feature names, stage-1 candidates in stage-1 order).
     """
+    return stage_frame(config, cutoff_stage(config, cutoff, item_ids, content), cutoff, llm, build=build)
+
+
+def cutoff_stage(config: ExperimentConfig, cutoff: Cutoff, item_ids: Sequence[str],
+                 content: Mapping[str, Embeddings]) -> StageOne:
+    """Stage 1 of one cut-off: fitted on its history alone, over the catalog less its `absent`
+    items (so no candidate names one)."""
     catalog = [item for item in item_ids if item not in cutoff.absent] if cutoff.absent else item_ids
-    stage = fit_stage(config, cutoff.history, catalog, content, cutoff.shared_history)
-    return stage_frame(config, stage, cutoff, llm, build=build)
+    return fit_stage(config, cutoff.history, catalog, content, cutoff.shared_history)
 
 
 def stage_frame(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
 from fuserank import schema
 from fuserank.evaluation.metrics import bootstrap_ci, catalog_coverage, evaluate_rankings, paired_bootstrap_ci, summarise
+from fuserank.pipeline import rank_candidates
 from fuserank.retrieval.popularity import popular_candidates
-from fuserank.retrieval.index import candidate_recall
 
 
 def most_popular_rankings(history: pl.DataFrame, users: Sequence[str], k: int) -> pl.DataFrame:
@@ -66,19 +68,82 @@ def score_lists(
     return per_user, summary
 
 
-def stage_one_recall(candidates: pl.DataFrame, targets: pl.DataFrame, n: int, prefix: str) -> dict[str, float]:
-    """The ceiling of stage 2.
+def stage_one_counts(candidates: pl.DataFrame, targets: pl.DataFrame, n: int) -> pl.DataFrame:
+    """Per user, what stage 1 offered: one row per user with candidates.
+
+    Args:
+        candidates: schema.CANDIDATES rows in stage-1 order.
+        targets: user_id, item_id of the held-out interactions (repeats count as in
+            `candidate_recall`).
+        n: the stage-1 depth of `found_first_n`.
+
+    Returns:
+        user_id, candidates (rows), found (target rows among the candidates), found_first_n
+        (among each user's first `n`), all UInt32; sorted by user_id.
+    """
+    first = (pl.int_range(pl.len()).over(schema.USER_ID) < n).alias("_first")
+    pairs = (candidates.select(schema.USER_ID, schema.ITEM_ID, first)
+             .unique([schema.USER_ID, schema.ITEM_ID], keep="first", maintain_order=True))
+    found = (targets.select(schema.USER_ID, schema.ITEM_ID).join(pairs, on=[schema.USER_ID, schema.ITEM_ID])
+             .group_by(schema.USER_ID).agg(pl.len().alias("found"), pl.col("_first").sum().alias("found_first_n")))
+    offered = candidates.group_by(schema.USER_ID).agg(pl.len().alias("candidates"))
+    return (offered.join(found, on=schema.USER_ID, how="left")
+            .with_columns(pl.col("candidates", "found", "found_first_n").fill_null(0).cast(pl.UInt32))
+            .sort(schema.USER_ID))
+
+
+def found_share(counts: pl.DataFrame, targets: pl.DataFrame) -> float:
+    """`retrieval.index.candidate_recall` from `stage_one_counts`: target rows found / target
+    rows of `targets` (whose users may be a subset of the counts'); NaN without targets."""
+    if targets.height == 0:
+        return float("nan")
+    users = targets[schema.USER_ID].unique().implode()
+    return int(counts.filter(pl.col(schema.USER_ID).is_in(users))["found"].sum()) / targets.height
+
+
+def stage_one_recall(counts: pl.DataFrame, targets: pl.DataFrame, n: int, prefix: str) -> dict[str, float]:
+    """The ceiling of stage 2, from `stage_one_counts(candidates, targets, n)`.
 
     Returns the share of targets among all candidates (`stage1_recall`, what the ranker can reach),
     among the first `n` in stage-1 order (`stage1_recall_at_<n>`), and the mean candidates per user.
     """
-    first_n = candidates.filter(pl.int_range(pl.len()).over(schema.USER_ID) < n)
-    per_user = candidates.group_by(schema.USER_ID).len()
+    offered = counts.filter(pl.col("candidates") > 0)["candidates"]
+    first_n = counts.select(schema.USER_ID, pl.col("found_first_n").alias("found"))
     return {
-        f"{prefix}stage1_recall": candidate_recall(candidates, targets),
-        f"{prefix}stage1_recall_at_{n}": candidate_recall(first_n, targets),
-        f"{prefix}stage1_candidates_per_user": float(per_user["len"].mean() or 0.0),
+        f"{prefix}stage1_recall": found_share(counts, targets),
+        f"{prefix}stage1_recall_at_{n}": found_share(first_n, targets),
+        f"{prefix}stage1_candidates_per_user": float(offered.mean() or 0.0),
     }
+
+
+@dataclass(frozen=True)
+class CutoffLists:
+    """What evaluation reads of one cut-off's scored candidates, a few rows per user.
+
+    Attributes:
+        ranked: the ranker's top k per user (schema.RANKED_LIST), by user then rank.
+        retrieval: the first k candidates per user in stage-1 order (`stage_one_rankings`).
+        stage1: `stage_one_counts` of the candidates.
+    """
+
+    ranked: pl.DataFrame
+    retrieval: pl.DataFrame
+    stage1: pl.DataFrame
+
+
+def cutoff_lists(frame: pl.DataFrame, targets: pl.DataFrame, ranker: Any, k: int, n: int) -> CutoffLists:
+    """Score a cut-off's labelled candidates with `ranker` (a `ranking.ranker.Ranker`) and keep
+    the top `k` per user, the stage-1 top `k` and the stage-1 counts at depth `n`."""
+    candidates = frame.select(list(schema.CANDIDATES))
+    return CutoffLists(rank_candidates(frame, ranker.score(frame), k), stage_one_rankings(candidates, k),
+                       stage_one_counts(candidates, targets, n))
+
+
+def concat_lists(parts: Sequence[CutoffLists]) -> CutoffLists:
+    """The lists of partitions of the users as one, users in order (ranked by user then rank)."""
+    return CutoffLists(pl.concat([p.ranked for p in parts]).sort(schema.USER_ID, schema.RANK, maintain_order=True),
+                       pl.concat([p.retrieval for p in parts]),
+                       pl.concat([p.stage1 for p in parts]).sort(schema.USER_ID, maintain_order=True))
 
 
 def confidence_intervals(

@@ -294,7 +294,7 @@ def _frame_parts(client: Any, frame: pl.DataFrame, group: str, n_parts: int) -> 
         start += int(part.sum())
     if not chunks:
         chunks = [ordered]
-    return Parts(client.scatter(chunks), [c.height for c in chunks])
+    return Parts(client.scatter(chunks, hash=False), [c.height for c in chunks])
 
 
 def fit_ranker_dask(

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
+from fuserank.evaluation.scoring import CutoffLists, concat_lists, cutoff_lists
 from fuserank.pipeline import candidate_features, label_candidates
 
 
@@ -91,7 +92,7 @@ def _cutoff_part(users: list[str], stage: Any, history: pl.DataFrame, retrieval:
     if targets is not None:
         frame = label_candidates(frame, targets)
     if query is not None:  # one lambdarank query per (user, cut-off)
-        frame = frame.with_columns(pl.concat_str(pl.col(schema.USER_ID), pl.lit(query)).alias("query"))
+        frame = frame.with_columns(pl.concat_str(pl.col(schema.USER_ID), pl.lit(query)).alias(schema.QUERY))
     return frame, names
 
 
@@ -132,14 +133,14 @@ def cutoff_parts(
         stage, history, retrieval, features, llm, ref_times: as in `pipeline.candidate_features`.
         user_parts: the users of each partition (`split_users`, or any split of the users).
         targets: the cut-off's targets, giving schema.LABEL (None: no label column).
-        query: when given, a "query" column `user_id + query` (e.g. "#1").
+        query: when given, a schema.QUERY column `user_id + query` (e.g. "#1").
 
     Returns:
         (the parts, the feature names).
     """
     if not any(user_parts):
         raise ValueError("no users to build features for")
-    shared = [client.scatter(a, broadcast=True) for a in (stage, history, retrieval, features, llm)]
+    shared = [client.scatter(a, broadcast=True, hash=False) for a in (stage, history, retrieval, features, llm)]
     pairs = [client.submit(_cutoff_part, users, *shared, _of_users(ref_times, users), _of_users(targets, users),
                            query, pure=False) if users else None for users in user_parts]
     futures = [None if p is None else client.submit(_first, p, pure=False) for p in pairs]
@@ -156,7 +157,7 @@ def _counted(client: Any, parts: Parts) -> Parts:
 
 def map_parts(client: Any, func: Callable[..., pl.DataFrame], parts: Parts, *shared: Any) -> Parts:
     """`func(frame, *shared)` on every partition where it lies; the results stay there too."""
-    args = [client.scatter(a, broadcast=True) for a in shared]
+    args = [client.scatter(a, broadcast=True, hash=False) for a in shared]
     futures = [None if f is None else client.submit(func, f, *args, pure=False) for f in parts.futures]
     return _counted(client, Parts(futures, [0] * len(futures)))
 
@@ -165,11 +166,25 @@ def gather_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: A
                  per_part: Sequence[Sequence[Any]] | None = None) -> list[Any]:
     """`func(frame, *per_part[p], *shared)` on every partition p that holds users; the (small)
     results, in partition order, come back to the driver."""
-    args = [client.scatter(a, broadcast=True) for a in shared]
+    args = [client.scatter(a, broadcast=True, hash=False) for a in shared]
     own = per_part or [()] * len(parts.futures)
     futures = [client.submit(func, f, *mine, *args, pure=False)
                for f, mine in zip(parts.futures, own, strict=True) if f is not None]
     return client.gather(futures)
+
+
+def cutoff_lists_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]], targets: pl.DataFrame,
+                      ranker: Any, k: int, n: int) -> CutoffLists:
+    """`scoring.cutoff_lists` on every partition where it lies (the ranker sent once, each task
+    its users' targets); only the lists and per-user counts come back, concatenated in user order.
+
+    Args:
+        parts: a labelled cut-off frame (`cutoff_parts`) cut at `user_parts`.
+        targets: the cut-off's targets.
+        ranker, k, n: as in `scoring.cutoff_lists`.
+    """
+    mine = [(_of_users(targets, users),) for users in user_parts]
+    return concat_lists(gather_parts(client, cutoff_lists, parts, ranker, k, n, per_part=mine))
 
 
 def collect(client: Any, parts: Parts) -> pl.DataFrame:
