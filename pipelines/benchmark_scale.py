@@ -27,6 +27,7 @@ Candidates per user are fewer than the defaults and the same at every size (--an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -72,17 +73,21 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
     import polars as pl
 
     from fuserank import schema
-    from fuserank.config import BehaviourConfig, DaskConfig, FeatureConfig, FusionConfig, RankerConfig, RetrievalConfig
+    from fuserank.config import BehaviourConfig, DaskConfig, RankerConfig, RetrievalConfig, load_config
+    from fuserank.data.cutoffs import Cutoff
     from fuserank.data.split import holdout_last
     from fuserank.data.synthetic import generate_catalog
     from fuserank.jobs.arms import Server, assign_arms, plan_arms, popularity_pool, retrieval_lists
     from fuserank.jobs.distributed import dask_client, fit_ranker_parts
     from fuserank.jobs.distributed_export import export_batches_dask
     from fuserank.jobs.distributed_frames import cutoff_lists_dask, cutoff_parts, split_users, user_bounds
-    from fuserank.pipeline import fit_stage_one
+    from fuserank.pipeline import fit_stage
+    from fuserank.retrieval.popularity import reference_times
 
     retrieval = RetrievalConfig(ann_candidates=ann, popular_candidates=popular, ease_candidates=0)
-    ranker_config = RankerConfig(n_estimators=rounds, early_stopping_rounds=0, n_jobs=1)
+    config = dataclasses.replace(load_config(None, ["seed=1"]), retrieval=retrieval,
+                                 behaviour=BehaviourConfig(dim=32, ease_l2=0.0),
+                                 ranker=RankerConfig(n_estimators=rounds, early_stopping_rounds=0, n_jobs=1))
     steps: dict[str, dict] = {}
     with dask_client(DaskConfig(enabled=True, n_workers=2, threads_per_worker=1)) as client:
         pids = {"driver": os.getpid()} | {
@@ -103,20 +108,24 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
         items, interactions = timed("catalog", lambda: generate_catalog(
             n_items=n_items, n_users=n_users, seed=5, interactions_per_user=(15, 25)))
         n_interactions = interactions.height
-        history, targets = timed("cut-off (driver)", lambda: holdout_last(
-            interactions.select(list(schema.INTERACTIONS)), n=1, min_interactions=2))
+        def cut() -> Cutoff:
+            history, targets = holdout_last(interactions.select(list(schema.INTERACTIONS)), n=1, min_interactions=2)
+            users = targets[schema.USER_ID].unique().sort().to_list()
+            return Cutoff("scale", history, targets, reference_times(history, users))
+
+        cutoff = timed("cut-off (driver)", cut)
+        history = cutoff.history
         del interactions
         item_ids = items[schema.ITEM_ID].to_list()
-        stage = timed("stage 1 (driver)", lambda: fit_stage_one(
-            history, item_ids, {}, BehaviourConfig(dim=32, ease_l2=0.0), FusionConfig(), retrieval, seed=1))
-        users = sorted(targets[schema.USER_ID].unique().to_list())
+        stage = timed("stage 1 (driver)", lambda: fit_stage(config, history, item_ids, {}))
+        users = cutoff.users
         user_parts = split_users(users, user_bounds(users, 2))
         parts, names = timed("features (workers, kept there)", lambda: cutoff_parts(
-            client, stage, history, user_parts, retrieval, FeatureConfig(), targets=targets))
+            client, config, stage, cutoff, user_parts))
         ranker, _ = timed("ranker (workers)", lambda: fit_ranker_parts(
-            client, [parts], None, names, ranker_config, seed=1))
+            client, [parts], None, names, config.ranker, config.seed))
         lists = timed("score (workers, lists back)", lambda: cutoff_lists_dask(
-            client, parts, user_parts, targets, ranker, 20, ann))
+            client, parts, user_parts, cutoff.targets, ranker, 20, ann))
         rows, scored_rows = parts.height, lists.ranked.height
         del parts, lists
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import polars as pl
@@ -31,7 +30,7 @@ from fuserank.evaluation.scoring import (
     stage_one_recall,
 )
 from fuserank.evaluation.slices import slice_metrics, user_slices
-from fuserank.jobs.distributed import candidate_features_dask, dask_client, fit_ranker_parts, n_workers
+from fuserank.jobs.distributed import dask_client, fit_ranker_parts, n_workers
 from fuserank.jobs.distributed_frames import cutoff_lists_dask, cutoff_parts, split_users, user_bounds
 from fuserank.pipeline import cutoff_frame, cutoff_stage, rank_candidates
 from fuserank.progress import step
@@ -62,15 +61,10 @@ class ProtocolResult:
 def evaluation_frame(config: RunConfig, cutoff: Cutoff, item_ids: Sequence[str],
                      content: Mapping[str, Embeddings], llm: LLMSignals | None = None
                      ) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
-    """`pipeline.cutoff_frame`, locally or with features built on the Dask cluster
-    (`config.dask.enabled`), reported as one step."""
-    build = None
-    if config.dask.enabled:
-        from distributed import default_client  # dask: an optional dependency
-
-        build = partial(candidate_features_dask, default_client(), n_partitions=config.dask.user_partitions)
+    """`pipeline.cutoff_frame` on the driver, reported as one step (the Dask path keeps its frames
+    on the workers instead: `train_on_cluster`)."""
     with step(f"stage 1 [{cutoff.name}]") as s:
-        frame, names, candidates = cutoff_frame(config, cutoff, item_ids, content, llm, build=build)
+        frame, names, candidates = cutoff_frame(config, cutoff, item_ids, content, llm)
         s.done(f"{len(cutoff.users):,} users, {frame.height:,} candidates x {len(names)} features")
     return frame, names, candidates
 
@@ -190,14 +184,12 @@ def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping
     client = default_client()
     bounds = user_bounds(cutoffs.interactions[schema.USER_ID].unique().to_list(),
                          config.dask.user_partitions or n_workers(client))
-    signals = llm if config.llm.enabled else None
 
     def on_workers(cutoff: Cutoff, query: str | None = None) -> tuple[Any, list[str], list[list[str]]]:
         with step(f"stage 1 [{cutoff.name}]") as s:
             stage = cutoff_stage(config, cutoff, item_ids, content)
             users = split_users(cutoff.users, bounds)
-            parts, names = cutoff_parts(client, stage, cutoff.history, users, config.retrieval, config.features,
-                                        signals, cutoff.ref_times, cutoff.targets, query)
+            parts, names = cutoff_parts(client, config, stage, cutoff, users, llm, query)
             s.done(f"{len(cutoff.users):,} users, {parts.height:,} candidates x {len(names)} features (on the workers)")
         return parts, names, users
 

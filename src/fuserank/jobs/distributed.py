@@ -30,8 +30,7 @@ from fuserank import progress
 from fuserank.config import DaskConfig, RankerConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.metrics import grouped_ndcg
-from fuserank.jobs.distributed_frames import Parts, collect, cutoff_parts, gather_parts
-from fuserank.pipeline import candidate_features
+from fuserank.jobs.distributed_frames import Parts, gather_parts
 from fuserank.jobs.distributed_lightgbm import Partition, bin_sample, train_data_parallel
 from fuserank.ranking.ranker import Ranker, ScoreBase, _params, _query_groups, score_base
 from fuserank.schema import LABEL, USER_ID
@@ -348,39 +347,6 @@ def chunk_evenly(values: Sequence[Any], n_parts: int) -> list[list[Any]]:
     n_parts = max(1, min(n_parts, len(values)))
     bounds = np.linspace(0, len(values), n_parts + 1).round().astype(int)
     return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-
-
-def candidate_features_dask(
-    client: Any,
-    stage: Any,
-    history: pl.DataFrame,
-    users: Sequence[str],
-    retrieval: Any,
-    features: Any,
-    llm: Any = None,
-    n_partitions: int = 0,
-    ref_times: pl.DataFrame | None = None,
-) -> tuple[pl.DataFrame, list[str]]:
-    """`pipeline.candidate_features` over Dask partitions of the users, gathered on the driver in
-    user order (`distributed_frames.cutoff_parts`, then `collect`): for a caller that needs the
-    whole frame; the protocol keeps its frames on the workers instead.
-
-    Every candidate and feature of a user depends only on that user, the stage and the history,
-    so the result equals the local call row for row.
-
-    Args:
-        client: a connected `distributed.Client`.
-        stage, history, users, retrieval, features, llm, ref_times: as in `pipeline.candidate_features`.
-        n_partitions: user partitions; 0 means one per worker.
-
-    Returns:
-        (frame, feature names) as `candidate_features` returns them.
-    """
-    chunks = chunk_evenly(users, n_partitions or n_workers(client))
-    if not chunks:
-        return candidate_features(stage, history, [], retrieval, features, llm=llm, ref_times=ref_times)
-    parts, names = cutoff_parts(client, stage, history, chunks, retrieval, features, llm, ref_times)
-    return collect(client, parts), names
 
 
 def _encode_chunk(items: pl.DataFrame, encoder_cls: Any, kwargs: dict[str, Any]) -> Any:

@@ -1,7 +1,7 @@
 """Feature frames that stay on the Dask workers, one polars frame per partition of the users.
 
-A cut-off's candidates, features and labels are built on the workers (`cutoff_parts`) and kept
-there as futures; the driver holds only their row counts. Whatever reads them (the ranker's
+A cut-off's candidates, features and labels are built on the workers by the local chain
+(`pipeline.stage_frame` on each partition's users, `cutoff_parts`) and kept there as futures; the driver holds only their row counts. Whatever reads them (the ranker's
 training partitions, validation and test scoring) runs as tasks beside them, and only small
 results come back (`map_parts`, `gather_parts`).
 
@@ -22,8 +22,9 @@ import numpy as np
 import polars as pl
 
 from fuserank import schema
+from fuserank.data.cutoffs import Cutoff
 from fuserank.evaluation.scoring import CutoffLists, concat_lists, cutoff_lists
-from fuserank.pipeline import candidate_features, label_candidates
+from fuserank.pipeline import stage_frame
 
 
 def query_key(user: str) -> str:
@@ -85,12 +86,9 @@ def _height(frame: pl.DataFrame) -> int:
     return frame.height
 
 
-def _cutoff_part(users: list[str], stage: Any, history: pl.DataFrame, retrieval: Any, features: Any, llm: Any,
-                 ref_times: pl.DataFrame | None, targets: pl.DataFrame | None, query: str | None,
-                 ) -> tuple[pl.DataFrame, list[str]]:
-    frame, names = candidate_features(stage, history, users, retrieval, features, llm=llm, ref_times=ref_times)
-    if targets is not None:
-        frame = label_candidates(frame, targets)
+def _cutoff_part(config: Any, stage: Any, name: str, history: pl.DataFrame, targets: pl.DataFrame,
+                 ref_times: pl.DataFrame, llm: Any, query: str | None) -> tuple[pl.DataFrame, list[str]]:
+    frame, names, _ = stage_frame(config, stage, Cutoff(name, history, targets, ref_times), llm)
     if query is not None:  # one lambdarank query per (user, cut-off)
         frame = frame.with_columns(pl.concat_str(pl.col(schema.USER_ID), pl.lit(query)).alias(schema.QUERY))
     return frame, names
@@ -104,45 +102,36 @@ def _second(pair: tuple[Any, Any]) -> Any:
     return pair[1]
 
 
-def _of_users(frame: pl.DataFrame | None, users: list[str]) -> pl.DataFrame | None:
-    if frame is None:
-        return None
+def _of_users(frame: pl.DataFrame, users: list[str]) -> pl.DataFrame:
     return frame.filter(pl.col(schema.USER_ID).is_in(pl.Series(users, dtype=pl.String).implode()))
 
 
-def cutoff_parts(
-    client: Any,
-    stage: Any,
-    history: pl.DataFrame,
-    user_parts: Sequence[list[str]],
-    retrieval: Any,
-    features: Any,
-    llm: Any = None,
-    ref_times: pl.DataFrame | None = None,
-    targets: pl.DataFrame | None = None,
-    query: str | None = None,
-) -> tuple[Parts, list[str]]:
-    """`pipeline.candidate_features` (and `label_candidates` when `targets` are given) per
-    partition of the users, on the workers; the frames stay there.
+def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_parts: Sequence[list[str]],
+                 llm: Any = None, query: str | None = None) -> tuple[Parts, list[str]]:
+    """`pipeline.stage_frame` (candidates, features as of the reference times, labels) per
+    partition of the cut-off's users, on the workers; the frames stay there.
 
-    The stage (FAISS index included) and the history go to every worker once; each task gets its
-    users and their rows of `ref_times` and `targets`.
+    The stage (FAISS index included), the history and the config go to every worker once; each
+    task gets its users' rows of the reference times and targets.
 
     Args:
         client: a connected `distributed.Client`.
-        stage, history, retrieval, features, llm, ref_times: as in `pipeline.candidate_features`.
-        user_parts: the users of each partition (`split_users`, or any split of the users).
-        targets: the cut-off's targets, giving schema.LABEL (None: no label column).
+        config, stage, llm: as in `pipeline.stage_frame` (an `ExperimentConfig`, stage 1 fitted
+            on `cutoff.history`).
+        cutoff: the cut-off (its history, targets and reference times are read).
+        user_parts: the cut-off's users by partition (`split_users`).
         query: when given, a schema.QUERY column `user_id + query` (e.g. "#1").
 
     Returns:
         (the parts, the feature names).
     """
     if not any(user_parts):
-        raise ValueError("no users to build features for")
-    shared = [client.scatter(a, broadcast=True, hash=False) for a in (stage, history, retrieval, features, llm)]
-    pairs = [client.submit(_cutoff_part, users, *shared, _of_users(ref_times, users), _of_users(targets, users),
-                           query, pure=False) if users else None for users in user_parts]
+        raise ValueError(f"{cutoff.name}: no users to build features for")
+    shared = [client.scatter(a, broadcast=True, hash=False) for a in (config, stage, cutoff.history, llm)]
+    config_f, stage_f, history_f, llm_f = shared
+    pairs = [client.submit(_cutoff_part, config_f, stage_f, cutoff.name, history_f, _of_users(cutoff.targets, users),
+                           _of_users(cutoff.ref_times, users), llm_f, query, pure=False) if users else None
+             for users in user_parts]
     futures = [None if p is None else client.submit(_first, p, pure=False) for p in pairs]
     names = client.submit(_second, next(p for p in pairs if p is not None), pure=False).result()
     parts = Parts(futures, [0] * len(futures))
