@@ -196,7 +196,8 @@ def test_train_evaluate_on_a_cluster_never_builds_features_on_the_driver(client,
     def forbidden(*args, **kwargs):
         raise AssertionError("called on the driver")
 
-    for module, name in ((fuserank.pipeline, "candidate_features"), (distributed_frames, "candidate_features"),
+    for module, name in ((fuserank.pipeline, "candidate_features"), (fuserank.pipeline, "stage_frame"),
+                         (distributed_frames, "stage_frame"),
                          (fuserank.ranking.ranker, "_query_groups"), (distributed, "_query_groups"),
                          (distributed_frames, "collect")):
         monkeypatch.setattr(module, name, forbidden)
