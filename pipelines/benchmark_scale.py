@@ -13,9 +13,9 @@ train-evaluate distributes them (evaluation/protocol.py's `train_on_cluster`), o
   (jobs/distributed_frames.py's `cutoff_parts`); the driver gets row counts;
 - ranker (workers): data-parallel LightGBM from those partitions (`fit_ranker_parts`); the
   driver fetches the bin sample's rows (at most 200,000);
-- score (workers): the same users' candidates scored where they lie (`cutoff_lists_dask`), the
-  top 20 per user by the ranker and by stage 1 and per-user stage-1 counts back on the driver
-  (in-sample: a measure of where memory goes, not of quality);
+- score (workers): the same users' candidates scored where they lie (`cutoff_scores_dask`): the
+  per-user metrics of the ranker's and stage 1's lists and the per-user stage-1 counts come back,
+  no list (in-sample: a measure of where memory goes, not of quality);
 - export lists (workers): retrieval-only lists of every user built batch by batch on the
   workers and counted on the driver (jobs/distributed_export.py), nothing written.
 
@@ -80,7 +80,7 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
     from fuserank.jobs.arms import Server, assign_arms, plan_arms, popularity_pool, retrieval_lists
     from fuserank.jobs.distributed import dask_client, fit_ranker_parts
     from fuserank.jobs.distributed_export import export_batches_dask
-    from fuserank.jobs.distributed_frames import cutoff_lists_dask, cutoff_parts, split_users, user_bounds
+    from fuserank.jobs.distributed_frames import cutoff_parts, cutoff_scores_dask, split_users, user_bounds
     from fuserank.pipeline import fit_stage
     from fuserank.retrieval.popularity import reference_times
 
@@ -124,10 +124,10 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
             client, config, stage, cutoff, user_parts))
         ranker, _ = timed("ranker (workers)", lambda: fit_ranker_parts(
             client, [parts], None, names, config.ranker, config.seed))
-        lists = timed("score (workers, lists back)", lambda: cutoff_lists_dask(
-            client, parts, user_parts, cutoff.targets, ranker, 20, ann))
-        rows, scored_rows = parts.height, lists.ranked.height
-        del parts, lists
+        scores = timed("score (workers, per-user metrics back)", lambda: cutoff_scores_dask(
+            client, parts, user_parts, cutoff.targets, ranker, (10, 20), ann, 0))
+        rows, scored_users = parts.height, scores.ranker.per_user.height
+        del parts, scores
 
         def export() -> int:
             plans = plan_arms({"plain": "retrieval"}, {"plain": 1.0}, 0.0)
@@ -144,7 +144,7 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
         steps[name]["peak_rss_mb"] = {k: round(v) for k, v in sorted(peaks.items())}
     return {"users": n_users, "items": n_items, "interactions": n_interactions, "ann_candidates": ann,
             "popular_candidates": popular, "features": len(names), "feature_rows": rows,
-            "ranker_rounds": rounds, "scored_list_rows": scored_rows, "list_rows": list_rows,
+            "ranker_rounds": rounds, "scored_users": scored_users, "list_rows": list_rows,
             "batch_users": batch_users, "steps": steps}
 
 

@@ -5,11 +5,14 @@ import pytest
 
 from fuserank import schema
 from fuserank.evaluation.scoring import (
+    concat_scored,
     most_popular_rankings,
     score_lists,
+    score_ranked,
     stage_one_counts,
     stage_one_rankings,
     stage_one_recall,
+    summary_of,
 )
 from fuserank.retrieval.index import candidate_recall
 
@@ -76,6 +79,25 @@ def test_score_lists_by_hand():
     # top-1 items of u and v are both "a"; top-2 adds b and c
     assert summary["test_coverage_at_1"] == pytest.approx(1 / 10)
     assert summary["test_coverage_at_2"] == pytest.approx(3 / 10)
+
+
+def test_lists_scored_per_partition_of_the_users_give_the_same_summary():
+    """Scored a partition of the users at a time (as on Dask workers) and concatenated, the
+    per-user metrics, their means and the coverage equal score_lists on the whole."""
+    ranked = pl.DataFrame(
+        {schema.USER_ID: ["u", "u", "v", "v", "x", "x"], schema.ITEM_ID: ["a", "b", "a", "c", "d", "b"],
+         schema.RANK: [1, 2, 1, 2, 1, 2], schema.SCORE: [2.0, 1.0, 2.0, 1.0, 2.0, 1.0]},
+        schema=schema.RANKED_LIST,
+    )
+    targets = pl.DataFrame({schema.USER_ID: ["u", "v", "w", "x"], schema.ITEM_ID: ["b", "z", "a", "b"]})
+    per_user, summary = score_lists(ranked, targets, ks=(1, 2), n_items=10, prefix="test_")
+    halves = [score_ranked(ranked.filter(pl.col(schema.USER_ID).is_in(users)),
+                           targets.filter(pl.col(schema.USER_ID).is_in(users)), (1, 2))
+              for users in (["u", "v"], ["w", "x"])]
+    whole = concat_scored(halves)
+    assert whole.per_user.equals(per_user)
+    assert summary_of(whole, 10, "test_") == summary
+    assert summary["test_coverage_at_1"] == 2 / 10 and summary["test_coverage_at_2"] == 4 / 10
 
 
 def test_stage_one_recall_reports_the_ceiling_and_recall_at_n():

@@ -21,17 +21,20 @@ from fuserank.data.cutoffs import Cutoff, Cutoffs, build_cutoffs
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.baselines import content_knn_rankings, random_rankings
 from fuserank.evaluation.scoring import (
-    CutoffLists,
+    CutoffScores,
+    Scored,
     confidence_intervals,
-    cutoff_lists,
+    cutoff_scores,
     most_popular_rankings,
     score_lists,
+    score_ranked,
     stage_one_counts,
     stage_one_recall,
+    summary_of,
 )
 from fuserank.evaluation.slices import slice_metrics, user_slices
 from fuserank.jobs.distributed import dask_client, fit_ranker_parts, n_workers
-from fuserank.jobs.distributed_frames import cutoff_lists_dask, cutoff_parts, split_users, user_bounds
+from fuserank.jobs.distributed_frames import cutoff_parts, cutoff_scores_dask, split_users, user_bounds
 from fuserank.pipeline import cutoff_frame, cutoff_stage, rank_candidates
 from fuserank.progress import step
 from fuserank.ranking.llm_features import LLMSignals
@@ -135,15 +138,16 @@ class Trained:
     Attributes:
         ranker, names: the fitted ranker and its feature names.
         rows: ranker training rows; queries: training queries with a positive label.
-        valid, test: the cut-offs' lists and stage-1 counts (`scoring.cutoff_lists`).
+        valid, test: the cut-offs' scores and stage-1 counts (`scoring.cutoff_scores`; test keeps
+            the ranker's top `eval.top_k` lists).
     """
 
     ranker: Ranker
     names: list[str]
     rows: int
     queries: int
-    valid: CutoffLists
-    test: CutoffLists
+    valid: CutoffScores
+    test: CutoffScores
 
 
 def run_protocol(
@@ -159,7 +163,7 @@ def run_protocol(
 
 
 def train_local(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
-                llm: LLMSignals | None, top_k: int) -> Trained:
+                llm: LLMSignals | None) -> Trained:
     """Every frame built here, the ranker fitted here (`ranking.fit_ranker`)."""
     fit_frame, names = ranker_training_frame(cutoffs.labels, item_ids, content, config, llm)
     valid_frame, _, _ = evaluation_frame(config, cutoffs.valid, item_ids, content, llm)
@@ -168,17 +172,18 @@ def train_local(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str,
         ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
         s.done(f"{ranker.best_iteration} trees on {fit_frame.height:,} rows")
     queries = fit_frame.filter(pl.col(schema.LABEL) > 0)[QUERY].n_unique()
-    n = config.retrieval.ann_candidates
-    return Trained(ranker, names, fit_frame.height, queries, cutoff_lists(valid_frame, cutoffs.valid.targets, ranker,
-                                                                           top_k, n),
-                   cutoff_lists(test_frame, cutoffs.test.targets, ranker, top_k, n))
+    ks, n = config.eval.ks, config.retrieval.ann_candidates
+    return Trained(ranker, names, fit_frame.height, queries,
+                   cutoff_scores(valid_frame, cutoffs.valid.targets, ranker, ks, n, 0),
+                   cutoff_scores(test_frame, cutoffs.test.targets, ranker, ks, n, config.eval.top_k))
 
 
 def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings],
-                     config: RunConfig, llm: LLMSignals | None, top_k: int) -> Trained:
+                     config: RunConfig, llm: LLMSignals | None) -> Trained:
     """`train_local` with every cut-off's frame built on the workers and kept there
     (jobs/distributed_frames.py), cut at the same user bounds: the ranker trains from those
-    partitions and scores them where they lie; the driver fits stage 1 and gets back the lists."""
+    partitions and scores them where they lie; the driver fits stage 1 and gets back per-user
+    metrics, stage-1 counts and the test lists."""
     from distributed import default_client  # dask: an optional dependency
 
     client = default_client()
@@ -204,10 +209,11 @@ def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping
         rows = sum(t.height for t in train)
         s.done(f"{ranker.best_iteration} trees on {rows:,} rows")
     del train
-    n = config.retrieval.ann_candidates
+    ks, n = config.eval.ks, config.retrieval.ann_candidates
     return Trained(ranker, names, rows, queries,
-                   cutoff_lists_dask(client, valid, valid_users, cutoffs.valid.targets, ranker, top_k, n),
-                   cutoff_lists_dask(client, test, test_users, cutoffs.test.targets, ranker, top_k, n))
+                   cutoff_scores_dask(client, valid, valid_users, cutoffs.valid.targets, ranker, ks, n, 0),
+                   cutoff_scores_dask(client, test, test_users, cutoffs.test.targets, ranker, ks, n,
+                                      config.eval.top_k))
 
 
 def _run_protocol(
@@ -229,7 +235,7 @@ def _run_protocol(
     valid, test = cutoffs.valid, cutoffs.test
     top_k = max(max(ks), config.eval.top_k)
     train = train_on_cluster if config.dask.enabled else train_local
-    trained = train(cutoffs, item_ids, content, config, llm, top_k)
+    trained = train(cutoffs, item_ids, content, config, llm)
     ranker = trained.ranker
 
     metrics: dict[str, float] = {
@@ -244,31 +250,30 @@ def _run_protocol(
     }
     n = config.retrieval.ann_candidates
     with step("evaluate") as s:
-        _, valid_summary = score_lists(trained.valid.ranked, valid.targets, ks, n_items, "valid_")
-        metrics.update(valid_summary)
+        metrics.update(summary_of(trained.valid.ranker, n_items, "valid_"))
         metrics.update(stage_one_recall(trained.valid.stage1, valid.targets, n, "valid_"))
 
-        lists = {
-            "fuserank": trained.test.ranked,
-            "popular": most_popular_rankings(test.history, test.users, top_k),
+        # The baselines' lists are built here on the driver, from the test history.
+        scores: dict[str, Scored] = {
+            "fuserank": trained.test.ranker,
+            "popular": score_ranked(most_popular_rankings(test.history, test.users, top_k), test.targets, ks),
             "retrieval": trained.test.retrieval,
-            **baseline_rankings(test, item_ids, content, config, top_k),
+            **{name: score_ranked(ranked, test.targets, ks)
+               for name, ranked in baseline_rankings(test, item_ids, content, config, top_k).items()},
         }
         frames = []
-        for system, ranked in lists.items():
+        for system, scored in scores.items():
             prefix = "test_" if system == "fuserank" else f"test_{system}_"
-            users_metrics, summary = score_lists(ranked, test.targets, ks, n_items, prefix)
-            metrics.update(summary)
-            frames.append(users_metrics.with_columns(pl.lit(system).alias("system")))
+            metrics.update(summary_of(scored, n_items, prefix))
+            frames.append(scored.per_user.with_columns(pl.lit(system).alias("system")))
         metrics.update(stage_one_recall(trained.test.stage1, test.targets, n, "test_"))
         per_user = pl.concat(frames)
         metrics.update(confidence_intervals(per_user, "fuserank", "ndcg_at_10", "test_", seed=config.seed))
         metrics.update(cold_user_metrics(cutoffs, ks, n_items, top_k))
         metrics.update(slice_metrics(per_user, user_slices(test), trained.test.stage1, test.targets, "test_",
                                      config.seed))
-        s.done(f"{len(test.users):,} test users, {len(lists)} systems")
-    ranked = lists["fuserank"].filter(pl.col(schema.RANK) <= config.eval.top_k)
-    return ProtocolResult(metrics, per_user, ranked, ranker, trained.names)
+        s.done(f"{len(test.users):,} test users, {len(scores)} systems")
+    return ProtocolResult(metrics, per_user, trained.test.ranked, ranker, trained.names)
 
 
 def baseline_rankings(cutoff: Cutoff, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,

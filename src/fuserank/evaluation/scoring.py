@@ -42,6 +42,47 @@ def stage_one_rankings(candidates: pl.DataFrame, k: int) -> pl.DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One system's lists scored against a cut-off's targets, a row per target user.
+
+    Attributes:
+        per_user: `metrics.evaluate_rankings` (user_id and one column per metric and k), by user.
+        covered: k -> the distinct items in the top k of the target users' lists (for coverage).
+    """
+
+    per_user: pl.DataFrame
+    covered: dict[int, list[str]]
+
+
+def score_ranked(ranked: pl.DataFrame, targets: pl.DataFrame, ks: Sequence[int]) -> Scored:
+    """Per-user metrics and covered items of `ranked` (schema.RANKED_LIST) against `targets`;
+    a partition of the users at a time gives, concatenated (`concat_scored`), the whole."""
+    lists = (
+        ranked.filter(pl.col(schema.USER_ID).is_in(targets[schema.USER_ID].unique().implode()))
+        .sort([schema.USER_ID, schema.RANK])
+        .group_by(schema.USER_ID, maintain_order=True)
+        .agg(pl.col(schema.ITEM_ID))[schema.ITEM_ID]
+        .to_list()
+    )
+    covered = {k: sorted({item for items in lists for item in items[:k]}) for k in ks}
+    return Scored(evaluate_rankings(ranked, targets, ks), covered)
+
+
+def concat_scored(parts: Sequence[Scored]) -> Scored:
+    """`Scored` of disjoint sets of users as one (per-user rows by user)."""
+    covered = {k: sorted({item for p in parts for item in p.covered[k]}) for k in parts[0].covered}
+    return Scored(pl.concat([p.per_user for p in parts]).sort(schema.USER_ID, maintain_order=True), covered)
+
+
+def summary_of(scored: Scored, n_items: int, prefix: str) -> dict[str, float]:
+    """Means over users of every metric (keys like "test_ndcg_at_10") and catalog coverage@k."""
+    summary = summarise(scored.per_user, prefix=prefix)
+    for k, items in scored.covered.items():
+        summary[f"{prefix}coverage_at_{k}"] = catalog_coverage([items], n_items, len(items))
+    return summary
+
+
 def score_lists(
     ranked: pl.DataFrame, targets: pl.DataFrame, ks: Sequence[int], n_items: int, prefix: str
 ) -> tuple[pl.DataFrame, dict[str, float]]:
@@ -54,18 +95,8 @@ def score_lists(
         n_items: catalog size, for coverage.
         prefix: start of every metric name, e.g. "test_" or "test_popular_".
     """
-    per_user = evaluate_rankings(ranked, targets, ks)
-    summary = summarise(per_user, prefix=prefix)
-    lists = (
-        ranked.filter(pl.col(schema.USER_ID).is_in(targets[schema.USER_ID].unique().to_list()))
-        .sort([schema.USER_ID, schema.RANK])
-        .group_by(schema.USER_ID, maintain_order=True)
-        .agg(pl.col(schema.ITEM_ID))[schema.ITEM_ID]
-        .to_list()
-    )
-    for k in ks:
-        summary[f"{prefix}coverage_at_{k}"] = catalog_coverage(lists, n_items, k)
-    return per_user, summary
+    scored = score_ranked(ranked, targets, ks)
+    return scored.per_user, summary_of(scored, n_items, prefix)
 
 
 def stage_one_counts(candidates: pl.DataFrame, targets: pl.DataFrame, n: int) -> pl.DataFrame:
@@ -117,33 +148,43 @@ def stage_one_recall(counts: pl.DataFrame, targets: pl.DataFrame, n: int, prefix
 
 
 @dataclass(frozen=True)
-class CutoffLists:
+class CutoffScores:
     """What evaluation reads of one cut-off's scored candidates, a few rows per user.
 
     Attributes:
-        ranked: the ranker's top k per user (schema.RANKED_LIST), by user then rank.
-        retrieval: the first k candidates per user in stage-1 order (`stage_one_rankings`).
+        ranked: the ranker's top `keep` per user (schema.RANKED_LIST, by user then rank); None
+            when none are kept.
+        ranker: the ranker's lists scored (`score_ranked`).
+        retrieval: the stage-1 lists (`stage_one_rankings`) scored.
         stage1: `stage_one_counts` of the candidates.
     """
 
-    ranked: pl.DataFrame
-    retrieval: pl.DataFrame
+    ranked: pl.DataFrame | None
+    ranker: Scored
+    retrieval: Scored
     stage1: pl.DataFrame
 
 
-def cutoff_lists(frame: pl.DataFrame, targets: pl.DataFrame, ranker: Any, k: int, n: int) -> CutoffLists:
-    """Score a cut-off's labelled candidates with `ranker` (a `ranking.ranker.Ranker`) and keep
-    the top `k` per user, the stage-1 top `k` and the stage-1 counts at depth `n`."""
+def cutoff_scores(frame: pl.DataFrame, targets: pl.DataFrame, ranker: Any, ks: Sequence[int], n: int,
+                  keep: int) -> CutoffScores:
+    """Score a cut-off's labelled candidates with `ranker` (a `ranking.ranker.Ranker`): its lists
+    and the stage-1 lists at depth max(ks) scored against `targets`, the stage-1 counts at depth
+    `n`, and the ranker's top `keep` per user (0: none)."""
+    depth = max(max(ks), keep)
     candidates = frame.select(list(schema.CANDIDATES))
-    return CutoffLists(rank_candidates(frame, ranker.score(frame), k), stage_one_rankings(candidates, k),
-                       stage_one_counts(candidates, targets, n))
+    ranked = rank_candidates(frame, ranker.score(frame), depth)
+    return CutoffScores(ranked.filter(pl.col(schema.RANK) <= keep) if keep else None,
+                        score_ranked(ranked, targets, ks), score_ranked(stage_one_rankings(candidates, depth), targets, ks),
+                        stage_one_counts(candidates, targets, n))
 
 
-def concat_lists(parts: Sequence[CutoffLists]) -> CutoffLists:
-    """The lists of partitions of the users as one, users in order (ranked by user then rank)."""
-    return CutoffLists(pl.concat([p.ranked for p in parts]).sort(schema.USER_ID, schema.RANK, maintain_order=True),
-                       pl.concat([p.retrieval for p in parts]),
-                       pl.concat([p.stage1 for p in parts]).sort(schema.USER_ID, maintain_order=True))
+def concat_scores(parts: Sequence[CutoffScores]) -> CutoffScores:
+    """The scores of partitions of the users as one, users in order."""
+    ranked = None
+    if parts[0].ranked is not None:
+        ranked = pl.concat([p.ranked for p in parts]).sort(schema.USER_ID, schema.RANK, maintain_order=True)
+    return CutoffScores(ranked, concat_scored([p.ranker for p in parts]), concat_scored([p.retrieval for p in parts]),
+                        pl.concat([p.stage1 for p in parts]).sort(schema.USER_ID, maintain_order=True))
 
 
 def confidence_intervals(

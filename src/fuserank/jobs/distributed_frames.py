@@ -23,7 +23,7 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.data.cutoffs import Cutoff
-from fuserank.evaluation.scoring import CutoffLists, concat_lists, cutoff_lists
+from fuserank.evaluation.scoring import CutoffScores, concat_scores, cutoff_scores
 from fuserank.pipeline import stage_frame
 
 
@@ -162,18 +162,19 @@ def gather_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: A
     return client.gather(futures)
 
 
-def cutoff_lists_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]], targets: pl.DataFrame,
-                      ranker: Any, k: int, n: int) -> CutoffLists:
-    """`scoring.cutoff_lists` on every partition where it lies (the ranker sent once, each task
-    its users' targets); only the lists and per-user counts come back, concatenated in user order.
+def cutoff_scores_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]], targets: pl.DataFrame,
+                       ranker: Any, ks: Sequence[int], n: int, keep: int) -> CutoffScores:
+    """`scoring.cutoff_scores` on every partition where it lies (the ranker sent once, each task
+    its users' targets); only per-user metrics and counts, covered items and the `keep` kept
+    lists come back, concatenated in user order.
 
     Args:
         parts: a labelled cut-off frame (`cutoff_parts`) cut at `user_parts`.
         targets: the cut-off's targets.
-        ranker, k, n: as in `scoring.cutoff_lists`.
+        ranker, ks, n, keep: as in `scoring.cutoff_scores`.
     """
     mine = [(_of_users(targets, users),) for users in user_parts]
-    return concat_lists(gather_parts(client, cutoff_lists, parts, ranker, k, n, per_part=mine))
+    return concat_scores(gather_parts(client, cutoff_scores, parts, ranker, tuple(ks), n, keep, per_part=mine))
 
 
 def collect(client: Any, parts: Parts) -> pl.DataFrame:
