@@ -1,9 +1,10 @@
 """Feature frames that stay on the Dask workers, one polars frame per partition of the users.
 
 A cut-off's candidates, features and labels are built on the workers by the local chain
-(`pipeline.stage_frame` on each partition's users, `cutoff_parts`) and kept there as futures; the driver holds only their row counts. Whatever reads them (the ranker's
-training partitions, validation and test scoring) runs as tasks beside them, and only small
-results come back (`map_parts`, `gather_parts`).
+(`pipeline.stage_frame` on each partition's users, `cutoff_parts`) and kept there as futures;
+the driver holds only their row counts. Whatever reads them (the ranker's training partitions,
+validation and test scoring) runs as tasks beside them, and only small results come back
+(`gather_parts`, `cutoff_scores_dask`).
 
 Every partition holds a contiguous run of the users in the order of `query_key`, the same runs
 at every cut-off of a run (`user_bounds`): a lambdarank query `user#j` then lies in one
@@ -142,13 +143,6 @@ def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_part
 def _counted(client: Any, parts: Parts) -> Parts:
     rows = iter(client.gather([client.submit(_height, f, pure=False) for f in parts.held]))
     return Parts(parts.futures, [0 if f is None else int(next(rows)) for f in parts.futures])
-
-
-def map_parts(client: Any, func: Callable[..., pl.DataFrame], parts: Parts, *shared: Any) -> Parts:
-    """`func(frame, *shared)` on every partition where it lies; the results stay there too."""
-    args = [client.scatter(a, broadcast=True, hash=False) for a in shared]
-    futures = [None if f is None else client.submit(func, f, *args, pure=False) for f in parts.futures]
-    return _counted(client, Parts(futures, [0] * len(futures)))
 
 
 def gather_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: Any,
