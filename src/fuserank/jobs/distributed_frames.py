@@ -112,8 +112,9 @@ def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_part
     """`pipeline.stage_frame` (candidates, features as of the reference times, labels) per
     partition of the cut-off's users, on the workers; the frames stay there.
 
-    The stage (FAISS index included), the history and the config go to every worker once; each
-    task gets its users' rows of the reference times and targets.
+    The stage (FAISS index included) and the config go to every worker once, the history once
+    to the cluster (`send_in_slices`); each task gets its users' rows of the reference times
+    and targets.
 
     Args:
         client: a connected `distributed.Client`.
@@ -128,8 +129,8 @@ def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_part
     """
     if not any(user_parts):
         raise ValueError(f"{cutoff.name}: no users to build features for")
-    shared = [client.scatter(a, broadcast=True, hash=False) for a in (config, stage, cutoff.history, llm)]
-    config_f, stage_f, history_f, llm_f = shared
+    config_f, stage_f, llm_f = (client.scatter(a, broadcast=True, hash=False) for a in (config, stage, llm))
+    history_f = send_in_slices(client, cutoff.history)
     pairs = [client.submit(_cutoff_part, config_f, stage_f, cutoff.name, history_f, _of_users(cutoff.targets, users),
                            _of_users(cutoff.ref_times, users), llm_f, query, pure=False) if users else None
              for users in user_parts]
@@ -138,6 +139,19 @@ def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_part
     parts = Parts(futures, [0] * len(futures))
     del pairs  # the frames live on in `futures`
     return _counted(client, parts), list(names)
+
+
+def send_in_slices(client: Any, frame: pl.DataFrame, rows: int = 500_000) -> Any:
+    """`frame` as one future on the cluster, sent `rows` rows at a time and put together on a
+    worker, so the driver never holds a serialised copy of more than one slice (a broadcast
+    would serialise the whole); tasks elsewhere fetch it from there, worker to worker."""
+    starts = range(0, max(frame.height, 1), rows)
+    pieces = [client.scatter(frame.slice(start, rows), hash=False) for start in starts]
+    return client.submit(_concat, pieces, pure=False)
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(frames, how="vertical", rechunk=True)
 
 
 def _counted(client: Any, parts: Parts) -> Parts:
