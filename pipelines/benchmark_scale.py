@@ -3,12 +3,19 @@
 
 Each size runs in a fresh driver process with a fresh cluster. A thread samples the RSS of the
 driver and of every worker process (psutil, every 0.2 s); a step's peak is the largest sample
-taken while it ran. Steps, as the code distributes them today:
+taken while it ran, and `driver_start_mb` the driver's RSS when it began. Steps, as a Dask
+train-evaluate distributes them (evaluation/protocol.py's `train_on_cluster`), on one cut-off:
 
 - catalog: generate the synthetic catalog (about 20 interactions per user) on the driver;
-- stage 1 (driver): behaviour SVD, EASE, FAISS index fitted on every interaction;
-- features (workers): candidates and features over user partitions (jobs/distributed.py's
-  `candidate_features_dask`), gathered back to the driver as one frame;
+- cut-off (driver): each user's last interaction is the target, the rest the history;
+- stage 1 (driver): behaviour SVD and FAISS index fitted on the history;
+- features (workers, kept there): candidates, features and labels over user partitions
+  (jobs/distributed_frames.py's `cutoff_parts`); the driver gets row counts;
+- ranker (workers): data-parallel LightGBM from those partitions (`fit_ranker_parts`); the
+  driver fetches the bin sample's rows (at most 200,000);
+- score (workers): the same users' candidates scored where they lie (`cutoff_scores_dask`): the
+  per-user metrics of the ranker's and stage 1's lists and the per-user stage-1 counts come back,
+  no list (in-sample: a measure of where memory goes, not of quality);
 - export lists (workers): retrieval-only lists of every user built batch by batch on the
   workers and counted on the driver (jobs/distributed_export.py), nothing written.
 
@@ -20,6 +27,7 @@ Candidates per user are fewer than the defaults and the same at every size (--an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -60,47 +68,68 @@ class RssSampler:
         self._thread.join()
 
 
-def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: int) -> dict:
+def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: int, rounds: int) -> dict:
     """Every step for one catalog size, in this process (the driver)."""
     import polars as pl
 
     from fuserank import schema
-    from fuserank.config import BehaviourConfig, DaskConfig, FeatureConfig, FusionConfig, RetrievalConfig
+    from fuserank.config import BehaviourConfig, DaskConfig, RankerConfig, RetrievalConfig, load_config
+    from fuserank.data.cutoffs import Cutoff
+    from fuserank.data.split import holdout_last
     from fuserank.data.synthetic import generate_catalog
     from fuserank.jobs.arms import Server, assign_arms, plan_arms, popularity_pool, retrieval_lists
-    from fuserank.jobs.distributed import candidate_features_dask, dask_client
+    from fuserank.jobs.distributed import dask_client, fit_ranker_parts
     from fuserank.jobs.distributed_export import export_batches_dask
-    from fuserank.pipeline import fit_stage_one
+    from fuserank.jobs.distributed_frames import cutoff_parts, cutoff_scores_dask, split_users, user_bounds
+    from fuserank.pipeline import fit_stage
+    from fuserank.retrieval.popularity import reference_times
 
     retrieval = RetrievalConfig(ann_candidates=ann, popular_candidates=popular, ease_candidates=0)
+    config = dataclasses.replace(load_config(None, ["seed=1"]), retrieval=retrieval,
+                                 behaviour=BehaviourConfig(dim=32, ease_l2=0.0),
+                                 ranker=RankerConfig(n_estimators=rounds, early_stopping_rounds=0, n_jobs=1))
     steps: dict[str, dict] = {}
     with dask_client(DaskConfig(enabled=True, n_workers=2, threads_per_worker=1)) as client:
         pids = {"driver": os.getpid()} | {
             f"worker {i}": pid for i, pid in enumerate(client.run(os.getpid).values())}
         sampler = RssSampler(pids)
+        driver = sampler.procs["driver"]
 
         def timed(name: str, work):
+            steps[name] = {"driver_start_mb": round(driver.memory_info().rss / 2**20)}
             sampler.current = name
             start = time.perf_counter()
             result = work()
-            steps[name] = {"seconds": round(time.perf_counter() - start, 1)}
+            steps[name]["seconds"] = round(time.perf_counter() - start, 1)
             time.sleep(2 * sampler.every)  # a last sample after the step
             sampler.current = None
             return result
 
         items, interactions = timed("catalog", lambda: generate_catalog(
             n_items=n_items, n_users=n_users, seed=5, interactions_per_user=(15, 25)))
-        history = interactions.select(list(schema.INTERACTIONS))
-        item_ids = items[schema.ITEM_ID].to_list()
-        stage = timed("stage 1 (driver)", lambda: fit_stage_one(
-            history, item_ids, {}, BehaviourConfig(dim=32, ease_l2=0.0), FusionConfig(), retrieval, seed=1))
-        users = sorted(history[schema.USER_ID].unique().to_list())
-        frame, _ = timed("features (workers, frame gathered)", lambda: candidate_features_dask(
-            client, stage, history, users, retrieval, FeatureConfig()))
-        rows = frame.height
-        del frame
+        n_interactions = interactions.height
+        def cut() -> Cutoff:
+            history, targets = holdout_last(interactions.select(list(schema.INTERACTIONS)), n=1, min_interactions=2)
+            users = targets[schema.USER_ID].unique().sort().to_list()
+            return Cutoff("scale", history, targets, reference_times(history, users))
 
-        def lists() -> int:
+        cutoff = timed("cut-off (driver)", cut)
+        history = cutoff.history
+        del interactions
+        item_ids = items[schema.ITEM_ID].to_list()
+        stage = timed("stage 1 (driver)", lambda: fit_stage(config, history, item_ids, {}))
+        users = cutoff.users
+        user_parts = split_users(users, user_bounds(users, 2))
+        parts, names = timed("features (workers, kept there)", lambda: cutoff_parts(
+            client, config, stage, cutoff, user_parts))
+        ranker, _ = timed("ranker (workers)", lambda: fit_ranker_parts(
+            client, [parts], None, names, config.ranker, config.seed))
+        scores = timed("score (workers, per-user metrics back)", lambda: cutoff_scores_dask(
+            client, parts, user_parts, cutoff.targets, ranker, (10, 20), ann, 0))
+        rows, scored_users = parts.height, scores.ranker.per_user.height
+        del parts, scores
+
+        def export() -> int:
             plans = plan_arms({"plain": "retrieval"}, {"plain": 1.0}, 0.0)
             assignments = assign_arms(users, plans, "scale").with_columns(pl.lit(False).alias(schema.COLD_START))
             server = Server(None, "retrieval-only", retrieval_lists(stage, history, retrieval, 20, True))
@@ -109,12 +138,13 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
             return sum(b.height for b in export_batches_dask(client, assignments, {"plain": server}, seen, pool,
                                                              20, True, batch_users))
 
-        list_rows = timed("export lists (workers)", lists)
+        list_rows = timed("export lists (workers)", export)
         sampler.stop()
     for name, peaks in sampler.peaks.items():
         steps[name]["peak_rss_mb"] = {k: round(v) for k, v in sorted(peaks.items())}
-    return {"users": n_users, "items": n_items, "interactions": interactions.height, "ann_candidates": ann,
-            "popular_candidates": popular, "feature_rows": rows, "list_rows": list_rows,
+    return {"users": n_users, "items": n_items, "interactions": n_interactions, "ann_candidates": ann,
+            "popular_candidates": popular, "features": len(names), "feature_rows": rows,
+            "ranker_rounds": rounds, "scored_users": scored_users, "list_rows": list_rows,
             "batch_users": batch_users, "steps": steps}
 
 
@@ -125,6 +155,7 @@ def main() -> None:
     parser.add_argument("--ann", type=int, default=20, help="ANN candidates per user (the same at every size)")
     parser.add_argument("--popular", type=int, default=5, help="popular candidates per user")
     parser.add_argument("--batch-users", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=50, help="ranker boosting rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/scale.json"))
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -132,14 +163,15 @@ def main() -> None:
         from fuserank.progress import set_quiet
 
         set_quiet(True)
-        print(json.dumps(run_size(args.child, args.items, args.ann, args.popular, args.batch_users)))
+        print(json.dumps(run_size(args.child, args.items, args.ann, args.popular, args.batch_users, args.rounds)))
         return
     results = {"machine": f"{os.cpu_count()} cores", "cluster": "LocalCluster, 2 workers x 1 thread", "runs": []}
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
     for n in args.users:
         done = subprocess.run([sys.executable, __file__, "--child", str(n), "--items", str(args.items),
                                "--ann", str(args.ann), "--popular", str(args.popular),
-                               "--batch-users", str(args.batch_users)], capture_output=True, text=True, env=env)
+                               "--batch-users", str(args.batch_users), "--rounds", str(args.rounds)],
+                              capture_output=True, text=True, env=env)
         if done.returncode != 0:
             results["runs"].append({"users": n, "failed": done.stderr[-2000:]})
             print(f"{n} users failed:\n{done.stderr[-2000:]}", flush=True)

@@ -20,6 +20,7 @@ from fuserank.data.split import leave_last_out
 from fuserank.data.synthetic import generate_catalog
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.baselines import content_knn_rankings, random_rankings
+from fuserank.evaluation.scoring import stage_one_counts
 from fuserank.evaluation.slices import format_slices, slice_metrics, user_slices
 from fuserank.retrieval.cold import cold_candidates, content_vectors
 from fuserank.retrieval.popularity import reference_times
@@ -153,7 +154,7 @@ def test_slices_by_hand():
         "recall_at_10": [1.0, 1.0, 0.0, 1.0, 0.0, 1.0],
     })
     candidates = pl.DataFrame({schema.USER_ID: ["u1", "u2", "u3"], schema.ITEM_ID: ["b", "x", "a"]})
-    out = slice_metrics(per_user, slices, candidates, targets, "test_", seed=0, n_boot=200)
+    out = slice_metrics(per_user, slices, stage_one_counts(candidates, targets, 10), targets, "test_", seed=0, n_boot=200)
     assert out["test_slice_warm_n_users"] == 2 and out["test_slice_cold_n_users"] == 1
     assert out["test_slice_warm_ndcg_at_10"] == 0.5 and out["test_slice_cold_ndcg_at_10"] == 0.5
     assert out["test_popular_slice_warm_ndcg_at_10"] == 0.625 and out["test_popular_slice_cold_ndcg_at_10"] == 0.0

@@ -215,3 +215,18 @@ def test_dask_fit_uses_query_column_groups(client):
     config = dataclasses.replace(RankerConfig(), n_estimators=10, early_stopping_rounds=0, min_child_samples=5)
     ranker = fit_ranker_dask(client, doubled, None, FEATURES, config, seed=1, group="query", n_partitions=3)
     assert ranker.best_iteration == 10
+
+
+def test_user_partitions_keep_every_query_order_across_cut_offs():
+    """Partition p of every cut-off covers the same run of users, and the queries `user#j` of
+    partition p all sort before those of p + 1, even for ids that are prefixes of one another."""
+    from fuserank.jobs.distributed_frames import split_users, user_bounds
+
+    everyone = ["u1", "u1!", "u10", "u2", "a", "u1", "b", "c"]  # repeats allowed
+    bounds = user_bounds(everyone, 3)
+    assert len(bounds) == 3
+    first, second = split_users(["u1", "u10", "a", "c"], bounds), split_users(["u1!", "u2", "b", "c"], bounds)
+    queries = [sorted(f"{u}#{j}" for j, cut in ((1, first), (2, second)) for u in cut[p]) for p in range(3)]
+    flat = [q for part in queries for q in part]
+    assert flat == sorted(flat)
+    assert sorted(u for part in first for u in part) == sorted(["u1", "u10", "a", "c"])

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from functools import partial
 
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from fuserank import schema
-from fuserank.config import BehaviourConfig, DaskConfig, FeatureConfig, FusionConfig, RetrievalConfig, load_config
+from fuserank.config import BehaviourConfig, DaskConfig, FusionConfig, RetrievalConfig, load_config
 from fuserank.data.split import leave_last_out
 from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
 from fuserank.jobs.train_evaluate import train_evaluate
@@ -18,7 +18,8 @@ from tiny_models import save_tiny_bert
 
 pytest.importorskip("distributed")
 
-from fuserank.jobs.distributed import candidate_features_dask, dask_client  # noqa: E402
+from fuserank.jobs.distributed import dask_client  # noqa: E402
+from fuserank.jobs.distributed_frames import collect, cutoff_parts, split_users, user_bounds  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +37,29 @@ def catalog(tmp_path_factory):
     return root, items_path, interactions_path, model, items, interactions
 
 
+def spread_frame(client, config, stage, cutoff, n_parts: int, query: str | None = None):
+    """A cut-off's frame built on the workers (`cutoff_parts`) and brought back whole, to compare."""
+    users = split_users(cutoff.users, user_bounds(cutoff.users, n_parts))
+    parts, names = cutoff_parts(client, config, stage, cutoff, users, query=query)
+    assert len(parts.futures) == n_parts and all(rows > 0 for rows in parts.rows)
+    return collect(client, parts), names
+
+
 def test_features_over_user_partitions_equal_the_local_frame(client, catalog):
-    from fuserank.pipeline import candidate_features, fit_stage_one
+    from fuserank.data.cutoffs import Cutoff
+    from fuserank.pipeline import fit_stage_one, stage_frame
+    from fuserank.retrieval.popularity import reference_times
 
     _, _, _, _, items, interactions = catalog
     split = leave_last_out(interactions)
     retrieval = RetrievalConfig(ann_candidates=40, popular_candidates=10, modality_candidates=5)
-    stage = fit_stage_one(split.train, items[schema.ITEM_ID].to_list(), {}, BehaviourConfig(dim=16),
-                          FusionConfig(), retrieval, seed=1)
+    config = dataclasses.replace(load_config(None, []), retrieval=retrieval, behaviour=BehaviourConfig(dim=16))
+    stage = fit_stage_one(split.train, items[schema.ITEM_ID].to_list(), {}, config.behaviour, FusionConfig(),
+                          retrieval, seed=1)
     users = split.valid[schema.USER_ID].unique().sort().to_list()
-    local, local_names = candidate_features(stage, split.train, users, retrieval, FeatureConfig())
-    spread, spread_names = candidate_features_dask(client, stage, split.train, users, retrieval, FeatureConfig(),
-                                                   n_partitions=3)
+    cutoff = Cutoff("valid", split.train, split.valid, reference_times(split.train, users))
+    local, local_names, _ = stage_frame(config, stage, cutoff)
+    spread, spread_names = spread_frame(client, config, stage, cutoff, 3)
     assert spread_names == local_names
     assert local.height > 40 * len(users) * 0.9
     # Same rows in the same order; every feature within 1e-6 (EASE scores are matrix products
@@ -66,15 +78,15 @@ def test_cutoff_frames_over_user_partitions_equal_the_local_frames(client, catal
     config = load_config(None, ["seed=7", "retrieval.ann_candidates=60", "retrieval.popular_candidates=10"])
     item_ids = items[schema.ITEM_ID].to_list()
     content = {"text": TextEncoder(model, batch_size=16, max_length=32, device="cpu", cache_dir=None).encode(items)}
-    build = partial(candidate_features_dask, client, n_partitions=3)
     cutoffs = make_cutoffs(interactions, config)
     for cutoff in (*cutoffs.labels, cutoffs.valid, cutoffs.test):
         stage = fit_stage(config, cutoff.history, item_ids, content, cutoff.shared_history)
         local, names, _ = stage_frame(config, stage, cutoff)
-        spread, spread_names, _ = stage_frame(config, stage, cutoff, build=build)
+        spread, spread_names = spread_frame(client, config, stage, cutoff, 3, query="#1")
         assert spread_names == names and any(n.startswith("cos_text") for n in names), names
         assert local.height > 50 * len(cutoff.users) * 0.9 and local[schema.LABEL].sum() > 0
-        assert_frame_equal(spread, local, check_exact=False, rel_tol=0.0, abs_tol=1e-6)
+        assert spread[schema.QUERY].to_list() == [f"{u}#1" for u in local[schema.USER_ID]]
+        assert_frame_equal(spread.drop(schema.QUERY), local, check_exact=False, rel_tol=0.0, abs_tol=1e-6)
 
 
 def run(catalog, name: str, *overrides: str):
@@ -158,3 +170,53 @@ def test_media_encoding_over_catalog_partitions_equals_the_local_encoding(client
         assert spread.item_ids == local.item_ids and local.mask.sum() == items.height
         np.testing.assert_array_equal(spread.mask, local.mask)
         np.testing.assert_allclose(spread.vectors, local.vectors, atol=1e-6)
+
+
+def gathered_frames(value) -> list[pl.DataFrame]:
+    """Every polars frame inside a gathered result (lists, tuples, dataclasses)."""
+    import dataclasses
+
+    if isinstance(value, pl.DataFrame):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [f for v in value for f in gathered_frames(v)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [f for field in dataclasses.fields(value) for f in gathered_frames(getattr(value, field.name))]
+    return []
+
+
+def test_train_evaluate_on_a_cluster_never_builds_features_on_the_driver(client, catalog, monkeypatch):
+    """Features, the ranker's matrix, scoring and stage-1 counts stay on the workers: in the
+    driver process the feature builder, the matrix builder and `collect` fail if called, and
+    nothing the driver gathers holds a feature column or more rows than the per-user results."""
+    import fuserank.pipeline
+    import fuserank.ranking.ranker
+    from fuserank.jobs import distributed, distributed_frames
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("called on the driver")
+
+    for module, name in ((fuserank.pipeline, "candidate_features"), (fuserank.pipeline, "stage_frame"),
+                         (distributed_frames, "stage_frame"),
+                         (fuserank.ranking.ranker, "_query_groups"), (distributed, "_query_groups"),
+                         (distributed_frames, "collect")):
+        monkeypatch.setattr(module, name, forbidden)
+    seen: list[pl.DataFrame] = []
+    gather = client.gather
+
+    def spying(futures, *args, **kwargs):
+        result = gather(futures, *args, **kwargs)
+        seen.extend(gathered_frames(result))
+        return result
+
+    monkeypatch.setattr(client, "gather", spying)
+    metrics, folder = run(catalog, "dask_frames", "dask.enabled=true")
+    names = json.loads((folder / "model" / "features.json").read_text())["feature_names"]
+    assert metrics["test_ndcg_at_10"] > metrics["test_popular_ndcg_at_10"]
+    assert seen, "the lists come back through client.gather"
+    assert not any(set(names) & set(frame.columns) for frame in seen)
+    # Per user: the top k by the ranker and by stage 1 (k the largest eval cut-off), one row of counts.
+    top_k = max(int(key.rsplit("_", 1)[1]) for key in metrics
+                if key.startswith("test_ndcg_at_") and key.rsplit("_", 1)[1].isdigit())
+    n_users = metrics["n_users"]
+    assert max(frame.height for frame in seen) <= top_k * n_users < metrics["ranker_train_rows"]

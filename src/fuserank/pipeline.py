@@ -4,12 +4,12 @@
 cut-off's history alone, and every candidate source and feature of a query is bounded by that
 query's reference time. The evaluation protocol (ranker labels, validation, test), tuning
 (through the protocol's validation frames) and export (a serving cut-off, no targets) all call
-it; the Dask path hands it a distributed feature builder (jobs.distributed).
+it; the Dask path runs `stage_frame` on partitions of the users (jobs/distributed_frames.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,9 +206,6 @@ def label_candidates(candidates: pl.DataFrame, targets: pl.DataFrame) -> pl.Data
     )
 
 
-FeatureBuilder = Callable[..., tuple[pl.DataFrame, list[str]]]
-
-
 def fit_stage(config: ExperimentConfig, history: pl.DataFrame, item_ids: Sequence[str],
               content: Mapping[str, Embeddings], shared_history: pl.DataFrame | None = None) -> StageOne:
     """Stage 1 under a run's stage settings, fitted on `history` alone (`fit_stage_one`;
@@ -223,7 +220,6 @@ def cutoff_frame(
     item_ids: Sequence[str],
     content: Mapping[str, Embeddings],
     llm: LLMSignals | None = None,
-    build: FeatureBuilder | None = None,
 ) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
     """The stage pipeline for one cut-off: stage 1 fitted on its history alone, then
     `stage_frame`.
@@ -234,14 +230,19 @@ def cutoff_frame(
         item_ids, content: the catalog and its content embeddings, in one item order; the
             cut-off's `absent` items leave the catalog, so no candidate names one.
         llm: LLM signals, used while config.llm.enabled.
-        build: as in `stage_frame`.
 
     Returns:
         (features with labels, feature names, stage-1 candidates in stage-1 order).
     """
+    return stage_frame(config, cutoff_stage(config, cutoff, item_ids, content), cutoff, llm)
+
+
+def cutoff_stage(config: ExperimentConfig, cutoff: Cutoff, item_ids: Sequence[str],
+                 content: Mapping[str, Embeddings]) -> StageOne:
+    """Stage 1 of one cut-off: fitted on its history alone, over the catalog less its `absent`
+    items (so no candidate names one)."""
     catalog = [item for item in item_ids if item not in cutoff.absent] if cutoff.absent else item_ids
-    stage = fit_stage(config, cutoff.history, catalog, content, cutoff.shared_history)
-    return stage_frame(config, stage, cutoff, llm, build=build)
+    return fit_stage(config, cutoff.history, catalog, content, cutoff.shared_history)
 
 
 def stage_frame(
@@ -250,7 +251,6 @@ def stage_frame(
     cutoff: Cutoff,
     llm: LLMSignals | None = None,
     extra: pl.DataFrame | None = None,
-    build: FeatureBuilder | None = None,
 ) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
     """After stage 1: candidates and features of the cut-off's users as of their reference
     times, labels from its targets (all 0 for a serving cut-off).
@@ -261,15 +261,13 @@ def stage_frame(
         cutoff: history, targets and reference times.
         llm: LLM signals, used while config.llm.enabled.
         extra: candidates merged after stage 1's own (export's seen items).
-        build: the feature builder, `candidate_features` or one with its signature (the Dask
-            path's); None is `candidate_features`.
 
     Returns:
         (features with labels, feature names, stage-1 candidates in stage-1 order).
     """
     llm = llm if config.llm.enabled else None
     options = {"extra": extra} if extra is not None else {}
-    frame, names = (build or candidate_features)(stage, cutoff.history, cutoff.users, config.retrieval,
+    frame, names = candidate_features(stage, cutoff.history, cutoff.users, config.retrieval,
                                                  config.features, llm=llm, ref_times=cutoff.ref_times, **options)
     frame = label_candidates(frame, cutoff.targets)
     return frame, names, frame.select(list(schema.CANDIDATES))

@@ -21,6 +21,7 @@ SOURCE = "source"
 RETRIEVAL_SCORE = "retrieval_score"
 RETRIEVAL_RANK = "retrieval_rank"
 LABEL = "label"
+QUERY = "query"  # one lambdarank query of the ranker's training rows: user_id + "#<label cut-off>"
 
 RANK = "rank"
 SCORE = "score"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 
 import polars as pl
 
@@ -21,20 +21,25 @@ from fuserank.data.cutoffs import Cutoff, Cutoffs, build_cutoffs
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.baselines import content_knn_rankings, random_rankings
 from fuserank.evaluation.scoring import (
+    CutoffScores,
+    Scored,
     confidence_intervals,
+    cutoff_scores,
     most_popular_rankings,
     score_lists,
-    stage_one_rankings,
+    score_ranked,
+    stage_one_counts,
     stage_one_recall,
+    summary_of,
 )
 from fuserank.evaluation.slices import slice_metrics, user_slices
-from fuserank.jobs.distributed import candidate_features_dask, dask_client, fit_ranker_dask
-from fuserank.pipeline import cutoff_frame, rank_candidates
+from fuserank.jobs.distributed import dask_client, fit_ranker_parts, n_workers
+from fuserank.jobs.distributed_frames import cutoff_parts, cutoff_scores_dask, split_users, user_bounds
+from fuserank.pipeline import cutoff_frame, cutoff_stage, rank_candidates
 from fuserank.progress import step
 from fuserank.ranking.llm_features import LLMSignals
 from fuserank.ranking.ranker import Ranker, fit_ranker
-
-QUERY = "query"
+from fuserank.schema import QUERY
 
 
 @dataclass(frozen=True)
@@ -59,15 +64,10 @@ class ProtocolResult:
 def evaluation_frame(config: RunConfig, cutoff: Cutoff, item_ids: Sequence[str],
                      content: Mapping[str, Embeddings], llm: LLMSignals | None = None
                      ) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
-    """`pipeline.cutoff_frame`, locally or with features built on the Dask cluster
-    (`config.dask.enabled`), reported as one step."""
-    build = None
-    if config.dask.enabled:
-        from distributed import default_client  # dask: an optional dependency
-
-        build = partial(candidate_features_dask, default_client(), n_partitions=config.dask.user_partitions)
+    """`pipeline.cutoff_frame` on the driver, reported as one step (the Dask path keeps its frames
+    on the workers instead: `train_on_cluster`)."""
     with step(f"stage 1 [{cutoff.name}]") as s:
-        frame, names, candidates = cutoff_frame(config, cutoff, item_ids, content, llm, build=build)
+        frame, names, candidates = cutoff_frame(config, cutoff, item_ids, content, llm)
         s.done(f"{len(cutoff.users):,} users, {frame.height:,} candidates x {len(names)} features")
     return frame, names, candidates
 
@@ -121,13 +121,33 @@ def validation_metrics(
     """valid_* metrics (full ranking, as in run_protocol) of `ranker` on the validation users."""
     ranked = rank_candidates(frames.valid, ranker.score(frames.valid), max(ks))
     _, metrics = score_lists(ranked, valid_targets, ks, n_items, "valid_")
-    metrics.update(stage_one_recall(frames.valid_candidates, valid_targets, ann_candidates, "valid_"))
+    counts = stage_one_counts(frames.valid_candidates, valid_targets, ann_candidates)
+    metrics.update(stage_one_recall(counts, valid_targets, ann_candidates, "valid_"))
     return metrics
 
 
 def make_cutoffs(interactions: pl.DataFrame, config: RunConfig) -> Cutoffs:
     """The cut-offs of the run's protocol (split.protocol) over its interactions."""
     return build_cutoffs(interactions, config.split)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The ranker and what evaluation reads of the validation and test cut-offs.
+
+    Attributes:
+        ranker, names: the fitted ranker and its feature names.
+        rows: ranker training rows; queries: training queries with a positive label.
+        valid, test: the cut-offs' scores and stage-1 counts (`scoring.cutoff_scores`; test keeps
+            the ranker's top `eval.top_k` lists).
+    """
+
+    ranker: Ranker
+    names: list[str]
+    rows: int
+    queries: int
+    valid: CutoffScores
+    test: CutoffScores
 
 
 def run_protocol(
@@ -140,6 +160,60 @@ def run_protocol(
 
     with dask_client(config.dask):
         return _run_protocol(cutoffs, item_ids, content, config, llm)
+
+
+def train_local(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
+                llm: LLMSignals | None) -> Trained:
+    """Every frame built here, the ranker fitted here (`ranking.fit_ranker`)."""
+    fit_frame, names = ranker_training_frame(cutoffs.labels, item_ids, content, config, llm)
+    valid_frame, _, _ = evaluation_frame(config, cutoffs.valid, item_ids, content, llm)
+    test_frame, _, _ = evaluation_frame(config, cutoffs.test, item_ids, content, llm)
+    with step("train ranker") as s:
+        ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
+        s.done(f"{ranker.best_iteration} trees on {fit_frame.height:,} rows")
+    queries = fit_frame.filter(pl.col(schema.LABEL) > 0)[QUERY].n_unique()
+    ks, n = config.eval.ks, config.retrieval.ann_candidates
+    return Trained(ranker, names, fit_frame.height, queries,
+                   cutoff_scores(valid_frame, cutoffs.valid.targets, ranker, ks, n, 0),
+                   cutoff_scores(test_frame, cutoffs.test.targets, ranker, ks, n, config.eval.top_k))
+
+
+def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings],
+                     config: RunConfig, llm: LLMSignals | None) -> Trained:
+    """`train_local` with every cut-off's frame built on the workers and kept there
+    (jobs/distributed_frames.py), cut at the same user bounds: the ranker trains from those
+    partitions and scores them where they lie; the driver fits stage 1 and gets back per-user
+    metrics, stage-1 counts and the test lists."""
+    from distributed import default_client  # dask: an optional dependency
+
+    client = default_client()
+    bounds = user_bounds(cutoffs.interactions[schema.USER_ID].unique().to_list(),
+                         config.dask.user_partitions or n_workers(client))
+
+    def on_workers(cutoff: Cutoff, query: str | None = None) -> tuple[Any, list[str], list[list[str]]]:
+        with step(f"stage 1 [{cutoff.name}]") as s:
+            stage = cutoff_stage(config, cutoff, item_ids, content)
+            users = split_users(cutoff.users, bounds)
+            parts, names = cutoff_parts(client, config, stage, cutoff, users, llm, query)
+            s.done(f"{len(cutoff.users):,} users, {parts.height:,} candidates x {len(names)} features (on the workers)")
+        return parts, names, users
+
+    if not cutoffs.labels:
+        raise ValueError("no user has enough train interactions to give the ranker a label")
+    train = [on_workers(c, f"#{j}")[0] for j, c in enumerate(cutoffs.labels, start=1)]
+    valid, names, valid_users = on_workers(cutoffs.valid)
+    test, _, test_users = on_workers(cutoffs.test)
+    with step("train ranker") as s:
+        ranker, queries = fit_ranker_parts(client, train, valid, names, config.ranker, config.seed, group=QUERY,
+                                           n_partitions=config.dask.ranker_partitions)
+        rows = sum(t.height for t in train)
+        s.done(f"{ranker.best_iteration} trees on {rows:,} rows")
+    del train
+    ks, n = config.eval.ks, config.retrieval.ann_candidates
+    return Trained(ranker, names, rows, queries,
+                   cutoff_scores_dask(client, valid, valid_users, cutoffs.valid.targets, ranker, ks, n, 0),
+                   cutoff_scores_dask(client, test, test_users, cutoffs.test.targets, ranker, ks, n,
+                                      config.eval.top_k))
 
 
 def _run_protocol(
@@ -159,20 +233,10 @@ def _run_protocol(
     n_items = len(item_ids)
     ks = config.eval.ks
     valid, test = cutoffs.valid, cutoffs.test
-
-    fit_frame, names = ranker_training_frame(cutoffs.labels, item_ids, content, config, llm)
-    valid_frame, _, valid_candidates = evaluation_frame(config, valid, item_ids, content, llm)
-    test_frame, _, test_candidates = evaluation_frame(config, test, item_ids, content, llm)
-
-    with step("train ranker") as s:
-        if config.dask.enabled:
-            from distributed import default_client
-
-            ranker = fit_ranker_dask(default_client(), fit_frame, valid_frame, names, config.ranker, config.seed,
-                                     group=QUERY, n_partitions=config.dask.ranker_partitions)
-        else:
-            ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
-        s.done(f"{ranker.best_iteration} trees on {fit_frame.height:,} rows")
+    top_k = max(max(ks), config.eval.top_k)
+    train = train_on_cluster if config.dask.enabled else train_local
+    trained = train(cutoffs, item_ids, content, config, llm)
+    ranker = trained.ranker
 
     metrics: dict[str, float] = {
         "n_items": float(n_items),
@@ -180,37 +244,36 @@ def _run_protocol(
         "n_users": float(cutoffs.interactions[schema.USER_ID].n_unique()),
         "n_test_users": float(test.targets[schema.USER_ID].n_unique()),
         "n_train_interactions": float(valid.history.height),
-        "ranker_train_rows": float(fit_frame.height),
-        "ranker_train_queries_with_positive": float(fit_frame.filter(pl.col(schema.LABEL) > 0)[QUERY].n_unique()),
+        "ranker_train_rows": float(trained.rows),
+        "ranker_train_queries_with_positive": float(trained.queries),
         "ranker_best_iteration": float(ranker.best_iteration),
     }
+    n = config.retrieval.ann_candidates
     with step("evaluate") as s:
-        top_k = max(max(ks), config.eval.top_k)
-        valid_ranked = rank_candidates(valid_frame, ranker.score(valid_frame), top_k)
-        _, valid_summary = score_lists(valid_ranked, valid.targets, ks, n_items, "valid_")
-        metrics.update(valid_summary)
-        metrics.update(stage_one_recall(valid_candidates, valid.targets, config.retrieval.ann_candidates, "valid_"))
+        metrics.update(summary_of(trained.valid.ranker, n_items, "valid_"))
+        metrics.update(stage_one_recall(trained.valid.stage1, valid.targets, n, "valid_"))
 
-        lists = {
-            "fuserank": rank_candidates(test_frame, ranker.score(test_frame), top_k),
-            "popular": most_popular_rankings(test.history, test.users, top_k),
-            "retrieval": stage_one_rankings(test_candidates, top_k),
-            **baseline_rankings(test, item_ids, content, config, top_k),
+        # The baselines' lists are built here on the driver, from the test history.
+        scores: dict[str, Scored] = {
+            "fuserank": trained.test.ranker,
+            "popular": score_ranked(most_popular_rankings(test.history, test.users, top_k), test.targets, ks),
+            "retrieval": trained.test.retrieval,
+            **{name: score_ranked(ranked, test.targets, ks)
+               for name, ranked in baseline_rankings(test, item_ids, content, config, top_k).items()},
         }
         frames = []
-        for system, ranked in lists.items():
+        for system, scored in scores.items():
             prefix = "test_" if system == "fuserank" else f"test_{system}_"
-            users_metrics, summary = score_lists(ranked, test.targets, ks, n_items, prefix)
-            metrics.update(summary)
-            frames.append(users_metrics.with_columns(pl.lit(system).alias("system")))
-        metrics.update(stage_one_recall(test_candidates, test.targets, config.retrieval.ann_candidates, "test_"))
+            metrics.update(summary_of(scored, n_items, prefix))
+            frames.append(scored.per_user.with_columns(pl.lit(system).alias("system")))
+        metrics.update(stage_one_recall(trained.test.stage1, test.targets, n, "test_"))
         per_user = pl.concat(frames)
         metrics.update(confidence_intervals(per_user, "fuserank", "ndcg_at_10", "test_", seed=config.seed))
         metrics.update(cold_user_metrics(cutoffs, ks, n_items, top_k))
-        metrics.update(slice_metrics(per_user, user_slices(test), test_candidates, test.targets, "test_", config.seed))
-        s.done(f"{len(test.users):,} test users, {len(lists)} systems")
-    ranked = lists["fuserank"].filter(pl.col(schema.RANK) <= config.eval.top_k)
-    return ProtocolResult(metrics, per_user, ranked, ranker, names)
+        metrics.update(slice_metrics(per_user, user_slices(test), trained.test.stage1, test.targets, "test_",
+                                     config.seed))
+        s.done(f"{len(test.users):,} test users, {len(scores)} systems")
+    return ProtocolResult(metrics, per_user, trained.test.ranked, ranker, trained.names)
 
 
 def baseline_rankings(cutoff: Cutoff, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,

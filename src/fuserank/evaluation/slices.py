@@ -25,7 +25,7 @@ import polars as pl
 from fuserank import schema
 from fuserank.data.cutoffs import Cutoff
 from fuserank.evaluation.metrics import bootstrap_ci, paired_bootstrap_ci
-from fuserank.retrieval.index import candidate_recall
+from fuserank.evaluation.scoring import found_share
 
 KIND = "target_kind"
 HISTORY = "history_bin"
@@ -78,7 +78,7 @@ def slice_users(slices: pl.DataFrame) -> dict[str, list[str]]:
 def slice_metrics(
     per_user: pl.DataFrame,
     slices: pl.DataFrame,
-    candidates: pl.DataFrame | None,
+    stage1: pl.DataFrame | None,
     targets: pl.DataFrame,
     prefix: str = "test_",
     seed: int = 0,
@@ -90,7 +90,7 @@ def slice_metrics(
         per_user: rows (system, user_id, metric columns) as run_protocol's per_user; the
             reference system is "fuserank".
         slices: `user_slices` of the same cut-off.
-        candidates: the stage-1 candidates of the cut-off (None: no stage-1 recall).
+        stage1: `scoring.stage_one_counts` of the cut-off's candidates (None: no stage-1 recall).
         targets: the cut-off's targets.
         prefix: start of every key.
         seed, n_boot: of the bootstrap (the same seed for every interval).
@@ -124,9 +124,9 @@ def slice_metrics(
                                                 n_boot=n_boot, seed=seed)
                 out[f"{prefix}slice_{name}_{GAIN_METRIC}_gain_vs_{other}_ci_low"] = low
                 out[f"{prefix}slice_{name}_{GAIN_METRIC}_gain_vs_{other}_ci_high"] = high
-        if candidates is not None:
+        if stage1 is not None:
             mine = targets.filter(pl.col(schema.USER_ID).is_in(wanted.implode()))
-            out[f"{prefix}slice_{name}_stage1_recall"] = candidate_recall(candidates, mine)
+            out[f"{prefix}slice_{name}_stage1_recall"] = found_share(stage1, mine)
     return out
 
 

@@ -5,10 +5,13 @@ trains with data-parallel LightGBM, one LightGBM machine per Dask worker, every 
 with the local fit's bins (`jobs/distributed_lightgbm.py`). Each partition holds whole query
 groups, since a lambdarank query split over two machines would be two different queries.
 
-Distributed LightGBM has no early stopping, so `fit_ranker_dask` trains `n_estimators`
-rounds and then picks the best iteration on the validation frame with the same rule as
-`lightgbm.early_stopping` (stop after `early_stopping_rounds` rounds without a better NDCG@k).
-The result is the same `Ranker` the local fit returns, saved in the same text format.
+The ranker trains from frames kept on the workers (`fit_ranker_parts`, `jobs/distributed_frames.py`):
+each partition becomes LightGBM's arrays where it lies, and the driver sees row counts, the
+bin sample's rows and one validation sum per round. Distributed LightGBM has no early stopping,
+so it trains `n_estimators` rounds and then picks the best iteration on the validation frame
+with the same rule as `lightgbm.early_stopping` (stop after `early_stopping_rounds` rounds
+without a better NDCG@k). The result is the same `Ranker` the local fit returns, saved in the
+same text format.
 
 Workers are separate processes, started with the `spawn` method (Dask's default for
 `LocalCluster`), so no worker inherits OpenMP state from the parent.
@@ -27,10 +30,10 @@ from fuserank import progress
 from fuserank.config import DaskConfig, RankerConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.metrics import grouped_ndcg
+from fuserank.jobs.distributed_frames import Parts, gather_parts
 from fuserank.jobs.distributed_lightgbm import Partition, bin_sample, train_data_parallel
-from fuserank.pipeline import candidate_features
-from fuserank.ranking.ranker import Ranker, _params, _query_groups, score_base
-from fuserank.schema import USER_ID
+from fuserank.ranking.ranker import Ranker, ScoreBase, _params, _query_groups, score_base
+from fuserank.schema import LABEL, USER_ID
 
 
 @contextmanager
@@ -105,21 +108,10 @@ def split_groups(sizes: np.ndarray, n_parts: int) -> list[np.ndarray]:
     return [part for part in np.split(sizes, cuts) if part.size]
 
 
-def partitions(x: np.ndarray, y: np.ndarray, sizes: np.ndarray, n_parts: int,
-               init: np.ndarray | None = None) -> list[Partition]:
-    """The rows cut into at most `n_parts` consecutive partitions of whole query groups (`split_groups`)."""
-    out, start = [], 0
-    for part in split_groups(sizes, n_parts):
-        rows = slice(start, start + int(part.sum()))
-        out.append(Partition(x[rows], y[rows], part, None if init is None else init[rows]))
-        start = rows.stop
-    return out
-
-
-def ndcg_by_iteration(
+def ndcg_sums_by_iteration(
     booster: Any, x: np.ndarray, y: np.ndarray, sizes: np.ndarray, k: int, init: np.ndarray | None = None
 ) -> np.ndarray:
-    """NDCG@k (metrics.grouped_ndcg, mean over queries) after each boosting round.
+    """Sum over queries of NDCG@k (metrics.grouped_ndcg) after each boosting round.
 
     Args:
         booster: a fitted lambdarank `lightgbm.Booster` with T rounds.
@@ -129,7 +121,7 @@ def ndcg_by_iteration(
         init: (n_rows,) starting scores the trees were fitted on top of (None: 0).
 
     Returns:
-        (T,) float64, entry t the NDCG@k of the first t + 1 trees.
+        (T,) float64, entry t the summed NDCG@k of the first t + 1 trees.
     """
     n_rounds = booster.current_iteration()
     query = np.repeat(np.arange(sizes.size), sizes)
@@ -140,8 +132,15 @@ def ndcg_by_iteration(
     out = np.empty(n_rounds)
     for t in range(n_rounds):
         scores += booster.predict(x, start_iteration=t, num_iteration=1, raw_score=True)
-        out[t] = float(np.mean(grouped_ndcg(query, scores, relevant, k, sizes.size)))
+        out[t] = float(np.sum(grouped_ndcg(query, scores, relevant, k, sizes.size)))
     return out
+
+
+def ndcg_by_iteration(
+    booster: Any, x: np.ndarray, y: np.ndarray, sizes: np.ndarray, k: int, init: np.ndarray | None = None
+) -> np.ndarray:
+    """Mean over queries of NDCG@k after each boosting round (`ndcg_sums_by_iteration` / queries)."""
+    return ndcg_sums_by_iteration(booster, x, y, sizes, k, init) / sizes.size
 
 
 def best_iteration(curve: np.ndarray, patience: int) -> int:
@@ -158,6 +157,145 @@ def best_iteration(curve: np.ndarray, patience: int) -> int:
     return best_at + 1
 
 
+def _training_partition(frames: list[pl.DataFrame], feature_names: tuple[str, ...], group: str,
+                        base: ScoreBase | None) -> Partition:
+    frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+    return Partition(*_query_groups(frame, feature_names, "train", group, base))
+
+
+def _partition_shape(part: Partition) -> tuple[int, int]:
+    return int(part.y.size), int(part.sizes.size)
+
+
+def _rows_of(part: Partition, rows: np.ndarray) -> np.ndarray:
+    return part.x[rows]
+
+
+def _valid_ndcg_sums(frame: pl.DataFrame, model: str, feature_names: tuple[str, ...], base: ScoreBase | None,
+                     k: int) -> tuple[np.ndarray, int]:
+    import lightgbm
+
+    x, y, sizes, init = _query_groups(frame, feature_names, "valid", base=base)
+    booster = lightgbm.Booster(model_str=model)
+    if sizes.size == 0:
+        return np.zeros(booster.current_iteration()), 0
+    return ndcg_sums_by_iteration(booster, x, y, sizes, k, init), int(sizes.size)
+
+
+def machine_runs(rows: Sequence[int], n_machines: int) -> list[list[int]]:
+    """Consecutive partitions grouped into at most `n_machines` runs of about equal rows, one
+    LightGBM machine's data each (every partition its own run when there are no more than
+    `n_machines`)."""
+    if len(rows) <= n_machines:
+        return [[p] for p in range(len(rows))]
+    runs, start = [], 0
+    for sizes in split_groups(np.asarray(rows), n_machines):
+        runs.append(list(range(start, start + sizes.size)))
+        start += sizes.size
+    return runs
+
+
+def fit_ranker_parts(
+    client: Any,
+    train: Sequence[Parts],
+    valid: Parts | None,
+    feature_names: Sequence[str],
+    config: RankerConfig,
+    seed: int,
+    group: str = USER_ID,
+    n_partitions: int = 0,
+) -> tuple[Ranker, int]:
+    """Fit the lambdarank ranker with data-parallel LightGBM on frames kept on the workers.
+
+    Partition p of every frame of `train` covers the same users (`distributed_frames`), so the
+    queries of partition p, sorted, are a contiguous block of the whole training set as a local
+    fit sorts it. Each partition becomes a LightGBM `Partition` where it lies; the driver fetches
+    only the rows of the bin sample and the row counts, and the validation curve comes back as
+    one sum per round.
+
+    Args:
+        client: a connected `distributed.Client`.
+        train: the training frames (e.g. one per ranker-label cut-off), each with `group` and
+            schema.LABEL columns, all cut at the same user bounds.
+        valid: the validation frame (labels, schema.USER_ID queries), or None.
+        feature_names, config, seed, group: as in `ranking.fit_ranker`.
+        n_partitions: LightGBM machines' worth of partitions, placed in contiguous runs on the
+            workers sorted by address (0: one per worker); partitions are grouped into that many
+            runs of whole partitions. 1 gives `ranking.fit_ranker`'s model exactly.
+
+    Returns:
+        (the `Ranker`, whose best_iteration is chosen on `valid` or is the last round; the number
+        of training queries with a positive label).
+    """
+    feature_names = tuple(feature_names)
+    if not feature_names or len(set(feature_names)) != len(feature_names):
+        raise ValueError(f"feature_names must be non-empty and distinct: {feature_names}")
+    if len({len(t.futures) for t in train}) > 1:
+        raise ValueError("the training frames are not cut at the same user bounds")
+    base = score_base(config, feature_names)
+    parts = []
+    for p in range(len(train[0].futures)):
+        frames = [t.futures[p] for t in train if t.futures[p] is not None]
+        if frames:
+            parts.append(client.submit(_training_partition, frames, feature_names, group, base, pure=False))
+    shapes = client.gather([client.submit(_partition_shape, f, pure=False) for f in parts])
+    parts = [f for f, (rows, _) in zip(parts, shapes, strict=True) if rows > 0]
+    rows = [r for r, _ in shapes if r > 0]
+    n_queries = sum(q for _, q in shapes)
+    if not parts:
+        raise ValueError("train has no user with a positive label; lambdarank has nothing to learn")
+
+    params = _params(config, seed)
+    params.pop("metric")
+    params.pop("eval_at")
+    with progress.step("ranker (dask)") as s:
+        sample = _fetch_rows(client, parts, rows, bin_sample(sum(rows), params))
+        runs = machine_runs(rows, n_partitions or n_workers(client))
+        booster = train_data_parallel(client, [[parts[p] for p in run] for run in runs], sample, params,
+                                      config.n_estimators, feature_names)
+        s.done(f"{booster.current_iteration()} trees, {len(runs)} partitions")
+    del parts
+    if booster.feature_name() != list(feature_names):
+        raise ValueError(f"LightGBM renamed the features to {booster.feature_name()}")
+    best = booster.current_iteration()
+    if valid is not None and config.early_stopping_rounds > 0:
+        sums = gather_parts(client, _valid_ndcg_sums, valid, booster.model_to_string(), feature_names, base,
+                            config.eval_at)
+        total = sum(n for _, n in sums)
+        if total == 0:
+            raise ValueError("valid has no user with a positive label; early stopping has nothing to measure")
+        curve = np.sum([c for c, n in sums if n], axis=0) / total
+        best = best_iteration(curve, config.early_stopping_rounds)
+    ranker = Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best), base=base)
+    return ranker, n_queries
+
+
+def _fetch_rows(client: Any, parts: Sequence[Any], rows: Sequence[int], wanted: np.ndarray) -> np.ndarray:
+    """Rows `wanted` (sorted global indices) of the partitions laid end to end, fetched from
+    where they lie: (len(wanted), n_features) float32."""
+    starts = np.concatenate([[0], np.cumsum(rows)])
+    pieces = []
+    for p, future in enumerate(parts):
+        mine = wanted[(wanted >= starts[p]) & (wanted < starts[p + 1])] - starts[p]
+        if mine.size:
+            pieces.append(client.submit(_rows_of, future, mine, pure=False))
+    return np.concatenate(client.gather(pieces))
+
+
+def _frame_parts(client: Any, frame: pl.DataFrame, group: str, n_parts: int) -> Parts:
+    """A driver frame as Parts: sorted by `group`, cut into at most `n_parts` runs of whole
+    queries of about equal rows, the queries without a positive left out (they train nothing)."""
+    ordered = frame.sort(group, maintain_order=True).filter((pl.col(LABEL) > 0).any().over(group))
+    sizes = ordered.group_by(group, maintain_order=True).len()["len"].to_numpy()
+    chunks, start = [], 0
+    for part in split_groups(sizes, n_parts):
+        chunks.append(ordered.slice(start, int(part.sum())))
+        start += int(part.sum())
+    if not chunks:
+        chunks = [ordered]
+    return Parts(client.scatter(chunks, hash=False), [c.height for c in chunks])
+
+
 def fit_ranker_dask(
     client: Any,
     train: pl.DataFrame,
@@ -168,7 +306,8 @@ def fit_ranker_dask(
     group: str = USER_ID,
     n_partitions: int = 0,
 ) -> Ranker:
-    """Fit the lambdarank ranker with data-parallel LightGBM on the client's cluster.
+    """`fit_ranker_parts` for frames held by the driver: they are cut into partitions of whole
+    query groups (`split_groups`) and scattered, then trained on as if built on the workers.
 
     Every machine bins with the bins a local fit finds (`distributed_lightgbm`). One partition
     gives `ranking.fit_ranker`'s model exactly; with more, LightGBM's data-parallel learner grows
@@ -177,40 +316,18 @@ def fit_ranker_dask(
     Args:
         client: a connected `distributed.Client` (see `dask_client`).
         train, valid, feature_names, config, seed, group: as in `ranking.fit_ranker`.
-        n_partitions: partitions of the training rows (whole query groups each), placed in
-            contiguous runs on the workers sorted by address; 0 means one per worker. Every
-            LightGBM machine uses config.n_jobs threads, as the local fit does.
+        n_partitions: partitions of the training rows, placed in contiguous runs on the workers
+            sorted by address; 0 means one per worker.
 
     Returns:
         A `Ranker` whose booster holds all `n_estimators` rounds and whose best_iteration is
         chosen on `valid` (or is the last round when valid is None).
     """
-    feature_names = tuple(feature_names)
-    if not feature_names or len(set(feature_names)) != len(feature_names):
-        raise ValueError(f"feature_names must be non-empty and distinct: {feature_names}")
-    base = score_base(config, feature_names)
-    x, y, sizes, init = _query_groups(train, feature_names, "train", group, base)
-    if sizes.size == 0:
-        raise ValueError("train has no user with a positive label; lambdarank has nothing to learn")
-    parts = partitions(x, y, sizes, n_partitions or n_workers(client), init)
-
-    params = _params(config, seed)
-    params.pop("metric")
-    params.pop("eval_at")
-    with progress.step("ranker (dask)") as s:
-        sample = x[bin_sample(x.shape[0], params)]
-        booster = train_data_parallel(client, parts, sample, params, config.n_estimators, feature_names)
-        s.done(f"{booster.current_iteration()} trees, {len(parts)} partitions")
-    if booster.feature_name() != list(feature_names):
-        raise ValueError(f"LightGBM renamed the features to {booster.feature_name()}")
-    best = booster.current_iteration()
-    if valid is not None and config.early_stopping_rounds > 0:
-        xv, yv, gv, init_v = _query_groups(valid, feature_names, "valid", base=base)
-        if gv.size == 0:
-            raise ValueError("valid has no user with a positive label; early stopping has nothing to measure")
-        curve = ndcg_by_iteration(booster, xv, yv, gv, config.eval_at, init_v)
-        best = best_iteration(curve, config.early_stopping_rounds)
-    return Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best), base=base)
+    n_parts = n_partitions or n_workers(client)
+    parts = _frame_parts(client, train, group, n_parts)
+    held = None if valid is None else _frame_parts(client, valid, USER_ID, n_workers(client))
+    ranker, _ = fit_ranker_parts(client, [parts], held, feature_names, config, seed, group, n_parts)
+    return ranker
 
 
 def map_partitions(client: Any, func: Callable[..., Any], chunks: Sequence[Any], *args: Any) -> list[Any]:
@@ -230,43 +347,6 @@ def chunk_evenly(values: Sequence[Any], n_parts: int) -> list[list[Any]]:
     n_parts = max(1, min(n_parts, len(values)))
     bounds = np.linspace(0, len(values), n_parts + 1).round().astype(int)
     return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-
-
-def _features_chunk(users: list[str], stage: Any, history: pl.DataFrame, retrieval: Any, features: Any,
-                    llm: Any, ref_times: pl.DataFrame | None) -> tuple[pl.DataFrame, list[str]]:
-    return candidate_features(stage, history, users, retrieval, features, llm=llm, ref_times=ref_times)
-
-
-def candidate_features_dask(
-    client: Any,
-    stage: Any,
-    history: pl.DataFrame,
-    users: Sequence[str],
-    retrieval: Any,
-    features: Any,
-    llm: Any = None,
-    n_partitions: int = 0,
-    ref_times: pl.DataFrame | None = None,
-) -> tuple[pl.DataFrame, list[str]]:
-    """`pipeline.candidate_features` over Dask partitions of the users, concatenated in user order.
-
-    Every candidate and feature of a user depends only on that user, the stage and the history,
-    so the result equals the local call row for row. The stage (FAISS index included) and the
-    history are scattered once to every worker.
-
-    Args:
-        client: a connected `distributed.Client`.
-        stage, history, users, retrieval, features, llm, ref_times: as in `pipeline.candidate_features`.
-        n_partitions: user partitions; 0 means one per worker.
-
-    Returns:
-        (frame, feature names) as `candidate_features` returns them.
-    """
-    chunks = chunk_evenly(users, n_partitions or n_workers(client))
-    if not chunks:
-        return _features_chunk([], stage, history, retrieval, features, llm, ref_times)
-    results = map_partitions(client, _features_chunk, chunks, stage, history, retrieval, features, llm, ref_times)
-    return pl.concat([frame for frame, _ in results], how="vertical"), results[0][1]
 
 
 def _encode_chunk(items: pl.DataFrame, encoder_cls: Any, kwargs: dict[str, Any]) -> Any:

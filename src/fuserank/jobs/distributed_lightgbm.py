@@ -97,13 +97,16 @@ def _train_machine(parts: list[Partition], sample: np.ndarray, params: dict[str,
         booster.free_network()  # the next fit in this process bins its sample alone again
 
 
-def train_data_parallel(client: Any, parts: Sequence[Partition], sample: np.ndarray, params: dict[str, Any],
+def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.ndarray, params: dict[str, Any],
                         rounds: int, feature_names: Sequence[str]) -> Any:
     """`lightgbm.train` with `tree_learner=data`, one LightGBM machine per worker holding partitions.
 
     Args:
         client: a connected `distributed.Client`.
-        parts: the training rows, whole query groups each, in row order.
+        runs: the training rows in row order, as runs of futures of `Partition`s (whole query
+            groups each); run r goes to the worker `placement` gives it, which moves its
+            partitions there from wherever they lie (worker to worker), and all runs of one
+            worker make one machine.
         sample: (k, n_features) float32 rows every machine takes the bins from (see `bin_sample`).
         params: LightGBM parameters without network settings. Their `num_threads` runs on every
             machine whatever its worker's thread count, since LightGBM's sums, hence its trees,
@@ -116,14 +119,14 @@ def train_data_parallel(client: Any, parts: Sequence[Partition], sample: np.ndar
     """
     import lightgbm
 
-    owners = placement(list(client.scheduler_info()["workers"]), len(parts))
+    owners = placement(list(client.scheduler_info()["workers"]), len(runs))
     machines = list(dict.fromkeys(owners))  # rank order: sorted worker addresses
     ports = client.run(_free_port, workers=machines)
     listen = ",".join(f"{urlparse(w).hostname}:{ports[w]}" for w in machines)
     shared = client.scatter(sample, broadcast=True)
     futures = []
     for w in machines:
-        own = client.scatter([p for p, o in zip(parts, owners, strict=True) if o == w], workers=[w])
+        own = [p for run, o in zip(runs, owners, strict=True) if o == w for p in run]
         network = {"tree_learner": "data", "machines": listen, "local_listen_port": ports[w],
                    "num_machines": len(machines)}
         futures.append(client.submit(_train_machine, own, shared, params, network, rounds, list(feature_names),

@@ -1,0 +1,191 @@
+"""Feature frames that stay on the Dask workers, one polars frame per partition of the users.
+
+A cut-off's candidates, features and labels are built on the workers by the local chain
+(`pipeline.stage_frame` on each partition's users, `cutoff_parts`) and kept there as futures;
+the driver holds only their row counts. Whatever reads them (the ranker's training partitions,
+validation and test scoring) runs as tasks beside them, and only small results come back
+(`gather_parts`, `cutoff_scores_dask`).
+
+Every partition holds a contiguous run of the users in the order of `query_key`, the same runs
+at every cut-off of a run (`user_bounds`): a lambdarank query `user#j` then lies in one
+partition, and the partitions' rows sorted by query, concatenated in partition order, are the
+rows of the whole frame sorted by query, as a local fit orders them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fuserank import schema
+from fuserank.data.cutoffs import Cutoff
+from fuserank.evaluation.scoring import CutoffScores, concat_scores, cutoff_scores
+from fuserank.pipeline import stage_frame
+
+
+def query_key(user: str) -> str:
+    """The user's place in the order of its queries `user#j` (protocol.QUERY): a user id sorts
+    before another exactly when each of its queries sorts before each of the other's."""
+    return user + "#"
+
+
+def user_bounds(users: Sequence[str], n_parts: int) -> list[str]:
+    """Keys (`query_key`) of the first user of each of at most `n_parts` runs of about equal size.
+
+    Args:
+        users: every user any cut-off of the run may query (any order, repeats allowed).
+        n_parts: wanted runs (>= 1).
+
+    Returns:
+        Sorted keys, the first the smallest; `split_users` cuts any cut-off's users at them.
+    """
+    keys = sorted({query_key(u) for u in users})
+    if not keys:
+        return []
+    starts = np.linspace(0, len(keys), max(1, min(n_parts, len(keys))) + 1).round().astype(int)[:-1]
+    return [keys[s] for s in np.unique(starts)]
+
+
+def split_users(users: Sequence[str], bounds: Sequence[str]) -> list[list[str]]:
+    """`users` cut at `bounds` (`user_bounds`): one list per bound, each sorted by `query_key`,
+    possibly empty, so that partition p of every cut-off covers the same run of users."""
+    parts: list[list[str]] = [[] for _ in bounds]
+    for user in sorted(users, key=query_key):
+        parts[max(0, bisect_right(bounds, query_key(user)) - 1)].append(user)
+    return parts
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A frame kept on the workers.
+
+    Attributes:
+        futures: one `distributed.Future` per partition, each of a polars frame holding whole
+            users, in partition order; None for a partition without users.
+        rows: (n_partitions,) rows of each partition.
+    """
+
+    futures: list[Any]
+    rows: list[int]
+
+    @property
+    def held(self) -> list[Any]:
+        """The futures of the partitions that hold users, in partition order."""
+        return [f for f in self.futures if f is not None]
+
+    @property
+    def height(self) -> int:
+        return int(sum(self.rows))
+
+
+def _height(frame: pl.DataFrame) -> int:
+    return frame.height
+
+
+def _cutoff_part(config: Any, stage: Any, name: str, history: pl.DataFrame, targets: pl.DataFrame,
+                 ref_times: pl.DataFrame, llm: Any, query: str | None) -> tuple[pl.DataFrame, list[str]]:
+    frame, names, _ = stage_frame(config, stage, Cutoff(name, history, targets, ref_times), llm)
+    if query is not None:  # one lambdarank query per (user, cut-off)
+        frame = frame.with_columns(pl.concat_str(pl.col(schema.USER_ID), pl.lit(query)).alias(schema.QUERY))
+    return frame, names
+
+
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
+
+
+def _second(pair: tuple[Any, Any]) -> Any:
+    return pair[1]
+
+
+def _of_users(frame: pl.DataFrame, users: list[str]) -> pl.DataFrame:
+    return frame.filter(pl.col(schema.USER_ID).is_in(pl.Series(users, dtype=pl.String).implode()))
+
+
+def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_parts: Sequence[list[str]],
+                 llm: Any = None, query: str | None = None) -> tuple[Parts, list[str]]:
+    """`pipeline.stage_frame` (candidates, features as of the reference times, labels) per
+    partition of the cut-off's users, on the workers; the frames stay there.
+
+    The stage (FAISS index included) and the config go to every worker once, the history once
+    to the cluster (`send_in_slices`); each task gets its users' rows of the reference times
+    and targets.
+
+    Args:
+        client: a connected `distributed.Client`.
+        config, stage, llm: as in `pipeline.stage_frame` (an `ExperimentConfig`, stage 1 fitted
+            on `cutoff.history`).
+        cutoff: the cut-off (its history, targets and reference times are read).
+        user_parts: the cut-off's users by partition (`split_users`).
+        query: when given, a schema.QUERY column `user_id + query` (e.g. "#1").
+
+    Returns:
+        (the parts, the feature names).
+    """
+    if not any(user_parts):
+        raise ValueError(f"{cutoff.name}: no users to build features for")
+    config_f, stage_f, llm_f = (client.scatter(a, broadcast=True, hash=False) for a in (config, stage, llm))
+    history_f = send_in_slices(client, cutoff.history)
+    pairs = [client.submit(_cutoff_part, config_f, stage_f, cutoff.name, history_f, _of_users(cutoff.targets, users),
+                           _of_users(cutoff.ref_times, users), llm_f, query, pure=False) if users else None
+             for users in user_parts]
+    futures = [None if p is None else client.submit(_first, p, pure=False) for p in pairs]
+    names = client.submit(_second, next(p for p in pairs if p is not None), pure=False).result()
+    parts = Parts(futures, [0] * len(futures))
+    del pairs  # the frames live on in `futures`
+    return _counted(client, parts), list(names)
+
+
+def send_in_slices(client: Any, frame: pl.DataFrame, rows: int = 500_000) -> Any:
+    """`frame` as one future on the cluster, sent `rows` rows at a time and put together on a
+    worker, so the driver never holds a serialised copy of more than one slice (a broadcast
+    would serialise the whole); tasks elsewhere fetch it from there, worker to worker."""
+    starts = range(0, max(frame.height, 1), rows)
+    pieces = [client.scatter(frame.slice(start, rows), hash=False) for start in starts]
+    return client.submit(_concat, pieces, pure=False)
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(frames, how="vertical", rechunk=True)
+
+
+def _counted(client: Any, parts: Parts) -> Parts:
+    rows = iter(client.gather([client.submit(_height, f, pure=False) for f in parts.held]))
+    return Parts(parts.futures, [0 if f is None else int(next(rows)) for f in parts.futures])
+
+
+def gather_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: Any,
+                 per_part: Sequence[Sequence[Any]] | None = None) -> list[Any]:
+    """`func(frame, *per_part[p], *shared)` on every partition p that holds users; the (small)
+    results, in partition order, come back to the driver."""
+    args = [client.scatter(a, broadcast=True, hash=False) for a in shared]
+    own = per_part or [()] * len(parts.futures)
+    futures = [client.submit(func, f, *mine, *args, pure=False)
+               for f, mine in zip(parts.futures, own, strict=True) if f is not None]
+    return client.gather(futures)
+
+
+def cutoff_scores_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]], targets: pl.DataFrame,
+                       ranker: Any, ks: Sequence[int], n: int, keep: int) -> CutoffScores:
+    """`scoring.cutoff_scores` on every partition where it lies (the ranker sent once, each task
+    its users' targets); only per-user metrics and counts, covered items and the `keep` kept
+    lists come back, concatenated in user order.
+
+    Args:
+        parts: a labelled cut-off frame (`cutoff_parts`) cut at `user_parts`.
+        targets: the cut-off's targets.
+        ranker, ks, n, keep: as in `scoring.cutoff_scores`.
+    """
+    mine = [(_of_users(targets, users),) for users in user_parts]
+    return concat_scores(gather_parts(client, cutoff_scores, parts, ranker, tuple(ks), n, keep, per_part=mine))
+
+
+def collect(client: Any, parts: Parts) -> pl.DataFrame:
+    """The whole frame on the driver, partitions in order: for tests and small data only, since
+    it is what the distributed path exists to avoid."""
+    return pl.concat(client.gather(parts.held), how="vertical")
