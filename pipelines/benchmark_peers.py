@@ -168,8 +168,9 @@ def benchmark_protocol(
                                          cache_dir=cache / "peer_results")
             grid, library = RECTOOLS_SASREC_GRID, result.test_meta.get("library", "rectools")
         elif name == "fuserank_sasrec":
-            # One torch thread, as RecTools' SASRec gets; the sequence section's other settings as configured.
-            sequence = dataclasses.replace(fuserank_config.sequence, threads=1)
+            # The sequence section as configured, threads included: with sequence.enabled this is the very
+            # model the ranker's test features come from, read back from the sequence cache, not a second fit.
+            sequence = fuserank_config.sequence
             result = run_fuserank_sequence(cutoffs, item_ids, sequence, config.seed, cache_dir=cache / "sequence")
             grid, library = (dataclasses.asdict(sequence),), SEQUENTIAL[name]
         else:
