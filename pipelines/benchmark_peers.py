@@ -174,7 +174,7 @@ def benchmark_protocol(
             result = run_fuserank_sequence(cutoffs, item_ids, sequence, config.seed, cache_dir=cache / "sequence")
             grid, library = (dataclasses.asdict(sequence),), SEQUENTIAL[name]
         else:
-            result = run_peer(name, cutoffs, item_ids, seed=config.seed)
+            result = run_peer(name, cutoffs, item_ids, seed=config.seed, cache_dir=cache / "peer_results")
             grid, library = PEERS[name].grid, PEERS[name].library
         per_user[name] = result.per_user
         details[name] = result.record(library) | {"tuned_axes": tuned_axes(list(grid))}

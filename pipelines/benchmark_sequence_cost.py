@@ -77,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[name].append(time.perf_counter() - began)
 
     def padded(batching: str) -> int:
-        batches = epoch_batches(lengths, config.sequence.batch_size, batching, torch.Generator().manual_seed(config.seed))
+        generator = torch.Generator().manual_seed(config.seed)
+        batches = epoch_batches(lengths, config.sequence.batch_size, batching, generator)
         return int(sum((lengths[rows].max() - 1) * len(rows) for rows in batches))
 
     median = {name: statistics.median(values) for name, values in seconds.items()}
     report = {
-        "command": "python " + command_line(["pipelines/benchmark_sequence_cost.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python " + command_line(["pipelines/benchmark_sequence_cost.py",
+                                             *(argv if argv is not None else sys.argv[1:])]),
         "dataset": args.dataset,
         "sequence": to_dict(config.sequence),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_1min": os.getloadavg()[0]},

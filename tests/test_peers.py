@@ -7,6 +7,9 @@ import polars as pl
 import pytest
 
 from fuserank import schema
+from fuserank.config import SplitConfig
+from fuserank.data.cutoffs import build_cutoffs
+from fuserank.evaluation import benchmarking
 from fuserank.retrieval.collaborative import user_matrix
 from fuserank.evaluation.peers import PEERS, edge_choices, item_similarity, recommend
 
@@ -108,3 +111,26 @@ def test_grids_hold_the_values_earlier_benchmarks_chose_inside_them():
         for params in choices:
             assert params in [dict(p) for p in PEERS[name].grid], (name, params)
             assert edge_choices(PEERS[name].grid, params) == {}, (name, params)
+
+
+def test_a_rerun_reads_each_peer_fit_back_from_the_cache_and_new_inputs_fit_again(tmp_path, monkeypatch):
+    history, items = _checkerboard()
+    interactions = history.with_columns(pl.lit(None, dtype=pl.Float64).alias(schema.RATING)).select(
+        list(schema.INTERACTIONS))
+    cutoffs = build_cutoffs(interactions.cast(schema.INTERACTIONS), SplitConfig(label_cutoffs=1))
+    first = benchmarking.run_peer("ease", cutoffs, items, seed=0, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("ease-*.parquet"))) == len(PEERS["ease"].grid) + 1  # the grid, then test
+
+    fits = []
+    fit = benchmarking.recommend
+    monkeypatch.setattr(benchmarking, "recommend", lambda *args, **kwargs: fits.append(args) or fit(*args, **kwargs))
+    again = benchmarking.run_peer("ease", cutoffs, items, seed=0, cache_dir=tmp_path)
+    assert not fits
+    assert again.tuning == [{**row, "fit": {"from_cache": True}} for row in
+                            [{k: v for k, v in row.items() if k != "fit"} for row in first.tuning]]
+    assert again.per_user.equals(first.per_user)
+
+    shorter = build_cutoffs(interactions.cast(schema.INTERACTIONS).head(interactions.height - 1),
+                            SplitConfig(label_cutoffs=1))
+    benchmarking.run_peer("ease", shorter, items, seed=0, cache_dir=tmp_path)
+    assert fits  # another history is another key

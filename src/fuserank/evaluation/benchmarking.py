@@ -7,15 +7,21 @@ fuserank's protocol and writes the results.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import inspect
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from fuserank import schema
+from fuserank import atomic, schema
+from fuserank.evaluation import peers
 from fuserank.data.cutoffs import Cutoffs
 from fuserank.data.split import Split, sort_interactions
 from fuserank.evaluation.metrics import bootstrap_ci, evaluate_rankings, paired_bootstrap_ci
@@ -114,7 +120,8 @@ def tune_and_test(name: str, rank: RankFn, grid: Sequence[Mapping[str, Any]], cu
                       edge_choices(grid, best), test_meta)
 
 
-def run_peer(name: str, cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, k: int = 50) -> PeerResult:
+def run_peer(name: str, cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, k: int = 50,
+             cache_dir: Path | None = None) -> PeerResult:
     """tune_and_test of peers.PEERS[name] (fitted in this process by peers.recommend).
 
     Args:
@@ -123,11 +130,43 @@ def run_peer(name: str, cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, k:
         item_ids: the catalog every list ranks over.
         seed: model seed.
         k: list length (>= the largest metric cut-off).
+        cache_dir: where each fit's lists are kept under `peer_key` and read back by a later run
+            with the same inputs and code, so an interrupted benchmark resumes (None: always fit).
     """
     def rank(params: Mapping[str, Any], history: pl.DataFrame, users: Sequence[str]) -> tuple[pl.DataFrame, dict]:
-        return recommend(name, params, history, users, item_ids, k, seed), {}
+        if cache_dir is None:
+            return recommend(name, params, history, users, item_ids, k, seed), {}
+        path = Path(cache_dir) / f"{name}-{peer_key(name, params, history, users, item_ids, k, seed)}.parquet"
+        if path.exists():
+            return pl.read_parquet(path), {"from_cache": True}
+        start = time.perf_counter()
+        ranked = recommend(name, params, history, users, item_ids, k, seed)
+        atomic.write_parquet(path, ranked)
+        return ranked, {"fit_seconds": time.perf_counter() - start}
 
     return tune_and_test(name, rank, PEERS[name].grid, cutoffs, k)
+
+
+def peer_key(name: str, params: Mapping[str, Any], history: pl.DataFrame, users: Sequence[str],
+             item_ids: Sequence[str], k: int, seed: int) -> str:
+    """sha256 hex of everything one in-process peer fit depends on: the peer and its settings,
+    the seed, k, the catalog, the users, the history's rows in event order, the source of
+    evaluation/peers.py and the versions of the libraries it fits with."""
+    versions = {lib: _version(lib) for lib in ("implicit", "cornac", "scipy", "numpy")}
+    settings = {"name": name, "params": dict(params), "seed": seed, "k": k, "versions": versions,
+                "code": hashlib.sha256(inspect.getsource(peers).encode("utf-8")).hexdigest()}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8") + b"\0")
+    digest.update(json.dumps([list(item_ids), list(users)]).encode("utf-8") + b"\0")
+    rows = sort_interactions(history.select(schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP))
+    digest.update(rows.write_csv().encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def summarise_systems(
