@@ -135,3 +135,21 @@ def test_vectors_are_the_damped_svd_written_out_by_hand():
     expected = vt[:2].T * np.sqrt(s[:2])
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(embeddings.vectors @ embeddings.vectors.T, expected @ expected.T, atol=1e-5)
+
+
+def test_items_without_behaviour_get_the_vector_their_content_predicts():
+    from fuserank.encoders.base import Embeddings
+    from fuserank.encoders.behaviour_mapping import predict_unseen
+
+    # warm items a, b, c: content x-axis -> behaviour u, content y-axis -> behaviour v
+    content = np.array([[1, 0], [0, 1], [1, 0], [0.9, 0.1], [0, 0]], dtype=np.float32)
+    vectors = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]], dtype=np.float32)
+    behaviour = Embeddings(("a", "b", "c", "new", "bare"), vectors, np.array([True, True, True, False, False]))
+    mapped = predict_unseen(behaviour, content, l2=0.01)
+    np.testing.assert_array_equal(mapped.vectors[:3], vectors[:3])  # encoded rows untouched
+    assert mapped.mask.tolist() == [True, True, True, True, False]  # no content: no prediction
+    assert np.linalg.norm(mapped.vectors[3]) == pytest.approx(1.0, abs=1e-6)
+    assert mapped.vectors[3, 0] > 0.99 and mapped.vectors[3, 1] > 0  # mostly u, a little v
+    assert not mapped.vectors[4].any()
+    with pytest.raises(ValueError, match="l2"):
+        predict_unseen(behaviour, content, l2=0)

@@ -312,3 +312,22 @@ def test_unseen_candidate_report_by_hand():
         "unseen_in_top10": 3.0, "unseen_positives_in_top10": 1.0, "unseen_positive_median_rank": 2.0,
         "best_unseen_is_target": 1.0, "tenth_seen_is_target": 1.0,
     }
+
+
+def test_new_item_slots_put_each_users_best_new_candidate_first(tmp_path):
+    from fuserank.evaluation.protocol import run_protocol
+
+    interactions, ids, content = _catalog()
+    config = load_config(None, [
+        "seed=3", f"output_dir={tmp_path}", "tracking.enabled=false", "retrieval.ann_candidates=40",
+        "retrieval.popular_candidates=10", "retrieval.cold_candidates=15", "behaviour.dim=8",
+        "ranker.n_estimators=20", "ranker.min_child_samples=5", "eval.top_k=20", "split.cold_items=0.2",
+        "slots.new_items=[1]",
+    ])
+    cutoffs = build_cutoffs(interactions, config.split)
+    result = run_protocol(cutoffs, list(ids), content, config)
+    first = result.ranked.filter(pl.col(schema.RANK) == 1)
+    assert first.height == len(cutoffs.test.users)
+    # new to the model: no interaction in the history stage 1 was fitted on
+    assert first.join(cutoffs.test.history, on=schema.ITEM_ID, how="semi").is_empty()
+    assert not first.filter(ITEM.is_in(list(cutoffs.cold_items))).is_empty()

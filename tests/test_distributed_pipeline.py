@@ -210,7 +210,8 @@ def test_train_evaluate_on_a_cluster_never_builds_features_on_the_driver(client,
         return result
 
     monkeypatch.setattr(client, "gather", spying)
-    metrics, folder = run(catalog, "dask_frames", "dask.enabled=true")
+    # with a new-item slot, which the workers apply where they rank
+    metrics, folder = run(catalog, "dask_frames", "dask.enabled=true", "slots.new_items=[20]")
     names = json.loads((folder / "model" / "features.json").read_text())["feature_names"]
     assert metrics["test_ndcg_at_10"] > metrics["test_popular_ndcg_at_10"]
     assert seen, "the lists come back through client.gather"

@@ -29,9 +29,11 @@ from fuserank.config import (
 from fuserank.data.cutoffs import Cutoff
 from fuserank.encoders.base import Embeddings
 from fuserank.encoders.behaviour import fit_behaviour
+from fuserank.encoders.behaviour_mapping import predict_unseen
 from fuserank.ranking.features import build_features, select_features
 from fuserank.ranking.llm_features import LLMSignals, add_llm_features
 from fuserank.ranking.sequence_features import add_sequence_features, sequence_candidates
+from fuserank.ranking.slots import NEW_ITEM, mark_new_items, slotted_ranks
 from fuserank.retrieval.cold import SOURCE as COLD
 from fuserank.retrieval.cold import cold_candidates, content_vectors
 from fuserank.retrieval.collaborative import ItemItemModel, ease_candidates, fit_ease
@@ -103,6 +105,9 @@ def fit_stage_one(
         embeddings["behaviour"] = fit_behaviour(
             history, item_ids, dim=behaviour.dim, seed=seed, min_item_count=behaviour.min_item_count
         )
+        known = content_vectors(embeddings, fusion.weights) if behaviour.content_map_l2 > 0 else None
+        if known is not None:
+            embeddings["behaviour"] = predict_unseen(embeddings["behaviour"], known, behaviour.content_map_l2)
     model = None
     if sequence is not None and sequence.enabled:
         model = fit_sequence_model(history, item_ids, sequence, seed, cache_dir, start_history=shared_history)
@@ -269,7 +274,7 @@ def stage_frame(
     options = {"extra": extra} if extra is not None else {}
     frame, names = candidate_features(stage, cutoff.history, cutoff.users, config.retrieval,
                                                  config.features, llm=llm, ref_times=cutoff.ref_times, **options)
-    frame = label_candidates(frame, cutoff.targets)
+    frame = mark_new_items(label_candidates(frame, cutoff.targets), cutoff.history)
     return frame, names, frame.select(list(schema.CANDIDATES))
 
 
@@ -325,16 +330,23 @@ def candidate_sources(stage: StageOne, retrieval: RetrievalConfig) -> tuple[str,
     return ("ann", *per_modality, *sequence, *ease, *cold, "popular")
 
 
-def rank_candidates(frame: pl.DataFrame, scores: np.ndarray, top_k: int) -> pl.DataFrame:
-    """Top `top_k` per user by score (ties: stage-1 order), as schema.RANKED_LIST."""
+def rank_candidates(frame: pl.DataFrame, scores: np.ndarray, top_k: int,
+                    new_item_slots: Sequence[int] = ()) -> pl.DataFrame:
+    """Top `top_k` per user by score (ties: stage-1 order), as schema.RANKED_LIST; with
+    `new_item_slots` (config slots.new_items) those positions go to new items (ranking/slots.py)."""
     # Users as integers in user_id order: sorting and ranking them is cheaper than the strings.
     users = frame[schema.USER_ID].cast(pl.Enum(frame[schema.USER_ID].unique().sort())).to_physical()
-    return (
-        frame.select(schema.USER_ID, schema.ITEM_ID)
+    if new_item_slots and NEW_ITEM not in frame.columns:
+        raise ValueError(f"slots.new_items needs the candidate frame's {NEW_ITEM!r} column")
+    columns = [schema.USER_ID, schema.ITEM_ID] + ([NEW_ITEM] if new_item_slots else [])
+    ranked = (
+        frame.select(columns)
         .with_columns(pl.Series(schema.SCORE, scores, dtype=pl.Float32), pl.int_range(pl.len()).alias("_order"),
                       users.alias("_user"))
         .sort(["_user", schema.SCORE, "_order"], descending=[False, True, False])
         .with_columns((pl.int_range(pl.len()).over("_user") + 1).cast(pl.Int32).alias(schema.RANK))
-        .filter(pl.col(schema.RANK) <= top_k)
-        .select(list(schema.RANKED_LIST))
     )
+    if new_item_slots:
+        ranked = ranked.with_columns(slotted_ranks(ranked, new_item_slots, "_user", schema.RANK).alias(schema.RANK))
+        ranked = ranked.sort("_user", schema.RANK)
+    return ranked.filter(pl.col(schema.RANK) <= top_k).select(list(schema.RANKED_LIST))

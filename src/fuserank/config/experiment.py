@@ -137,6 +137,9 @@ class BehaviourConfig:
     ease_l2: EASE's L2 weight; 0 turns EASE off.
     ease_max_items: EASE covers the most interacted items up to this many (dense n x n weights:
         8,000 items take about 1.3 GB during the fit).
+    content_map_l2: > 0 gives every item without interactions a behaviour vector predicted from
+        its content by a ridge regression with this penalty, fitted on the items with both
+        (encoders/behaviour_mapping.py); 0: such items keep a zero behaviour vector.
     """
 
     enabled: bool = True
@@ -144,6 +147,7 @@ class BehaviourConfig:
     min_item_count: int = ranged(1, "[1, inf)")
     ease_l2: float = ranged(500.0, "[0, inf)")
     ease_max_items: int = ranged(8000, "[1, inf)")
+    content_map_l2: float = ranged(0.0, "[0, inf)")
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,19 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SlotsConfig:
+    """Positions of every ranked list kept for new items (ranking/slots.py).
+
+    new_items: 1-based positions (e.g. [9, 10]) that go, in order, to the user's best-scored
+    candidates with no interaction as of the query's reference time (a new release, a cold
+    item); the other candidates fill the other positions in score order. Empty: the ranker's
+    order alone. Evaluation, tuning and export all apply it.
+    """
+
+    new_items: tuple[int, ...] = ranged((), "[1, inf)")
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     """LLM-derived features (ranking/llm_features.py): item descriptions, user profiles, hidden-state
     similarity and an optional yes/no relevance score.
@@ -352,6 +369,7 @@ class ExperimentConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    slots: SlotsConfig = field(default_factory=SlotsConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
 

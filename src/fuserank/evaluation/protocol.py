@@ -116,10 +116,10 @@ def validation_frames(
 
 def validation_metrics(
     frames: ValidationFrames, valid_targets: pl.DataFrame, ranker: Ranker, ks: Sequence[int], n_items: int,
-    ann_candidates: int,
+    ann_candidates: int, new_item_slots: Sequence[int] = (),
 ) -> dict[str, float]:
     """valid_* metrics (full ranking, as in run_protocol) of `ranker` on the validation users."""
-    ranked = rank_candidates(frames.valid, ranker.score(frames.valid), max(ks))
+    ranked = rank_candidates(frames.valid, ranker.score(frames.valid), max(ks), new_item_slots)
     _, metrics = score_lists(ranked, valid_targets, ks, n_items, "valid_")
     counts = stage_one_counts(frames.valid_candidates, valid_targets, ann_candidates)
     metrics.update(stage_one_recall(counts, valid_targets, ann_candidates, "valid_"))
@@ -172,10 +172,10 @@ def train_local(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str,
         ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
         s.done(f"{ranker.best_iteration} trees on {fit_frame.height:,} rows")
     queries = fit_frame.filter(pl.col(schema.LABEL) > 0)[QUERY].n_unique()
-    ks, n = config.eval.ks, config.retrieval.ann_candidates
+    ks, n, slots = config.eval.ks, config.retrieval.ann_candidates, config.slots.new_items
     return Trained(ranker, names, fit_frame.height, queries,
-                   cutoff_scores(valid_frame, cutoffs.valid.targets, ranker, ks, n, 0),
-                   cutoff_scores(test_frame, cutoffs.test.targets, ranker, ks, n, config.eval.top_k))
+                   cutoff_scores(valid_frame, cutoffs.valid.targets, ranker, ks, n, 0, slots),
+                   cutoff_scores(test_frame, cutoffs.test.targets, ranker, ks, n, config.eval.top_k, slots))
 
 
 def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings],
@@ -209,11 +209,11 @@ def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping
         rows = sum(t.height for t in train)
         s.done(f"{ranker.best_iteration} trees on {rows:,} rows")
     del train
-    ks, n = config.eval.ks, config.retrieval.ann_candidates
+    ks, n, slots = config.eval.ks, config.retrieval.ann_candidates, config.slots.new_items
     return Trained(ranker, names, rows, queries,
-                   cutoff_scores_dask(client, valid, valid_users, cutoffs.valid.targets, ranker, ks, n, 0),
+                   cutoff_scores_dask(client, valid, valid_users, cutoffs.valid.targets, ranker, ks, n, 0, slots),
                    cutoff_scores_dask(client, test, test_users, cutoffs.test.targets, ranker, ks, n,
-                                      config.eval.top_k))
+                                      config.eval.top_k, slots))
 
 
 def _run_protocol(

@@ -166,13 +166,14 @@ class CutoffScores:
 
 
 def cutoff_scores(frame: pl.DataFrame, targets: pl.DataFrame, ranker: Any, ks: Sequence[int], n: int,
-                  keep: int) -> CutoffScores:
+                  keep: int, new_item_slots: Sequence[int] = ()) -> CutoffScores:
     """Score a cut-off's labelled candidates with `ranker` (a `ranking.ranker.Ranker`): its lists
-    and the stage-1 lists at depth max(ks) scored against `targets`, the stage-1 counts at depth
-    `n`, and the ranker's top `keep` per user (0: none)."""
+    (with `new_item_slots`, config slots.new_items) and the stage-1 lists at depth max(ks) scored
+    against `targets`, the stage-1 counts at depth `n`, and the ranker's top `keep` per user (0:
+    none)."""
     depth = max(max(ks), keep)
     candidates = frame.select(list(schema.CANDIDATES))
-    ranked = rank_candidates(frame, ranker.score(frame), depth)
+    ranked = rank_candidates(frame, ranker.score(frame), depth, new_item_slots)
     return CutoffScores(ranked.filter(pl.col(schema.RANK) <= keep) if keep else None,
                         score_ranked(ranked, targets, ks), score_ranked(stage_one_rankings(candidates, depth), targets, ks),
                         stage_one_counts(candidates, targets, n))

@@ -398,7 +398,7 @@ def ranker_lists(
         extra = None if exclude_seen else seen_candidates(history, users)
         cutoff = serving_cutoff(history, list(users), config.split.protocol)
         frame, _, _ = stage_frame(config, stage, cutoff, llm, extra=extra)
-        return rank_candidates(frame, ranker.score(frame), k)
+        return rank_candidates(frame, ranker.score(frame), k, config.slots.new_items)
 
     return lists
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -171,7 +172,8 @@ def gather_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: A
 
 
 def cutoff_scores_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]], targets: pl.DataFrame,
-                       ranker: Any, ks: Sequence[int], n: int, keep: int) -> CutoffScores:
+                       ranker: Any, ks: Sequence[int], n: int, keep: int,
+                       new_item_slots: Sequence[int] = ()) -> CutoffScores:
     """`scoring.cutoff_scores` on every partition where it lies (the ranker sent once, each task
     its users' targets); only per-user metrics and counts, covered items and the `keep` kept
     lists come back, concatenated in user order.
@@ -179,10 +181,11 @@ def cutoff_scores_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]
     Args:
         parts: a labelled cut-off frame (`cutoff_parts`) cut at `user_parts`.
         targets: the cut-off's targets.
-        ranker, ks, n, keep: as in `scoring.cutoff_scores`.
+        ranker, ks, n, keep, new_item_slots: as in `scoring.cutoff_scores`.
     """
     mine = [(_of_users(targets, users),) for users in user_parts]
-    return concat_scores(gather_parts(client, cutoff_scores, parts, ranker, tuple(ks), n, keep, per_part=mine))
+    return concat_scores(gather_parts(client, partial(cutoff_scores, new_item_slots=tuple(new_item_slots)),
+                                      parts, ranker, tuple(ks), n, keep, per_part=mine))
 
 
 def collect(client: Any, parts: Parts) -> pl.DataFrame:

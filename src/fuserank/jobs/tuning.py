@@ -167,7 +167,7 @@ def run_trial(trial: Any, config: RunConfig, cache: FrameCache, valid_targets: p
     def fit_and_score(ranker_config: Any) -> tuple[dict[str, float], int]:
         ranker = fit_ranker(frames.fit, frames.valid, names, ranker_config, seed=config.seed, group=QUERY)
         metrics = validation_metrics(frames, valid_targets, ranker, config.eval.ks, n_items,
-                                     config.retrieval.ann_candidates)
+                                     config.retrieval.ann_candidates, config.slots.new_items)
         return metrics, ranker.best_iteration
 
     def outcome(metrics: dict[str, float], best: int, pruned: bool) -> TrialOutcome:
