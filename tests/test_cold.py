@@ -331,3 +331,21 @@ def test_new_item_slots_put_each_users_best_new_candidate_first(tmp_path):
     # new to the model: no interaction in the history stage 1 was fitted on
     assert first.join(cutoffs.test.history, on=schema.ITEM_ID, how="semi").is_empty()
     assert not first.filter(ITEM.is_in(list(cutoffs.cold_items))).is_empty()
+
+
+@pytest.mark.parametrize("l2", [0.0, 10.0])
+def test_cold_items_get_a_behaviour_vector_from_content_only_when_asked(l2):
+    from fuserank.pipeline import fit_stage
+
+    interactions, ids, content = _catalog()
+    config = load_config(None, ["behaviour.dim=8", "split.cold_items=0.2", f"behaviour.content_map_l2={l2}"])
+    cutoffs = build_cutoffs(interactions, config.split)
+    stage = fit_stage(config, cutoffs.test.history, ids, content)
+    behaviour = stage.embeddings["behaviour"]
+    cold = np.isin(np.asarray(ids), list(cutoffs.cold_items))
+    assert cold.any()
+    assert behaviour.mask[cold].all() == (l2 > 0) and behaviour.vectors[cold].any() == (l2 > 0)
+    # the items the history encodes keep their vectors
+    unmapped = fit_stage(load_config(None, ["behaviour.dim=8"]), cutoffs.test.history, ids, content)
+    known = unmapped.embeddings["behaviour"].mask
+    np.testing.assert_array_equal(behaviour.vectors[known], unmapped.embeddings["behaviour"].vectors[known])
