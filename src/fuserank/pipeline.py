@@ -268,7 +268,8 @@ def stage_frame(
         extra: candidates merged after stage 1's own (export's seen items).
 
     Returns:
-        (features with labels, feature names, stage-1 candidates in stage-1 order).
+        (features with labels and the new-item flag (ranking/slots.py), feature names, stage-1
+        candidates in stage-1 order).
     """
     llm = llm if config.llm.enabled else None
     options = {"extra": extra} if extra is not None else {}

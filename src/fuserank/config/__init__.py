@@ -46,7 +46,7 @@ from fuserank.config.load import (
 __all__ = [
     "AudioConfig", "BehaviourConfig", "ConfigError", "DaskConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
     "ExportConfig", "FeatureConfig", "FusionConfig", "ImageConfig", "LLMConfig", "RankerConfig", "RetrievalConfig",
-    "RunConfig", "SequenceConfig", "SlotsConfig", "SourcesConfig", "SplitConfig", "TextConfig", "TrackingConfig", "TuneConfig",
-    "VideoConfig", "cache_dir", "check_values", "declared_checks", "flatten", "from_dict", "load_config", "one_of",
+    "RunConfig", "SequenceConfig", "SlotsConfig", "SourcesConfig", "SplitConfig", "TextConfig", "TrackingConfig",
+    "TuneConfig", "VideoConfig", "cache_dir", "check_values", "declared_checks", "flatten", "from_dict", "load_config", "one_of",
     "ranged", "to_dict", "with_overrides",
 ]

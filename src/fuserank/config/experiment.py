@@ -268,9 +268,9 @@ class SlotsConfig:
     """Positions of every ranked list kept for new items (ranking/slots.py).
 
     new_items: 1-based positions (e.g. [9, 10]) that go, in order, to the user's best-scored
-    candidates with no interaction as of the query's reference time (a new release, a cold
-    item); the other candidates fill the other positions in score order. Empty: the ranker's
-    order alone. Evaluation, tuning and export all apply it.
+    candidates new to the model (no interaction in the history stage 1 was fitted on: a new
+    release, a cold item); the other candidates fill the other positions in score order. Empty:
+    the ranker's order alone. Evaluation, tuning and export all apply it.
     """
 
     new_items: tuple[int, ...] = ranged((), "[1, inf)")
