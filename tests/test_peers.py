@@ -126,11 +126,34 @@ def test_a_rerun_reads_each_peer_fit_back_from_the_cache_and_new_inputs_fit_agai
     monkeypatch.setattr(benchmarking, "recommend", lambda *args, **kwargs: fits.append(args) or fit(*args, **kwargs))
     again = benchmarking.run_peer("ease", cutoffs, items, seed=0, cache_dir=tmp_path)
     assert not fits
-    assert again.tuning == [{**row, "fit": {"from_cache": True}} for row in
-                            [{k: v for k, v in row.items() if k != "fit"} for row in first.tuning]]
+    assert again.tuning == [{**row, "fit": {**row["fit"], "from_cache": True}} for row in first.tuning]
+    assert all(row["fit"]["fit_seconds"] > 0 for row in again.tuning)  # the first run's seconds
     assert again.per_user.equals(first.per_user)
 
     shorter = build_cutoffs(interactions.cast(schema.INTERACTIONS).head(interactions.height - 1),
                             SplitConfig(label_cutoffs=1))
     benchmarking.run_peer("ease", shorter, items, seed=0, cache_dir=tmp_path)
     assert fits  # another history is another key
+
+
+def test_a_fit_that_diverged_is_kept_as_its_error(tmp_path, monkeypatch):
+    history, items = _checkerboard()
+    interactions = history.with_columns(pl.lit(None, dtype=pl.Float64).alias(schema.RATING)).select(
+        list(schema.INTERACTIONS))
+    cutoffs = build_cutoffs(interactions.cast(schema.INTERACTIONS), SplitConfig(label_cutoffs=1))
+    fits = []
+    fit = benchmarking.recommend
+
+    def diverging(name, params, *args, **kwargs):
+        fits.append(dict(params))
+        if params == PEERS["ease"].grid[-1]:
+            raise benchmarking.PeerFitError("diverged")
+        return fit(name, params, *args, **kwargs)
+
+    monkeypatch.setattr(benchmarking, "recommend", diverging)
+    first = benchmarking.run_peer("ease", cutoffs, items, seed=0, cache_dir=tmp_path)
+    assert first.tuning[-1]["error"] == "diverged" and fits
+    fits.clear()
+    again = benchmarking.run_peer("ease", cutoffs, items, seed=0, cache_dir=tmp_path)
+    assert not fits  # the diverged fit is not tried again
+    assert again.tuning[-1] == first.tuning[-1]

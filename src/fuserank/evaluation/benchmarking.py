@@ -130,19 +130,30 @@ def run_peer(name: str, cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, k:
         item_ids: the catalog every list ranks over.
         seed: model seed.
         k: list length (>= the largest metric cut-off).
-        cache_dir: where each fit's lists are kept under `peer_key` and read back by a later run
-            with the same inputs and code, so an interrupted benchmark resumes (None: always fit).
+        cache_dir: where each fit's lists (or the error of a fit that diverged) and its fit
+            seconds are kept under `peer_key` and read back by a later run with the same inputs
+            and code, so an interrupted benchmark resumes (None: always fit).
     """
     def rank(params: Mapping[str, Any], history: pl.DataFrame, users: Sequence[str]) -> tuple[pl.DataFrame, dict]:
         if cache_dir is None:
             return recommend(name, params, history, users, item_ids, k, seed), {}
-        path = Path(cache_dir) / f"{name}-{peer_key(name, params, history, users, item_ids, k, seed)}.parquet"
-        if path.exists():
-            return pl.read_parquet(path), {"from_cache": True}
+        stem = Path(cache_dir) / f"{name}-{peer_key(name, params, history, users, item_ids, k, seed)}"
+        lists, record = stem.with_suffix(".parquet"), stem.with_suffix(".json")
+        kept = json.loads(record.read_text()) if record.exists() else {}
+        if "error" in kept:
+            raise PeerFitError(kept["error"])
+        if lists.exists():
+            return pl.read_parquet(lists), {**kept, "from_cache": True}
         start = time.perf_counter()
-        ranked = recommend(name, params, history, users, item_ids, k, seed)
-        atomic.write_parquet(path, ranked)
-        return ranked, {"fit_seconds": time.perf_counter() - start}
+        try:
+            ranked = recommend(name, params, history, users, item_ids, k, seed)
+        except PeerFitError as err:
+            atomic.write_json(record, {"error": str(err)})
+            raise
+        seconds = {"fit_seconds": time.perf_counter() - start}
+        atomic.write_parquet(lists, ranked)
+        atomic.write_json(record, seconds)
+        return ranked, seconds
 
     return tune_and_test(name, rank, PEERS[name].grid, cutoffs, k)
 
