@@ -205,7 +205,9 @@ def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping
     test, _, test_users = on_workers(cutoffs.test)
     with step("train ranker") as s:
         ranker, queries = fit_ranker_parts(client, train, valid, names, config.ranker, config.seed, group=QUERY,
-                                           n_partitions=config.dask.ranker_partitions)
+                                           n_partitions=config.dask.ranker_partitions,
+                                           time_out=config.dask.ranker_time_out,
+                                           attempts=config.dask.ranker_attempts)
         rows = sum(t.height for t in train)
         s.done(f"{ranker.best_iteration} trees on {rows:,} rows")
     del train

@@ -15,17 +15,27 @@ exactly; several start from the same first tree and then part, for reasons insid
 data-parallel learner: bags drawn by a row's index within its machine, leaf row counts
 estimated from hessians, no skipping of features unsplittable in the parent, another
 summation order (docs/scaling.md).
+
+A machine that fails takes the whole fit with it: its peers wait inside LightGBM for it (while
+the network forms, with no time limit; later up to `time_out` minutes, or for ever on a socket it
+closed). So `train_data_parallel` watches the machines from the driver and starts the whole fit
+again when one fails (a worker killed mid-fit: tests/test_distributed.py), restarting any worker
+whose machine is still stuck; the same partitions give the same model.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 class Partition(NamedTuple):
@@ -83,23 +93,116 @@ def _free_port() -> int:
 def _train_machine(parts: list[Partition], sample: np.ndarray, params: dict[str, Any], network: dict[str, Any],
                    rounds: int, feature_names: list[str]) -> str:
     import lightgbm
+    from lightgbm.basic import _LIB, _safe_call
 
-    # Built before lightgbm.train starts the network: bins from the sample alone, as a local fit's.
-    bins = lightgbm.Dataset(sample, feature_name=feature_names, params=params).construct()
-    init = None if parts[0].init is None else np.concatenate([p.init for p in parts])
-    data = lightgbm.Dataset(np.concatenate([p.x for p in parts]), label=np.concatenate([p.y for p in parts]),
-                            group=np.concatenate([p.sizes for p in parts]), init_score=init,
-                            feature_name=feature_names, reference=bins, params=params)
-    booster = lightgbm.train({**params, **network}, data, num_boost_round=rounds)
     try:
-        return booster.model_to_string()
+        # Built before lightgbm.train starts the network: bins from the sample alone, as a local fit's.
+        bins = lightgbm.Dataset(sample, feature_name=feature_names, params=params).construct()
+        init = None if parts[0].init is None else np.concatenate([p.init for p in parts])
+        data = lightgbm.Dataset(np.concatenate([p.x for p in parts]), label=np.concatenate([p.y for p in parts]),
+                                group=np.concatenate([p.sizes for p in parts]), init_score=init,
+                                feature_name=feature_names, reference=bins, params=params)
+        return lightgbm.train({**params, **network}, data, num_boost_round=rounds).model_to_string()
     finally:
-        booster.free_network()  # the next fit in this process bins its sample alone again
+        # Also when a peer failed and train raised: the network is process-wide, and the next fit
+        # in this process must bin its sample alone again and may listen on another port.
+        _safe_call(_LIB.LGBM_NetworkFree())
+
+
+class _Attempt(NamedTuple):
+    """One start of every machine: the futures of their tasks, in rank order, and their workers."""
+
+    futures: list[Any]
+    machines: list[str]
+
+
+def _start_machines(client: Any, runs: Sequence[Sequence[Any]], shared: Any, params: dict[str, Any], rounds: int,
+                    feature_names: Sequence[str], time_out: int) -> _Attempt:
+    owners = placement(list(client.scheduler_info()["workers"]), len(runs))
+    machines = list(dict.fromkeys(owners))  # rank order: sorted worker addresses
+    ports = client.run(_free_port, workers=machines)  # fresh ones each start: a failed one may still hold its own
+    listen = ",".join(f"{urlparse(w).hostname}:{ports[w]}" for w in machines)
+    futures = []
+    for w in machines:
+        own = [p for run, o in zip(runs, owners, strict=True) if o == w for p in run]
+        network = {"tree_learner": "data", "machines": listen, "local_listen_port": ports[w],
+                   "num_machines": len(machines), "time_out": time_out}
+        futures.append(client.submit(_train_machine, own, shared, params, network, rounds, list(feature_names),
+                                     workers=[w], allow_other_workers=False, pure=False))
+    return _Attempt(futures, machines)
+
+
+def _failure(client: Any, attempt: _Attempt, poll_s: float = 0.5) -> str | None:
+    """Wait until every machine has finished (None) or one has failed: its task raised, or its
+    worker left the cluster. Dask would rerun a dead worker's task only on that very worker
+    (machines are pinned to theirs), so it would wait for it forever, and its peers with it."""
+    from distributed import wait
+
+    while True:
+        try:
+            wait(attempt.futures, timeout=poll_s, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            pass
+        for w, f in zip(attempt.machines, attempt.futures, strict=True):
+            if f.status == "error":
+                return f"the machine on {w} raised {f.exception()!r}"
+            if f.status not in ("pending", "finished"):
+                return f"the machine on {w} was {f.status}"
+        if all(f.status == "finished" for f in attempt.futures):
+            return None
+        gone = sorted(set(attempt.machines) - set(client.scheduler_info()["workers"]))
+        if gone:
+            return f"worker {', '.join(gone)} left the cluster while its machine trained"
+
+
+def _busy_with(keys: list[str], dask_worker: Any = None) -> bool:
+    """Whether this worker still runs one of `keys` (cancelled or not): a thread inside LightGBM."""
+    tasks = dask_worker.state.tasks
+    return any(k in tasks and tasks[k].state in ("executing", "long-running", "cancelled") for k in keys)
+
+
+def _stop_machines(client: Any, attempt: _Attempt, grace_s: float) -> list[str]:
+    """End a failed start: release its tasks, and restart the workers whose machine still runs
+    after `grace_s` seconds. A machine whose peer died may wait inside LightGBM until `time_out`
+    (for a connection that never comes, or a reply that never comes) or loop on a closed socket,
+    and no Python call can end a thread inside C++; meanwhile it holds the worker's thread, its
+    port and the process-wide network. Returns the restarted workers."""
+    alive = set(client.scheduler_info()["workers"])
+    running = [(w, f) for w, f in zip(attempt.machines, attempt.futures, strict=True) if w in alive]
+    deadline = time.monotonic() + grace_s
+    while any(f.status == "pending" for _, f in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    keys = [f.key for f in attempt.futures]
+    client.cancel(attempt.futures, force=True)
+    busy = client.run(_busy_with, keys, workers=[w for w, _ in running]) if running else {}
+    stuck = sorted(w for w, b in busy.items() if b)
+    if stuck:
+        try:
+            client.restart_workers(stuck)
+        except Exception as error:
+            raise RuntimeError(f"data-parallel LightGBM: the machines on {', '.join(stuck)} still run after a peer "
+                               f"failed and their workers could not be restarted (restarting needs a nanny)") from error
+    return stuck
+
+
+def _lost(futures: Sequence[Any]) -> list[int]:
+    """Indices of futures whose data is gone for good (Dask recomputes the others it lost)."""
+    return [i for i, f in enumerate(futures) if f.status in ("lost", "error", "cancelled")]
 
 
 def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.ndarray, params: dict[str, Any],
-                        rounds: int, feature_names: Sequence[str]) -> Any:
+                        rounds: int, feature_names: Sequence[str], time_out: int = 10, attempts: int = 3,
+                        recover: Callable[[int], Any] | None = None, grace_s: float = 5.0) -> Any:
     """`lightgbm.train` with `tree_learner=data`, one LightGBM machine per worker holding partitions.
+
+    When a machine fails (its task raises, or its worker dies: a killed worker's nanny starts a
+    new one under another address), the whole fit starts again, up to `attempts` starts: the
+    failed start's tasks are cancelled and any worker whose machine still runs is restarted
+    (`_stop_machines`); then, once as many workers as the first start used are back (waiting at
+    most `time_out` minutes), the machines start afresh on the workers alive then, with new
+    ports. Partitions that lived only on a dead worker are recomputed by Dask from their graph;
+    one that cannot be (its inputs were scattered data held only there) is handed to `recover`.
+    The same partitions, sample and parameters give the same model at every start.
 
     Args:
         client: a connected `distributed.Client`.
@@ -113,23 +216,74 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
             depend on it.
         rounds: boosting rounds.
         feature_names: column names.
+        time_out: minutes a machine waits on a silent peer before it fails (LightGBM's
+            `time_out`, whose default is 120), also the longest wait for workers between starts.
+        attempts: starts at most (>= 1).
+        recover: given the index of a lost partition (its place in `runs` laid end to end), a
+            fresh future of it; None: a lost partition ends the fit.
+        grace_s: seconds a failed start's other machines get to end by themselves before their
+            workers are restarted.
 
     Returns:
-        The fitted `lightgbm.Booster` (every machine holds the same model; rank 0's is returned).
+        The fitted `lightgbm.Booster` (every machine holds the same model; the first to answer gives it).
+
+    Raises:
+        RuntimeError: every start failed, or a partition was lost and could not be recovered;
+            the message names what failed at each start.
     """
     import lightgbm
 
-    owners = placement(list(client.scheduler_info()["workers"]), len(runs))
-    machines = list(dict.fromkeys(owners))  # rank order: sorted worker addresses
-    ports = client.run(_free_port, workers=machines)
-    listen = ",".join(f"{urlparse(w).hostname}:{ports[w]}" for w in machines)
-    shared = client.scatter(sample, broadcast=True)
-    futures = []
-    for w in machines:
-        own = [p for run, o in zip(runs, owners, strict=True) if o == w for p in run]
-        network = {"tree_learner": "data", "machines": listen, "local_listen_port": ports[w],
-                   "num_machines": len(machines)}
-        futures.append(client.submit(_train_machine, own, shared, params, network, rounds, list(feature_names),
-                                     workers=[w], allow_other_workers=False, pure=False))
-    models = client.gather(futures)
-    return lightgbm.Booster(model_str=models[0])
+    runs = [list(run) for run in runs]
+    shared = client.scatter(sample, broadcast=True, hash=False)
+    failures: list[str] = []
+    wanted = 0
+    for start in range(1, attempts + 1):
+        if start > 1:
+            _await_workers(client, wanted, time_out)
+            runs, shared = _recovered(client, runs, shared, sample, recover, failures)
+        attempt = _start_machines(client, runs, shared, params, rounds, feature_names, time_out)
+        wanted = wanted or len(attempt.machines)
+        failure = _failure(client, attempt)
+        model = None if failure else _any_model(attempt)
+        if model is not None:
+            return lightgbm.Booster(model_str=model)
+        failure = failure or "every machine finished, but no worker holding a model answered"
+        restarted = _stop_machines(client, attempt, grace_s)
+        failures.append(f"start {start}: {failure}" + (f" (restarted {', '.join(restarted)})" if restarted else ""))
+        logger.warning("data-parallel LightGBM: %s", failures[-1])
+    raise RuntimeError(f"data-parallel LightGBM failed at all {attempts} starts: {'; '.join(failures)}")
+
+
+def _any_model(attempt: _Attempt, wait_s: float = 60) -> str | None:
+    """The model of the first machine that hands it over: all hold the same, and a worker may
+    die after its machine finished, whereupon Dask would rerun that task on no worker."""
+    for future in attempt.futures:
+        try:
+            return future.result(timeout=wait_s)
+        except Exception as error:  # noqa: BLE001 - lost with its worker: ask the next machine
+            logger.warning("data-parallel LightGBM: no model from %s: %r", future.key, error)
+    return None
+
+
+def _await_workers(client: Any, n: int, time_out: int) -> None:
+    try:
+        client.wait_for_workers(n, timeout=60 * time_out)
+    except TimeoutError:
+        logger.warning("data-parallel LightGBM: %d of %d workers back after %d min; fewer machines give other trees",
+                       len(client.scheduler_info()["workers"]), n, time_out)
+
+
+def _recovered(client: Any, runs: list[list[Any]], shared: Any, sample: np.ndarray,
+               recover: Callable[[int], Any] | None, failures: list[str]) -> tuple[list[list[Any]], Any]:
+    """The runs and the shared sample with every partition Dask cannot recompute replaced."""
+    if _lost([shared]):
+        shared = client.scatter(sample, broadcast=True, hash=False)
+    flat = [p for run in runs for p in run]
+    lost = _lost(flat)
+    if lost and recover is None:
+        raise RuntimeError(f"data-parallel LightGBM: partitions {lost} were lost and cannot be recomputed "
+                           f"({'; '.join(failures)})")
+    for i in lost:
+        flat[i] = recover(i)
+    it = iter(flat)
+    return [[next(it) for _ in run] for run in runs], shared
