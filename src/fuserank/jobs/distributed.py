@@ -30,7 +30,7 @@ from fuserank import progress
 from fuserank.config import DaskConfig, RankerConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.metrics import grouped_ndcg
-from fuserank.jobs.distributed_frames import Parts, gather_parts
+from fuserank.jobs.distributed_frames import Parts, gather_parts, heal
 from fuserank.jobs.distributed_lightgbm import Partition, bin_sample, train_data_parallel
 from fuserank.ranking.ranker import Ranker, ScoreBase, _params, _query_groups, score_base
 from fuserank.schema import LABEL, USER_ID
@@ -226,7 +226,7 @@ def fit_ranker_parts(
             runs of whole partitions. 1 gives `ranking.fit_ranker`'s model exactly.
         time_out, attempts: a machine's wait on a silent peer (minutes) and the starts of the
             whole fit when a machine fails (`train_data_parallel`); a partition lost with a dead
-            worker is built again from its frames, which Dask recomputes from their graph.
+            worker is built again from its frames, those lost rebuilt (`Parts.rebuild`).
 
     Returns:
         (the `Ranker`, whose best_iteration is chosen on `valid` or is the last round; the number
@@ -238,15 +238,18 @@ def fit_ranker_parts(
     if len({len(t.futures) for t in train}) > 1:
         raise ValueError("the training frames are not cut at the same user bounds")
     base = score_base(config, feature_names)
-    inputs = [frames for p in range(len(train[0].futures))
-              if (frames := [t.futures[p] for t in train if t.futures[p] is not None])]
+    held = [p for p in range(len(train[0].futures)) if any(t.futures[p] is not None for t in train)]
 
-    def build(frames: list[Any]) -> Any:
+    def build(p: int) -> Any:
+        """Partition p's training arrays, from its frames (those lost with a worker rebuilt)."""
+        for t in train:
+            heal(t)
+        frames = [t.futures[p] for t in train if t.futures[p] is not None]
         return client.submit(_training_partition, frames, feature_names, group, base, pure=False)
 
-    parts = [build(frames) for frames in inputs]
+    parts = [build(p) for p in held]
     shapes = client.gather([client.submit(_partition_shape, f, pure=False) for f in parts])
-    inputs = [frames for frames, (rows, _) in zip(inputs, shapes, strict=True) if rows > 0]
+    held = [p for p, (rows, _) in zip(held, shapes, strict=True) if rows > 0]
     parts = [f for f, (rows, _) in zip(parts, shapes, strict=True) if rows > 0]
     rows = [r for r, _ in shapes if r > 0]
     n_queries = sum(q for _, q in shapes)
@@ -262,7 +265,7 @@ def fit_ranker_parts(
         order = [p for run in runs for p in run]
         booster = train_data_parallel(client, [[parts[p] for p in run] for run in runs], sample, params,
                                       config.n_estimators, feature_names, time_out, attempts,
-                                      recover=lambda i: build(inputs[order[i]]))
+                                      recover=lambda i: build(held[order[i]]))
         s.done(f"{booster.current_iteration()} trees, {len(runs)} partitions")
     del parts
     if booster.feature_name() != list(feature_names):
@@ -303,13 +306,11 @@ def _frame_parts(client: Any, frame: pl.DataFrame, group: str, n_parts: int) -> 
         start += int(part.sum())
     if not chunks:
         chunks = [ordered]
-    # Each chunk travels inside its task rather than scattered: Dask can then compute it again
-    # when the worker holding it dies (scattered data would be lost for good).
-    return Parts([client.submit(_held, c, pure=False) for c in chunks], [c.height for c in chunks])
 
+    def rebuild(lost: list[int]) -> list[Any]:  # scattered data lost with a worker is gone for good
+        return client.scatter([chunks[p] for p in lost], hash=False)
 
-def _held(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame
+    return Parts(client.scatter(chunks, hash=False), [c.height for c in chunks], rebuild)
 
 
 def fit_ranker_dask(

@@ -19,14 +19,15 @@ summation order (docs/scaling.md).
 A machine that fails takes the whole fit with it: its peers wait inside LightGBM for it (while
 the network forms, with no time limit; later up to `time_out` minutes, or for ever on a socket it
 closed). So `train_data_parallel` watches the machines from the driver and starts the whole fit
-again when one fails (a worker killed mid-fit: tests/test_distributed.py), restarting any worker
-whose machine is still stuck; the same partitions give the same model.
+again when one fails (a worker killed mid-fit: tests/test_distributed.py), ending the process of
+any worker whose machine is still stuck (its nanny starts a new one); the same partitions give the same model.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,8 @@ from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import numpy as np
+
+from fuserank.jobs.distributed_frames import not_held
 
 logger = logging.getLogger(__name__)
 
@@ -137,11 +140,13 @@ def _failure(client: Any, attempt: _Attempt, poll_s: float = 0.5) -> str | None:
     worker left the cluster. Dask would rerun a dead worker's task only on that very worker
     (machines are pinned to theirs), so it would wait for it forever, and its peers with it."""
     from distributed import wait
+    from distributed.client import FuturesCancelledError
 
     while True:
         try:
-            wait(attempt.futures, timeout=poll_s, return_when="FIRST_COMPLETED")
-        except TimeoutError:
+            with client.as_current():  # `wait` asks for the default client, which may be another
+                wait(attempt.futures, timeout=poll_s, return_when="FIRST_COMPLETED")
+        except (TimeoutError, FuturesCancelledError):  # a cancelled machine (e.g. its inputs were lost): below
             pass
         for w, f in zip(attempt.machines, attempt.futures, strict=True):
             if f.status == "error":
@@ -162,11 +167,11 @@ def _busy_with(keys: list[str], dask_worker: Any = None) -> bool:
 
 
 def _stop_machines(client: Any, attempt: _Attempt, grace_s: float) -> list[str]:
-    """End a failed start: release its tasks, and restart the workers whose machine still runs
-    after `grace_s` seconds. A machine whose peer died may wait inside LightGBM until `time_out`
+    """End a failed start: release its tasks, and end the processes of the workers whose machine
+    still runs after `grace_s` seconds (their nannies start new workers). A machine whose peer died may wait inside LightGBM until `time_out`
     (for a connection that never comes, or a reply that never comes) or loop on a closed socket,
     and no Python call can end a thread inside C++; meanwhile it holds the worker's thread, its
-    port and the process-wide network. Returns the restarted workers."""
+    port and the process-wide network. Returns the ended workers."""
     alive = set(client.scheduler_info()["workers"])
     running = [(w, f) for w, f in zip(attempt.machines, attempt.futures, strict=True) if w in alive]
     deadline = time.monotonic() + grace_s
@@ -177,17 +182,17 @@ def _stop_machines(client: Any, attempt: _Attempt, grace_s: float) -> list[str]:
     busy = client.run(_busy_with, keys, workers=[w for w, _ in running]) if running else {}
     stuck = sorted(w for w, b in busy.items() if b)
     if stuck:
+        # Not client.restart_workers: a worker asked to close waits for its task thread (seen
+        # hanging for minutes). Ended like a crash, its nanny starts a new worker.
         try:
-            client.restart_workers(stuck)
-        except Exception as error:
-            raise RuntimeError(f"data-parallel LightGBM: the machines on {', '.join(stuck)} still run after a peer "
-                               f"failed and their workers could not be restarted (restarting needs a nanny)") from error
+            client.run(_end_process, workers=stuck)
+        except Exception:  # noqa: BLE001, S110 - the process ends before it can answer
+            pass
     return stuck
 
 
-def _lost(futures: Sequence[Any]) -> list[int]:
-    """Indices of futures whose data is gone for good (Dask recomputes the others it lost)."""
-    return [i for i, f in enumerate(futures) if f.status in ("lost", "error", "cancelled")]
+def _end_process() -> None:
+    os._exit(1)
 
 
 def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.ndarray, params: dict[str, Any],
@@ -197,11 +202,12 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
 
     When a machine fails (its task raises, or its worker dies: a killed worker's nanny starts a
     new one under another address), the whole fit starts again, up to `attempts` starts: the
-    failed start's tasks are cancelled and any worker whose machine still runs is restarted
+    failed start's tasks are cancelled and any worker whose machine still runs is ended
     (`_stop_machines`); then, once as many workers as the first start used are back (waiting at
     most `time_out` minutes), the machines start afresh on the workers alive then, with new
-    ports. Partitions that lived only on a dead worker are recomputed by Dask from their graph;
-    one that cannot be (its inputs were scattered data held only there) is handed to `recover`.
+    ports. A partition that no worker holds any more is handed to `recover` (Dask may be
+    computing it again from its graph, or may find that it cannot: its inputs were scattered
+    data, released once it was built; waiting to learn which could take a while).
     The same partitions, sample and parameters give the same model at every start.
 
     Args:
@@ -222,7 +228,7 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
         recover: given the index of a lost partition (its place in `runs` laid end to end), a
             fresh future of it; None: a lost partition ends the fit.
         grace_s: seconds a failed start's other machines get to end by themselves before their
-            workers are restarted.
+            workers' processes are ended.
 
     Returns:
         The fitted `lightgbm.Booster` (every machine holds the same model; the first to answer gives it).
@@ -248,8 +254,8 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
         if model is not None:
             return lightgbm.Booster(model_str=model)
         failure = failure or "every machine finished, but no worker holding a model answered"
-        restarted = _stop_machines(client, attempt, grace_s)
-        failures.append(f"start {start}: {failure}" + (f" (restarted {', '.join(restarted)})" if restarted else ""))
+        ended = _stop_machines(client, attempt, grace_s)
+        failures.append(f"start {start}: {failure}" + (f" (ended {', '.join(ended)}: still in LightGBM)" if ended else ""))
         logger.warning("data-parallel LightGBM: %s", failures[-1])
     raise RuntimeError(f"data-parallel LightGBM failed at all {attempts} starts: {'; '.join(failures)}")
 
@@ -275,11 +281,12 @@ def _await_workers(client: Any, n: int, time_out: int) -> None:
 
 def _recovered(client: Any, runs: list[list[Any]], shared: Any, sample: np.ndarray,
                recover: Callable[[int], Any] | None, failures: list[str]) -> tuple[list[list[Any]], Any]:
-    """The runs and the shared sample with every partition Dask cannot recompute replaced."""
-    if _lost([shared]):
-        shared = client.scatter(sample, broadcast=True, hash=False)
+    """New runs and a new sample future, every partition no worker holds (`not_held`) replaced
+    by `recover`'s. The sample is sent again whatever: it is small, and a future of scattered
+    data lost with its worker may still read "finished" for a while."""
+    shared = client.scatter(sample, broadcast=True, hash=False)
     flat = [p for run in runs for p in run]
-    lost = _lost(flat)
+    lost = not_held(flat)
     if lost and recover is None:
         raise RuntimeError(f"data-parallel LightGBM: partitions {lost} were lost and cannot be recomputed "
                            f"({'; '.join(failures)})")
