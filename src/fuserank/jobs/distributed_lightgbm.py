@@ -188,6 +188,9 @@ def _stop_machines(client: Any, attempt: _Attempt, grace_s: float) -> list[str]:
             client.run(_end_process, workers=stuck)
         except Exception:  # noqa: BLE001, S110 - the process ends before it can answer
             pass
+        deadline = time.monotonic() + 30
+        while set(stuck) & set(client.scheduler_info()["workers"]) and time.monotonic() < deadline:
+            time.sleep(0.1)  # gone from the scheduler, so the next start counts and uses only live ones
     return stuck
 
 
@@ -244,10 +247,15 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
     failures: list[str] = []
     wanted = 0
     for start in range(1, attempts + 1):
-        if start > 1:
-            _await_workers(client, wanted, time_out)
-            runs, shared = _recovered(client, runs, shared, sample, recover, failures)
-        attempt = _start_machines(client, runs, shared, params, rounds, feature_names, time_out)
+        try:
+            if start > 1:
+                _await_workers(client, wanted, time_out)
+                runs, shared = _recovered(client, runs, shared, sample, recover, failures)
+            attempt = _start_machines(client, runs, shared, params, rounds, feature_names, time_out)
+        except OSError as error:  # e.g. CommClosedError: a worker went while the start was prepared
+            failures.append(f"start {start}: could not start the machines: {error!r}")
+            logger.warning("data-parallel LightGBM: %s", failures[-1])
+            continue
         wanted = wanted or len(attempt.machines)
         failure = _failure(client, attempt)
         model = None if failure else _any_model(attempt)
