@@ -20,7 +20,8 @@ A machine that fails takes the whole fit with it: its peers wait inside LightGBM
 the network forms, with no time limit; later up to `time_out` minutes, or for ever on a socket it
 closed). So `train_data_parallel` watches the machines from the driver and starts the whole fit
 again when one fails (a worker killed mid-fit: tests/test_distributed.py), ending the process of
-any worker whose machine is still stuck (its nanny starts a new one); the same partitions give the same model.
+any worker whose machine is still stuck (its nanny starts a new one); the same partitions give
+the same model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
@@ -168,10 +170,11 @@ def _busy_with(keys: list[str], dask_worker: Any = None) -> bool:
 
 def _stop_machines(client: Any, attempt: _Attempt, grace_s: float) -> list[str]:
     """End a failed start: release its tasks, and end the processes of the workers whose machine
-    still runs after `grace_s` seconds (their nannies start new workers). A machine whose peer died may wait inside LightGBM until `time_out`
-    (for a connection that never comes, or a reply that never comes) or loop on a closed socket,
-    and no Python call can end a thread inside C++; meanwhile it holds the worker's thread, its
-    port and the process-wide network. Returns the ended workers."""
+    still runs after `grace_s` seconds (their nannies start new workers). A machine whose peer
+    died may wait inside LightGBM until `time_out` (for a reply that never comes), for ever (for
+    a connection that never comes) or loop on a closed socket, and no Python call can end a
+    thread inside C++; meanwhile it holds the worker's thread, its port and the process-wide
+    network. Returns the ended workers."""
     alive = set(client.scheduler_info()["workers"])
     running = [(w, f) for w, f in zip(attempt.machines, attempt.futures, strict=True) if w in alive]
     deadline = time.monotonic() + grace_s
@@ -179,8 +182,9 @@ def _stop_machines(client: Any, attempt: _Attempt, grace_s: float) -> list[str]:
         time.sleep(0.1)
     keys = [f.key for f in attempt.futures]
     client.cancel(attempt.futures, force=True)
-    busy = client.run(_busy_with, keys, workers=[w for w, _ in running]) if running else {}
-    stuck = sorted(w for w, b in busy.items() if b)
+    # A worker that cannot answer (it is going) is not waited for: on_error="ignore" drops it.
+    busy = client.run(_busy_with, keys, workers=[w for w, _ in running], on_error="ignore") if running else {}
+    stuck = sorted(w for w, b in busy.items() if b is True)
     if stuck:
         # Not client.restart_workers: a worker asked to close waits for its task thread (seen
         # hanging for minutes). Ended like a crash, its nanny starts a new worker.
@@ -250,9 +254,9 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
         try:
             if start > 1:
                 _await_workers(client, wanted, time_out)
-                runs, shared = _recovered(client, runs, shared, sample, recover, failures)
+                runs, shared = _recovered(client, runs, shared, sample, recover, failures, time_out)
             attempt = _start_machines(client, runs, shared, params, rounds, feature_names, time_out)
-        except OSError as error:  # e.g. CommClosedError: a worker went while the start was prepared
+        except (OSError, CancelledError) as error:  # e.g. a worker went while the start was prepared
             failures.append(f"start {start}: could not start the machines: {error!r}")
             logger.warning("data-parallel LightGBM: %s", failures[-1])
             continue
@@ -263,7 +267,8 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
             return lightgbm.Booster(model_str=model)
         failure = failure or "every machine finished, but no worker holding a model answered"
         ended = _stop_machines(client, attempt, grace_s)
-        failures.append(f"start {start}: {failure}" + (f" (ended {', '.join(ended)}: still in LightGBM)" if ended else ""))
+        stuck = f" (ended {', '.join(ended)}: still in LightGBM)" if ended else ""
+        failures.append(f"start {start}: {failure}{stuck}")
         logger.warning("data-parallel LightGBM: %s", failures[-1])
     raise RuntimeError(f"data-parallel LightGBM failed at all {attempts} starts: {'; '.join(failures)}")
 
@@ -288,10 +293,21 @@ def _await_workers(client: Any, n: int, time_out: int) -> None:
 
 
 def _recovered(client: Any, runs: list[list[Any]], shared: Any, sample: np.ndarray,
-               recover: Callable[[int], Any] | None, failures: list[str]) -> tuple[list[list[Any]], Any]:
+               recover: Callable[[int], Any] | None, failures: list[str], time_out: int) -> tuple[list[list[Any]], Any]:
     """New runs and a new sample future, every partition no worker holds (`not_held`) replaced
-    by `recover`'s. The sample is sent again whatever: it is small, and a future of scattered
-    data lost with its worker may still read "finished" for a while."""
+    by `recover`'s, all in memory on return (waiting at most `time_out` minutes). The sample is
+    sent again whatever: it is small, and a future of scattered data lost with its worker may
+    still read "finished" for a while.
+
+    The wait matters: a machine started before a rebuilt partition of its peer is computed holds
+    its worker's only thread inside LightGBM, waiting for that peer, while the partition's task
+    may be queued on that very worker.
+
+    Raises:
+        CancelledError: a partition could not be computed (a failed start, for the caller).
+    """
+    from distributed import wait
+
     shared = client.scatter(sample, broadcast=True, hash=False)
     flat = [p for run in runs for p in run]
     lost = not_held(flat)
@@ -300,5 +316,7 @@ def _recovered(client: Any, runs: list[list[Any]], shared: Any, sample: np.ndarr
                            f"({'; '.join(failures)})")
     for i in lost:
         flat[i] = recover(i)
+    with client.as_current():  # `wait` asks for the default client
+        wait([*flat, shared], timeout=60 * time_out)
     it = iter(flat)
     return [[next(it) for _ in run] for run in runs], shared
