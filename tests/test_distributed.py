@@ -252,7 +252,7 @@ def _rank_0(busy: str, workers: list[str]) -> str:
     return min(workers)
 
 
-@pytest.mark.slow  # four fits of 45,000 rows, two with a worker restarted (~30 s on 2 busy cores)
+@pytest.mark.slow  # two fits of 45,000 rows, one with a worker killed: 13-26 s per case on 2 busy cores
 @pytest.mark.parametrize(("pick", "delay_s"), [(_rank_0, 0.0), (None, 0.3)], ids=["rank-0-at-start", "mid-boosting"])
 def test_a_worker_killed_while_the_ranker_trains_gives_the_same_model(own_client, caplog, pick, delay_s):
     """Rank 0 killed as the machines start leaves rank 1 waiting, inside LightGBM, for a

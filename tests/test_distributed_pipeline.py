@@ -133,7 +133,7 @@ def test_train_evaluate_on_a_local_cluster_matches_the_local_run(client, catalog
     assert pl.read_parquet(folder / "ranked_lists.parquet").height > 0
 
 
-@pytest.mark.slow  # two runs on the cluster, one fitting every stage 1 again: ~50 s on 2 busy cores
+@pytest.mark.slow  # two runs on the cluster, one fitting stage 1 again: 20-63 s on 2 busy cores
 def test_a_worker_killed_while_the_ranker_trains_leaves_every_metric_unchanged(client, catalog, caplog):
     """The ranker's frames on the killed worker are lost for good (their scattered inputs were
     released once they were built), so they are rebuilt from the driver (`Parts.rebuild`: stage 1
