@@ -230,3 +230,53 @@ def test_user_partitions_keep_every_query_order_across_cut_offs():
     flat = [q for part in queries for q in part]
     assert flat == sorted(flat)
     assert sorted(u for part in first for u in part) == sorted(["u1", "u10", "a", "c"])
+
+
+@pytest.fixture
+def own_client():
+    """A 2-worker cluster for one test that kills workers. Not the module's: LocalCluster closes
+    the nanny of a worker name that is missing `distributed.deploy.lost-worker-timeout` (15 s)
+    after a worker of that name died, which a second death of the name (a later test's kill)
+    can coincide with; then that worker never comes back."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):  # as dask_client
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster, set_as_default=False) as c:
+        yield c
+
+
+def _rank_0(busy: str, workers: list[str]) -> str:
+    """The worker of LightGBM rank 0 (machines are ranked by worker address)."""
+    return min(workers)
+
+
+@pytest.mark.slow  # two fits of 45,000 rows, one with a worker killed: 13-26 s per case on 2 busy cores
+@pytest.mark.parametrize(("pick", "delay_s"), [(_rank_0, 0.0), (None, 0.3)], ids=["rank-0-at-start", "mid-boosting"])
+def test_a_worker_killed_while_the_ranker_trains_gives_the_same_model(own_client, caplog, pick, delay_s):
+    """Rank 0 killed as the machines start leaves rank 1 waiting, inside LightGBM, for a
+    connection that never comes (its worker is restarted); a machine killed after some rounds
+    makes its peer fail on the reset socket. Either way the whole fit starts again on the
+    workers alive then and gives the uninterrupted model."""
+    from worker_faults import killer, within
+
+    train = planted(1500, 51)
+    # 600 rounds: the fit runs a few seconds, so a kill 0.3 s in lands mid-boosting.
+    config = RankerConfig(n_estimators=600, num_leaves=7, min_child_samples=10, early_stopping_rounds=0, n_jobs=1)
+    own_client.wait_for_workers(2, timeout=60)
+    calm = fit_ranker_dask(own_client, train, None, FEATURES, config, seed=5)
+    before = set(own_client.scheduler_info()["workers"])
+    killed: list = []
+    thread = killer(own_client, "_train_machine", killed, delay_s=delay_s, pick=pick)
+    # Without the restart a survivor waits for LightGBM's time_out, 120 minutes by default.
+    with caplog.at_level("WARNING", logger="fuserank.jobs.distributed_lightgbm"):
+        hit = within(90, lambda: fit_ranker_dask(own_client, train, None, FEATURES, config, seed=5))
+    thread.join()
+    assert killed and killed[0] in before, "no worker was running a LightGBM machine"
+    assert "start 1:" in caplog.text, "the kill came after the fit"  # the first start failed
+    x = train.select(FEATURES).to_numpy()
+    assert np.array_equal(hit.booster.predict(x, raw_score=True), calm.booster.predict(x, raw_score=True))
+    assert tree_text(hit) == tree_text(calm)
+    own_client.wait_for_workers(2, timeout=60)
+    assert set(own_client.scheduler_info()["workers"]) != before  # a killed worker came back as a new one

@@ -13,6 +13,7 @@ from fuserank.data.synthetic import GENRES, generate_catalog, write_catalog
 from fuserank.jobs.export import export
 from fuserank.jobs.train_evaluate import train_evaluate
 from tiny_models import save_tiny_bert
+from worker_faults import killer
 
 pytest.importorskip("distributed")
 
@@ -62,39 +63,18 @@ def test_cluster_export_writes_the_local_files_byte_for_byte(client, tiny_run):
     assert {k: v for k, v in spread.items() if k != "created_at"} == {k: v for k, v in local.items() if k != "created_at"}
 
 
-def _kill_a_worker_while_it_exports(client, killed: list) -> None:
-    """Wait until a worker runs an export batch, then end its process (its nanny restarts it)."""
-    import os
-    import time
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        for worker, keys in client.processing().items():
-            if any("_export_batch" in str(key) for key in keys):
-                killed.append(worker)
-                try:  # runs in the worker's event loop, beside the busy task thread
-                    client.run(os._exit, 1, workers=[worker])
-                except Exception:  # noqa: BLE001 - the worker dies before it can answer
-                    pass
-                return
-        time.sleep(0.02)
-
-
 @pytest.mark.slow  # exports the tiny run twice more (~1 min on 2 busy cores)
 def test_a_worker_killed_mid_export_is_retried_and_the_files_do_not_change(client, tiny_run):
-    import threading
-
     from distributed import get_task_stream
 
     root, path, run_id = tiny_run
     _, local_dir = export(load_config(path, ARMS), root / "local-2", run_id=run_id)
     before = set(client.scheduler_info()["workers"])
     killed: list = []
-    killer = threading.Thread(target=_kill_a_worker_while_it_exports, args=(client, killed))
     with get_task_stream(client) as stream:
-        killer.start()
+        thread = killer(client, "_export_batch", killed)
         _, spread_dir = export(load_config(path, [*ARMS, "dask.enabled=true"]), root / "killed", run_id=run_id)
-        killer.join()
+        thread.join()
     assert killed and killed[0] in before, "no worker was running an export batch"
     assert any("_export_batch" in str(task["key"]) for task in stream.data)  # batches ran on the workers
     client.wait_for_workers(2, timeout=60)

@@ -133,6 +133,31 @@ def test_train_evaluate_on_a_local_cluster_matches_the_local_run(client, catalog
     assert pl.read_parquet(folder / "ranked_lists.parquet").height > 0
 
 
+@pytest.mark.slow  # two runs on the cluster, one fitting stage 1 again: 20-63 s on 2 busy cores
+def test_a_worker_killed_while_the_ranker_trains_leaves_every_metric_unchanged(client, catalog, caplog):
+    """The ranker's frames on the killed worker are lost for good (their scattered inputs were
+    released once they were built), so they are rebuilt from the driver (`Parts.rebuild`: stage 1
+    fitted again) before the fit starts again; validation and test are scored as usual."""
+    import dask
+    from worker_faults import killer, within
+
+    extra = ("dask.enabled=true", "ranker.n_estimators=400")  # long enough to be killed in
+    client.wait_for_workers(2, timeout=60)
+    calm, _ = run(catalog, "calm", *extra)
+    killed: list = []
+    # LocalCluster closes the nanny of a worker name missing this long after a worker of that
+    # name died (15 s by default): a second death of the name within it can close it for good.
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "10 minutes"}):
+        thread = killer(client, "_train_machine", killed, delay_s=0.3)
+        with caplog.at_level("WARNING", logger="fuserank.jobs.distributed_lightgbm"):
+            hit, _ = within(150, lambda: run(catalog, "killed", *extra))
+        thread.join()
+    assert killed, "no worker was running a LightGBM machine"
+    assert "start 1:" in caplog.text, "the kill came after the fit"
+    assert outcome(hit) == outcome(calm)
+    client.wait_for_workers(2, timeout=60)
+
+
 def test_text_encoding_over_catalog_partitions_equals_the_local_encoding(client, catalog):
     import numpy as np
 

@@ -104,6 +104,12 @@ class DaskConfig:
     ranker_partitions: partitions of the ranker's training rows, one LightGBM machine per worker
         holding any; 0 means one per worker. 1 trains on one worker and gives exactly the local
         model; more machines give trees that part from the local ones (docs/scaling.md).
+    ranker_time_out: minutes a LightGBM machine waits on a silent peer before it fails
+        (LightGBM's `time_out`, 120 by default there), and the longest wait for the workers to
+        come back between starts of the ranker fit.
+    ranker_attempts: starts of the whole data-parallel fit when a machine fails (its worker dies
+        or its task raises): a new start runs on the workers alive then, with new ports, and
+        gives the same model; after the last, the fit stops with an error naming each failure.
     """
 
     enabled: bool = False
@@ -113,6 +119,8 @@ class DaskConfig:
     user_partitions: int = ranged(0, "[0, inf)")
     item_partitions: int = ranged(0, "[0, inf)")
     ranker_partitions: int = ranged(0, "[0, inf)")
+    ranker_time_out: int = ranged(10, "[1, inf)")
+    ranker_attempts: int = ranged(3, "[1, inf)")
 
 
 @dataclass(frozen=True)

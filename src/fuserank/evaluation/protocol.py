@@ -194,7 +194,9 @@ def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping
         with step(f"stage 1 [{cutoff.name}]") as s:
             stage = cutoff_stage(config, cutoff, item_ids, content)
             users = split_users(cutoff.users, bounds)
-            parts, names = cutoff_parts(client, config, stage, cutoff, users, llm, query)
+            # A partition lost with a worker is rebuilt with stage 1 fitted again, not kept here.
+            parts, names = cutoff_parts(client, config, stage, cutoff, users, llm, query,
+                                        restage=lambda: cutoff_stage(config, cutoff, item_ids, content))
             s.done(f"{len(cutoff.users):,} users, {parts.height:,} candidates x {len(names)} features (on the workers)")
         return parts, names, users
 
@@ -205,7 +207,9 @@ def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping
     test, _, test_users = on_workers(cutoffs.test)
     with step("train ranker") as s:
         ranker, queries = fit_ranker_parts(client, train, valid, names, config.ranker, config.seed, group=QUERY,
-                                           n_partitions=config.dask.ranker_partitions)
+                                           n_partitions=config.dask.ranker_partitions,
+                                           time_out=config.dask.ranker_time_out,
+                                           attempts=config.dask.ranker_attempts)
         rows = sum(t.height for t in train)
         s.done(f"{ranker.best_iteration} trees on {rows:,} rows")
     del train

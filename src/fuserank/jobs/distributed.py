@@ -30,7 +30,7 @@ from fuserank import progress
 from fuserank.config import DaskConfig, RankerConfig
 from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.metrics import grouped_ndcg
-from fuserank.jobs.distributed_frames import Parts, gather_parts
+from fuserank.jobs.distributed_frames import Parts, gather_parts, heal
 from fuserank.jobs.distributed_lightgbm import Partition, bin_sample, train_data_parallel
 from fuserank.ranking.ranker import Ranker, ScoreBase, _params, _query_groups, score_base
 from fuserank.schema import LABEL, USER_ID
@@ -204,6 +204,8 @@ def fit_ranker_parts(
     seed: int,
     group: str = USER_ID,
     n_partitions: int = 0,
+    time_out: int = 10,
+    attempts: int = 3,
 ) -> tuple[Ranker, int]:
     """Fit the lambdarank ranker with data-parallel LightGBM on frames kept on the workers.
 
@@ -222,6 +224,9 @@ def fit_ranker_parts(
         n_partitions: LightGBM machines' worth of partitions, placed in contiguous runs on the
             workers sorted by address (0: one per worker); partitions are grouped into that many
             runs of whole partitions. 1 gives `ranking.fit_ranker`'s model exactly.
+        time_out, attempts: a machine's wait on a silent peer (minutes) and the starts of the
+            whole fit when a machine fails (`train_data_parallel`); a partition lost with a dead
+            worker is built again from its frames, those lost rebuilt (`Parts.rebuild`).
 
     Returns:
         (the `Ranker`, whose best_iteration is chosen on `valid` or is the last round; the number
@@ -233,12 +238,18 @@ def fit_ranker_parts(
     if len({len(t.futures) for t in train}) > 1:
         raise ValueError("the training frames are not cut at the same user bounds")
     base = score_base(config, feature_names)
-    parts = []
-    for p in range(len(train[0].futures)):
+    held = [p for p in range(len(train[0].futures)) if any(t.futures[p] is not None for t in train)]
+
+    def build(p: int) -> Any:
+        """Partition p's training arrays, from its frames (those lost with a worker rebuilt)."""
+        for t in train:
+            heal(t)
         frames = [t.futures[p] for t in train if t.futures[p] is not None]
-        if frames:
-            parts.append(client.submit(_training_partition, frames, feature_names, group, base, pure=False))
+        return client.submit(_training_partition, frames, feature_names, group, base, pure=False)
+
+    parts = [build(p) for p in held]
     shapes = client.gather([client.submit(_partition_shape, f, pure=False) for f in parts])
+    held = [p for p, (rows, _) in zip(held, shapes, strict=True) if rows > 0]
     parts = [f for f, (rows, _) in zip(parts, shapes, strict=True) if rows > 0]
     rows = [r for r, _ in shapes if r > 0]
     n_queries = sum(q for _, q in shapes)
@@ -251,8 +262,10 @@ def fit_ranker_parts(
     with progress.step("ranker (dask)") as s:
         sample = _fetch_rows(client, parts, rows, bin_sample(sum(rows), params))
         runs = machine_runs(rows, n_partitions or n_workers(client))
+        order = [p for run in runs for p in run]
         booster = train_data_parallel(client, [[parts[p] for p in run] for run in runs], sample, params,
-                                      config.n_estimators, feature_names)
+                                      config.n_estimators, feature_names, time_out, attempts,
+                                      recover=lambda i: build(held[order[i]]))
         s.done(f"{booster.current_iteration()} trees, {len(runs)} partitions")
     del parts
     if booster.feature_name() != list(feature_names):
@@ -293,7 +306,11 @@ def _frame_parts(client: Any, frame: pl.DataFrame, group: str, n_parts: int) -> 
         start += int(part.sum())
     if not chunks:
         chunks = [ordered]
-    return Parts(client.scatter(chunks, hash=False), [c.height for c in chunks])
+
+    def rebuild(lost: list[int]) -> list[Any]:  # scattered data lost with a worker is gone for good
+        return client.scatter([chunks[p] for p in lost], hash=False)
+
+    return Parts(client.scatter(chunks, hash=False), [c.height for c in chunks], rebuild)
 
 
 def fit_ranker_dask(
@@ -305,6 +322,8 @@ def fit_ranker_dask(
     seed: int,
     group: str = USER_ID,
     n_partitions: int = 0,
+    time_out: int = 10,
+    attempts: int = 3,
 ) -> Ranker:
     """`fit_ranker_parts` for frames held by the driver: they are cut into partitions of whole
     query groups (`split_groups`) and scattered, then trained on as if built on the workers.
@@ -318,6 +337,7 @@ def fit_ranker_dask(
         train, valid, feature_names, config, seed, group: as in `ranking.fit_ranker`.
         n_partitions: partitions of the training rows, placed in contiguous runs on the workers
             sorted by address; 0 means one per worker.
+        time_out, attempts: as in `fit_ranker_parts`.
 
     Returns:
         A `Ranker` whose booster holds all `n_estimators` rounds and whose best_iteration is
@@ -326,7 +346,8 @@ def fit_ranker_dask(
     n_parts = n_partitions or n_workers(client)
     parts = _frame_parts(client, train, group, n_parts)
     held = None if valid is None else _frame_parts(client, valid, USER_ID, n_workers(client))
-    ranker, _ = fit_ranker_parts(client, [parts], held, feature_names, config, seed, group, n_parts)
+    ranker, _ = fit_ranker_parts(client, [parts], held, feature_names, config, seed, group, n_parts, time_out,
+                                 attempts)
     return ranker
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -67,12 +67,16 @@ class Parts:
 
     Attributes:
         futures: one `distributed.Future` per partition, each of a polars frame holding whole
-            users, in partition order; None for a partition without users.
+            users, in partition order; None for a partition without users. `heal` replaces
+            those lost with a worker, in place.
         rows: (n_partitions,) rows of each partition.
+        rebuild: given partition indices, new futures of those partitions, sent or computed
+            again from what the driver holds; None where the frame cannot be rebuilt.
     """
 
     futures: list[Any]
     rows: list[int]
+    rebuild: Callable[[list[int]], list[Any]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def held(self) -> list[Any]:
@@ -82,6 +86,47 @@ class Parts:
     @property
     def height(self) -> int:
         return int(sum(self.rows))
+
+
+def not_held(futures: Sequence[Any]) -> list[int]:
+    """Indices of the futures whose data no worker holds now, as the scheduler knows it.
+
+    A future lost with its worker may still read "finished" here for a while, then "pending"
+    while Dask tries to compute it again, and "cancelled" only once Dask finds that it cannot
+    (its scattered inputs were released once it was built), so the scheduler is asked instead.
+    """
+    if not futures:
+        return []
+    held = futures[0].client.run_on_scheduler(_held_keys, [f.key for f in futures])
+    return [i for i, f in enumerate(futures) if not held[f.key]]
+
+
+def _held_keys(keys: list[Any], dask_scheduler: Any = None) -> dict[Any, bool]:
+    # On the scheduler, by key: Client.who_has refuses a cancelled future instead of answering.
+    tasks = dask_scheduler.tasks
+    return {k: bool(k in tasks and tasks[k].who_has) for k in keys}
+
+
+def heal(parts: Parts) -> list[int]:
+    """Put new futures (`parts.rebuild`) in place of the partitions no worker holds (`not_held`):
+    rebuilding one that Dask would have computed again costs time, not correctness, since
+    rebuilding is deterministic. Meant for frames already computed (`cutoff_parts` returns those).
+
+    Returns:
+        The rebuilt partitions' indices (empty when none was lost).
+
+    Raises:
+        RuntimeError: a partition is lost and `parts` has no `rebuild`.
+    """
+    held = [p for p, f in enumerate(parts.futures) if f is not None]
+    lost = [held[i] for i in not_held([parts.futures[p] for p in held])]
+    if lost and parts.rebuild is None:
+        raise RuntimeError(f"partitions {lost} of a frame on the workers were lost with a worker and cannot be "
+                           "rebuilt")
+    if lost:
+        for p, future in zip(lost, parts.rebuild(lost), strict=True):
+            parts.futures[p] = future
+    return lost
 
 
 def _height(frame: pl.DataFrame) -> int:
@@ -109,13 +154,15 @@ def _of_users(frame: pl.DataFrame, users: list[str]) -> pl.DataFrame:
 
 
 def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_parts: Sequence[list[str]],
-                 llm: Any = None, query: str | None = None) -> tuple[Parts, list[str]]:
+                 llm: Any = None, query: str | None = None,
+                 restage: Callable[[], Any] | None = None) -> tuple[Parts, list[str]]:
     """`pipeline.stage_frame` (candidates, features as of the reference times, labels) per
     partition of the cut-off's users, on the workers; the frames stay there.
 
     The stage (FAISS index included) and the config go to every worker once, the history once
     to the cluster (`send_in_slices`); each task gets its users' rows of the reference times
-    and targets.
+    and targets. Those inputs are released once the frames are built, so Dask cannot compute a
+    partition lost with its worker again; `Parts.rebuild` sends them anew for the lost ones.
 
     Args:
         client: a connected `distributed.Client`.
@@ -124,22 +171,36 @@ def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_part
         cutoff: the cut-off (its history, targets and reference times are read).
         user_parts: the cut-off's users by partition (`split_users`).
         query: when given, a schema.QUERY column `user_id + query` (e.g. "#1").
+        restage: fits `stage` again (deterministically) when partitions must be rebuilt, so the
+            driver need not keep it; None: the parts cannot be rebuilt.
 
     Returns:
         (the parts, the feature names).
     """
     if not any(user_parts):
         raise ValueError(f"{cutoff.name}: no users to build features for")
-    config_f, stage_f, llm_f = (client.scatter(a, broadcast=True, hash=False) for a in (config, stage, llm))
-    history_f = send_in_slices(client, cutoff.history)
-    pairs = [client.submit(_cutoff_part, config_f, stage_f, cutoff.name, history_f, _of_users(cutoff.targets, users),
-                           _of_users(cutoff.ref_times, users), llm_f, query, pure=False) if users else None
-             for users in user_parts]
+    user_parts = [list(users) for users in user_parts]
+    pairs = _submit_parts(client, config, stage, cutoff, user_parts, llm, query)
     futures = [None if p is None else client.submit(_first, p, pure=False) for p in pairs]
     names = client.submit(_second, next(p for p in pairs if p is not None), pure=False).result()
-    parts = Parts(futures, [0] * len(futures))
     del pairs  # the frames live on in `futures`
+
+    def rebuild(lost: list[int]) -> list[Any]:
+        again = _submit_parts(client, config, restage(), cutoff, [user_parts[p] for p in lost], llm, query)
+        return [client.submit(_first, pair, pure=False) for pair in again]
+
+    parts = Parts(futures, [0] * len(futures), None if restage is None else rebuild)
     return _counted(client, parts), list(names)
+
+
+def _submit_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_parts: Sequence[list[str]], llm: Any,
+                  query: str | None) -> list[Any]:
+    """One `_cutoff_part` task per non-empty partition of the users (None for an empty one)."""
+    config_f, stage_f, llm_f = (client.scatter(a, broadcast=True, hash=False) for a in (config, stage, llm))
+    history_f = send_in_slices(client, cutoff.history)
+    return [client.submit(_cutoff_part, config_f, stage_f, cutoff.name, history_f, _of_users(cutoff.targets, users),
+                          _of_users(cutoff.ref_times, users), llm_f, query, pure=False) if users else None
+            for users in user_parts]
 
 
 def send_in_slices(client: Any, frame: pl.DataFrame, rows: int = 500_000) -> Any:
@@ -157,13 +218,15 @@ def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 def _counted(client: Any, parts: Parts) -> Parts:
     rows = iter(client.gather([client.submit(_height, f, pure=False) for f in parts.held]))
-    return Parts(parts.futures, [0 if f is None else int(next(rows)) for f in parts.futures])
+    return Parts(parts.futures, [0 if f is None else int(next(rows)) for f in parts.futures], parts.rebuild)
 
 
 def gather_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: Any,
                  per_part: Sequence[Sequence[Any]] | None = None) -> list[Any]:
     """`func(frame, *per_part[p], *shared)` on every partition p that holds users; the (small)
-    results, in partition order, come back to the driver."""
+    results, in partition order, come back to the driver. Partitions lost with a worker before
+    the call are rebuilt first (`heal`)."""
+    heal(parts)
     args = [client.scatter(a, broadcast=True, hash=False) for a in shared]
     own = per_part or [()] * len(parts.futures)
     futures = [client.submit(func, f, *mine, *args, pure=False)
@@ -191,4 +254,5 @@ def cutoff_scores_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]
 def collect(client: Any, parts: Parts) -> pl.DataFrame:
     """The whole frame on the driver, partitions in order: for tests and small data only, since
     it is what the distributed path exists to avoid."""
+    heal(parts)
     return pl.concat(client.gather(parts.held), how="vertical")
