@@ -262,19 +262,12 @@ def test_the_run_summary_prints_the_slice_table(cold_run):
 
 @pytest.mark.slow
 def test_benchmark_cold_writes_the_slice_tables_and_the_spread(tmp_path):
-    import importlib.util
     import json
-    import sys
-    from pathlib import Path
 
     from fuserank.data.synthetic import GENRES, write_catalog
     from tiny_models import save_tiny_bert
 
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_cold", Path(__file__).resolve().parents[1] / "pipelines" / "benchmark_cold.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark_cold"] = module
-    spec.loader.exec_module(module)
+    module = _pipeline_script("benchmark_cold")
     items, interactions = generate_catalog(n_items=120, n_users=100, seed=3)
     catalog = write_catalog(tmp_path / "catalog", items, interactions)[0].parent
     model = save_tiny_bert(tmp_path / "bert", words=["a", "story", "number", *GENRES])
@@ -349,3 +342,55 @@ def test_cold_items_get_a_behaviour_vector_from_content_only_when_asked(l2):
     unmapped = fit_stage(load_config(None, ["behaviour.dim=8"]), cutoffs.test.history, ids, content)
     known = unmapped.embeddings["behaviour"].mask
     np.testing.assert_array_equal(behaviour.vectors[known], unmapped.embeddings["behaviour"].vectors[known])
+
+
+def _pipeline_script(name: str):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_slot_count_chosen_on_validation_within_the_price():
+    _pipeline_script("benchmark_cold")
+    chosen = _pipeline_script("benchmark_new_item_slots").chosen_slots
+    rows = [{"slots": 0, "all": 0.100}, {"slots": 1, "all": 0.097}, {"slots": 2, "all": 0.0951},
+            {"slots": 3, "all": 0.0949}]
+    assert chosen(rows, 0.05) == 2  # 0.0951 >= 0.095, 0.0949 is not
+    assert chosen(rows, 0.0) == 0
+
+
+@pytest.mark.slow
+def test_benchmark_new_item_slots_writes_each_slot_count_on_validation_and_test(tmp_path):
+    import json
+
+    from fuserank.data.synthetic import GENRES, write_catalog
+    from tiny_models import save_tiny_bert
+
+    _pipeline_script("benchmark_cold")
+    module = _pipeline_script("benchmark_new_item_slots")
+    items, interactions = generate_catalog(n_items=120, n_users=100, seed=3)
+    catalog = write_catalog(tmp_path / "catalog", items, interactions)[0].parent
+    model = save_tiny_bert(tmp_path / "bert", words=["a", "story", "number", *GENRES])
+    out = tmp_path / "slots.json"
+    assert module.main([
+        "--dataset", "synthetic", "--catalog", str(catalog), "--quiet", "--out", str(out), "--seeds", "5",
+        "--slots", "0", "2", "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
+        "--set", "retrieval.ann_candidates=40", "--set", "retrieval.popular_candidates=10",
+        "--set", "ranker.n_estimators=20", "--set", "ranker.min_child_samples=5",
+    ]) == 0
+    report = json.loads(out.read_text())
+    run = report["runs"]["5"]
+    assert run["chosen_slots"] in (0, 2)
+    for name in ("validation", "test"):
+        rows = {r["slots"]: r for r in run[name]["rows"]}
+        assert set(rows) == {0, 2} and rows[2]["positions"] == [9, 10]
+        assert rows[0]["all_vs_no_slots"]["delta"] == 0.0 and rows[0]["n_cold_users"] > 0
+        assert "cold_vs_content_knn" in rows[2]
+    assert set(report["over_seeds"]) >= {"0", "2", "chosen_slots"}
+    assert "cold vs kNN" in out.with_suffix(".txt").read_text()
