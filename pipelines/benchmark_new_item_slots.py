@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="movielens-100k", choices=("movielens-100k", "movielens-1m", "synthetic"))
     parser.add_argument("--catalog", help="folder of the synthetic catalog (--dataset synthetic)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument("--llm", action="store_true", help="the LLM views on, as in benchmark_cold.py --llm")
     parser.add_argument("--slots", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--budget", type=float, default=0.05,
                         help="the share of all-user validation NDCG@10 the slots may cost")
@@ -76,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output JSON (default benchmarks/new_item_slots_<dataset>.json)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    args.llm = False
     if args.dataset == "synthetic" and not args.catalog:
         parser.error("--dataset synthetic needs --catalog DIR")
     if 0 not in args.slots or min(args.slots) < 0 or max(args.slots) > TOP:
