@@ -47,6 +47,28 @@ COLUMNS = ("test_ndcg_at_10", "delta_vs_full", "delta_ci_low", "delta_ci_high")
 KINDS = ("", "warm_", "cold_")
 
 
+def cold_arguments(description: str, llm_help: str) -> argparse.ArgumentParser:
+    """The arguments every cold-item benchmark takes (dataset, catalog, LLM views, seeds,
+    overrides, quiet); `checked_cold_arguments` reads them."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--dataset", default="movielens-100k", choices=("movielens-100k", "movielens-1m", "synthetic"))
+    parser.add_argument("--catalog", help="folder of the synthetic catalog (--dataset synthetic)")
+    parser.add_argument("--llm", action="store_true", help=llm_help)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def checked_cold_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv` (a synthetic catalog needs its folder) and set the progress output."""
+    args = parser.parse_args(argv)
+    if args.dataset == "synthetic" and not args.catalog:
+        parser.error("--dataset synthetic needs --catalog DIR")
+    set_quiet(args.quiet)
+    return args
+
+
 def settings(args: argparse.Namespace, seed: int, scratch: str) -> list[str]:
     """The --set overrides of one seed's run."""
     data = [f"data.dataset={args.dataset}"]
@@ -102,18 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     from fuserank.evaluation.ablation import format_table
     from fuserank.jobs.train_evaluate import ablate
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="movielens-100k", choices=("movielens-100k", "movielens-1m", "synthetic"))
-    parser.add_argument("--catalog", help="folder of the synthetic catalog (--dataset synthetic)")
-    parser.add_argument("--llm", action="store_true", help="LLM views on, with the ablation's without_llm row")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser = cold_arguments(__doc__.split("\n\n")[0], "LLM views on, with the ablation's without_llm row")
     parser.add_argument("--out", help="output JSON (default benchmarks/cold_<dataset>.json)")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    if args.dataset == "synthetic" and not args.catalog:
-        parser.error("--dataset synthetic needs --catalog DIR")
-    set_quiet(args.quiet)
+    args = checked_cold_arguments(parser, argv)
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     report = {
         "command": f"python pipelines/benchmark_cold.py {argv_text}",

@@ -21,7 +21,6 @@ Writes benchmarks/new_item_slots_<dataset>.json (and .txt, the tables).
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -32,11 +31,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmark_cold import settings  # noqa: E402
+from benchmark_cold import checked_cold_arguments, cold_arguments, settings  # noqa: E402
 
 from fuserank import atomic  # noqa: E402
 from fuserank.config import load_config  # noqa: E402
-from fuserank.progress import set_quiet  # noqa: E402
 
 METRIC = "ndcg_at_10"
 TOP = 10
@@ -65,23 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     from fuserank.pipeline import rank_candidates
     from fuserank.ranking.ranker import fit_ranker
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="movielens-100k", choices=("movielens-100k", "movielens-1m", "synthetic"))
-    parser.add_argument("--catalog", help="folder of the synthetic catalog (--dataset synthetic)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
-    parser.add_argument("--llm", action="store_true", help="the LLM views on, as in benchmark_cold.py --llm")
+    parser = cold_arguments(__doc__.split("\n\n")[0], "the LLM views on, as in benchmark_cold.py --llm")
     parser.add_argument("--slots", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--budget", type=float, default=0.05,
                         help="the share of all-user validation NDCG@10 the slots may cost")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--out", help="output JSON (default benchmarks/new_item_slots_<dataset>.json)")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    if args.dataset == "synthetic" and not args.catalog:
-        parser.error("--dataset synthetic needs --catalog DIR")
+    args = checked_cold_arguments(parser, argv)
     if 0 not in args.slots or min(args.slots) < 0 or max(args.slots) > TOP:
         parser.error(f"--slots must include 0 and lie in [0, {TOP}]")
-    set_quiet(args.quiet)
 
     def per_user(ranked: pl.DataFrame, targets: pl.DataFrame) -> np.ndarray:
         return evaluate_rankings(ranked, targets, (TOP,))[METRIC].to_numpy()

@@ -264,20 +264,9 @@ def test_the_run_summary_prints_the_slice_table(cold_run):
 def test_benchmark_cold_writes_the_slice_tables_and_the_spread(tmp_path):
     import json
 
-    from fuserank.data.synthetic import GENRES, write_catalog
-    from tiny_models import save_tiny_bert
-
     module = _pipeline_script("benchmark_cold")
-    items, interactions = generate_catalog(n_items=120, n_users=100, seed=3)
-    catalog = write_catalog(tmp_path / "catalog", items, interactions)[0].parent
-    model = save_tiny_bert(tmp_path / "bert", words=["a", "story", "number", *GENRES])
     out = tmp_path / "cold.json"
-    assert module.main([
-        "--dataset", "synthetic", "--catalog", str(catalog), "--quiet", "--out", str(out), "--seeds", "5", "6",
-        "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
-        "--set", "retrieval.ann_candidates=40", "--set", "retrieval.popular_candidates=10",
-        "--set", "ranker.n_estimators=20", "--set", "ranker.min_child_samples=5",
-    ]) == 0
+    assert module.main([*_tiny_synthetic_arguments(tmp_path), "--out", str(out), "--seeds", "5", "6"]) == 0
     report = json.loads(out.read_text())
     assert report["seeds"] == [5, 6] and "split.cold_items=0.1" in report["settings"]
     rows = {row["variant"]: row for row in report["runs"]["5"]["table"]}
@@ -356,6 +345,21 @@ def _pipeline_script(name: str):
     return module
 
 
+def _tiny_synthetic_arguments(tmp_path) -> list[str]:
+    """A cold benchmark's arguments for a small synthetic catalog and a tiny text model written
+    under `tmp_path`, with a small ranker."""
+    from fuserank.data.synthetic import GENRES, write_catalog
+    from tiny_models import save_tiny_bert
+
+    items, interactions = generate_catalog(n_items=120, n_users=100, seed=3)
+    catalog = write_catalog(tmp_path / "catalog", items, interactions)[0].parent
+    model = save_tiny_bert(tmp_path / "bert", words=["a", "story", "number", *GENRES])
+    return ["--dataset", "synthetic", "--catalog", str(catalog), "--quiet",
+            "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
+            "--set", "retrieval.ann_candidates=40", "--set", "retrieval.popular_candidates=10",
+            "--set", "ranker.n_estimators=20", "--set", "ranker.min_child_samples=5"]
+
+
 def test_slot_count_chosen_on_validation_within_the_price():
     _pipeline_script("benchmark_cold")
     chosen = _pipeline_script("benchmark_new_item_slots").chosen_slots
@@ -369,21 +373,11 @@ def test_slot_count_chosen_on_validation_within_the_price():
 def test_benchmark_new_item_slots_writes_each_slot_count_on_validation_and_test(tmp_path):
     import json
 
-    from fuserank.data.synthetic import GENRES, write_catalog
-    from tiny_models import save_tiny_bert
-
     _pipeline_script("benchmark_cold")
     module = _pipeline_script("benchmark_new_item_slots")
-    items, interactions = generate_catalog(n_items=120, n_users=100, seed=3)
-    catalog = write_catalog(tmp_path / "catalog", items, interactions)[0].parent
-    model = save_tiny_bert(tmp_path / "bert", words=["a", "story", "number", *GENRES])
     out = tmp_path / "slots.json"
-    assert module.main([
-        "--dataset", "synthetic", "--catalog", str(catalog), "--quiet", "--out", str(out), "--seeds", "5",
-        "--slots", "0", "2", "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
-        "--set", "retrieval.ann_candidates=40", "--set", "retrieval.popular_candidates=10",
-        "--set", "ranker.n_estimators=20", "--set", "ranker.min_child_samples=5",
-    ]) == 0
+    assert module.main([*_tiny_synthetic_arguments(tmp_path), "--out", str(out), "--seeds", "5",
+                        "--slots", "0", "2"]) == 0
     report = json.loads(out.read_text())
     run = report["runs"]["5"]
     assert run["chosen_slots"] in (0, 2)
