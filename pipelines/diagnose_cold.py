@@ -24,11 +24,12 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from benchmark_cold import COLD  # noqa: E402
+
 from fuserank import atomic, schema  # noqa: E402
 from fuserank.config import load_config  # noqa: E402
 from fuserank.progress import set_quiet  # noqa: E402
 
-COLD = ["split.cold_items=0.1", "split.cold_rule=hash", "retrieval.cold_candidates=100"]
 COLUMNS = ("users", "candidates", "unseen_share", "cold_items_offered", "positives", "unseen_positives",
            "seen_positive_rate", "unseen_positive_rate", "unseen_in_top10", "unseen_positives_in_top10",
            "unseen_positive_median_rank", "best_unseen_is_target", "tenth_seen_is_target")
