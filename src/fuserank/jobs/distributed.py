@@ -204,8 +204,8 @@ def fit_ranker_parts(
     seed: int,
     group: str = USER_ID,
     n_partitions: int = 0,
-    time_out: int = 10,
-    attempts: int = 3,
+    time_out: int = DaskConfig.ranker_time_out,
+    attempts: int = DaskConfig.ranker_attempts,
 ) -> tuple[Ranker, int]:
     """Fit the lambdarank ranker with data-parallel LightGBM on frames kept on the workers.
 
@@ -322,8 +322,8 @@ def fit_ranker_dask(
     seed: int,
     group: str = USER_ID,
     n_partitions: int = 0,
-    time_out: int = 10,
-    attempts: int = 3,
+    time_out: int = DaskConfig.ranker_time_out,
+    attempts: int = DaskConfig.ranker_attempts,
 ) -> Ranker:
     """`fit_ranker_parts` for frames held by the driver: they are cut into partitions of whole
     query groups (`split_groups`) and scattered, then trained on as if built on the workers.

@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from fuserank.config import DaskConfig
 from fuserank.jobs.distributed_frames import not_held
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ def _end_process() -> None:
 
 
 def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.ndarray, params: dict[str, Any],
-                        rounds: int, feature_names: Sequence[str], time_out: int = 10, attempts: int = 3,
+                        rounds: int, feature_names: Sequence[str], time_out: int = DaskConfig.ranker_time_out,
+                        attempts: int = DaskConfig.ranker_attempts,
                         recover: Callable[[int], Any] | None = None, grace_s: float = 5.0) -> Any:
     """`lightgbm.train` with `tree_learner=data`, one LightGBM machine per worker holding partitions.
 
