@@ -33,7 +33,7 @@ from fuserank.encoders.behaviour_mapping import predict_unseen
 from fuserank.ranking.features import build_features, select_features
 from fuserank.ranking.llm_features import LLMSignals, add_llm_features
 from fuserank.ranking.sequence_features import add_sequence_features, sequence_candidates
-from fuserank.ranking.slots import NEW_ITEM, mark_new_items, slotted_ranks
+from fuserank.ranking.slots import NEW_ITEM, mark_new_items, new_items, slotted_ranks
 from fuserank.retrieval.cold import SOURCE as COLD
 from fuserank.retrieval.cold import cold_candidates, content_vectors
 from fuserank.retrieval.collaborative import ItemItemModel, ease_candidates, fit_ease
@@ -60,6 +60,8 @@ class StageOne:
             model's scores are inner products with them).
         cold_vectors: float32 (n_items, D) content-only fused item vectors, when
             retrieval.cold_candidates > 0 (the "cold" source, retrieval/cold.py).
+        new_items: the catalog items no interaction of the history names, new to the model
+            (ranking/slots.py).
     """
 
     embeddings: dict[str, Embeddings]
@@ -70,6 +72,7 @@ class StageOne:
     sequence: SequenceModel | None = None
     sequence_index: ItemIndex | None = None
     cold_vectors: np.ndarray | None = None
+    new_items: tuple[str, ...] = ()
 
 
 def fit_stage_one(
@@ -137,7 +140,8 @@ def fit_stage_one(
         ease = fit_ease(history, item_ids, behaviour.ease_l2, behaviour.ease_max_items)
     sequence_index = index_of(model.item_vectors) if model is not None and retrieval.sequence_candidates > 0 else None
     cold_vectors = content_vectors(embeddings, fusion.weights) if retrieval.cold_candidates > 0 else None
-    return StageOne(embeddings, fused, index_of(fused), per_modality, ease, model, sequence_index, cold_vectors)
+    return StageOne(embeddings, fused, index_of(fused), per_modality, ease, model, sequence_index, cold_vectors,
+                    new_items(item_ids, history))
 
 
 def generate_candidates(
@@ -275,7 +279,7 @@ def stage_frame(
     options = {"extra": extra} if extra is not None else {}
     frame, names = candidate_features(stage, cutoff.history, cutoff.users, config.retrieval,
                                                  config.features, llm=llm, ref_times=cutoff.ref_times, **options)
-    frame = mark_new_items(label_candidates(frame, cutoff.targets), cutoff.history)
+    frame = mark_new_items(label_candidates(frame, cutoff.targets), stage.new_items)
     return frame, names, frame.select(list(schema.CANDIDATES))
 
 

@@ -9,7 +9,8 @@ fewer new candidates than reserved positions gets the first ones filled and no g
 
 "New" means new to the model: no interaction in the history stage 1 was fitted on (the
 cut-off's history; at serving, every known interaction), so no behaviour signal can score it, as
-for a release after the model was trained. `mark_new_items` flags them in every candidate frame
+for a release after the model was trained. `new_items` finds them once, when stage 1 is fitted
+(`StageOne.new_items`), and `mark_new_items` flags them in every candidate frame
 (pipeline.stage_frame). The flag is not a count as of each query's reference time: under
 leave-last-out an item whose interactions all come after a user's reference time is known to
 the model, and it would take the slots from the items nothing has been learned about.
@@ -26,10 +27,17 @@ from fuserank import schema
 NEW_ITEM = "new_item"
 
 
-def mark_new_items(frame: pl.DataFrame, history: pl.DataFrame) -> pl.DataFrame:
-    """`frame` with the bool column NEW_ITEM: its item has no interaction in `history`."""
+def new_items(item_ids: Sequence[str], history: pl.DataFrame) -> tuple[str, ...]:
+    """The items of `item_ids` that no interaction of `history` names, in catalog order."""
     known = history[schema.ITEM_ID].unique().implode()
-    return frame.with_columns((~pl.col(schema.ITEM_ID).is_in(known)).alias(NEW_ITEM))
+    catalog = pl.Series(schema.ITEM_ID, list(item_ids), dtype=pl.String)
+    return tuple(catalog.filter(~catalog.is_in(known)).to_list())
+
+
+def mark_new_items(frame: pl.DataFrame, items: Sequence[str]) -> pl.DataFrame:
+    """`frame` with the bool column NEW_ITEM: its item is one of `items` (`new_items`)."""
+    new = pl.Series(list(items), dtype=pl.String).implode()
+    return frame.with_columns(pl.col(schema.ITEM_ID).is_in(new).alias(NEW_ITEM))
 
 
 def slotted_ranks(rows: pl.DataFrame, positions: Sequence[int], user: str, order: str) -> pl.Series:
