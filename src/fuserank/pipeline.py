@@ -103,14 +103,16 @@ def fit_stage_one(
     """
     item_ids = tuple(item_ids)
     embeddings = {name: emb.align(item_ids) for name, emb in content.items()}
+    # Content alone, fused once: the behaviour mapping and the cold source both read it.
+    wanted = behaviour.enabled and behaviour.content_map_l2 > 0 or retrieval.cold_candidates > 0
+    content_only = content_vectors(embeddings, fusion.weights) if wanted else None
     # Behaviour is fitted whenever enabled: with a fusion weight of 0 it still feeds the features.
     if behaviour.enabled:
         embeddings["behaviour"] = fit_behaviour(
             history, item_ids, dim=behaviour.dim, seed=seed, min_item_count=behaviour.min_item_count
         )
-        known = content_vectors(embeddings, fusion.weights) if behaviour.content_map_l2 > 0 else None
-        if known is not None:
-            embeddings["behaviour"] = predict_unseen(embeddings["behaviour"], known, behaviour.content_map_l2)
+        if behaviour.content_map_l2 > 0 and content_only is not None:
+            embeddings["behaviour"] = predict_unseen(embeddings["behaviour"], content_only, behaviour.content_map_l2)
     model = None
     if sequence is not None and sequence.enabled:
         model = fit_sequence_model(history, item_ids, sequence, seed, cache_dir, start_history=shared_history)
@@ -139,7 +141,7 @@ def fit_stage_one(
     if behaviour.enabled and behaviour.ease_l2 > 0:
         ease = fit_ease(history, item_ids, behaviour.ease_l2, behaviour.ease_max_items)
     sequence_index = index_of(model.item_vectors) if model is not None and retrieval.sequence_candidates > 0 else None
-    cold_vectors = content_vectors(embeddings, fusion.weights) if retrieval.cold_candidates > 0 else None
+    cold_vectors = content_only if retrieval.cold_candidates > 0 else None
     return StageOne(embeddings, fused, index_of(fused), per_modality, ease, model, sequence_index, cold_vectors,
                     new_items(item_ids, history))
 
