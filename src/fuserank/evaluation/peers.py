@@ -12,7 +12,9 @@ sits inside it on every axis on the benchmarks run so far (MovieLens-100K and 1M
 and global time): the first grids of 6 each chose item-kNN's 50 and 400 neighbours, ALS's alpha
 1 and 128 factors, and BPR's learning rates 0.01 and 0.1, all edges, so each of those axes was
 extended on that side; the first widened grids then chose 800 neighbours and 32 factors for ALS
-and BPR on ML-100K leave-last-out, so those were extended once more. BPR's learning rate 0.3
+and BPR on ML-100K leave-last-out, so those were extended once more; on ML-1M leave-last-out
+item-kNN then chose 20 neighbours and BPR 256 factors, so those axes gained 5 and 10 neighbours
+and 512 factors. BPR's learning rate 0.3
 diverges (NaN factors, recorded as a failed fit): it marks where that axis ends. `edge_choices` names any axis whose choice still sits on an edge, and the
 benchmark records it. Grid sizes differ now; the benchmark records each.
 """
@@ -186,11 +188,11 @@ def fit_ease(matrix: sp.csr_matrix, params: Mapping[str, Any], seed: int) -> Sco
 # shrink 0 (no damping) is the bound of its axis, not an edge a wider grid could move.
 PEERS: dict[str, Peer] = {
     "popular": Peer(fit_popular, ({},), "fuserank"),
-    "item_knn": Peer(fit_item_knn, _grid(neighbours=(20, 50, 100, 200, 400, 800, 1600),
+    "item_knn": Peer(fit_item_knn, _grid(neighbours=(5, 10, 20, 50, 100, 200, 400, 800, 1600),
                                          shrink=(0.0, 10.0, 50.0, 200.0)), "fuserank"),
     "als": Peer(fit_als, _grid(factors=(16, 32, 64, 128, 256), alpha=(0.25, 1.0, 5.0, 20.0), regularization=(0.05,)),
                 "implicit"),
-    "bpr": Peer(fit_bpr, _grid(factors=(16, 32, 64, 128, 256), learning_rate=(0.003, 0.01, 0.03, 0.1, 0.3)),
+    "bpr": Peer(fit_bpr, _grid(factors=(16, 32, 64, 128, 256, 512), learning_rate=(0.003, 0.01, 0.03, 0.1, 0.3)),
                 "implicit"),
     "ease": Peer(fit_ease, _grid(lamb=(50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)), "cornac"),
 }
