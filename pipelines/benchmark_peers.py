@@ -15,10 +15,11 @@ Three protocols (data.cutoffs builds the first two):
 On each, fuserank runs its full protocol (protocol.run_protocol: ranker trained on the label
 cut-offs, early-stopped on validation, stage 1 refitted on the test history) once per seed; the
 table shows the first seed, with the mean and spread over seeds beside it. Each peer tries its
-grid (peers.PEERS, 6 configurations per tunable peer) on the validation cut-off, and the best by
+grid (peers.PEERS; sizes in the results' budget table) on the validation cut-off, and the best by
 validation NDCG@10 is refitted on the test cut-off's history. Every list excludes the user's
 history items and ranks the whole catalog. Writes benchmarks/peers_<dataset>.json (needs the
-`bench` extra).
+`bench` extra). `--fuserank-configurations N` records that fuserank's --set settings were chosen
+among N configurations on validation before this run (the budget table counts them).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def budget_table(details: dict[str, dict]) -> str:
     for system, d in details.items():
         if system == "fuserank":
             runs = d["validation_runs"]
-            lines.append(f"| fuserank | {runs['configurations']} | {runs['fits']} | defaults, ranker early-stopped "
+            chosen = "defaults" if runs["configurations"] == 1 else "settings chosen on validation beforehand"
+            lines.append(f"| fuserank | {runs['configurations']} | {runs['fits']} | {chosen}, ranker early-stopped "
                          f"on validation per seed | | {d['seconds']:.0f} |")
             continue
         chosen = ", ".join(f"{k}={v}" for k, v in d.get("params", {}).items() if k in d.get("tuned_axes", ()))
@@ -129,7 +131,7 @@ def tuned_axes(grid: Sequence[dict]) -> list[str]:
 def benchmark_protocol(
     protocol: str, items: pl.DataFrame, interactions: pl.DataFrame, config: RunConfig, peers: list[str],
     recbole_overrides: Sequence[str] = RECBOLE_FUSERANK, seeds: Sequence[int] = (42,),
-    rectools_env: PeerEnv | None = None,
+    rectools_env: PeerEnv | None = None, fuserank_configurations: int = 1,
 ) -> dict:
     """Every system on one protocol's cut-offs: the summary rows and the details for the record."""
     cutoffs, fuserank_cutoffs = protocol_cutoffs(protocol, interactions, config)
@@ -156,9 +158,11 @@ def benchmark_protocol(
                            "label_share": fuserank_config.split.label_share,
                            "base_scale": fuserank_config.ranker.base_scale,
                            "timestamps": "protocol order" if protocol == "recbole" else "real",
-                           # This run's validation budget: the default configuration, one run per seed, whose
-                           # ranker stops early on the validation cut-off's NDCG@10.
-                           "validation_runs": {"configurations": 1, "fits": len(seeds)},
+                           # The validation budget: the configurations fuserank's settings were chosen among
+                           # (1: the defaults), plus this run's one fit per seed, whose ranker stops early on
+                           # the validation cut-off's NDCG@10.
+                           "validation_runs": {"configurations": fuserank_configurations,
+                                               "fits": fuserank_configurations - 1 + len(seeds)},
                            **{k: metrics[k] for k in FUSERANK_EXTRA if k in metrics}}
     cache = cache_dir(config.sources)
     for name in peers:
@@ -207,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--recbole-set", dest="recbole_overrides", action="append", metavar="SECTION.KEY=VALUE",
                         help=f"fuserank's settings on the recbole protocol only (default: {' '.join(RECBOLE_FUSERANK)})")
+    parser.add_argument("--fuserank-configurations", type=int, default=1,
+                        help="configurations fuserank's --set settings were chosen among on validation (1: defaults)")
     parser.add_argument("--out", help="output JSON (default benchmarks/peers_<dataset>.json)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -240,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "build_seconds": rectools_env.built_seconds}
     for protocol in args.protocols:
         report["protocols"][protocol] = benchmark_protocol(protocol, items, interactions, config, args.peers,
-                                                           recbole_overrides, args.seeds, rectools_env)
+                                                           recbole_overrides, args.seeds, rectools_env,
+                                                           args.fuserank_configurations)
         done = report["protocols"][protocol]
         print(f"\n{protocol} protocol, {args.dataset}:\n{done['table']}\n\n{done['budget_table']}\n", flush=True)
         # Written after every protocol, so a run stopped later keeps what it finished.

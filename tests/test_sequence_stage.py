@@ -19,20 +19,10 @@ from fuserank.pipeline import candidate_features, candidate_sources, fit_stage_o
 from test_sequence import CATALOG, TINY, cyclic, next_item
 
 
-class FixedScores:
-    """A stand-in model whose scores are a fixed (n_users, n_items) matrix."""
-
-    def __init__(self, scores: np.ndarray) -> None:
-        self._scores = scores
-
-    def scores(self, history, users):
-        return self._scores[: len(users)]
-
-
 def test_sequence_features_by_hand():
     # user 0 scores items [0.1, 0.9, 0.5]; user 1 [0.3, 0.3, 0.2]
-    model = FixedScores(np.array([[0.1, 0.9, 0.5], [0.3, 0.3, 0.2]], dtype=np.float32))
-    out = sequence_features(model, None, ["u0", "u1"], np.array([0, 0, 1, 1]), np.array([2, 0, 0, 2]))
+    scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.3, 0.2]], dtype=np.float32)
+    out = sequence_features(scores, np.array([0, 0, 1, 1]), np.array([2, 0, 0, 2]))
     assert out["seq_model_score"].tolist() == pytest.approx([0.5, 0.1, 0.3, 0.2])
     # ranks among all items: u0's item 2 has one item above it (0.9), item 0 two; u1's item 0 none
     # (the tie at 0.3 is not above it), item 2 two
@@ -64,6 +54,11 @@ def test_the_sequence_source_finds_each_users_next_item(cycle_stage):
     wanted = pl.DataFrame({schema.USER_ID: last[schema.USER_ID],
                            schema.ITEM_ID: [next_item(i) for i in last[schema.ITEM_ID]]})
     own = sequence_candidates(stage.sequence, stage.sequence_index, history, users, retrieval.sequence_candidates)
+    # The states the pipeline computes once for both stages give the same candidates.
+    shared = stage.sequence.states(history, users)
+    assert own.equals(sequence_candidates(stage.sequence, stage.sequence_index, history, users,
+                                          retrieval.sequence_candidates, states=shared))
+    assert np.array_equal(shared.of(users[::-1]), stage.sequence.user_states(history, users[::-1]))
     assert own.join(wanted, on=[schema.USER_ID, schema.ITEM_ID], how="semi").height >= 0.8 * len(users)
     assert own.join(history, on=[schema.USER_ID, schema.ITEM_ID], how="semi").is_empty()  # never a seen item
     found = frame.join(wanted, on=[schema.USER_ID, schema.ITEM_ID], how="semi")

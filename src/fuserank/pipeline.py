@@ -41,7 +41,7 @@ from fuserank.retrieval.fusion import fuse
 from fuserank.retrieval.index import ItemIndex, IVFPQSettings, build_index, merge_candidates, retrieve
 from fuserank.retrieval.popularity import neighbourhood_popular, popular_candidates, reference_times
 from fuserank.retrieval.sequence import VIEW as SEQUENCE
-from fuserank.retrieval.sequence import SequenceModel, fit_sequence_model
+from fuserank.retrieval.sequence import SequenceModel, UserStates, fit_sequence_model
 
 
 @dataclass(frozen=True)
@@ -148,13 +148,14 @@ def fit_stage_one(
 
 def generate_candidates(
     stage: StageOne, history: pl.DataFrame, users: Sequence[str], retrieval: RetrievalConfig,
-    ref_times: pl.DataFrame | None = None,
+    ref_times: pl.DataFrame | None = None, sequence_states: UserStates | None = None,
 ) -> pl.DataFrame:
     """ANN candidates over the fused index, then over each modality's own index (when on), then
     the sequence model's (when on), then EASE's (when on), then the most popular items;
     deduplicated. Popularity (the popular and neighbourhood sources) counts only interactions at
     or before each user's reference time (`ref_times`, schema.REF_TIMES; None: each user's
-    newest history interaction).
+    newest history interaction). `sequence_states`: the users' sequence-model states after
+    `history` when the caller computed them already (None: computed here).
 
     Returns a schema.CANDIDATES frame in stage-1 order (sources in that order, each by rank).
     """
@@ -195,7 +196,7 @@ def generate_candidates(
     frames.extend(popular_in)
     if stage.sequence is not None and stage.sequence_index is not None:
         frames.append(sequence_candidates(stage.sequence, stage.sequence_index, history, users,
-                                          retrieval.sequence_candidates, retrieval.batch_size))
+                                          retrieval.sequence_candidates, retrieval.batch_size, sequence_states))
     if stage.ease is not None and retrieval.ease_candidates > 0:
         frames.append(ease_candidates(stage.ease, history, users, retrieval.ease_candidates, retrieval.batch_size))
     if stage.cold_vectors is not None:
@@ -302,7 +303,9 @@ def candidate_features(
     each user's newest history interaction) bounds every statistic of each user's query."""
     if ref_times is None:
         ref_times = reference_times(history, users)
-    candidates = generate_candidates(stage, history, users, retrieval, ref_times)
+    # Both the sequence source and the sequence features read the users' states: computed once.
+    states = stage.sequence.states(history, users) if stage.sequence is not None else None
+    candidates = generate_candidates(stage, history, users, retrieval, ref_times, states)
     if extra is not None:
         candidates = merge_candidates([candidates, extra])
     frame, names = build_features(
@@ -318,7 +321,7 @@ def candidate_features(
         ref_times=ref_times,
     )
     if stage.sequence is not None:
-        frame, names = add_sequence_features(frame, names, stage.sequence, history)
+        frame, names = add_sequence_features(frame, names, stage.sequence, history, states)
     if llm is not None:
         frame, names = add_llm_features(frame, names, history, llm)
     return frame, select_features(names, features.disabled_groups)

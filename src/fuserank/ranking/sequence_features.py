@@ -14,28 +14,33 @@ import polars as pl
 from fuserank import schema
 from fuserank.ranking.features import within_user_z
 from fuserank.retrieval.index import ItemIndex, search_candidates, seen_rows
-from fuserank.retrieval.sequence import VIEW, SequenceModel
+from fuserank.retrieval.sequence import VIEW, SequenceModel, UserStates
 
 
 def sequence_candidates(model: SequenceModel, index: ItemIndex, history: pl.DataFrame, users: Sequence[str], n: int,
-                        batch_size: int = 1024) -> pl.DataFrame:
+                        batch_size: int = 1024, states: UserStates | None = None) -> pl.DataFrame:
     """The n items with the best sequence-model score per user (inner product of the user's last
     hidden state and the item's output embedding, through the FAISS index over those
     embeddings), never an item of the user's history.
+
+    Args:
+        states: the users' states after `history` when already computed (`SequenceModel.states`;
+            they must cover `users`); None computes them.
 
     Returns:
         CANDIDATES frame, source "sequence", sorted by user_id, retrieval_rank; a user without
         history gets none.
     """
     users = sorted(set(users) & set(history[schema.USER_ID].unique().to_list()))
-    states = model.user_states(history, users)
-    return search_candidates(index, users, states, seen_rows(history, users, model.item_ids), n, VIEW,
+    vectors = states.of(users) if states is not None else model.user_states(history, users)
+    return search_candidates(index, users, vectors, seen_rows(history, users, model.item_ids), n, VIEW,
                              batch_size)
 
 
-def add_sequence_features(frame: pl.DataFrame, names: list[str], model: SequenceModel, history: pl.DataFrame
-                          ) -> tuple[pl.DataFrame, list[str]]:
-    """`frame` (features of candidates) with the `sequence_features` columns added, and the names."""
+def add_sequence_features(frame: pl.DataFrame, names: list[str], model: SequenceModel, history: pl.DataFrame,
+                          states: UserStates | None = None) -> tuple[pl.DataFrame, list[str]]:
+    """`frame` (features of candidates) with the `sequence_features` columns added, and the names.
+    `states`: as in `sequence_candidates`, covering the frame's users."""
     users = frame[schema.USER_ID].unique(maintain_order=True).to_list()
     user_index = pl.DataFrame({schema.USER_ID: pl.Series(users, dtype=pl.String),
                                "_u": np.arange(len(users), dtype=np.int64)})
@@ -44,34 +49,32 @@ def add_sequence_features(frame: pl.DataFrame, names: list[str], model: Sequence
     rows = frame.select(schema.USER_ID, schema.ITEM_ID).join(user_index, on=schema.USER_ID, how="left",
                                                              maintain_order="left").join(
         item_index, on=schema.ITEM_ID, how="left", maintain_order="left")
-    columns = sequence_features(model, history, users, rows["_u"].to_numpy(), rows["_i"].to_numpy())
+    scores = (states.of(users) @ model.item_vectors.T if states is not None else model.scores(history, users))
+    columns = sequence_features(scores, rows["_u"].to_numpy(), rows["_i"].to_numpy())
     frame = frame.with_columns(pl.Series(name, values, dtype=pl.Float32) for name, values in columns.items())
     return frame, [*names, *columns]
 
 
-def sequence_features(model: SequenceModel, history: pl.DataFrame, users: Sequence[str], user_rows: np.ndarray,
-                      item_rows: np.ndarray) -> dict[str, np.ndarray]:
+def sequence_features(scores: np.ndarray, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, np.ndarray]:
     """The sequence model's view of each candidate.
 
     Args:
-        model: fitted on the cut-off's history.
-        history: the cut-off's history (the model reads each user's newest items from it).
-        users: the candidates' users, in the row order `user_rows` points into.
-        user_rows, item_rows: int64 (n,) each candidate's user and item row (model.item_ids order).
+        scores: float32 (n_users, n_items) every catalog item's score for each of the candidates'
+            users (`SequenceModel.scores` after the cut-off's history, model.item_ids order).
+        user_rows, item_rows: int64 (n,) each candidate's row of `scores` and its item column.
 
     Returns:
         float32 (n,) arrays: `seq_model_score` (state . item vector), `seq_model_score_z` (within
         the user's candidates) and `seq_model_rank` (1 + the number of catalog items, seen ones
         included, that the model scores higher; users without history rank every item last).
     """
-    scores = model.scores(history, users)
     score = scores[user_rows, item_rows]
     # Each user's scores sorted ascending: the items above a candidate are those past its position.
     ordered = np.sort(scores, axis=1)
     above = np.empty(len(score), dtype=np.float64)
     by_user = np.argsort(user_rows, kind="stable")
-    bounds = np.searchsorted(user_rows[by_user], np.arange(len(users) + 1))
-    for u in range(len(users)):
+    bounds = np.searchsorted(user_rows[by_user], np.arange(len(scores) + 1))
+    for u in range(len(scores)):
         rows = by_user[bounds[u]:bounds[u + 1]]
         above[rows] = scores.shape[1] - np.searchsorted(ordered[u], score[rows], side="right")
     return {

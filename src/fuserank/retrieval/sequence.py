@@ -57,6 +57,25 @@ _USER_BATCH = 512
 
 
 @dataclass(frozen=True, eq=False)
+class UserStates:
+    """Users' hidden states after one history, computed once per candidate frame and read by both
+    stages (the sequence candidates and the sequence features).
+
+    Attributes:
+        users: the users, in the row order of `vectors`.
+        vectors: float32 (len(users), dim); zeros for a user without catalog items in the history.
+    """
+
+    users: tuple[str, ...]
+    vectors: np.ndarray
+
+    def of(self, users: Sequence[str]) -> np.ndarray:
+        """The states of `users` (each one of `self.users`), in that order."""
+        row = {user: r for r, user in enumerate(self.users)}
+        return self.vectors[np.fromiter((row[user] for user in users), dtype=np.int64, count=len(users))]
+
+
+@dataclass(frozen=True, eq=False)
 class SequenceModel:
     """A fitted SASRec model.
 
@@ -115,6 +134,11 @@ class SequenceModel:
             if user in row_of:
                 states[out_row] = computed[row_of[user]]
         return states
+
+    def states(self, history: pl.DataFrame, users: Sequence[str]) -> UserStates:
+        """`user_states` of the distinct `users`, kept with their ids."""
+        users = tuple(dict.fromkeys(users))
+        return UserStates(users, self.user_states(history, users))
 
     def scores(self, history: pl.DataFrame, users: Sequence[str]) -> np.ndarray:
         """float32 (len(users), n_items): every catalog item's score after each user's history
