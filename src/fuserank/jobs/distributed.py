@@ -329,8 +329,9 @@ def fit_ranker_dask(
     query groups (`split_groups`) and scattered, then trained on as if built on the workers.
 
     Every machine bins with the bins a local fit finds (`distributed_lightgbm`). One partition
-    gives `ranking.fit_ranker`'s model exactly; with more, LightGBM's data-parallel learner grows
-    trees that part from the local ones after a few rounds (docs/scaling.md).
+    gives `ranking.fit_ranker`'s model exactly; with more, the machines draw the local bag, and
+    LightGBM's data-parallel learner grows the local trees until `min_data_in_leaf`, which it
+    checks against estimated leaf counts, decides a split (docs/scaling.md).
 
     Args:
         client: a connected `distributed.Client` (see `dask_client`).
