@@ -263,8 +263,8 @@ def fit_ranker_parts(
         sample = _fetch_rows(client, parts, rows, bin_sample(sum(rows), params))
         runs = machine_runs(rows, n_partitions or n_workers(client))
         order = [p for run in runs for p in run]
-        booster = train_data_parallel(client, [[parts[p] for p in run] for run in runs], sample, params,
-                                      config.n_estimators, feature_names, time_out, attempts,
+        booster = train_data_parallel(client, [[parts[p] for p in run] for run in runs], [rows[p] for p in order],
+                                      sample, params, config.n_estimators, feature_names, time_out, attempts,
                                       recover=lambda i: build(held[order[i]]))
         s.done(f"{booster.current_iteration()} trees, {len(runs)} partitions")
     del parts

@@ -104,10 +104,6 @@ def _rows_between(part: Partition, lo: int, hi: int) -> Partition:
     return Partition(part.x[lo:hi], part.y[lo:hi], query_pieces(part.sizes, lo, hi), init)
 
 
-def _row_count(part: Partition) -> int:
-    return int(part.y.size)
-
-
 def _train_machine(parts: list[Partition], borrowed: tuple[list[Partition], list[Partition]], sample: np.ndarray,
                    params: dict[str, Any], machine: dict[str, Any], rounds: int, feature_names: list[str]) -> str:
     import lightgbm
@@ -140,8 +136,8 @@ class _Attempt(NamedTuple):
     machines: list[str]
 
 
-def _start_machines(client: Any, runs: Sequence[Sequence[Any]], shared: Any, params: dict[str, Any], rounds: int,
-                    feature_names: Sequence[str], time_out: int) -> _Attempt:
+def _start_machines(client: Any, runs: Sequence[Sequence[Any]], rows: Sequence[int], shared: Any,
+                    params: dict[str, Any], rounds: int, feature_names: Sequence[str], time_out: int) -> _Attempt:
     from distributed import wait
 
     owners = placement(list(client.scheduler_info()["workers"]), len(runs))
@@ -150,14 +146,15 @@ def _start_machines(client: Any, runs: Sequence[Sequence[Any]], shared: Any, par
     listen = ",".join(f"{urlparse(w).hostname}:{ports[w]}" for w in machines)
     flat = [p for run in runs for p in run]
     owner = [o for run, o in zip(runs, owners, strict=True) for _ in run]
-    starts = np.concatenate([[0], np.cumsum(client.gather([client.submit(_row_count, p, pure=False) for p in flat]))])
+    starts = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
     aligned = len(machines) > 1 and bags(params)
     held = []
     for w in machines:
         mine = [k for k, o in enumerate(owner) if o == w]  # contiguous: runs go to workers in order
         start, end = int(starts[mine[0]]), int(starts[mine[-1] + 1])
         first, last = held_rows(start, end, int(starts[-1])) if aligned else (start, end)
-        held.append((mine, first, (_borrow(client, flat, starts, first, start), _borrow(client, flat, starts, end, last))))
+        borrowed = (_borrow(client, flat, starts, first, start), _borrow(client, flat, starts, end, last))
+        held.append((mine, first, borrowed))
     # Sliced before any machine starts: a machine holds its worker's thread inside LightGBM until
     # its peers join, so a peer's slice queued behind it on that worker would never run.
     with client.as_current():  # `wait` asks for the default client
@@ -248,9 +245,9 @@ def _end_process() -> None:
     os._exit(1)
 
 
-def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.ndarray, params: dict[str, Any],
-                        rounds: int, feature_names: Sequence[str], time_out: int = DaskConfig.ranker_time_out,
-                        attempts: int = DaskConfig.ranker_attempts,
+def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], rows: Sequence[int], sample: np.ndarray,
+                        params: dict[str, Any], rounds: int, feature_names: Sequence[str],
+                        time_out: int = DaskConfig.ranker_time_out, attempts: int = DaskConfig.ranker_attempts,
                         recover: Callable[[int], Any] | None = None, grace_s: float = 5.0) -> Any:
     """`lightgbm.train` with `tree_learner=data`, one LightGBM machine per worker holding partitions.
 
@@ -270,6 +267,9 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
             groups each); run r goes to the worker `placement` gives it, which moves its
             partitions there from wherever they lie (worker to worker), and all runs of one
             worker make one machine.
+        rows: the row count of each partition of `runs`, laid end to end; with bagging, a
+            machine also holds its neighbours' rows of its first and last bagging blocks
+            (`bagging_blocks`), so that it draws the local fit's bag.
         sample: (k, n_features) float32 rows every machine takes the bins from (see `bin_sample`).
         params: LightGBM parameters without network settings. Their `num_threads` runs on every
             machine whatever its worker's thread count, since LightGBM's sums, hence its trees,
@@ -302,7 +302,7 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
             if start > 1:
                 _await_workers(client, wanted, time_out)
                 runs, shared = _recovered(client, runs, shared, sample, recover, failures, time_out)
-            attempt = _start_machines(client, runs, shared, params, rounds, feature_names, time_out)
+            attempt = _start_machines(client, runs, rows, shared, params, rounds, feature_names, time_out)
         except (OSError, CancelledError) as error:  # e.g. a worker went while the start was prepared
             failures.append(f"start {start}: could not start the machines: {error!r}")
             logger.warning("data-parallel LightGBM: %s", failures[-1])
