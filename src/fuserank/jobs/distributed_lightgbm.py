@@ -156,9 +156,10 @@ def _start_machines(client: Any, runs: Sequence[Sequence[Any]], rows: Sequence[i
         borrowed = (_borrow(client, flat, starts, first, start), _borrow(client, flat, starts, end, last))
         held.append((mine, first, borrowed))
     # Sliced before any machine starts: a machine holds its worker's thread inside LightGBM until
-    # its peers join, so a peer's slice queued behind it on that worker would never run.
+    # its peers join, so a peer's slice queued behind it on that worker would never run. A slice
+    # that fails fails its machine (a failed start); one that never comes raises TimeoutError.
     with client.as_current():  # `wait` asks for the default client
-        wait([f for _, _, borrowed in held for side in borrowed for f in side])
+        wait([f for _, _, borrowed in held for side in borrowed for f in side], timeout=60 * time_out)
     futures = []
     for w, (mine, first, borrowed) in zip(machines, held, strict=True):
         machine = {"tree_learner": "data", "machines": listen, "local_listen_port": ports[w],
