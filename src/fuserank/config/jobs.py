@@ -103,7 +103,8 @@ class DaskConfig:
         per worker.
     ranker_partitions: partitions of the ranker's training rows, one LightGBM machine per worker
         holding any; 0 means one per worker. 1 trains on one worker and gives exactly the local
-        model; more machines give trees that part from the local ones (docs/scaling.md).
+        model; more machines give the local trees until `min_data_in_leaf` decides a split,
+        then trees that part from them (docs/scaling.md).
     ranker_time_out: minutes a LightGBM machine waits on a silent peer before it fails
         (LightGBM's `time_out`, 120 by default there), and the longest wait for the workers to
         come back between starts of the ranker fit.

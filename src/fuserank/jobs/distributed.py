@@ -263,8 +263,8 @@ def fit_ranker_parts(
         sample = _fetch_rows(client, parts, rows, bin_sample(sum(rows), params))
         runs = machine_runs(rows, n_partitions or n_workers(client))
         order = [p for run in runs for p in run]
-        booster = train_data_parallel(client, [[parts[p] for p in run] for run in runs], sample, params,
-                                      config.n_estimators, feature_names, time_out, attempts,
+        booster = train_data_parallel(client, [[parts[p] for p in run] for run in runs], [rows[p] for p in order],
+                                      sample, params, config.n_estimators, feature_names, time_out, attempts,
                                       recover=lambda i: build(held[order[i]]))
         s.done(f"{booster.current_iteration()} trees, {len(runs)} partitions")
     del parts
@@ -329,8 +329,9 @@ def fit_ranker_dask(
     query groups (`split_groups`) and scattered, then trained on as if built on the workers.
 
     Every machine bins with the bins a local fit finds (`distributed_lightgbm`). One partition
-    gives `ranking.fit_ranker`'s model exactly; with more, LightGBM's data-parallel learner grows
-    trees that part from the local ones after a few rounds (docs/scaling.md).
+    gives `ranking.fit_ranker`'s model exactly; with more, the machines draw the local bag, and
+    LightGBM's data-parallel learner grows the local trees until `min_data_in_leaf`, which it
+    checks against estimated leaf counts, decides a split (docs/scaling.md).
 
     Args:
         client: a connected `distributed.Client` (see `dask_client`).

@@ -11,10 +11,11 @@ So every machine here first builds a Dataset from one bounded sample of rows, be
 starts, which LightGBM bins exactly as a local fit bins its own sample; the machine's partition
 then becomes a Dataset with that one as `reference`, which copies its bin mappers
 (`Dataset::CreateValid`) instead of finding bins. One machine then gives the local model
-exactly; several start from the same first tree and then part, for reasons inside LightGBM's
-data-parallel learner: bags drawn by a row's index within its machine, leaf row counts
-estimated from hessians, no skipping of features unsplittable in the parent, another
-summation order (docs/scaling.md).
+exactly. With several, each machine also holds its first and last bagging blocks whole and is
+seeded by its first block (`bagging_blocks`), so it draws the local fit's bag; the trees are then
+the local ones until `min_data_in_leaf` decides a split, which the data-parallel learner checks
+against leaf row counts it estimates from hessians where the serial learner counts them
+(docs/scaling.md).
 
 A machine that fails takes the whole fit with it: its peers wait inside LightGBM for it (while
 the network forms, with no time limit; later up to `time_out` minutes, or for ever on a socket it
@@ -39,6 +40,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from fuserank.config import DaskConfig
+from fuserank.jobs.bagging_blocks import bags, held_rows, machine_seed, query_pieces
 from fuserank.jobs.distributed_frames import not_held
 
 logger = logging.getLogger(__name__)
@@ -96,19 +98,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _train_machine(parts: list[Partition], sample: np.ndarray, params: dict[str, Any], network: dict[str, Any],
-                   rounds: int, feature_names: list[str]) -> str:
+def _rows_between(part: Partition, lo: int, hi: int) -> Partition:
+    """Rows [lo, hi) of a partition, its first and last query cut there."""
+    init = None if part.init is None else part.init[lo:hi]
+    return Partition(part.x[lo:hi], part.y[lo:hi], query_pieces(part.sizes, lo, hi), init)
+
+
+def _train_machine(parts: list[Partition], borrowed: tuple[list[Partition], list[Partition]], sample: np.ndarray,
+                   params: dict[str, Any], machine: dict[str, Any], rounds: int, feature_names: list[str]) -> str:
     import lightgbm
     from lightgbm.basic import _LIB, _safe_call
 
     try:
         # Built before lightgbm.train starts the network: bins from the sample alone, as a local fit's.
         bins = lightgbm.Dataset(sample, feature_name=feature_names, params=params).construct()
-        init = None if parts[0].init is None else np.concatenate([p.init for p in parts])
-        data = lightgbm.Dataset(np.concatenate([p.x for p in parts]), label=np.concatenate([p.y for p in parts]),
-                                group=np.concatenate([p.sizes for p in parts]), init_score=init,
+        before, after = borrowed
+        held = [*before, *parts, *after]
+        weight = None
+        if before or after:  # the neighbours' rows of this machine's first and last bagging blocks
+            counts = [sum(p.y.size for p in side) for side in (before, parts, after)]
+            weight = np.repeat(np.array([0.0, 1.0, 0.0], dtype=np.float32), counts)
+        init = None if parts[0].init is None else np.concatenate([p.init for p in held])
+        data = lightgbm.Dataset(np.concatenate([p.x for p in held]), label=np.concatenate([p.y for p in held]),
+                                group=np.concatenate([p.sizes for p in held]), weight=weight, init_score=init,
                                 feature_name=feature_names, reference=bins, params=params)
-        return lightgbm.train({**params, **network}, data, num_boost_round=rounds).model_to_string()
+        return lightgbm.train({**params, **machine}, data, num_boost_round=rounds).model_to_string()
     finally:
         # Also when a peer failed and train raised: the network is process-wide, and the next fit
         # in this process must bin its sample alone again and may listen on another port.
@@ -122,20 +136,49 @@ class _Attempt(NamedTuple):
     machines: list[str]
 
 
-def _start_machines(client: Any, runs: Sequence[Sequence[Any]], shared: Any, params: dict[str, Any], rounds: int,
-                    feature_names: Sequence[str], time_out: int) -> _Attempt:
+def _start_machines(client: Any, runs: Sequence[Sequence[Any]], rows: Sequence[int], shared: Any,
+                    params: dict[str, Any], rounds: int, feature_names: Sequence[str], time_out: int) -> _Attempt:
+    from distributed import wait
+
     owners = placement(list(client.scheduler_info()["workers"]), len(runs))
     machines = list(dict.fromkeys(owners))  # rank order: sorted worker addresses
     ports = client.run(_free_port, workers=machines)  # fresh ones each start: a failed one may still hold its own
     listen = ",".join(f"{urlparse(w).hostname}:{ports[w]}" for w in machines)
-    futures = []
+    flat = [p for run in runs for p in run]
+    owner = [o for run, o in zip(runs, owners, strict=True) for _ in run]
+    starts = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
+    aligned = len(machines) > 1 and bags(params)
+    held = []
     for w in machines:
-        own = [p for run, o in zip(runs, owners, strict=True) if o == w for p in run]
-        network = {"tree_learner": "data", "machines": listen, "local_listen_port": ports[w],
-                   "num_machines": len(machines), "time_out": time_out}
-        futures.append(client.submit(_train_machine, own, shared, params, network, rounds, list(feature_names),
-                                     workers=[w], allow_other_workers=False, pure=False))
+        mine = [k for k, o in enumerate(owner) if o == w]  # contiguous: runs go to workers in order
+        start, end = int(starts[mine[0]]), int(starts[mine[-1] + 1])
+        first, last = held_rows(start, end, int(starts[-1])) if aligned else (start, end)
+        borrowed = (_borrow(client, flat, starts, first, start), _borrow(client, flat, starts, end, last))
+        held.append((mine, first, borrowed))
+    # Sliced before any machine starts: a machine holds its worker's thread inside LightGBM until
+    # its peers join, so a peer's slice queued behind it on that worker would never run. A slice
+    # that fails fails its machine (a failed start); one that never comes raises TimeoutError.
+    with client.as_current():  # `wait` asks for the default client
+        wait([f for _, _, borrowed in held for side in borrowed for f in side], timeout=60 * time_out)
+    futures = []
+    for w, (mine, first, borrowed) in zip(machines, held, strict=True):
+        machine = {"tree_learner": "data", "machines": listen, "local_listen_port": ports[w],
+                   "num_machines": len(machines), "time_out": time_out,
+                   **(machine_seed(params, first) if aligned else {})}
+        futures.append(client.submit(_train_machine, [flat[k] for k in mine], borrowed, shared, params, machine,
+                                     rounds, list(feature_names), workers=[w], allow_other_workers=False,
+                                     pure=False))
     return _Attempt(futures, machines)
+
+
+def _borrow(client: Any, flat: Sequence[Any], starts: np.ndarray, lo: int, hi: int) -> list[Any]:
+    """Futures of the global rows [lo, hi) of the partitions `flat` (starting at rows `starts`)."""
+    pieces = []
+    for k, part in enumerate(flat):
+        a, b = max(lo, int(starts[k])), min(hi, int(starts[k + 1]))
+        if a < b:
+            pieces.append(client.submit(_rows_between, part, a - int(starts[k]), b - int(starts[k]), pure=False))
+    return pieces
 
 
 def _failure(client: Any, attempt: _Attempt, poll_s: float = 0.5) -> str | None:
@@ -203,9 +246,9 @@ def _end_process() -> None:
     os._exit(1)
 
 
-def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.ndarray, params: dict[str, Any],
-                        rounds: int, feature_names: Sequence[str], time_out: int = DaskConfig.ranker_time_out,
-                        attempts: int = DaskConfig.ranker_attempts,
+def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], rows: Sequence[int], sample: np.ndarray,
+                        params: dict[str, Any], rounds: int, feature_names: Sequence[str],
+                        time_out: int = DaskConfig.ranker_time_out, attempts: int = DaskConfig.ranker_attempts,
                         recover: Callable[[int], Any] | None = None, grace_s: float = 5.0) -> Any:
     """`lightgbm.train` with `tree_learner=data`, one LightGBM machine per worker holding partitions.
 
@@ -225,6 +268,9 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
             groups each); run r goes to the worker `placement` gives it, which moves its
             partitions there from wherever they lie (worker to worker), and all runs of one
             worker make one machine.
+        rows: the row count of each partition of `runs`, laid end to end; with bagging, a
+            machine also holds its neighbours' rows of its first and last bagging blocks
+            (`bagging_blocks`), so that it draws the local fit's bag.
         sample: (k, n_features) float32 rows every machine takes the bins from (see `bin_sample`).
         params: LightGBM parameters without network settings. Their `num_threads` runs on every
             machine whatever its worker's thread count, since LightGBM's sums, hence its trees,
@@ -257,7 +303,7 @@ def train_data_parallel(client: Any, runs: Sequence[Sequence[Any]], sample: np.n
             if start > 1:
                 _await_workers(client, wanted, time_out)
                 runs, shared = _recovered(client, runs, shared, sample, recover, failures, time_out)
-            attempt = _start_machines(client, runs, shared, params, rounds, feature_names, time_out)
+            attempt = _start_machines(client, runs, rows, shared, params, rounds, feature_names, time_out)
         except (OSError, CancelledError) as error:  # e.g. a worker went while the start was prepared
             failures.append(f"start {start}: could not start the machines: {error!r}")
             logger.warning("data-parallel LightGBM: %s", failures[-1])
