@@ -72,7 +72,11 @@ def test_popular_as_of_is_each_users_ranking_at_their_time_without_their_items(s
     ref = rng.choice(np.concatenate([times, [99, 150]]), n_users)  # ties with events, before all, after all
     seen = [np.unique(rng.integers(0, n_keys, rng.integers(0, 5))) for _ in range(n_users)]
     tie_rank = rng.permutation(n_keys)
-    rows, counts = popular_as_of(timeline, seen, ref, 4, tie_rank)
+    seen_users = np.repeat(np.arange(n_users), [len(s) for s in seen])
+    owner, flat, found = popular_as_of(timeline, seen_users, np.concatenate(seen), ref, 4, tie_rank)
+    assert np.all(np.diff(owner) >= 0)
+    bounds = np.cumsum(np.bincount(owner, minlength=n_users))[:-1]
+    rows, counts = np.split(flat, bounds), np.split(found, bounds)
     for user in range(n_users):
         count = np.array([((keys == k) & (times <= ref[user])).sum() for k in range(n_keys)])
         ranking = sorted(range(n_keys), key=lambda k: (-count[k], tie_rank[k], k))
