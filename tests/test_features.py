@@ -7,7 +7,12 @@ import pytest
 from fuserank import schema
 from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
-from fuserank.ranking.features import DAY, build_features, feature_group
+from fuserank.ranking.features import (
+    DAY,
+    build_features,
+    feature_group,
+    grouped_products,
+)
 
 S = 1 / math.sqrt(2)
 
@@ -171,3 +176,19 @@ def test_within_user_z_by_hand_leaves_nan_out():
     # user 0: 1 and 3 (mean 2, spread 1) and a missing value; user 1: one value
     z = within_user_z(np.array([0, 0, 0, 1]), np.array([1.0, 3.0, np.nan, 5.0]))
     assert z[:2].tolist() == [-1.0, 1.0] and math.isnan(z[2]) and z[3] == 0.0
+
+
+@pytest.mark.parametrize("d", [3, 64, 448])
+@pytest.mark.parametrize("run", [1, 40])
+def test_grouped_products_equal_the_row_by_row_product_bit_for_bit(d, run):
+    rng = np.random.default_rng(d + run)
+    many = rng.standard_normal((50, d)).astype(np.float32)
+    one = rng.standard_normal((30, d)).astype(np.float32)
+    one_rows = np.repeat(rng.integers(0, 30, 200), run)  # runs of `run` equal rows (1: no runs to share)
+    many_rows = rng.integers(0, 50, len(one_rows))
+    row_by_row = np.array([np.einsum("d,d->", many[m], one[o]) for m, o in zip(many_rows, one_rows)], dtype=np.float32)
+    got = grouped_products(many, many_rows, one, one_rows)
+    assert got.dtype == np.float32
+    assert np.array_equal(got.view(np.int32), np.einsum("nd,nd->n", many[many_rows], one[one_rows]).view(np.int32))
+    np.testing.assert_allclose(got, row_by_row, rtol=1e-5, atol=1e-5)
+    assert grouped_products(many, many_rows[:0], one, one_rows[:0]).shape == (0,)
