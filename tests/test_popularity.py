@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fuserank.retrieval.popularity import Timeline, popular_as_of
+from fuserank.retrieval.popularity import Timeline, _radix_argsort, popular_as_of
 
 
 def random_events(rng, n_events=400, n_keys=12, n_times=30):
@@ -83,3 +83,14 @@ def test_popular_as_of_is_each_users_ranking_at_their_time_without_their_items(s
         expected = [k for k in ranking if count[k] > 0 and k not in set(seen[user].tolist())][:4]
         assert rows[user].tolist() == expected
         assert counts[user].tolist() == count[expected].tolist()
+
+
+@pytest.mark.parametrize("bound", [1, 2, 70_000, 2**40, 2**62])
+def test_radix_argsort_sorts_any_non_negative_integers_below_the_bound(bound):
+    rng = np.random.default_rng(bound % 97)
+    values = rng.integers(0, bound, 5_000, dtype=np.int64)
+    values[:3] = [0, bound - 1, bound - 1]
+    order = _radix_argsort(values, bound)
+    assert sorted(order.tolist()) == list(range(len(values)))
+    assert np.array_equal(values[order], np.sort(values))
+    assert len(_radix_argsort(values[:0], bound)) == 0

@@ -74,7 +74,7 @@ class Timeline:
         else:
             ordered = needles[self._order] if len(self._order) == len(needles) else None
             if ordered is None or not _ascending(ordered):
-                self._order = np.argsort(needles)
+                self._order = _radix_argsort(needles, self.n_keys * self._span)
                 ordered = needles[self._order]
             found[self._order] = np.searchsorted(self._keys, ordered, side="right")
         self._recent = [(needles, found), *self._recent[:1]]
@@ -132,6 +132,19 @@ class Timeline:
     def counts_at(self, time: int) -> np.ndarray:
         """int64 (n_keys,): every key's event count at or before `time`."""
         return self.count(np.arange(self.n_keys, dtype=np.int64), np.full(self.n_keys, time, dtype=np.int64))
+
+
+def _radix_argsort(values: np.ndarray, bound: int) -> np.ndarray:
+    """int64 positions that sort `values` (non-negative integers below `bound`; ties in any order).
+
+    A stable argsort of 16-bit digits is a radix sort in numpy: a few such passes, least
+    significant digit first, sort millions of needles ~3x faster than comparing them.
+    """
+    order = np.arange(len(values))
+    for shift in range(0, max(int(bound) - 1, 1).bit_length(), 16):
+        digit = ((values[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+    return order
 
 
 def _ascending(values: np.ndarray) -> bool:
