@@ -105,6 +105,7 @@ def run_full(root: Path) -> dict:
         "lists_users_per_second": round(users / lists_seconds, 1),
         "train_seconds": spec["train_seconds"], "peak_rss_mb": round(peak_rss_mb(), 0),
         "file_mb": round(manifest["files"]["ranked_lists.parquet"]["bytes"] / 1e6, 1),
+        "lists_sha256": manifest["files"]["ranked_lists.parquet"]["sha256"],
     }
 
 
@@ -158,6 +159,7 @@ def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
         "users_per_second": round(n_users / seconds, 0),
         "peak_rss_mb_before_export": round(before_mb, 0), "peak_rss_mb": round(peak_rss_mb(), 0),
         "file_mb": round(manifest["files"]["ranked_lists.parquet"]["bytes"] / 1e6, 1),
+        "lists_sha256": manifest["files"]["ranked_lists.parquet"]["sha256"],
     }
 
 
