@@ -13,6 +13,9 @@ of `--full-users` users with the same items (a model serving more users than it 
 (run lookup, data, stage-1 refit, booster) is timed apart from the per-user lists.
 
     python pipelines/benchmark_export.py --train-users 2000 --full-users 20000 --write-users 100000 1000000
+
+With `--reference SRC` every measurement also runs with fuserank imported from SRC (e.g. a
+checkout of an older commit), and `--repeats N` runs each N times, the codes taking turns.
 """
 
 from __future__ import annotations
@@ -186,6 +189,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--reference", help="also run every measurement with fuserank imported from this source "
                         "folder (e.g. `git worktree add /tmp/ref <commit>` then /tmp/ref/src), in the same session")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every measurement, the codes taking turns "
+                        "(on a shared machine one run of each says little)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/export.json"))
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,7 +211,7 @@ def main() -> None:
               "--per-user", str(args.per_user), "--top-k", str(args.top_k)]
     codes = {"this checkout": None} | ({"reference": args.reference} if args.reference else {})
     results = {"machine": f"{os.cpu_count()} cores", "reference": args.reference and "see each run's code",
-               "runs": []}
+               "command": " ".join(["python", *sys.argv]), "repeats": args.repeats, "runs": []}
 
     def record(run: dict, code: str) -> None:
         results["runs"].append({"code": code, **run})
@@ -214,11 +219,13 @@ def main() -> None:
 
     for n in args.full_users:
         spec = child(["train", str(args.train_users), str(n), *common])
-        for code, src in codes.items():  # the same trained run and catalog for every code
-            record(child(["full", spec["root"], *common], src), code)
+        for _ in range(args.repeats):
+            for code, src in codes.items():  # the same trained run and catalog for every code
+                record(child(["full", spec["root"], *common], src), code)
     for n in args.write_users:
-        for code, src in codes.items():
-            record(child(["write", str(n), *common], src), code)
+        for _ in range(args.repeats):
+            for code, src in codes.items():
+                record(child(["write", str(n), *common], src), code)
     from fuserank import atomic
 
     atomic.write_json(args.out, results)
