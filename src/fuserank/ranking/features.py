@@ -121,11 +121,12 @@ def user_profiles(
 
 @dataclass(frozen=True)
 class RecentPairs:
-    """The distinct (candidate item, recent item) pairs of a candidate frame.
+    """The distinct (candidate item, recent item) pairs of a candidate frame (of a small
+    catalog: every pair).
 
     Attributes:
-        left, right: integer (m,) item rows of each distinct pair (n_items: the zero padding
-            row), sorted by (left, right).
+        left, right: integer (m,) item rows of each pair (n_items: the zero padding row),
+            sorted by (left, right).
         inverse: integer (n, k) index into the pairs of each candidate's k newest history items.
         known: bool (n, k) whether the user has that many history items (False: padding).
     """
@@ -144,6 +145,10 @@ def recent_pairs(user_rows: np.ndarray, item_rows: np.ndarray, hist: UserHistory
     dtype = np.int32 if width * width < 2**31 else np.int64
     recent = np.where(hist.recent >= 0, hist.recent, n_items).astype(dtype)[user_rows]
     codes = item_rows.astype(dtype)[:, None] * width + recent
+    if width * width <= min(_DENSE_PAIRS, codes.size):
+        # A small catalog's every pair costs less to multiply than its distinct pairs cost to find.
+        every = np.arange(width * width, dtype=dtype)
+        return RecentPairs(every // width, every % width, codes, recent != n_items)
     if width * width <= _DENSE_PAIRS:  # a table of every pair is cheaper than sorting the codes
         seen = np.zeros(width * width, dtype=bool)
         seen[codes] = True
