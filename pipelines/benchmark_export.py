@@ -13,6 +13,9 @@ of `--full-users` users with the same items (a model serving more users than it 
 (run lookup, data, stage-1 refit, booster) is timed apart from the per-user lists.
 
     python pipelines/benchmark_export.py --train-users 2000 --full-users 20000 --write-users 100000 1000000
+
+With `--reference SRC` every measurement also runs with fuserank imported from SRC (e.g. a
+checkout of an older commit), and `--repeats N` runs each N times, the codes taking turns.
 """
 
 from __future__ import annotations
@@ -80,11 +83,11 @@ def run_full(root: Path) -> dict:
     write_export = export_job.write_export
 
     def write_timed(*args, **kwargs):  # batches are built lazily while they are written
-        timed["start"] = time.perf_counter()
+        timed["start"], timed["cpu_start"] = time.perf_counter(), time.process_time()
         try:
             return write_export(*args, **kwargs)
         finally:
-            timed["end"] = time.perf_counter()
+            timed["end"], timed["cpu_end"] = time.perf_counter(), time.process_time()
 
     export_job.write_export = write_timed
     start = time.perf_counter()
@@ -103,8 +106,12 @@ def run_full(root: Path) -> dict:
         "export_seconds": round(seconds, 1), "users_per_second": round(users / seconds, 1),
         "setup_seconds": round(timed["start"] - start, 1), "lists_seconds": round(lists_seconds, 1),
         "lists_users_per_second": round(users / lists_seconds, 1),
+        # CPU seconds of every thread of the process: the work done, which other jobs on the
+        # machine change far less than the wall time.
+        "lists_cpu_seconds": round(timed["cpu_end"] - timed["cpu_start"], 1),
         "train_seconds": spec["train_seconds"], "peak_rss_mb": round(peak_rss_mb(), 0),
         "file_mb": round(manifest["files"]["ranked_lists.parquet"]["bytes"] / 1e6, 1),
+        "lists_sha256": manifest["files"]["ranked_lists.parquet"]["sha256"],
     }
 
 
@@ -126,7 +133,7 @@ def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
     seen = pl.DataFrame({schema.USER_ID: users.gather(np.repeat(np.arange(n_users), per_user)),
                          schema.ITEM_ID: pl.Series(item_ids).gather(picks)}).unique()
     before_mb = peak_rss_mb()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     # The pool counts through popularity.item_counts, which reads times and ratings.
     pool = popularity_pool(seen.with_columns(pl.lit(0, pl.Int64).alias(schema.TIMESTAMP),
                                              pl.lit(None, pl.Float64).alias(schema.RATING)), item_ids)
@@ -149,15 +156,17 @@ def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
     batches = export_batches(served, servers, seen, pool, top_k, True, 10_000)
     out = WORK / f"write-{n_users}"
     manifest = write_export(out, batches, assignments, plans, servers, {"salt": "bench"}, [], "parquet")
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "path": "assignment + most-popular lists (seen excluded) + batched Parquet writing, no model scoring",
         "users": n_users, "served_users": served.height, "items": n_items, "seen_pairs": seen.height,
         "top_k": top_k, "rows": manifest["rows"], "batch_users": 10_000,
         "assign_seconds": round(assign_seconds, 1), "export_seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
         "users_per_second": round(n_users / seconds, 0),
         "peak_rss_mb_before_export": round(before_mb, 0), "peak_rss_mb": round(peak_rss_mb(), 0),
         "file_mb": round(manifest["files"]["ranked_lists.parquet"]["bytes"] / 1e6, 1),
+        "lists_sha256": manifest["files"]["ranked_lists.parquet"]["sha256"],
     }
 
 
@@ -184,6 +193,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--reference", help="also run every measurement with fuserank imported from this source "
                         "folder (e.g. `git worktree add /tmp/ref <commit>` then /tmp/ref/src), in the same session")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every measurement, the codes taking turns "
+                        "(on a shared machine one run of each says little)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/export.json"))
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,19 +215,23 @@ def main() -> None:
               "--per-user", str(args.per_user), "--top-k", str(args.top_k)]
     codes = {"this checkout": None} | ({"reference": args.reference} if args.reference else {})
     results = {"machine": f"{os.cpu_count()} cores", "reference": args.reference and "see each run's code",
-               "runs": []}
+               "command": " ".join(["python", *sys.argv]), "repeats": args.repeats, "runs": []}
 
     def record(run: dict, code: str) -> None:
         results["runs"].append({"code": code, **run})
         print(json.dumps(results["runs"][-1]), flush=True)
 
     for n in args.full_users:
-        spec = child(["train", str(args.train_users), str(n), *common])
-        for code, src in codes.items():  # the same trained run and catalog for every code
-            record(child(["full", spec["root"], *common], src), code)
+        # Trained by the reference code when there is one: a run records its whole config, and
+        # older code rejects the keys added since, while newer code reads older runs.
+        spec = child(["train", str(args.train_users), str(n), *common], args.reference)
+        for _ in range(args.repeats):
+            for code, src in codes.items():  # the same trained run and catalog for every code
+                record(child(["full", spec["root"], *common], src), code)
     for n in args.write_users:
-        for code, src in codes.items():
-            record(child(["write", str(n), *common], src), code)
+        for _ in range(args.repeats):
+            for code, src in codes.items():
+                record(child(["write", str(n), *common], src), code)
     from fuserank import atomic
 
     atomic.write_json(args.out, results)

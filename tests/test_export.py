@@ -20,6 +20,7 @@ from fuserank.jobs.arms import (
     export_batches,
     plan_arms,
     popular_lists,
+    popular_server,
     popularity_pool,
     user_buckets,
 )
@@ -170,6 +171,39 @@ def test_export_batches_keep_every_guarantee_whatever_the_batch_size():
     u2 = one.filter(pl.col(U) == "u2")
     assert u2[I].to_list() == ["e", "d", "f"] and u2[schema.SCORE].null_count() == 2  # top-up after "e"
     assert set(one[schema.RUN_ID]) == {"run-1"} and set(one[schema.MODEL_VERSION]) == {"abc123"}
+
+
+def test_batches_built_at_once_come_out_in_order_and_equal_one_at_a_time():
+    history = _history()
+    pool = popularity_pool(history, ["a", "b", "c", "d", "e", "f"])
+    plans = plan_arms({"t": "run", "c": "popular"}, {"t": 0.5, "c": 0.5}, 0.0)
+    users = [f"u{i}" for i in range(1, 5)] + [f"n{i}" for i in range(30)]
+    assignments = _assignments(users, plans, ["u1", "u2", "u3", "u4"])
+    servers = {"t": _fake_server(), "c": popular_server(pool, history.select(U, I), 3)}
+    seen = history.select(U, I)
+    alone = list(export_batches(assignments, servers, seen, pool, 3, True, 4, parallel_batches=1))
+    at_once = list(export_batches(assignments, servers, seen, pool, 3, True, 4, parallel_batches=3))
+    assert len(alone) == len(at_once) == 9
+    assert all(a.equals(b) for a, b in zip(alone, at_once, strict=True))
+    assert pl.concat(at_once)[U].to_list() == sorted(pl.concat(at_once)[U].to_list())
+
+
+def test_a_failed_batch_stops_the_export_when_batches_are_built_at_once():
+    history = _history()
+    pool = popularity_pool(history, ["a", "b", "c", "d", "e", "f"])
+    plans = plan_arms({"t": "run"}, {"t": 1.0}, 0.0)
+    users = [f"n{i:02d}" for i in range(20)]
+
+    def lists(batch):
+        if "n13" in list(batch):
+            raise RuntimeError("scoring failed")
+        return _fake_server().lists(batch)
+
+    batches = export_batches(_assignments(users, plans, users[:-1]), {"t": Server("run-1", "abc", lists)},
+                             history.select(U, I), pool, 3, True, 5, parallel_batches=2)
+    assert next(batches)[U].unique().sort().to_list() == users[:5]
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        list(batches)
 
 
 def test_seen_items_stay_when_configured():

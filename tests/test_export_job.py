@@ -102,7 +102,9 @@ def test_the_run_arm_finds_the_planted_taste_that_popularity_misses(tiny_run, ab
 def test_same_inputs_give_byte_identical_files_and_the_best_run_is_found(tiny_run, ab_export):
     root, config_path, _, _, run_id = tiny_run
     first, folder = ab_export
+    # Again with batches built three at once: the same bytes.
     code = main(["export", "--config", str(config_path), "--quiet", *[a for s in AB for a in ("--set", s)],
+                 "--set", "export.parallel_batches=3",
                  "--experiment", "export-e2e", "--metric", "test_ndcg_at_10", "--out", str(root / "again")])
     assert code == 0
     again = json.loads((root / "again" / "manifest.json").read_text())

@@ -7,7 +7,15 @@ import pytest
 from fuserank import schema
 from fuserank.config import FeatureConfig
 from fuserank.encoders.base import Embeddings
-from fuserank.ranking.features import DAY, build_features, feature_group
+from fuserank.ranking.features import (
+    DAY,
+    UserHistory,
+    build_features,
+    feature_group,
+    grouped_products,
+    pair_cosines,
+    recent_pairs,
+)
 
 S = 1 / math.sqrt(2)
 
@@ -171,3 +179,38 @@ def test_within_user_z_by_hand_leaves_nan_out():
     # user 0: 1 and 3 (mean 2, spread 1) and a missing value; user 1: one value
     z = within_user_z(np.array([0, 0, 0, 1]), np.array([1.0, 3.0, np.nan, 5.0]))
     assert z[:2].tolist() == [-1.0, 1.0] and math.isnan(z[2]) and z[3] == 0.0
+
+
+@pytest.mark.parametrize("d", [3, 64, 448])
+@pytest.mark.parametrize("run", [1, 40])
+def test_grouped_products_equal_the_row_by_row_product_bit_for_bit(d, run):
+    rng = np.random.default_rng(d + run)
+    many = rng.standard_normal((50, d)).astype(np.float32)
+    one = rng.standard_normal((30, d)).astype(np.float32)
+    one_rows = np.repeat(rng.integers(0, 30, 200), run)  # runs of `run` equal rows (1: no runs to share)
+    many_rows = rng.integers(0, 50, len(one_rows))
+    row_by_row = np.array([np.einsum("d,d->", many[m], one[o]) for m, o in zip(many_rows, one_rows)], dtype=np.float32)
+    got = grouped_products(many, many_rows, one, one_rows)
+    assert got.dtype == np.float32
+    assert np.array_equal(got.view(np.int32), np.einsum("nd,nd->n", many[many_rows], one[one_rows]).view(np.int32))
+    np.testing.assert_allclose(got, row_by_row, rtol=1e-5, atol=1e-5)
+    assert grouped_products(many, many_rows[:0], one, one_rows[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("n_candidates", [6, 400])  # fewer pair slots than the catalog has pairs, and more
+def test_pair_cosines_are_each_candidates_products_with_its_recent_items(n_candidates):
+    rng = np.random.default_rng(n_candidates)
+    n_items, n_users, k, d = 9, 5, 3, 64
+    vectors = rng.standard_normal((n_items, d)).astype(np.float32)
+    padded = np.vstack([vectors, np.zeros((1, d), dtype=np.float32)])
+    recent = rng.integers(0, n_items, (n_users, k))
+    recent[0, 1:] = -1  # a user with one history item
+    hist = UserHistory(tuple(f"u{u}" for u in range(n_users)), recent, np.zeros(n_users, dtype=np.int64))
+    user_rows = np.sort(rng.integers(0, n_users, n_candidates))
+    item_rows = rng.integers(0, n_items, n_candidates)
+    pairs = recent_pairs(user_rows, item_rows, hist, n_items)
+    sims = pair_cosines(padded, pairs)
+    slots = np.where(recent >= 0, recent, n_items)[user_rows]
+    want = np.einsum("nkd,nkd->nk", np.broadcast_to(padded[item_rows][:, None], (n_candidates, k, d)), padded[slots])
+    assert np.array_equal(sims.view(np.int32), want.view(np.int32))
+    assert np.array_equal(pairs.known, recent[user_rows] >= 0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fuserank.retrieval.popularity import Timeline, popular_as_of
+from fuserank.retrieval.popularity import Timeline, _radix_argsort, popular_as_of
 
 
 def random_events(rng, n_events=400, n_keys=12, n_times=30):
@@ -72,10 +72,25 @@ def test_popular_as_of_is_each_users_ranking_at_their_time_without_their_items(s
     ref = rng.choice(np.concatenate([times, [99, 150]]), n_users)  # ties with events, before all, after all
     seen = [np.unique(rng.integers(0, n_keys, rng.integers(0, 5))) for _ in range(n_users)]
     tie_rank = rng.permutation(n_keys)
-    rows, counts = popular_as_of(timeline, seen, ref, 4, tie_rank)
+    seen_users = np.repeat(np.arange(n_users), [len(s) for s in seen])
+    owner, flat, found = popular_as_of(timeline, seen_users, np.concatenate(seen), ref, 4, tie_rank)
+    assert np.all(np.diff(owner) >= 0)
+    bounds = np.cumsum(np.bincount(owner, minlength=n_users))[:-1]
+    rows, counts = np.split(flat, bounds), np.split(found, bounds)
     for user in range(n_users):
         count = np.array([((keys == k) & (times <= ref[user])).sum() for k in range(n_keys)])
         ranking = sorted(range(n_keys), key=lambda k: (-count[k], tie_rank[k], k))
         expected = [k for k in ranking if count[k] > 0 and k not in set(seen[user].tolist())][:4]
         assert rows[user].tolist() == expected
         assert counts[user].tolist() == count[expected].tolist()
+
+
+@pytest.mark.parametrize("bound", [1, 2, 70_000, 2**40, 2**62])
+def test_radix_argsort_sorts_any_non_negative_integers_below_the_bound(bound):
+    rng = np.random.default_rng(bound % 97)
+    values = rng.integers(0, bound, 5_000, dtype=np.int64)
+    values[:3] = [0, bound - 1, bound - 1]
+    order = _radix_argsort(values, bound)
+    assert sorted(order.tolist()) == list(range(len(values)))
+    assert np.array_equal(values[order], np.sort(values))
+    assert len(_radix_argsort(values[:0], bound)) == 0

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,11 +175,16 @@ def seen_lookup(seen: pl.DataFrame) -> Callable[[Sequence[str]], pl.DataFrame]:
     rows_of = pairs.with_row_index("_row").group_by(USER_ID).agg("_row")
 
     def of(users: Sequence[str]) -> pl.DataFrame:
-        wanted = pl.DataFrame({USER_ID: pl.Series(list(users), dtype=pl.String)}).unique()
+        # A Series goes in whole: list() would walk it one Python string at a time.
+        wanted = pl.DataFrame({USER_ID: _strings(users)}).unique()
         rows = wanted.join(rows_of, on=USER_ID).explode("_row")["_row"]
         return pairs[rows.to_numpy()]
 
     return of
+
+
+def _strings(values: Sequence[str] | pl.Series) -> pl.Series:
+    return values.cast(pl.String) if isinstance(values, pl.Series) else pl.Series(list(values), dtype=pl.String)
 
 
 def popular_lists(pool: pl.DataFrame, seen: pl.DataFrame | None, users: Sequence[str], k: int) -> pl.DataFrame:
@@ -297,57 +304,90 @@ def export_batches(
     k: int,
     exclude_seen: bool,
     batch_users: int,
+    parallel_batches: int = 1,
 ) -> Iterator[pl.DataFrame]:
     """schema.EXPORT_LIST frames, one per batch of `batch_users` users in user_id order.
 
     Args:
         assignments: user_id, arm, cold_start per user, sorted by user_id (holdout users get no rows).
-        servers: arm name -> its Server.
+        servers: arm name -> its Server (its `lists` may be called from several threads at once).
         seen: user_id, item_id of every known interaction (the whole history).
         pool: from `popularity_pool`; serves cold-start users and tops up short lists.
         k: items per user.
         exclude_seen: leave out seen items (also from the top-up).
         batch_users: users per batch.
+        parallel_batches: batches built at once, each in its own thread; they are still yielded
+            one at a time, in order, and each is built exactly as it would be alone.
     """
     seen_of = seen_lookup(seen) if exclude_seen else None
-    for start in range(0, assignments.height, batch_users):
-        batch = assignments.slice(start, batch_users)
-        drop = seen_of(batch[USER_ID]) if seen_of is not None else None
-        frames = []
-        for arm, server in servers.items():
-            members = batch.filter(pl.col(ARM) == arm)
-            warm = members.filter(~pl.col(COLD_START))[USER_ID].to_list()
-            cold = members.filter(pl.col(COLD_START))[USER_ID].to_list()
-            parts = []
-            if warm:
-                # Clean first (duplicates, seen items), then top up only the lists left short.
-                ranked = server.lists(warm)
-                if not server.clean:
-                    ranked = complete_lists(ranked, schema.empty_frame(schema.RANKED_LIST), drop, k)
-                full = set(ranked.group_by(USER_ID).len().filter(pl.col("len") >= k)[USER_ID].to_list())
-                short = [u for u in warm if u not in full]
-                if short:
-                    ranked = complete_lists(ranked, popular_lists(pool, drop, short, k), drop, k)
-                parts.append(ranked.with_columns(pl.lit(False).alias(COLD_START)))
-            if cold:
-                parts.append(popular_lists(pool, None, cold, k).with_columns(pl.lit(True).alias(COLD_START)))
-            for part in parts:
-                frames.append(
-                    part.with_columns(
-                        pl.lit(arm).alias(ARM),
-                        pl.lit(server.run_id, pl.String).alias(RUN_ID),
-                        pl.lit(server.model_version).alias(MODEL_VERSION),
-                    )
+    starts = range(0, assignments.height, batch_users)
+
+    def build(start: int) -> pl.DataFrame:
+        return _batch_lists(assignments.slice(start, batch_users), servers, seen_of, pool, k)
+
+    if parallel_batches <= 1 or len(starts) <= 1:
+        yield from map(build, starts)
+        return
+    # Much of a batch is single-threaded Python, polars and numpy; LightGBM, FAISS, polars and
+    # numpy's large operations release the GIL, so another batch in flight can use an idle core.
+    with ThreadPoolExecutor(max_workers=parallel_batches) as building:
+        pending: deque[Future] = deque()
+        try:
+            for start in starts:
+                pending.append(building.submit(build, start))
+                if len(pending) >= parallel_batches:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # the consumer stopped early or a batch failed
+                future.cancel()
+
+
+def _batch_lists(
+    batch: pl.DataFrame,
+    servers: Mapping[str, Server],
+    seen_of: Callable[[Sequence[str]], pl.DataFrame] | None,
+    pool: pl.DataFrame,
+    k: int,
+) -> pl.DataFrame:
+    """The schema.EXPORT_LIST frame of one batch of assignments (see `export_batches`)."""
+    drop = seen_of(batch[USER_ID]) if seen_of is not None else None
+    frames = []
+    for arm, server in servers.items():
+        members = batch.filter(pl.col(ARM) == arm)
+        warm = members.filter(~pl.col(COLD_START))[USER_ID].to_list()
+        cold = members.filter(pl.col(COLD_START))[USER_ID].to_list()
+        parts = []
+        if warm:
+            # Clean first (duplicates, seen items), then top up only the lists left short.
+            ranked = server.lists(warm)
+            if not server.clean:
+                ranked = complete_lists(ranked, schema.empty_frame(schema.RANKED_LIST), drop, k)
+            full = set(ranked.group_by(USER_ID).len().filter(pl.col("len") >= k)[USER_ID].to_list())
+            short = [u for u in warm if u not in full]
+            if short:
+                ranked = complete_lists(ranked, popular_lists(pool, drop, short, k), drop, k)
+            parts.append(ranked.with_columns(pl.lit(False).alias(COLD_START)))
+        if cold:
+            parts.append(popular_lists(pool, None, cold, k).with_columns(pl.lit(True).alias(COLD_START)))
+        for part in parts:
+            frames.append(
+                part.with_columns(
+                    pl.lit(arm).alias(ARM),
+                    pl.lit(server.run_id, pl.String).alias(RUN_ID),
+                    pl.lit(server.model_version).alias(MODEL_VERSION),
                 )
-        if frames:
-            # Sorted by (user_id, rank) through one integer, the user's position in the batch
-            # then the rank: ~5x faster than sorting the strings (a user has each rank once).
-            position = batch.select(USER_ID).sort(USER_ID).with_row_index("_position")
-            out = (pl.concat(frames).join(position, on=USER_ID, how="left", maintain_order="left")
-                   .sort(pl.col("_position").cast(pl.Int64) * 2**32 + pl.col(RANK)).drop("_position"))
-        else:
-            out = schema.empty_frame(schema.EXPORT_LIST)
-        yield out.select([pl.col(c).cast(t) for c, t in schema.EXPORT_LIST.items()])
+            )
+    if frames:
+        # Sorted by (user_id, rank) through one integer, the user's position in the batch
+        # then the rank: ~5x faster than sorting the strings (a user has each rank once).
+        position = batch.select(USER_ID).sort(USER_ID).with_row_index("_position")
+        out = (pl.concat(frames).join(position, on=USER_ID, how="left", maintain_order="left")
+               .sort(pl.col("_position").cast(pl.Int64) * 2**32 + pl.col(RANK)).drop("_position"))
+    else:
+        out = schema.empty_frame(schema.EXPORT_LIST)
+    return out.select([pl.col(c).cast(t) for c, t in schema.EXPORT_LIST.items()])
 
 
 def seen_candidates(history: pl.DataFrame, users: Sequence[str]) -> pl.DataFrame:

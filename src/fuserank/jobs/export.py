@@ -284,7 +284,7 @@ def export(
             (~pl.col(schema.USER_ID).is_in(list(known))).alias(schema.COLD_START))
         served = assignments.filter(pl.col(schema.ARM).is_in(list(servers)))
         batches = export_batches(served, servers, history.select(schema.USER_ID, schema.ITEM_ID), pool, k,
-                                 exclude, settings.batch_users)
+                                 exclude, settings.batch_users, settings.parallel_batches)
         facts = {
             "run_id": main_id,
             "config_hash": main.config_hash,

@@ -28,7 +28,6 @@ from fuserank.retrieval.popularity import Timeline, item_timeline, ref_time_arra
 from fuserank.retrieval.index import mixed_queries, query_weights
 
 DAY = 86_400.0
-_ROW_CHUNK_BYTES = 64_000_000
 # Catalogs up to about 4,000 items index their item pairs with a dense table (16M slots).
 _DENSE_PAIRS = 1 << 24
 # Row products gather their operands in blocks that stay in the CPU cache: gathering the whole
@@ -120,18 +119,15 @@ def user_profiles(
     return profiles
 
 
-def _chunks(n_rows: int, row_bytes: int, chunk_bytes: int = _ROW_CHUNK_BYTES) -> list[slice]:
-    step = max(1, chunk_bytes // max(row_bytes, 1))
-    return [slice(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]
-
-
 @dataclass(frozen=True)
 class RecentPairs:
-    """The distinct (candidate item, recent item) pairs of a candidate frame.
+    """The distinct (candidate item, recent item) pairs of a candidate frame (of a small
+    catalog: every pair).
 
     Attributes:
-        left, right: int64 (m,) item rows of each distinct pair (n_items: the zero padding row).
-        inverse: int64 (n, k) index into the pairs of each candidate's k newest history items.
+        left, right: integer (m,) item rows of each pair (n_items: the zero padding row),
+            sorted by (left, right).
+        inverse: integer (n, k) index into the pairs of each candidate's k newest history items.
         known: bool (n, k) whether the user has that many history items (False: padding).
     """
 
@@ -144,31 +140,55 @@ class RecentPairs:
 def recent_pairs(user_rows: np.ndarray, item_rows: np.ndarray, hist: UserHistory, n_items: int) -> RecentPairs:
     """Deduplicate the (candidate, recent item) pairs: a batch of users repeats the same pairs of
     a catalog many times over, and a cosine depends on the pair alone."""
-    recent = np.where(hist.recent >= 0, hist.recent, n_items)[user_rows]
-    codes = item_rows[:, None] * (n_items + 1) + recent
-    if (n_items + 1) ** 2 <= _DENSE_PAIRS:  # a table of every pair is cheaper than sorting the codes
-        seen = np.zeros((n_items + 1) ** 2, dtype=bool)
+    width = n_items + 1
+    # int32 codes and slots halve the memory the (n, k) arrays stream through when they fit.
+    dtype = np.int32 if width * width < 2**31 else np.int64
+    recent = np.where(hist.recent >= 0, hist.recent, n_items).astype(dtype)[user_rows]
+    codes = item_rows.astype(dtype)[:, None] * width + recent
+    if width * width <= min(_DENSE_PAIRS, codes.size):
+        # A small catalog's every pair costs less to multiply than its distinct pairs cost to find.
+        every = np.arange(width * width, dtype=dtype)
+        return RecentPairs(every // width, every % width, codes, recent != n_items)
+    if width * width <= _DENSE_PAIRS:  # a table of every pair is cheaper than sorting the codes
+        seen = np.zeros(width * width, dtype=bool)
         seen[codes] = True
         unique = np.flatnonzero(seen)
-        slot = np.cumsum(seen, dtype=np.int64) - 1
+        slot = np.cumsum(seen, dtype=dtype) - 1
         inverse = slot[codes]
     else:
         unique, inverse = np.unique(codes, return_inverse=True)
-    return RecentPairs(unique // (n_items + 1), unique % (n_items + 1), inverse.reshape(recent.shape),
-                       recent != n_items)
+    return RecentPairs(unique // width, unique % width, inverse.reshape(recent.shape), recent != n_items)
 
 
 def pair_cosines(padded: np.ndarray, pairs: RecentPairs) -> np.ndarray:
-    """float32 (n, k) inner products of `pairs` in `padded` (n_items + 1, d).
+    """float32 (n, k) inner products of `pairs` in `padded` (n_items + 1, d), computed once per
+    distinct pair (bit for bit what the row-by-row product gives, see `grouped_products`)."""
+    return grouped_products(padded, pairs.right, padded, pairs.left)[pairs.inverse]
 
-    Computed once per distinct pair with the same einsum reduction over d as a per-row product,
-    so every value is bit for bit what the row-by-row product gives.
+
+def grouped_products(many: np.ndarray, many_rows: np.ndarray, one: np.ndarray, one_rows: np.ndarray) -> np.ndarray:
+    """float32 (m,) inner products of rows `many[many_rows[j]]` and `one[one_rows[j]]`.
+
+    Where `one_rows` comes in runs (equal rows adjacent: a user's candidates, the pairs of one
+    item), a run's rows of `many` meet their row of `one` broadcast, so only `many` is gathered,
+    in blocks that stay in the CPU cache. The einsum reduces over d as the product of two
+    gathered rows does, so every value is bit for bit that.
     """
-    d = padded.shape[1]
-    distinct = np.empty(len(pairs.left), dtype=np.float32)
-    for part in _chunks(len(distinct), 4 * d, _CACHE_CHUNK_BYTES):
-        distinct[part] = np.einsum("nd,nd->n", padded[pairs.left[part]], padded[pairs.right[part]])
-    return distinct[pairs.inverse]
+    d = many.shape[1]
+    out = np.empty(len(many_rows), dtype=np.float32)
+    step = max(1, _CACHE_CHUNK_BYTES // (4 * d))
+    starts = np.flatnonzero(np.diff(one_rows, prepend=-1))
+    if len(starts) * 8 > len(out):  # short runs: a call per run would cost more than it saves
+        for first in range(0, len(out), step):
+            part = slice(first, first + step)
+            out[part] = np.einsum("nd,nd->n", many[many_rows[part]], one[one_rows[part]])
+        return out
+    ends = np.append(starts[1:], len(out))
+    for row, start, end in zip(one_rows[starts].tolist(), starts.tolist(), ends.tolist()):
+        for first in range(start, end, step):
+            part = slice(first, min(first + step, end))
+            out[part] = np.einsum("nd,d->n", many[many_rows[part]], one[row])
+    return out
 
 
 def similarity_features(
@@ -201,12 +221,15 @@ def similarity_features(
     padded = np.vstack([vectors, np.zeros((1, d), dtype=np.float32)])  # row -1 -> zeros
     # How alike the user's newest items are in this modality: the mean pairwise cosine, from the
     # norm of their sum. High when the user's taste lives in this modality.
-    total = padded[hist.recent].sum(axis=1)
+    # Summed slot by slot (the order numpy's sum over that axis adds them in) instead of over a
+    # gathered (n_users, k, d) array.
+    total = np.zeros((len(hist.recent), d), dtype=np.float32)
+    for column in hist.recent.T:
+        total += padded[column]
     n = (hist.recent >= 0).sum(axis=1)
     coherence = np.where(n > 1, (np.einsum("ud,ud->u", total, total) - n) / np.maximum(n * (n - 1), 1), 0.0)
     out = {name: np.zeros(len(item_rows), dtype=np.float32) for name in ("profile", "last", "max_recent", "mean_recent")}
-    for part in _chunks(len(item_rows), 4 * d, _CACHE_CHUNK_BYTES):
-        out["profile"][part] = np.einsum("nd,nd->n", padded[item_rows[part]], profile[user_rows[part]])
+    out["profile"][:] = grouped_products(padded, item_rows, profile, user_rows)
     pairs = pairs if pairs is not None else recent_pairs(user_rows, item_rows, hist, len(vectors))
     sims = pair_cosines(padded, pairs)
     out["last"][:] = sims[:, 0]

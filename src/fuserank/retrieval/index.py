@@ -405,14 +405,19 @@ def search_candidates(index: ItemIndex, user_ids: Sequence[str], queries: np.nda
 
 def seen_rows(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str]) -> list[np.ndarray]:
     """Per user of `users`, the sorted int64 rows in `item_ids` of the items in their history."""
+    owner, rows = seen_pairs(history, users, item_ids)
+    return np.split(rows, np.cumsum(np.bincount(owner, minlength=len(users)))[:-1])
+
+
+def seen_pairs(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`seen_rows` as two flat int64 arrays (position in `users`, item row), sorted by both."""
     user_index = pl.DataFrame({USER_ID: pl.Series(list(users), dtype=pl.String),
                                "_u": np.arange(len(users), dtype=np.int64)})
     item_index = pl.DataFrame({ITEM_ID: pl.Series(list(item_ids), dtype=pl.String),
                                "_i": np.arange(len(item_ids), dtype=np.int64)})
     pairs = (history.select(USER_ID, ITEM_ID).join(user_index, on=USER_ID).join(item_index, on=ITEM_ID)
              .select("_u", "_i").unique().sort("_u", "_i"))
-    counts = np.bincount(pairs["_u"].to_numpy(), minlength=len(users))
-    return np.split(pairs["_i"].to_numpy().astype(np.int64), np.cumsum(counts)[:-1])
+    return pairs["_u"].to_numpy().astype(np.int64), pairs["_i"].to_numpy().astype(np.int64)
 
 
 def merge_candidates(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
