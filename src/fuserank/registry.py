@@ -234,5 +234,8 @@ def log_datasets(run_id: str, config: TrackingConfig, records: Sequence[DatasetR
         )
         inputs.append(DatasetInput(dataset, tags=[InputTag(CONTEXT_TAG, record.context),
                                                   InputTag(TABLE_TAG, record.table)]))
-    _client(config).log_inputs(run_id, datasets=inputs)
+    # MLflow inserts a dataset it does not find; two jobs logging the same table at once would
+    # both insert it and one would fail on the store's unique (experiment, name, digest).
+    with store_lock(config):
+        _client(config).log_inputs(run_id, datasets=inputs)
 
