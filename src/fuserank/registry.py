@@ -236,6 +236,7 @@ def log_datasets(run_id: str, config: TrackingConfig, records: Sequence[DatasetR
                                                   InputTag(TABLE_TAG, record.table)]))
     # MLflow inserts a dataset it does not find; two jobs logging the same table at once would
     # both insert it and one would fail on the store's unique (experiment, name, digest).
+    client = _client(config)  # before the lock: preparing the store takes it too
     with store_lock(config):
-        _client(config).log_inputs(run_id, datasets=inputs)
+        client.log_inputs(run_id, datasets=inputs)
 
