@@ -63,7 +63,10 @@ def test_count_grid_is_every_keys_count_at_each_time(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_popular_as_of_is_each_users_ranking_at_their_time_without_their_items(seed):
+@pytest.mark.parametrize("cells", [None, 24])  # 24: blocks of two reference times, many blocks
+def test_popular_as_of_is_each_users_ranking_at_their_time_without_their_items(seed, cells, monkeypatch):
+    if cells is not None:
+        monkeypatch.setattr("fuserank.retrieval.popularity._RANKING_CELLS", cells)
     rng = np.random.default_rng(seed)
     n_keys = 12
     keys, times, _ = random_events(rng, n_keys=n_keys)

@@ -236,11 +236,17 @@ def popular_as_of(timeline: Timeline, seen_users: np.ndarray, seen_items: np.nda
     # Users sharing a reference time share one ranking; distinct times go in blocks of rows.
     times, time_of_user = np.unique(ref, return_inverse=True)
     block = max(1, _RANKING_CELLS // n_keys)
+    # Users and their seen pairs grouped by block once (each block's users ascending), instead of
+    # a pass over every user and pair per block.
+    block_of = time_of_user // block
+    by_block = np.argsort(block_of, kind="stable")
+    user_bounds = np.searchsorted(block_of[by_block], np.arange(len(times) // block + 2))
+    seen_by_block = np.argsort(block_of[seen_users], kind="stable")
+    seen_bounds = np.searchsorted(block_of[seen_users][seen_by_block], np.arange(len(times) // block + 2))
     found_users, found_rows, found_counts = [empty], [empty], [empty]
-    for first in range(0, len(times), block):
+    for b, first in enumerate(range(0, len(times), block)):
         span = times[first:first + block]
-        inside = (time_of_user >= first) & (time_of_user < first + len(span))
-        users = np.flatnonzero(inside)
+        users = by_block[user_bounds[b]:user_bounds[b + 1]]
         row = time_of_user[users] - first
         counts = timeline.count_grid(span)
         order_key = -counts * n_keys + tie_pos
@@ -254,9 +260,9 @@ def popular_as_of(timeline: Timeline, seen_users: np.ndarray, seen_items: np.nda
         owner = np.repeat(np.arange(len(users)), length)
         within = np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length)
         items = head[row[owner], within]
-        local = np.cumsum(inside) - 1  # a block user's position in `users`
-        mine = inside[seen_users]
-        keep = ~np.isin(owner * n_keys + items, local[seen_users[mine]] * n_keys + seen_items[mine])
+        mine = seen_by_block[seen_bounds[b]:seen_bounds[b + 1]]
+        local = np.searchsorted(users, seen_users[mine])  # each pair's user's position in `users`
+        keep = ~np.isin(owner * n_keys + items, local * n_keys + seen_items[mine])
         kept = np.cumsum(keep) - np.repeat(np.cumsum(np.bincount(owner[keep], minlength=len(users))) -
                                            np.bincount(owner[keep], minlength=len(users)), length)
         keep &= kept <= n
