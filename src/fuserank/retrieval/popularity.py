@@ -61,9 +61,10 @@ class Timeline:
         needles = keys * self._span + offset
         # Features ask for the same (key, time) rows several times (count, last and first time,
         # means, each window's end): comparing needles is ~10x cheaper than searching again.
-        for at, (previous, found) in enumerate(self._recent):
+        recent = self._recent
+        for at, (previous, found) in enumerate(recent):
             if np.array_equal(previous, needles):
-                self._recent.insert(0, self._recent.pop(at))
+                self._recent = [recent[at], *recent[:at], *recent[at + 1:]]
                 return found
         found = np.empty(len(needles), dtype=np.int64)
         # Sorted needles search ~5x faster than scattered ones, and the same keys at shifted
@@ -72,11 +73,15 @@ class Timeline:
         if _ascending(needles):
             found[:] = np.searchsorted(self._keys, needles, side="right")
         else:
-            ordered = needles[self._order] if len(self._order) == len(needles) else None
+            # One read of the remembered order: a fit's timeline (covisitation) may serve export
+            # batches built in threads at once, and another thread may replace it meanwhile.
+            order = self._order
+            ordered = needles[order] if len(order) == len(needles) else None
             if ordered is None or not _ascending(ordered):
-                self._order = _radix_argsort(needles, self.n_keys * self._span)
-                ordered = needles[self._order]
-            found[self._order] = np.searchsorted(self._keys, ordered, side="right")
+                order = _radix_argsort(needles, self.n_keys * self._span)
+                ordered = needles[order]
+                self._order = order
+            found[order] = np.searchsorted(self._keys, ordered, side="right")
         self._recent = [(needles, found), *self._recent[:1]]
         return found
 
