@@ -68,6 +68,20 @@ def score_cutoff(cutoff, item_ids, config, seed: int, cache: Path | None) -> dic
     }
 
 
+def shared_model(cutoff, item_ids, config, seed: int, cache: Path | None) -> dict | None:
+    """The training record of the model every cut-off continued from (None when sequence.refit
+    is "scratch"), read back from the cache the cut-offs' fits filled (train_seconds: its
+    training's, when it was trained with this code)."""
+    from fuserank.retrieval.sequence import fit_sequence_model
+
+    if config.sequence.refit != "continue":
+        return None
+    model = fit_sequence_model(cutoff.shared_history, item_ids, config.sequence, seed, cache)
+    return {"history_rows": cutoff.shared_history.height, "epochs": model.epochs, "best_epoch": model.best_epoch,
+            "inner_valid_ndcg_at_10": model.best_valid_ndcg, "valid_ndcg_per_epoch": list(model.valid_ndcg),
+            "train_seconds": model.train_seconds}
+
+
 def target_shape(cutoff) -> dict:
     """What sets one cut-off's targets apart: the share that tie their user's newest history
     timestamp, and how many history interactions the target items have (median)."""
@@ -98,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else None
     by_seed = {str(seed): {cutoff.name: score_cutoff(cutoff, item_ids, config, seed, cache)
                            for cutoff in (cutoffs.valid, cutoffs.test)} for seed in args.seeds}
+    shared = {str(seed): shared_model(cutoffs.test, item_ids, config, seed, cache) for seed in args.seeds}
     flat = {seed: {f"{name}_{system}_{key}": found[name][system][key] for name in found
                    for system in ("sasrec", "most_popular") for key in HEADLINE} for seed, found in by_seed.items()}
     report = {
@@ -110,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_1min": os.getloadavg()[0]},
         "catalog_items": len(item_ids),
         "by_seed": by_seed,
+        "shared_history_model": shared,
         "over_seeds": spread_over_seeds(flat, list(next(iter(flat.values())))),
         "notes": "history items excluded from every list; full catalog ranked; each cut-off's SASRec stops on the "
                  "NDCG@10 of each user's last history item (inside its history) and keeps the best epoch's weights",

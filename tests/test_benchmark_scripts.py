@@ -128,3 +128,26 @@ def test_spread_over_seeds_by_hand():
         {"mean": 0.2, "std": 0.1, "min": 0.1, "max": 0.3})
     assert got["by_seed"] == {"42": 0.1, "43": 0.3, "44": 0.2}
     assert "test_recall_at_10" not in out  # only metrics the runs have
+
+
+@pytest.mark.slow
+def test_benchmark_sequence_records_the_shared_history_model_and_reads_it_back(tmp_path):
+    pytest.importorskip("torch")
+    sequence = _load("benchmark_sequence")
+    items, interactions = generate_catalog(n_items=60, n_users=40, seed=3)
+    items_path, interactions_path = write_catalog(tmp_path / "catalog", items, interactions)
+    args = ["--dataset", "catalog", "--quiet", "--cache-dir", str(tmp_path / "sequence"),
+            "--set", f"data.items_path={items_path}", "--set", f"data.interactions_path={interactions_path}",
+            "--set", "sequence.enabled=true", "--set", "sequence.dim=8", "--set", "sequence.max_epochs=2",
+            "--set", "sequence.refit_epochs=1", "--set", "sequence.threads=1"]
+    first, again = tmp_path / "first.json", tmp_path / "again.json"
+    assert sequence.main([*args, "--out", str(first)]) == 0
+    assert sequence.main([*args, "--out", str(again)]) == 0
+    trained = json.loads(first.read_text())["shared_history_model"]["42"]
+    read = json.loads(again.read_text())["shared_history_model"]["42"]
+    assert trained["epochs"] == len(trained["valid_ndcg_per_epoch"]) <= 2
+    assert trained["train_seconds"] > 0
+    # the second run reads every model back, the shared one with the seconds its training took
+    assert read == trained
+    assert json.loads(again.read_text())["by_seed"]["42"]["test"] | {"fit_seconds": 0, "rank_seconds": 0} == \
+        json.loads(first.read_text())["by_seed"]["42"]["test"] | {"fit_seconds": 0, "rank_seconds": 0, "from_cache": True}

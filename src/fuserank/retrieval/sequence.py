@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,8 @@ class SequenceModel:
         valid_ndcg / train_loss: validation NDCG@10 and mean training loss of each epoch.
         cache_key: `cache_key` of the fit; from_cache: whether it was loaded rather than trained.
         started_from: the cache key of the model this fit continued from (None: from scratch).
+        train_seconds: wall seconds its training took, read back from the cache with it (None
+            for models cached before it was recorded).
     """
 
     item_ids: tuple[str, ...]
@@ -106,6 +109,7 @@ class SequenceModel:
     cache_key: str
     from_cache: bool
     started_from: str | None = None
+    train_seconds: float | None = None
 
     @property
     def best_valid_ndcg(self) -> float:
@@ -252,12 +256,14 @@ def fit_sequence_model(history: pl.DataFrame, item_ids: Sequence[str], config: S
                              f"the most any of {len(data.users):,} users has is {longest}")
         what = "continue sequence model" if start is not None else "fit sequence model"
         with progress.step(what) as s:
+            began = time.perf_counter()
             network, record = train_network(
                 data, len(item_ids), config, seed, device,
                 start=start.network.state_dict() if start is not None else None,
                 max_epochs=config.refit_epochs if start is not None else None,
             )
             record["started_from"] = start.cache_key if start is not None else None
+            record["train_seconds"] = time.perf_counter() - began
             best = record["best_epoch"]
             s.done(f"{record['epochs']} epochs, best {best}, valid NDCG@{VALID_K} {record['valid_ndcg'][best - 1]:.4f}")
         if path is not None:
@@ -274,7 +280,7 @@ def _fitted(item_ids: tuple[str, ...], network: SASRec, record: dict[str, Any], 
         threads=config.threads, epochs=int(record["epochs"]), best_epoch=int(record["best_epoch"]),
         valid_ndcg=tuple(float(v) for v in record["valid_ndcg"]),
         train_loss=tuple(float(v) for v in record["train_loss"]), cache_key=key, from_cache=from_cache,
-        started_from=record.get("started_from"),
+        started_from=record.get("started_from"), train_seconds=record.get("train_seconds"),
     )
 
 
