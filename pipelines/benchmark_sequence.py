@@ -69,12 +69,12 @@ def score_cutoff(cutoff, item_ids, config, seed: int, cache: Path | None) -> dic
 
 
 def shared_model(cutoff, item_ids, config, seed: int, cache: Path | None) -> dict | None:
-    """The training record of the model every cut-off continued from (None when sequence.refit
-    is "scratch"), read back from the cache the cut-offs' fits filled (train_seconds: its
+    """The training record of the model every cut-off continued from or, under sequence.refit
+    "shared", used (None when it is "scratch"), read back from the cache the cut-offs' fits filled (train_seconds: its
     training's, when it was trained with this code)."""
     from fuserank.retrieval.sequence import fit_sequence_model
 
-    if config.sequence.refit != "continue":
+    if config.sequence.refit == "scratch":
         return None
     model = fit_sequence_model(cutoff.shared_history, item_ids, config.sequence, seed, cache)
     return {"history_rows": cutoff.shared_history.height, "epochs": model.epochs, "best_epoch": model.best_epoch,

@@ -184,6 +184,12 @@ def test_a_continued_fit_starts_from_the_shared_histories_model_and_is_cached(fu
     assert cache_key(history, CATALOG, scratch, 0, "cpu") == cache_key(history, CATALOG, config, 0, "cpu")
     with pytest.raises(AssertionError, match="trained although"):
         fit_sequence_model(history, CATALOG, scratch, seed=0, cache_dir=tmp_path, start_history=shared)
+    # "shared": the cut-off reads the shared history's model itself, nothing trained or written.
+    used = fit_sequence_model(history, CATALOG, dataclasses.replace(config, refit="shared"), seed=0,
+                              cache_dir=tmp_path, start_history=shared)
+    assert used.cache_key == base.cache_key and used.started_from is None
+    np.testing.assert_array_equal(used.item_vectors, base.item_vectors)
+    assert len(list(tmp_path.iterdir())) == 2
 
 
 def test_a_continued_fit_starts_from_the_start_models_weights(full, history):

@@ -329,8 +329,10 @@ class SequenceConfig:
     refit: how each cut-off's model is trained. "continue": the model of the interactions that
         every cut-off of the protocol has in its history (data.cutoffs' shared history) is
         trained from scratch once, and each cut-off's model continues from its weights on its
-        own history for at most `refit_epochs` epochs (same early stopping). "scratch": every
-        cut-off's model starts from a fresh initialisation (as many full fits as cut-offs).
+        own history for at most `refit_epochs` epochs (same early stopping). "shared": every
+        cut-off reads that shared-history model as it is (one fit in all; the newer
+        interactions are read as inputs, never trained on). "scratch": every cut-off's model
+        starts from a fresh initialisation (as many full fits as cut-offs).
     """
 
     enabled: bool = False
@@ -347,7 +349,7 @@ class SequenceConfig:
     batching: str = one_of("random", ("random", "length"))
     device: str = one_of("auto", ("auto", "cpu", "cuda"))
     threads: int = ranged(2, "[1, inf)")
-    refit: str = one_of("continue", ("continue", "scratch"))
+    refit: str = one_of("continue", ("continue", "shared", "scratch"))
     refit_epochs: int = ranged(3, "[1, inf)")
 
 

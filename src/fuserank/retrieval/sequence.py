@@ -8,7 +8,8 @@ trains on it.
 A fit starts from scratch, or (sequence.refit "continue") from the model of the protocol's
 shared history, the interactions every cut-off has (data.cutoffs): that model is fitted once and
 each cut-off's fit continues from it for a few epochs on its own history, so a protocol of five
-cut-offs costs about one full fit, and no fit sees what its cut-off predicts or hides.
+cut-offs costs about one full fit, and no fit sees what its cut-off predicts or hides. Under
+"shared" every cut-off uses that one model as it is.
 
 A fitted model is cached under sha256(history rows, catalog, settings, seed, device,
 MODEL_VERSION, the key of the model it continued from) as a torch state dict read back with
@@ -227,9 +228,10 @@ def fit_sequence_model(history: pl.DataFrame, item_ids: Sequence[str], config: S
             state is untouched (sequence_training.train_network).
         cache_dir: folder of cached models (created if missing); None neither reads nor writes.
         start_history: rows of `history` that every cut-off of the protocol has (data.cutoffs'
-            shared history). With config.refit "continue" and fewer rows than `history`, a model
-            is fitted (or loaded) on them from scratch and this fit continues from its weights
-            for at most config.refit_epochs epochs; otherwise the fit starts from scratch.
+            shared history). With fewer rows than `history` and config.refit "continue", a
+            model is fitted (or loaded) on them from scratch and this fit continues from its
+            weights for at most config.refit_epochs epochs; under "shared" that model is
+            returned as it is. Otherwise the fit starts from scratch on `history`.
 
     Returns:
         The fitted SequenceModel.
@@ -241,8 +243,10 @@ def fit_sequence_model(history: pl.DataFrame, item_ids: Sequence[str], config: S
     item_ids = tuple(item_ids)
     device = resolve_device(config.device)
     start = None
-    if config.refit == "continue" and start_history is not None and start_history.height < history.height:
+    if config.refit != "scratch" and start_history is not None and start_history.height < history.height:
         start = fit_sequence_model(start_history, item_ids, config, seed, cache_dir)
+        if config.refit == "shared":
+            return start
     key = cache_key(history, item_ids, config, seed, device, start.cache_key if start is not None else None)
     path = Path(cache_dir) / f"sasrec-{key}.pt" if cache_dir is not None else None
     with torch_threads(config.threads):
