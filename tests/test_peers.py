@@ -107,6 +107,9 @@ def test_grids_hold_the_values_earlier_benchmarks_chose_inside_them():
               "als": [{"factors": 128, "alpha": 1.0, "regularization": 0.05},
                       {"factors": 64, "alpha": 5.0, "regularization": 0.05}],
               "bpr": [{"factors": 64, "learning_rate": 0.01}, {"factors": 128, "learning_rate": 0.1}]}
+    # Chosen on ML-100K global time by the grids before 8 factors were added.
+    chosen["als"].append({"factors": 16, "alpha": 1.0, "regularization": 0.05})
+    chosen["bpr"].append({"factors": 16, "learning_rate": 0.01})
     for name, choices in chosen.items():
         for params in choices:
             assert params in [dict(p) for p in PEERS[name].grid], (name, params)
@@ -134,6 +137,30 @@ def test_a_rerun_reads_each_peer_fit_back_from_the_cache_and_new_inputs_fit_agai
                             SplitConfig(label_cutoffs=1))
     benchmarking.run_peer("ease", shorter, items, seed=0, cache_dir=tmp_path)
     assert fits  # another history is another key
+
+
+_MODULE = '''"""Peers."""
+from x import Peer, _grid
+
+
+def fit_a(matrix, params, seed):
+    """Fit a."""
+    return matrix * params["factors"]  # scale
+
+
+PEERS = {"a": Peer(fit_a, _grid(factors=(16, 32)), "lib")}
+'''
+
+
+def test_a_peer_fit_key_follows_the_fitting_code_not_the_grid_or_the_docstrings():
+    digest = benchmarking.code_digest(_MODULE)
+    same = [
+        _MODULE.replace("factors=(16, 32)", "factors=(8, 16, 32)"),  # a widened grid
+        _MODULE.replace('"""Fit a."""', '"""Fit a, reworded."""').replace('"""Peers."""', '"""Other."""'),
+        _MODULE.replace("# scale", "# another comment"),
+    ]
+    assert all(benchmarking.code_digest(source) == digest for source in same)
+    assert benchmarking.code_digest(_MODULE.replace('params["factors"]', 'params["factors"] + 1')) != digest
 
 
 def test_a_fit_that_diverged_is_kept_as_its_error(tmp_path, monkeypatch):

@@ -7,6 +7,8 @@ fuserank's protocol and writes the results.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import importlib.metadata
 import inspect
@@ -160,17 +162,43 @@ def run_peer(name: str, cutoffs: Cutoffs, item_ids: Sequence[str], seed: int, k:
 
 def peer_key(name: str, params: Mapping[str, Any], history: pl.DataFrame, users: Sequence[str],
              item_ids: Sequence[str], k: int, seed: int) -> str:
-    """sha256 hex of everything one in-process peer fit depends on: the peer and its settings,
-    the seed, k, the catalog, the users, the history's rows in event order, the source of
-    evaluation/peers.py and the versions of the libraries it fits with."""
+    """sha256 hex of everything one in-process peer fit depends on: the peer, its fit function
+    and settings, the seed, k, the catalog, the users, the history's rows in event order, the
+    code of evaluation/peers.py (`fitting_code`) and the versions of the libraries it fits with."""
     versions = {lib: _version(lib) for lib in ("implicit", "cornac", "scipy", "numpy")}
-    settings = {"name": name, "params": dict(params), "seed": seed, "k": k, "versions": versions,
-                "code": hashlib.sha256(inspect.getsource(peers).encode("utf-8")).hexdigest()}
+    settings = {"name": name, "fit": peers.PEERS[name].fit.__qualname__, "params": dict(params), "seed": seed,
+                "k": k, "versions": versions, "code": fitting_code()}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8") + b"\0")
     digest.update(json.dumps([list(item_ids), list(users)]).encode("utf-8") + b"\0")
     rows = sort_interactions(history.select(schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP))
     digest.update(rows.write_csv().encode("utf-8"))
     return digest.hexdigest()
+
+
+@functools.cache
+def fitting_code() -> str:
+    """`code_digest` of evaluation/peers.py."""
+    return code_digest(inspect.getsource(peers))
+
+
+def code_digest(source: str) -> str:
+    """sha256 hex of a module's code without its docstrings, comments and `PEERS` table: a peer
+    fit's key follows the code that fits, while widening a grid (or rewording a docstring) keeps
+    the fits already cached, since each fit's params are in its key."""
+    tree = ast.parse(source)
+    tree.body = [node for node in tree.body if not _is_peers_table(node)]
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode("utf-8")).hexdigest()
+
+
+def _is_peers_table(node: ast.stmt) -> bool:
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+    return any(isinstance(t, ast.Name) and t.id == "PEERS" for t in targets)
 
 
 def _version(distribution: str) -> str | None:
