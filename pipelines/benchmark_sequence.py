@@ -69,9 +69,10 @@ def score_cutoff(cutoff, item_ids, config, seed: int, cache: Path | None) -> dic
 
 
 def shared_model(cutoff, item_ids, config, seed: int, cache: Path | None) -> dict | None:
-    """The training record of the model every cut-off continued from or, under sequence.refit
-    "shared", used (None when it is "scratch"), read back from the cache the cut-offs' fits filled (train_seconds: its
-    training's, when it was trained with this code)."""
+    """The training record of the shared-history model, which every cut-off continued from (or,
+    under sequence.refit "shared", used as it is); None under "scratch". It is read back from
+    the cache the cut-offs' fits filled; train_seconds is None for models cached before their
+    records kept it."""
     from fuserank.retrieval.sequence import fit_sequence_model
 
     if config.sequence.refit == "scratch":
