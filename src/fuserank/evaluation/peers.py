@@ -16,8 +16,9 @@ and BPR on ML-100K leave-last-out, so those were extended once more; on ML-1M le
 item-kNN then chose 20 neighbours and BPR 256 factors, so those axes gained 5 and 10 neighbours
 and 512 factors; BPR chose 512 there next (validation NDCG@10 still rising with factors), so it
 gained 1024; on ML-100K global time (81 validation targets) ALS and BPR chose 16 factors, so
-both gained 8. BPR's learning rate 0.3 diverges (NaN factors, recorded as a failed fit): it
-marks where that axis ends. `edge_choices` names any axis whose choice still sits on an edge,
+both gained 8; on ML-1M global time item-kNN chose shrink 200 and BPR learning rate 0.003, so
+those axes gained 1000 and 0.001. BPR's learning rate 0.3 diverges (NaN factors, recorded as
+a failed fit): it marks where that axis ends. `edge_choices` names any axis whose choice still sits on an edge,
 and the benchmark records it. Grid sizes differ now; the benchmark records each. A cached fit
 is keyed by its params and the fitting code, not by this table (benchmarking.code_digest), so
 widening a grid fits only the new configurations.
@@ -193,10 +194,10 @@ def fit_ease(matrix: sp.csr_matrix, params: Mapping[str, Any], seed: int) -> Sco
 PEERS: dict[str, Peer] = {
     "popular": Peer(fit_popular, ({},), "fuserank"),
     "item_knn": Peer(fit_item_knn, _grid(neighbours=(5, 10, 20, 50, 100, 200, 400, 800, 1600),
-                                         shrink=(0.0, 10.0, 50.0, 200.0)), "fuserank"),
+                                         shrink=(0.0, 10.0, 50.0, 200.0, 1000.0)), "fuserank"),
     "als": Peer(fit_als, _grid(factors=(8, 16, 32, 64, 128, 256), alpha=(0.25, 1.0, 5.0, 20.0), regularization=(0.05,)),
                 "implicit"),
-    "bpr": Peer(fit_bpr, _grid(factors=(8, 16, 32, 64, 128, 256, 512, 1024), learning_rate=(0.003, 0.01, 0.03, 0.1, 0.3)),
+    "bpr": Peer(fit_bpr, _grid(factors=(8, 16, 32, 64, 128, 256, 512, 1024), learning_rate=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3)),
                 "implicit"),
     "ease": Peer(fit_ease, _grid(lamb=(50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)), "cornac"),
 }
