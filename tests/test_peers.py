@@ -113,6 +113,9 @@ def test_grids_hold_the_values_earlier_benchmarks_chose_inside_them():
     # Chosen on ML-1M global time before shrink 1000 and learning rate 0.001 were added.
     chosen["item_knn"].append({"neighbours": 400, "shrink": 200.0})
     chosen["bpr"].append({"factors": 32, "learning_rate": 0.003})
+    # Chosen on ML-100K global time before shrink 5000 and learning rate 0.0003 were added.
+    chosen["item_knn"].append({"neighbours": 20, "shrink": 1000.0})
+    chosen["bpr"].append({"factors": 32, "learning_rate": 0.001})
     for name, choices in chosen.items():
         for params in choices:
             assert params in [dict(p) for p in PEERS[name].grid], (name, params)
