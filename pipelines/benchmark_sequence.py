@@ -1,5 +1,5 @@
-"""The SASRec sequence model alone, on the leave-last-out validation and test cut-offs: quality,
-wall time, epochs.
+"""The SASRec sequence model alone, on a protocol's validation and test cut-offs (split.protocol,
+leave-last-out by default): quality, wall time, epochs.
 
 Each cut-off's model is fitted on that cut-off's history as train-evaluate fits it (from the
 model of the protocol's shared history under sequence.refit "continue"; its early stopping
