@@ -24,6 +24,13 @@ def _load(name: str):
     return module
 
 
+def _catalog_settings(folder: Path, n_items: int, n_users: int) -> list[str]:
+    """--set arguments that point a pipeline at a generated catalog written under `folder`."""
+    items, interactions = generate_catalog(n_items=n_items, n_users=n_users, seed=3)
+    items_path, interactions_path = write_catalog(folder, items, interactions)
+    return ["--set", f"data.items_path={items_path}", "--set", f"data.interactions_path={interactions_path}"]
+
+
 def test_ann_benchmark_points_are_ordered_and_exact_is_the_truth():
     perf = _load("benchmark_performance")
     out = perf.ann_benchmark(n=3000, d=16, n_queries=50, seed=0, k=20)
@@ -46,14 +53,12 @@ def test_clustered_vectors_are_unit_and_seeded():
 def test_benchmark_peers_on_a_tiny_catalog(tmp_path):
     pytest.importorskip("cornac")
     peers = _load("benchmark_peers")
-    items, interactions = generate_catalog(n_items=120, n_users=100, seed=3)
-    items_path, interactions_path = write_catalog(tmp_path / "catalog", items, interactions)
+    catalog = _catalog_settings(tmp_path / "catalog", n_items=120, n_users=100)
     model = save_tiny_bert(tmp_path / "bert", words=["a", "story", "number", *GENRES])
     out = tmp_path / "peers.json"
     code = peers.main([
         "--dataset", "catalog", "--quiet", "--out", str(out), "--peers", "popular", "item_knn", "ease",
-        "--set", f"data.items_path={items_path}", "--set", f"data.interactions_path={interactions_path}",
-        "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
+        *catalog, "--set", f"sources.cache_dir={tmp_path / 'cache'}", "--set", f"sources.text_model={model}",
         "--set", "retrieval.ann_candidates=40", "--set", "retrieval.popular_candidates=10",
         "--set", "ranker.n_estimators=50", "--set", "ranker.min_child_samples=5",
         "--recbole-set", "split.label_share=0.25", "--recbole-set", "ranker.base_scale=0.3", "--seeds", "5", "6",
@@ -134,10 +139,8 @@ def test_spread_over_seeds_by_hand():
 def test_benchmark_sequence_records_the_shared_history_model_and_reads_it_back(tmp_path):
     pytest.importorskip("torch")
     sequence = _load("benchmark_sequence")
-    items, interactions = generate_catalog(n_items=60, n_users=40, seed=3)
-    items_path, interactions_path = write_catalog(tmp_path / "catalog", items, interactions)
     args = ["--dataset", "catalog", "--quiet", "--cache-dir", str(tmp_path / "sequence"),
-            "--set", f"data.items_path={items_path}", "--set", f"data.interactions_path={interactions_path}",
+            *_catalog_settings(tmp_path / "catalog", n_items=60, n_users=40),
             "--set", "sequence.enabled=true", "--set", "sequence.dim=8", "--set", "sequence.max_epochs=2",
             "--set", "sequence.refit_epochs=1", "--set", "sequence.threads=1"]
     first, again = tmp_path / "first.json", tmp_path / "again.json"

@@ -246,8 +246,9 @@ def popular_as_of(timeline: Timeline, seen_users: np.ndarray, seen_items: np.nda
     block_of = time_of_user // block
     by_block = np.argsort(block_of, kind="stable")
     user_bounds = np.searchsorted(block_of[by_block], np.arange(len(times) // block + 2))
-    seen_by_block = np.argsort(block_of[seen_users], kind="stable")
-    seen_bounds = np.searchsorted(block_of[seen_users][seen_by_block], np.arange(len(times) // block + 2))
+    seen_block = block_of[seen_users]
+    seen_by_block = np.argsort(seen_block, kind="stable")
+    seen_bounds = np.searchsorted(seen_block[seen_by_block], np.arange(len(times) // block + 2))
     found_users, found_rows, found_counts = [empty], [empty], [empty]
     for b, first in enumerate(range(0, len(times), block)):
         span = times[first:first + block]
