@@ -46,7 +46,7 @@ def planted(n_users: int, seed: int) -> pl.DataFrame:
     return pl.DataFrame({
         schema.USER_ID: np.repeat([f"u{seed}_{u:04d}" for u in range(n_users)], 30),
         "signal": signal, "noise_a": rng.normal(size=rows), "noise_b": rng.normal(size=rows),
-        schema.LABEL: label,
+        schema.LABEL: label, schema.ITEM_ID: np.tile([f"i{i:02d}" for i in range(30)], n_users),
     })
 
 
@@ -116,13 +116,14 @@ def tree_text(ranker) -> str:
     return model[model.index("Tree=0"):model.index("end of trees")]
 
 
-@pytest.mark.parametrize("base_scale", [0.0, 1.0])
-def test_one_partition_gives_the_local_model(client, base_scale):
+@pytest.mark.parametrize(("base_scale", "negatives"), [(0.0, 0), (1.0, 0), (0.0, 8)])
+def test_one_partition_gives_the_local_model(client, base_scale, negatives):
     """One LightGBM machine runs the serial learner on the reference-binned Dataset: the very
-    model of a local fit, bagging, feature sampling and the starting score included."""
+    model of a local fit, bagging, feature sampling, the starting score and the negatives drawn
+    for training included."""
     train = planted(300, 41)
     config = RankerConfig(n_estimators=30, num_leaves=7, min_child_samples=10, early_stopping_rounds=0, n_jobs=1,
-                          base_feature="signal", base_scale=base_scale)
+                          base_feature="signal", base_scale=base_scale, train_negatives=negatives)
     local = fit_ranker(train, None, FEATURES, config, seed=5)
     remote = fit_ranker_dask(client, train, None, FEATURES, config, seed=5, n_partitions=1)
     assert tree_text(remote) == tree_text(local)

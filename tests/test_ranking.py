@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,8 +11,17 @@ import polars as pl
 import pytest
 
 from fuserank.config import RankerConfig
-from fuserank.ranking.ranker import FEATURES_FILE, MODEL_FILE, Ranker, ScoreBase, fit_ranker, load_ranker, save_ranker
-from fuserank.schema import LABEL, USER_ID
+from fuserank.ranking.ranker import (
+    FEATURES_FILE,
+    MODEL_FILE,
+    Ranker,
+    ScoreBase,
+    fit_ranker,
+    load_ranker,
+    sample_negatives,
+    save_ranker,
+)
+from fuserank.schema import ITEM_ID, LABEL, USER_ID
 
 FEATURES = ("noise_a", "signal", "noise_b", "noise_c")
 CONFIG = RankerConfig(n_estimators=40, learning_rate=0.1, num_leaves=7, min_child_samples=10, n_jobs=1)
@@ -175,6 +185,39 @@ def test_groups_without_a_positive_are_dropped(data: dict[str, pl.DataFrame]) ->
     base = fit_ranker(train, None, FEATURES, CONFIG, seed=0)
     padded = fit_ranker(pl.concat([empty, train]), None, FEATURES, CONFIG, seed=0)
     np.testing.assert_allclose(padded.score(data["test"]), base.score(data["test"]), rtol=1e-6)
+
+
+def test_sample_negatives_keeps_positives_and_draws_per_query() -> None:
+    frame = pl.DataFrame({
+        USER_ID: ["a"] * 5 + ["b"] * 3 + ["c"] * 2,
+        ITEM_ID: ["i1", "i2", "i3", "i4", "i5", "i1", "i2", "i3", "i1", "i2"],
+        LABEL: [0, 1, 0, 0, 1, 0, 0, 0, 1, 0],
+    })
+    kept = sample_negatives(frame, 2, seed=7)
+    counts = kept.group_by(USER_ID).agg(pl.col(LABEL).sum().alias("pos"), (pl.col(LABEL) == 0).sum().alias("neg"))
+    assert dict(zip(counts[USER_ID], zip(counts["pos"], counts["neg"], strict=True), strict=True)) == {
+        "a": (2, 2), "b": (0, 2), "c": (1, 1)}
+    # Rows keep their order, and the draw of a query depends on its rows alone.
+    assert kept.height == 8
+    order = {row: i for i, row in enumerate(frame.select(USER_ID, ITEM_ID).iter_rows())}
+    positions = [order[row] for row in kept.select(USER_ID, ITEM_ID).iter_rows()]
+    assert positions == sorted(positions)
+    per_query = pl.concat([sample_negatives(frame.filter(pl.col(USER_ID) == u), 2, seed=7) for u in "abc"])
+    assert per_query.equals(kept)
+    # Another seed draws other negatives; enough room keeps everything; 0 turns it off.
+    draws = {tuple(sample_negatives(frame, 1, seed=s).filter(pl.col(USER_ID) == "a")[ITEM_ID]) for s in range(20)}
+    assert len(draws) > 1
+    assert sample_negatives(frame, 10, seed=7).equals(frame)
+    assert sample_negatives(frame, 0, seed=7) is frame
+
+
+def test_training_on_sampled_negatives_reads_fewer_rows(data: dict[str, pl.DataFrame]) -> None:
+    train = data["train"].with_columns(pl.int_range(pl.len()).cast(pl.String).alias(ITEM_ID))
+    config = dataclasses.replace(CONFIG, train_negatives=5)
+    sampled = fit_ranker(train, None, FEATURES, config, seed=0)
+    by_hand = fit_ranker(sample_negatives(train, 5, seed=0), None, FEATURES, CONFIG, seed=0)
+    np.testing.assert_array_equal(sampled.score(data["test"]), by_hand.score(data["test"]))
+    assert top1_hit_rate(sampled, data["test"]) > 0.9
 
 
 def test_errors(data: dict[str, pl.DataFrame]) -> None:

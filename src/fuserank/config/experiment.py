@@ -238,6 +238,9 @@ class RankerConfig:
     init_score) and the trees learn corrections to it, so the ranker begins where the strongest
     single signal already is instead of re-learning it split by split. No base when the feature
     is not among the ranker's features (its group disabled, EASE off) or base_scale is 0.
+    train_negatives: per training query, every positive and at most this many of its negatives,
+        drawn at random by a seeded hash of (query, item), so any partition of the users draws
+        the same rows; 0 keeps every candidate. Early stopping and scoring read every candidate.
     """
 
     n_estimators: int = ranged(1000, "[1, inf)")
@@ -253,6 +256,7 @@ class RankerConfig:
     n_jobs: int = ranged(2, "[1, inf)")
     base_feature: str = "ease_score_z"
     base_scale: float = ranged(0.0, "[0, inf)")
+    train_negatives: int = ranged(0, "[0, inf)")
 
 
 @dataclass(frozen=True)

@@ -170,12 +170,17 @@ def train_local(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str,
     test_frame, _, _ = evaluation_frame(config, cutoffs.test, item_ids, content, llm)
     with step("train ranker") as s:
         ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
-        s.done(f"{ranker.best_iteration} trees on {fit_frame.height:,} rows")
+        s.done(fit_note(ranker, fit_frame.height, config.ranker.train_negatives))
     queries = fit_frame.filter(pl.col(schema.LABEL) > 0)[QUERY].n_unique()
     ks, n, slots = config.eval.ks, config.retrieval.ann_candidates, config.slots.new_items
     return Trained(ranker, names, fit_frame.height, queries,
                    cutoff_scores(valid_frame, cutoffs.valid.targets, ranker, ks, n, 0, slots),
                    cutoff_scores(test_frame, cutoffs.test.targets, ranker, ks, n, config.eval.top_k, slots))
+
+
+def fit_note(ranker: Ranker, rows: int, negatives: int) -> str:
+    drawn = f", at most {negatives} negatives a query drawn from them" if negatives else ""
+    return f"{ranker.best_iteration} trees on {rows:,} rows{drawn}"
 
 
 def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings],
@@ -210,8 +215,7 @@ def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping
                                            n_partitions=config.dask.ranker_partitions,
                                            time_out=config.dask.ranker_time_out,
                                            attempts=config.dask.ranker_attempts)
-        rows = sum(t.height for t in train)
-        s.done(f"{ranker.best_iteration} trees on {rows:,} rows")
+        s.done(fit_note(ranker, sum(t.height for t in train), config.ranker.train_negatives))
     del train
     ks, n, slots = config.eval.ks, config.retrieval.ann_candidates, config.slots.new_items
     return Trained(ranker, names, rows, queries,

@@ -32,7 +32,7 @@ from fuserank.encoders.base import Embeddings
 from fuserank.evaluation.metrics import grouped_ndcg
 from fuserank.jobs.distributed_frames import Parts, gather_parts, heal
 from fuserank.jobs.distributed_lightgbm import Partition, bin_sample, train_data_parallel
-from fuserank.ranking.ranker import Ranker, ScoreBase, _params, _query_groups, score_base
+from fuserank.ranking.ranker import Ranker, ScoreBase, _params, _query_groups, sample_negatives, score_base
 from fuserank.schema import LABEL, USER_ID
 
 
@@ -158,8 +158,9 @@ def best_iteration(curve: np.ndarray, patience: int) -> int:
 
 
 def _training_partition(frames: list[pl.DataFrame], feature_names: tuple[str, ...], group: str,
-                        base: ScoreBase | None) -> Partition:
+                        base: ScoreBase | None, negatives: int = 0, seed: int = 0) -> Partition:
     frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+    frame = sample_negatives(frame, negatives, seed, group)
     return Partition(*_query_groups(frame, feature_names, "train", group, base))
 
 
@@ -245,7 +246,8 @@ def fit_ranker_parts(
         for t in train:
             heal(t)
         frames = [t.futures[p] for t in train if t.futures[p] is not None]
-        return client.submit(_training_partition, frames, feature_names, group, base, pure=False)
+        return client.submit(_training_partition, frames, feature_names, group, base, config.train_negatives, seed,
+                             pure=False)
 
     parts = [build(p) for p in held]
     shapes = client.gather([client.submit(_partition_shape, f, pure=False) for f in parts])

@@ -19,7 +19,7 @@ import polars as pl
 
 from fuserank import atomic, progress
 from fuserank.config import RankerConfig
-from fuserank.schema import LABEL, USER_ID
+from fuserank.schema import ITEM_ID, LABEL, USER_ID
 
 MODEL_FILE = "model.txt"
 FEATURES_FILE = "features.json"
@@ -96,6 +96,17 @@ def _feature_matrix(frame: pl.DataFrame, feature_names: Sequence[str], what: str
         .to_numpy()
         .astype(np.float32, copy=False)
     )
+
+
+def sample_negatives(frame: pl.DataFrame, negatives: int, seed: int, group: str = USER_ID) -> pl.DataFrame:
+    """Every positive row and at most `negatives` negative rows of each query (`group`), the
+    negatives those with the smallest seeded hash of (query, item): a uniform draw that depends
+    on the rows alone, so a partition of the queries draws what the whole frame draws. Row order
+    is kept; `negatives` 0 returns `frame`."""
+    if negatives <= 0:
+        return frame
+    draw = pl.when(pl.col(LABEL) <= 0).then(pl.struct(group, ITEM_ID).hash(seed))
+    return frame.filter((pl.col(LABEL) > 0) | (draw.rank("ordinal").over(group) <= negatives))
 
 
 def _query_groups(
@@ -184,6 +195,7 @@ def fit_ranker(
 
     params = _params(config, seed)
     base = score_base(config, feature_names)
+    train = sample_negatives(train, config.train_negatives, seed, group)
     x, y, groups, init = _query_groups(train, feature_names, "train", group, base)
     if groups.size == 0:
         raise ValueError("train has no user with a positive label; lambdarank has nothing to learn")
