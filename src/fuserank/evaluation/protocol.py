@@ -215,7 +215,8 @@ def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping
                                            n_partitions=config.dask.ranker_partitions,
                                            time_out=config.dask.ranker_time_out,
                                            attempts=config.dask.ranker_attempts)
-        s.done(fit_note(ranker, sum(t.height for t in train), config.ranker.train_negatives))
+        rows = sum(t.height for t in train)
+        s.done(fit_note(ranker, rows, config.ranker.train_negatives))
     del train
     ks, n, slots = config.eval.ks, config.retrieval.ann_candidates, config.slots.new_items
     return Trained(ranker, names, rows, queries,
