@@ -209,9 +209,11 @@ def test_sample_negatives_keeps_positives_and_draws_per_query() -> None:
     assert len(draws) > 1
     assert sample_negatives(frame, 10, seed=7).equals(frame)
     assert sample_negatives(frame, 0, seed=7) is frame
+    with pytest.raises(ValueError, match="item_id"):
+        sample_negatives(frame.drop(ITEM_ID), 2, seed=7)
 
 
-def test_training_on_sampled_negatives_reads_fewer_rows(data: dict[str, pl.DataFrame]) -> None:
+def test_fit_ranker_trains_on_the_drawn_negatives(data: dict[str, pl.DataFrame]) -> None:
     train = data["train"].with_columns(pl.int_range(pl.len()).cast(pl.String).alias(ITEM_ID))
     config = dataclasses.replace(CONFIG, train_negatives=5)
     sampled = fit_ranker(train, None, FEATURES, config, seed=0)

@@ -105,6 +105,9 @@ def sample_negatives(frame: pl.DataFrame, negatives: int, seed: int, group: str 
     is kept; `negatives` 0 returns `frame`."""
     if negatives <= 0:
         return frame
+    missing = [c for c in (group, ITEM_ID, LABEL) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"drawing training negatives needs column(s) {missing}; the frame has {frame.columns}")
     draw = pl.when(pl.col(LABEL) <= 0).then(pl.struct(group, ITEM_ID).hash(seed))
     return frame.filter((pl.col(LABEL) > 0) | (draw.rank("ordinal").over(group) <= negatives))
 
