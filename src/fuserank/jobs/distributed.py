@@ -158,7 +158,7 @@ def best_iteration(curve: np.ndarray, patience: int) -> int:
 
 
 def _training_partition(frames: list[pl.DataFrame], feature_names: tuple[str, ...], group: str,
-                        base: ScoreBase | None, negatives: int = 0, seed: int = 0) -> Partition:
+                        base: ScoreBase | None, negatives: int, seed: int) -> Partition:
     frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
     frame = sample_negatives(frame, negatives, seed, group)
     return Partition(*_query_groups(frame, feature_names, "train", group, base))
