@@ -8,16 +8,18 @@ train-evaluate distributes them (evaluation/protocol.py's `train_on_cluster`), o
 
 - catalog: generate the synthetic catalog (about 20 interactions per user) on the driver;
 - cut-off (driver): each user's last interaction is the target, the rest the history;
-- stage 1 (driver): behaviour SVD and FAISS index fitted on the history;
-- features (workers, kept there): candidates, features and labels over user partitions
-  (jobs/distributed_frames.py's `cutoff_parts`); the driver gets row counts;
+- stage 1 and features (workers, kept there): the history sent to the cluster, stage 1
+  (behaviour SVD, FAISS index) fitted on one worker and copied to the other, then candidates,
+  features and labels over user partitions (jobs/distributed_frames.py's `cutoff_parts` with
+  `FitOnWorker`); the driver gets row counts;
 - ranker (workers): data-parallel LightGBM from those partitions (`fit_ranker_parts`); the
   driver fetches the bin sample's rows (at most 200,000);
 - score (workers): the same users' candidates scored where they lie (`cutoff_scores_dask`): the
   per-user metrics of the ranker's and stage 1's lists and the per-user stage-1 counts come back,
   no list (in-sample: a measure of where memory goes, not of quality);
-- export lists (workers): retrieval-only lists of every user built batch by batch on the
-  workers and counted on the driver (jobs/distributed_export.py), nothing written.
+- export lists (stage 1 on the driver, lists on the workers): as `fuserank export` does it,
+  stage 1 fitted on the driver, then retrieval-only lists of every user built batch by batch on
+  the workers and counted on the driver (jobs/distributed_export.py), nothing written.
 
 Candidates per user are fewer than the defaults and the same at every size (--ann, --popular).
 
@@ -80,7 +82,7 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
     from fuserank.jobs.arms import Server, assign_arms, plan_arms, popularity_pool, retrieval_lists
     from fuserank.jobs.distributed import dask_client, fit_ranker_parts
     from fuserank.jobs.distributed_export import export_batches_dask
-    from fuserank.jobs.distributed_frames import cutoff_parts, cutoff_scores_dask, split_users, user_bounds
+    from fuserank.jobs.distributed_frames import FitOnWorker, cutoff_parts, cutoff_scores_dask, split_users, user_bounds
     from fuserank.pipeline import fit_stage
     from fuserank.retrieval.popularity import reference_times
 
@@ -117,11 +119,10 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
         history = cutoff.history
         del interactions
         item_ids = items[schema.ITEM_ID].to_list()
-        stage = timed("stage 1 (driver)", lambda: fit_stage(config, history, item_ids, {}))
         users = cutoff.users
         user_parts = split_users(users, user_bounds(users, 2))
-        parts, names = timed("features (workers, kept there)", lambda: cutoff_parts(
-            client, config, stage, cutoff, user_parts))
+        parts, names = timed("stage 1 and features (workers, kept there)", lambda: cutoff_parts(
+            client, config, FitOnWorker(item_ids, {}), cutoff, user_parts))
         ranker, _ = timed("ranker (workers)", lambda: fit_ranker_parts(
             client, [parts], None, names, config.ranker, config.seed))
         scores = timed("score (workers, per-user metrics back)", lambda: cutoff_scores_dask(
@@ -130,6 +131,7 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
         del parts, scores
 
         def export() -> int:
+            stage = fit_stage(config, history, item_ids, {})
             plans = plan_arms({"plain": "retrieval"}, {"plain": 1.0}, 0.0)
             assignments = assign_arms(users, plans, "scale").with_columns(pl.lit(False).alias(schema.COLD_START))
             server = Server(None, "retrieval-only", retrieval_lists(stage, history, retrieval, 20, True))
@@ -138,7 +140,7 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
             return sum(b.height for b in export_batches_dask(client, assignments, {"plain": server}, seen, pool,
                                                              20, True, batch_users))
 
-        list_rows = timed("export lists (workers)", export)
+        list_rows = timed("export lists (stage 1 on the driver, lists on the workers)", export)
         sampler.stop()
     for name, peaks in sampler.peaks.items():
         steps[name]["peak_rss_mb"] = {k: round(v) for k, v in sorted(peaks.items())}

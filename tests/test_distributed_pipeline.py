@@ -19,7 +19,7 @@ from tiny_models import save_tiny_bert
 pytest.importorskip("distributed")
 
 from fuserank.jobs.distributed import dask_client  # noqa: E402
-from fuserank.jobs.distributed_frames import collect, cutoff_parts, split_users, user_bounds  # noqa: E402
+from fuserank.jobs.distributed_frames import FitOnWorker, collect, cutoff_parts, split_users, user_bounds  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,8 @@ def test_features_over_user_partitions_equal_the_local_frame(client, catalog):
 
 def test_cutoff_frames_over_user_partitions_equal_the_local_frames(client, catalog):
     """Every frame the ranker meets in a train-evaluate (label, valid and test cut-offs: candidates,
-    text and behaviour features as of the reference times, labels), local against Dask."""
+    text and behaviour features as of the reference times, labels), local against Dask, where
+    stage 1 (behaviour SVD, EASE, FAISS) is fitted on a worker as train-evaluate fits it there."""
     from fuserank.encoders.text import TextEncoder
     from fuserank.evaluation.protocol import make_cutoffs
     from fuserank.pipeline import fit_stage, stage_frame
@@ -82,7 +83,7 @@ def test_cutoff_frames_over_user_partitions_equal_the_local_frames(client, catal
     for cutoff in (*cutoffs.labels, cutoffs.valid, cutoffs.test):
         stage = fit_stage(config, cutoff.history, item_ids, content, cutoff.shared_history)
         local, names, _ = stage_frame(config, stage, cutoff)
-        spread, spread_names = spread_frame(client, config, stage, cutoff, 3, query="#1")
+        spread, spread_names = spread_frame(client, config, FitOnWorker(item_ids, content), cutoff, 3, query="#1")
         assert spread_names == names and any(n.startswith("cos_text") for n in names), names
         assert local.height > 50 * len(cutoff.users) * 0.9 and local[schema.LABEL].sum() > 0
         assert spread[schema.QUERY].to_list() == [f"{u}#1" for u in local[schema.USER_ID]]
@@ -137,8 +138,9 @@ def test_train_evaluate_on_a_local_cluster_matches_the_local_run(client, catalog
 @pytest.mark.slow  # two runs on the cluster, one fitting stage 1 again: 20-63 s on 2 busy cores
 def test_a_worker_killed_while_the_ranker_trains_leaves_every_metric_unchanged(client, catalog, caplog):
     """The ranker's frames on the killed worker are lost for good (their scattered inputs were
-    released once they were built), so they are rebuilt from the driver (`Parts.rebuild`: stage 1
-    fitted again) before the fit starts again; validation and test are scored as usual."""
+    released once they were built), so they are rebuilt from the driver (`Parts.rebuild`: the
+    history sent again, stage 1 fitted again on a worker) before the fit starts again;
+    validation and test are scored as usual."""
     import dask
     from worker_faults import killer, within
 
@@ -212,9 +214,10 @@ def gathered_frames(value) -> list[pl.DataFrame]:
 
 
 def test_train_evaluate_on_a_cluster_never_builds_features_on_the_driver(client, catalog, monkeypatch):
-    """Features, the ranker's matrix, scoring and stage-1 counts stay on the workers: in the
-    driver process the feature builder, the matrix builder and `collect` fail if called, and
-    nothing the driver gathers holds a feature column or more rows than the per-user results."""
+    """Stage 1, features, the ranker's matrix, scoring and stage-1 counts stay on the workers: in
+    the driver process stage 1's fit, the feature builder, the matrix builder and `collect` fail
+    if called, and nothing the driver gathers holds a feature column or more rows than the
+    per-user results."""
     import fuserank.pipeline
     import fuserank.ranking.ranker
     from fuserank.jobs import distributed, distributed_frames
@@ -222,7 +225,8 @@ def test_train_evaluate_on_a_cluster_never_builds_features_on_the_driver(client,
     def forbidden(*args, **kwargs):
         raise AssertionError("called on the driver")
 
-    for module, name in ((fuserank.pipeline, "candidate_features"), (fuserank.pipeline, "stage_frame"),
+    for module, name in ((fuserank.pipeline, "fit_stage_one"),
+                         (fuserank.pipeline, "candidate_features"), (fuserank.pipeline, "stage_frame"),
                          (distributed_frames, "stage_frame"),
                          (fuserank.ranking.ranker, "_query_groups"), (distributed, "_query_groups"),
                          (distributed_frames, "collect")):

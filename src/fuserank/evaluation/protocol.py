@@ -34,8 +34,8 @@ from fuserank.evaluation.scoring import (
 )
 from fuserank.evaluation.slices import slice_metrics, user_slices
 from fuserank.jobs.distributed import dask_client, fit_ranker_parts, n_workers
-from fuserank.jobs.distributed_frames import cutoff_parts, cutoff_scores_dask, split_users, user_bounds
-from fuserank.pipeline import cutoff_frame, cutoff_stage, rank_candidates
+from fuserank.jobs.distributed_frames import FitOnWorker, cutoff_parts, cutoff_scores_dask, split_users, user_bounds
+from fuserank.pipeline import cutoff_frame, rank_candidates
 from fuserank.progress import step
 from fuserank.ranking.llm_features import LLMSignals
 from fuserank.ranking.ranker import Ranker, fit_ranker
@@ -186,9 +186,9 @@ def fit_note(ranker: Ranker, rows: int, negatives: int) -> str:
 def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings],
                      config: RunConfig, llm: LLMSignals | None) -> Trained:
     """`train_local` with every cut-off's frame built on the workers and kept there
-    (jobs/distributed_frames.py), cut at the same user bounds: the ranker trains from those
-    partitions and scores them where they lie; the driver fits stage 1 and gets back per-user
-    metrics, stage-1 counts and the test lists."""
+    (jobs/distributed_frames.py), cut at the same user bounds, from stage 1 fitted on a worker:
+    the ranker trains from those partitions and scores them where they lie; the driver gets back
+    per-user metrics, stage-1 counts and the test lists."""
     from distributed import default_client  # dask: an optional dependency
 
     client = default_client()
@@ -197,11 +197,9 @@ def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping
 
     def on_workers(cutoff: Cutoff, query: str | None = None) -> tuple[Any, list[str], list[list[str]]]:
         with step(f"stage 1 [{cutoff.name}]") as s:
-            stage = cutoff_stage(config, cutoff, item_ids, content)
             users = split_users(cutoff.users, bounds)
-            # A partition lost with a worker is rebuilt with stage 1 fitted again, not kept here.
-            parts, names = cutoff_parts(client, config, stage, cutoff, users, llm, query,
-                                        restage=lambda: cutoff_stage(config, cutoff, item_ids, content))
+            # Stage 1 is fitted on a worker, and again there for a partition lost with a worker.
+            parts, names = cutoff_parts(client, config, FitOnWorker(item_ids, content), cutoff, users, llm, query)
             s.done(f"{len(cutoff.users):,} users, {parts.height:,} candidates x {len(names)} features (on the workers)")
         return parts, names, users
 

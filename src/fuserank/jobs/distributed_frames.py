@@ -2,7 +2,8 @@
 
 A cut-off's candidates, features and labels are built on the workers by the local chain
 (`pipeline.stage_frame` on each partition's users, `cutoff_parts`) and kept there as futures;
-the driver holds only their row counts. Whatever reads them (the ranker's training partitions,
+the driver holds only their row counts. Stage 1 can be fitted there too (`FitOnWorker`), on one
+worker from the history sent to the cluster, and copied to the others. Whatever reads them (the ranker's training partitions,
 validation and test scoring) runs as tasks beside them, and only small results come back
 (`gather_parts`, `cutoff_scores_dask`).
 
@@ -15,7 +16,7 @@ rows of the whole frame sorted by query, as a local fit orders them.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -26,7 +27,7 @@ import polars as pl
 from fuserank import schema
 from fuserank.data.cutoffs import Cutoff
 from fuserank.evaluation.scoring import CutoffScores, concat_scores, cutoff_scores
-from fuserank.pipeline import stage_frame
+from fuserank.pipeline import cutoff_catalog, fit_stage, stage_frame
 
 
 def query_key(user: str) -> str:
@@ -153,26 +154,41 @@ def _of_users(frame: pl.DataFrame, users: list[str]) -> pl.DataFrame:
     return frame.filter(pl.col(schema.USER_ID).is_in(pl.Series(users, dtype=pl.String).implode()))
 
 
+@dataclass(frozen=True)
+class FitOnWorker:
+    """Stage 1 for `cutoff_parts` to fit on a worker from the cut-off's history sent there
+    (`pipeline.fit_stage` over `pipeline.cutoff_catalog`), so that the driver never holds the
+    fit or its result.
+
+    Attributes:
+        item_ids: every catalog item, in the row order of `content`.
+        content: content embeddings of the catalog (items-sized, sent with the task).
+    """
+
+    item_ids: Sequence[str]
+    content: Mapping[str, Any]
+
+
 def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_parts: Sequence[list[str]],
-                 llm: Any = None, query: str | None = None,
-                 restage: Callable[[], Any] | None = None) -> tuple[Parts, list[str]]:
+                 llm: Any = None, query: str | None = None) -> tuple[Parts, list[str]]:
     """`pipeline.stage_frame` (candidates, features as of the reference times, labels) per
     partition of the cut-off's users, on the workers; the frames stay there.
 
-    The stage (FAISS index included) and the config go to every worker once, the history once
-    to the cluster (`send_in_slices`); each task gets its users' rows of the reference times
+    The history goes once to the cluster (`send_in_slices`), stage 1 (its FAISS index included)
+    and the config to every worker once; each task gets its users' rows of the reference times
     and targets. Those inputs are released once the frames are built, so Dask cannot compute a
-    partition lost with its worker again; `Parts.rebuild` sends them anew for the lost ones.
+    partition lost with its worker again; `Parts.rebuild` sends them anew for the lost ones (and
+    fits stage 1 again on a worker where `stage` is a `FitOnWorker`).
 
     Args:
         client: a connected `distributed.Client`.
-        config, stage, llm: as in `pipeline.stage_frame` (an `ExperimentConfig`, stage 1 fitted
-            on `cutoff.history`).
-        cutoff: the cut-off (its history, targets and reference times are read).
+        config, llm: as in `pipeline.stage_frame` (an `ExperimentConfig`).
+        stage: stage 1 fitted on `cutoff.history` (sent from the driver), or a `FitOnWorker`
+            (fitted on a worker, then copied to every worker).
+        cutoff: the cut-off (its history, shared history, absent items, targets and reference
+            times are read).
         user_parts: the cut-off's users by partition (`split_users`).
         query: when given, a schema.QUERY column `user_id + query` (e.g. "#1").
-        restage: fits `stage` again (deterministically) when partitions must be rebuilt, so the
-            driver need not keep it; None: the parts cannot be rebuilt.
 
     Returns:
         (the parts, the feature names).
@@ -186,21 +202,34 @@ def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_part
     del pairs  # the frames live on in `futures`
 
     def rebuild(lost: list[int]) -> list[Any]:
-        again = _submit_parts(client, config, restage(), cutoff, [user_parts[p] for p in lost], llm, query)
+        again = _submit_parts(client, config, stage, cutoff, [user_parts[p] for p in lost], llm, query)
         return [client.submit(_first, pair, pure=False) for pair in again]
 
-    parts = Parts(futures, [0] * len(futures), None if restage is None else rebuild)
-    return _counted(client, parts), list(names)
+    return _counted(client, Parts(futures, [0] * len(futures), rebuild)), list(names)
 
 
 def _submit_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_parts: Sequence[list[str]], llm: Any,
                   query: str | None) -> list[Any]:
     """One `_cutoff_part` task per non-empty partition of the users (None for an empty one)."""
-    config_f, stage_f, llm_f = (client.scatter(a, broadcast=True, hash=False) for a in (config, stage, llm))
+    config_f, llm_f = (client.scatter(a, broadcast=True, hash=False) for a in (config, llm))
     history_f = send_in_slices(client, cutoff.history)
+    if isinstance(stage, FitOnWorker):
+        stage_f = _fit_on_worker(client, config_f, stage, cutoff, history_f)
+    else:
+        stage_f = client.scatter(stage, broadcast=True, hash=False)
     return [client.submit(_cutoff_part, config_f, stage_f, cutoff.name, history_f, _of_users(cutoff.targets, users),
                           _of_users(cutoff.ref_times, users), llm_f, query, pure=False) if users else None
             for users in user_parts]
+
+
+def _fit_on_worker(client: Any, config_f: Any, fit: FitOnWorker, cutoff: Cutoff, history_f: Any) -> Any:
+    """Stage 1 of `cutoff` fitted on a worker from `history_f` and copied to every worker."""
+    shared_f = None if cutoff.shared_history is None else send_in_slices(client, cutoff.shared_history)
+    # In a list, so that scatter sends the catalog and the embeddings as one object each.
+    catalog_f, content_f = client.scatter([list(cutoff_catalog(cutoff, fit.item_ids)), dict(fit.content)], hash=False)
+    stage_f = client.submit(fit_stage, config_f, history_f, catalog_f, content_f, shared_f, pure=False)
+    client.replicate([stage_f])  # waits for the fit; the feature tasks then find it on every worker
+    return stage_f
 
 
 def send_in_slices(client: Any, frame: pl.DataFrame, rows: int = 500_000) -> Any:
