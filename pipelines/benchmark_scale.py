@@ -17,9 +17,10 @@ train-evaluate distributes them (evaluation/protocol.py's `train_on_cluster`), o
 - score (workers): the same users' candidates scored where they lie (`cutoff_scores_dask`): the
   per-user metrics of the ranker's and stage 1's lists and the per-user stage-1 counts come back,
   no list (in-sample: a measure of where memory goes, not of quality);
-- export lists (stage 1 on the driver, lists on the workers): as `fuserank export` does it,
-  stage 1 fitted on the driver, then retrieval-only lists of every user built batch by batch on
-  the workers and counted on the driver (jobs/distributed_export.py), nothing written.
+- export lists (workers): as `fuserank export` does it on a cluster, stage 1 fitted on a worker
+  from the history sent there (export.ArmLists), then retrieval-only lists of every user built
+  batch by batch on the workers and counted on the driver (jobs/distributed_export.py), nothing
+  written.
 
 Candidates per user are fewer than the defaults and the same at every size (--ann, --popular).
 
@@ -79,11 +80,11 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
     from fuserank.data.cutoffs import Cutoff
     from fuserank.data.split import holdout_last
     from fuserank.data.synthetic import generate_catalog
-    from fuserank.jobs.arms import Server, assign_arms, plan_arms, popularity_pool, retrieval_lists
+    from fuserank.jobs.arms import Server, assign_arms, plan_arms, popularity_pool
     from fuserank.jobs.distributed import dask_client, fit_ranker_parts
     from fuserank.jobs.distributed_export import export_batches_dask
+    from fuserank.jobs.export import ArmLists
     from fuserank.jobs.distributed_frames import FitOnWorker, cutoff_parts, cutoff_scores_dask, split_users, user_bounds
-    from fuserank.pipeline import fit_stage
     from fuserank.retrieval.popularity import reference_times
 
     retrieval = RetrievalConfig(ann_candidates=ann, popular_candidates=popular, ease_candidates=0)
@@ -131,16 +132,16 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
         del parts, scores
 
         def export() -> int:
-            stage = fit_stage(config, history, item_ids, {})
+            build = ArmLists(client, history, item_ids, 20, True)
             plans = plan_arms({"plain": "retrieval"}, {"plain": 1.0}, 0.0)
             assignments = assign_arms(users, plans, "scale").with_columns(pl.lit(False).alias(schema.COLD_START))
-            server = Server(None, "retrieval-only", retrieval_lists(stage, history, retrieval, 20, True))
+            server = Server(None, "retrieval-only", build.retrieval(build.stage(config, {}, None), config))
             pool = popularity_pool(history, item_ids)
             seen = history.select(schema.USER_ID, schema.ITEM_ID)
             return sum(b.height for b in export_batches_dask(client, assignments, {"plain": server}, seen, pool,
                                                              20, True, batch_users))
 
-        list_rows = timed("export lists (stage 1 on the driver, lists on the workers)", export)
+        list_rows = timed("export lists (workers)", export)
         sampler.stop()
     for name, peaks in sampler.peaks.items():
         steps[name]["peak_rss_mb"] = {k: round(v) for k, v in sorted(peaks.items())}

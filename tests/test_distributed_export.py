@@ -54,9 +54,17 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.slow  # trains a tiny run (~30 s on 2 busy cores), then exports it twice
 def test_cluster_export_writes_the_local_files_byte_for_byte(client, tiny_run):
+    """Stage 1 and the arms' lists are built on a worker: the driver's stage-1 fit fails if called."""
+    import fuserank.pipeline
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("stage 1 fitted on the driver")
+
     root, path, run_id = tiny_run
     local, local_dir = export(load_config(path, ARMS), root / "local", run_id=run_id)
-    spread, spread_dir = export(load_config(path, [*ARMS, "dask.enabled=true"]), root / "spread", run_id=run_id)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fuserank.pipeline, "fit_stage_one", forbidden)
+        spread, spread_dir = export(load_config(path, [*ARMS, "dask.enabled=true"]), root / "spread", run_id=run_id)
     assert local["users"]["total"] == 80 and local["rows"] > 0
     for name in ("ranked_lists.parquet", "assignments.parquet"):
         assert (spread_dir / name).read_bytes() == (local_dir / name).read_bytes(), name

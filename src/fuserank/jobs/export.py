@@ -14,11 +14,12 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import yaml
@@ -42,6 +43,7 @@ from fuserank.jobs.arms import (
 )
 from fuserank.jobs.distributed import dask_client
 from fuserank.jobs.distributed_export import export_batches_dask
+from fuserank.jobs.distributed_frames import send_in_slices
 from fuserank.jobs.train_evaluate import prepare
 from fuserank.pipeline import fit_stage
 from fuserank.progress import bar, is_quiet, step
@@ -249,66 +251,121 @@ def export(
         item_ids = data.items[schema.ITEM_ID].to_list()
         pool = popularity_pool(history, item_ids)
         k, exclude = settings.top_k, settings.exclude_seen
-        servers: dict[str, Server] = {}
-        stages: dict[str, object] = {}
-        for plan in plans:
-            if plan.source in ("holdout",):
-                continue
-            if plan.source == "popular":
-                servers[plan.name] = popular_server(pool, history if exclude else None, k)
-                continue
-            run = arm_runs[plan.source]
-            if run.run_id not in stages:
-                content = data.content if run.run_id == main.run_id else _content_for(run.config, data_hash)
-                stages[run.run_id] = fit_stage(run.config, history, item_ids, content,
-                                               _shared_history(run.config, main.config, data.cutoffs, history))
-            stage = stages[run.run_id]
-            if plan.source == "retrieval":
-                servers[plan.name] = Server(run.run_id, "retrieval-only",
-                                            retrieval_lists(stage, history, run.config.retrieval, k, exclude,
-                                                            run.config.split.protocol))
-            else:
-                ranker = load_ranker(run.ranker_dir)
-                servers[plan.name] = Server(run.run_id, run.model_version, booster_sha256=run.booster_sha256,
-                                            registered=run.registered, lists=ranker_lists(
-                    run.config, stage, ranker, history, k, exclude, llm=data.llm))
-
-        known = set(history[schema.USER_ID].unique().to_list())
-        wanted = read_user_list(users_file) if users_file else sorted(known)
-        unknown = [u for u in wanted if u not in known]
-        if unknown:
-            shown = ", ".join(unknown[:10]) + (", ..." if len(unknown) > 10 else "")
-            print(f"fuserank export: {len(unknown):,} user id(s) not in the data get the cold-start "
-                  f"(most-popular) list: {shown}", file=sys.stderr)
-        assignments = assign_arms(wanted, plans, settings.salt).with_columns(
-            (~pl.col(schema.USER_ID).is_in(list(known))).alias(schema.COLD_START))
-        served = assignments.filter(pl.col(schema.ARM).is_in(list(servers)))
-        batches = export_batches(served, servers, history.select(schema.USER_ID, schema.ITEM_ID), pool, k,
-                                 exclude, settings.batch_users, settings.parallel_batches)
-        facts = {
-            "run_id": main_id,
-            "config_hash": main.config_hash,
-            "config_hashes": {r.run_id: r.config_hash for r in runs.values()},
-            "data_hash": data_hash,
-            "items_hash": data.tags["items_hash"],
-            "trained_data_hashes": {r.run_id: r.data_hash for r in runs.values()},
-            "salt": settings.salt,
-            "shares": dict(settings.shares),
-            "holdout": settings.holdout,
-            "top_k": k,
-            "exclude_seen": exclude,
-            "format": settings.format,
-            "cold_start_fallback": "most-popular items of the whole catalog (interaction count, ties by item_id)",
-        }
-        n_batches = -(-served.height // settings.batch_users)
         with contextlib.ExitStack() as cluster:
-            if config.dask.enabled:  # each batch scored on a worker, written here in order
-                client = cluster.enter_context(dask_client(config.dask))
-                batches = export_batches_dask(client, served, servers, history.select(schema.USER_ID, schema.ITEM_ID),
-                                              pool, k, exclude, settings.batch_users)
+            # On a cluster, stage 1 and each arm's lists are built on a worker (`ArmLists`).
+            client = cluster.enter_context(dask_client(config.dask)) if config.dask.enabled else None
+            build = ArmLists(client, history, item_ids, k, exclude)
+            servers: dict[str, Server] = {}
+            stages: dict[str, object] = {}
+            for plan in plans:
+                if plan.source in ("holdout",):
+                    continue
+                if plan.source == "popular":
+                    servers[plan.name] = popular_server(pool, history if exclude else None, k)
+                    continue
+                run = arm_runs[plan.source]
+                if run.run_id not in stages:
+                    content = data.content if run.run_id == main.run_id else _content_for(run.config, data_hash)
+                    stages[run.run_id] = build.stage(run.config, content,
+                                                     _shared_history(run.config, main.config, data.cutoffs, history))
+                stage = stages[run.run_id]
+                if plan.source == "retrieval":
+                    servers[plan.name] = Server(run.run_id, "retrieval-only", build.retrieval(stage, run.config))
+                else:
+                    servers[plan.name] = Server(run.run_id, run.model_version, booster_sha256=run.booster_sha256,
+                                                registered=run.registered,
+                                                lists=build.ranked(stage, run.config, load_ranker(run.ranker_dir),
+                                                                   data.llm))
+
+            known = set(history[schema.USER_ID].unique().to_list())
+            wanted = read_user_list(users_file) if users_file else sorted(known)
+            unknown = [u for u in wanted if u not in known]
+            if unknown:
+                shown = ", ".join(unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+                print(f"fuserank export: {len(unknown):,} user id(s) not in the data get the cold-start "
+                      f"(most-popular) list: {shown}", file=sys.stderr)
+            assignments = assign_arms(wanted, plans, settings.salt).with_columns(
+                (~pl.col(schema.USER_ID).is_in(list(known))).alias(schema.COLD_START))
+            served = assignments.filter(pl.col(schema.ARM).is_in(list(servers)))
+            facts = {
+                "run_id": main_id,
+                "config_hash": main.config_hash,
+                "config_hashes": {r.run_id: r.config_hash for r in runs.values()},
+                "data_hash": data_hash,
+                "items_hash": data.tags["items_hash"],
+                "trained_data_hashes": {r.run_id: r.data_hash for r in runs.values()},
+                "salt": settings.salt,
+                "shares": dict(settings.shares),
+                "holdout": settings.holdout,
+                "top_k": k,
+                "exclude_seen": exclude,
+                "format": settings.format,
+                "cold_start_fallback": "most-popular items of the whole catalog (interaction count, ties by item_id)",
+            }
+            n_batches = -(-served.height // settings.batch_users)
+            seen = history.select(schema.USER_ID, schema.ITEM_ID)
+            if client is not None:  # each batch scored on a worker, written here in order
+                batches = export_batches_dask(client, served, servers, seen, pool, k, exclude, settings.batch_users)
+            else:
+                batches = export_batches(served, servers, seen, pool, k, exclude, settings.batch_users,
+                                         settings.parallel_batches)
             manifest = write_export(out, bar(batches, desc="export", total=n_batches, unit="batch"), assignments,
                                     plans, servers, facts, unknown, settings.format)
     return manifest, out
+
+
+class ArmLists:
+    """Stage 1 and the lists of the arms that serve a run, built here, or on a worker of a Dask
+    `client` so that the driver holds neither: there stage 1 is fitted on a worker from the
+    history sent to the cluster once, each arm's `lists` is a `distributed.Future` of the
+    callable, held on the cluster, and `distributed_export.export_batches_dask` hands it to
+    each batch's task.
+
+    Args:
+        client: a connected `distributed.Client`, or None to build everything here.
+        history: every known interaction (schema.INTERACTIONS).
+        item_ids: the catalog.
+        k, exclude_seen: the export's list length and whether seen items are left out.
+    """
+
+    def __init__(self, client: Any, history: pl.DataFrame, item_ids: Sequence[str], k: int,
+                 exclude_seen: bool) -> None:
+        self.client, self.k, self.exclude_seen = client, k, exclude_seen
+        if client is None:
+            self.history, self.item_ids = history, list(item_ids)
+        else:
+            self.history = send_in_slices(client, history)
+            (self.item_ids,) = client.scatter([list(item_ids)], hash=False)
+
+    def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.client is None:
+            return func(*args, **kwargs)
+        return self.client.submit(func, *args, **kwargs, pure=False)
+
+    def stage(self, config: RunConfig, content: dict, shared_history: pl.DataFrame | None) -> Any:
+        """Stage 1 of `config` fitted on the history (`pipeline.fit_stage`)."""
+        if self.client is not None:
+            (content,) = self.client.scatter([dict(content)], hash=False)
+            if shared_history is not None:
+                shared_history = send_in_slices(self.client, shared_history)
+        return self._run(fit_stage, config, self.history, self.item_ids, content, shared_history)
+
+    def retrieval(self, stage: Any, config: RunConfig) -> Any:
+        """The retrieval-only lists (`arms.retrieval_lists`) of a `stage` from `self.stage`."""
+        return self._lists(retrieval_lists, stage, self.history, config.retrieval, self.k, self.exclude_seen,
+                           config.split.protocol)
+
+    def ranked(self, stage: Any, config: RunConfig, ranker: Any, llm: Any) -> Any:
+        """The two-stage lists (`arms.ranker_lists`) of a `stage` from `self.stage`."""
+        return self._lists(ranker_lists, config, stage, ranker, self.history, self.k, self.exclude_seen, llm=llm)
+
+    def _lists(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        lists = self._run(func, *args, **kwargs)
+        if self.client is not None:
+            # On every worker, as a broadcast would put them: a worker that dies then loses no
+            # input (what was scattered to it alone could not be computed again).
+            self.client.replicate([lists])
+        return lists
 
 
 def _content_for(config: RunConfig, data_hash: str) -> dict:
