@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 cold = (kinds[KIND] == COLD).to_numpy()
                 scores = ranker.score(frame)
                 knn = baseline_rankings(cutoff, item_ids, data.content, config, TOP).get("content_knn")
-                knn_values = per_user(knn, cutoff.targets) if knn is not None else None
+                knn_values = per_user(knn(cutoff.users, 0), cutoff.targets) if knn is not None else None
                 lists = {n: per_user(rank_candidates(frame, scores, TOP, positions(n)), cutoff.targets) for n in args.slots}
                 rows = []
                 for n, values in lists.items():

@@ -388,3 +388,37 @@ def test_benchmark_new_item_slots_writes_each_slot_count_on_validation_and_test(
         assert "cold_vs_content_knn" in rows[2]
     assert set(report["over_seeds"]) >= {"0", "2", "chosen_slots"}
     assert "cold vs kNN" in out.with_suffix(".txt").read_text()
+
+
+def test_random_lists_of_consecutive_runs_of_users_with_their_starts_are_the_whole_lists():
+    ids = tuple(f"i{n}" for n in range(7))
+    history = _frame([("u1", "i0", 1), ("u2", "i3", 1), ("u3", "i1", 1), ("u4", "i6", 1), ("u5", "i2", 1)])
+    users = ["u1", "u2", "u3", "u4", "u5"]
+    whole = random_rankings(history, users, ids, 4, seed=3)
+    runs = [random_rankings(history, users[a:b], ids, 4, seed=3, start=a) for a, b in ((0, 2), (2, 3), (3, 5))]
+    assert pl.concat(runs).equals(whole)
+    assert not random_rankings(history, users[2:], ids, 4, seed=3).equals(whole.filter(pl.col(schema.USER_ID) >= "u3"))
+
+
+def test_baselines_scored_in_batches_of_users_equal_the_lists_of_every_user_scored_at_once():
+    from fuserank.evaluation.protocol import score_in_batches
+    from fuserank.evaluation.scoring import most_popular_rankings, score_ranked
+
+    ids = tuple(f"i{n}" for n in range(6))
+    rng = np.random.default_rng(0)
+    text = Embeddings(ids, _unit(rng.normal(size=(6, 3))), np.ones(6, dtype=bool))
+    rows = [(f"u{n}", ids[int(i)], t) for n in range(9) for t, i in enumerate(rng.choice(6, size=3, replace=False))]
+    history = _frame(rows)
+    targets = _frame([(f"u{n}", ids[n % 6], 9) for n in range(9) if n != 4])  # u4 has no target
+    users = [f"u{n}" for n in range(9)]
+    baselines = {
+        "popular": lambda batch, _: most_popular_rankings(history, batch, 3),
+        "content_knn": lambda batch, _: content_knn_rankings(history, batch, text, 3),
+        "random": lambda batch, start: random_rankings(history, batch, ids, 3, seed=5, start=start),
+    }
+    for name, lists in baselines.items():
+        whole = score_ranked(lists(users, 0), targets, (1, 3))
+        batched = score_in_batches(lists, users, targets, (1, 3), batch_users=2)
+        assert batched.per_user.equals(whole.per_user), name
+        assert batched.covered == whole.covered, name
+        assert whole.per_user.height == 8

@@ -46,9 +46,15 @@ def content_knn_rankings(history: pl.DataFrame, users: Sequence[str], text: Embe
 
 
 def random_rankings(history: pl.DataFrame, users: Sequence[str], item_ids: Sequence[str], k: int, seed: int,
-                    batch_size: int = 1024) -> pl.DataFrame:
+                    batch_size: int = 1024, start: int = 0) -> pl.DataFrame:
     """`k` unseen items per user drawn uniformly without replacement (`np.random.default_rng(seed)`,
     users in sorted order, so the same seed gives the same lists).
+
+    Args:
+        start: where `users` begin in the sorted order of every user drawn for: the stream is
+            advanced past the earlier users' draws (one per item each), so the lists of
+            consecutive runs of a sorted user list, each with its own start, are the lists of
+            the whole list.
 
     Returns:
         schema.RANKED_LIST rows (score = the uniform draw).
@@ -57,14 +63,15 @@ def random_rankings(history: pl.DataFrame, users: Sequence[str], item_ids: Seque
     seen = seen_rows(history, users, item_ids)
     rng = np.random.default_rng(seed)
     n_items = len(item_ids)
+    rng.bit_generator.advance(start * n_items)  # a float64 draw takes one step of PCG64
     keep = min(k, n_items)
     ids = np.asarray(item_ids, dtype=object)
     frames = []
-    for start in range(0, len(users), batch_size):
-        batch = users[start:start + batch_size]
+    for first in range(0, len(users), batch_size):
+        batch = users[first:first + batch_size]
         draws = rng.random((len(batch), n_items))
         for row, user in enumerate(batch):
-            draws[row, seen[start + row]] = -1.0
+            draws[row, seen[first + row]] = -1.0
         top = np.argsort(-draws, axis=1, kind="stable")[:, :keep]
         scores = np.take_along_axis(draws, top, axis=1)
         valid = scores >= 0

@@ -9,7 +9,7 @@ No test interaction reaches candidates, features, embeddings, statistics or earl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from fuserank.evaluation.baselines import content_knn_rankings, random_rankings
 from fuserank.evaluation.scoring import (
     CutoffScores,
     Scored,
+    concat_scored,
     confidence_intervals,
     cutoff_scores,
     most_popular_rankings,
@@ -40,6 +41,13 @@ from fuserank.progress import step
 from fuserank.ranking.llm_features import LLMSignals
 from fuserank.ranking.ranker import Ranker, fit_ranker
 from fuserank.schema import QUERY
+
+# A baseline's lists of some users: (users, a run of the cut-off's users in sorted order; where
+# that run starts in it) -> schema.RANKED_LIST rows.
+BaselineLists = Callable[[list[str], int], pl.DataFrame]
+# Users whose baseline lists are built and scored at once (`score_in_batches`): the driver holds
+# one batch's lists (top_k rows a user), not every user's.
+BASELINE_BATCH_USERS = 20_000
 
 
 @dataclass(frozen=True)
@@ -260,13 +268,15 @@ def _run_protocol(
         metrics.update(summary_of(trained.valid.ranker, n_items, "valid_"))
         metrics.update(stage_one_recall(trained.valid.stage1, valid.targets, n, "valid_"))
 
-        # The baselines' lists are built here on the driver, from the test history.
+        # The baselines' lists are built here on the driver, from the test history, a batch of
+        # users at a time (`score_in_batches`).
+        baselines = {"popular": lambda users, _: most_popular_rankings(test.history, users, top_k),
+                     **baseline_rankings(test, item_ids, content, config, top_k)}
         scores: dict[str, Scored] = {
             "fuserank": trained.test.ranker,
-            "popular": score_ranked(most_popular_rankings(test.history, test.users, top_k), test.targets, ks),
+            "popular": score_in_batches(baselines.pop("popular"), test.users, test.targets, ks),
             "retrieval": trained.test.retrieval,
-            **{name: score_ranked(ranked, test.targets, ks)
-               for name, ranked in baseline_rankings(test, item_ids, content, config, top_k).items()},
+            **{name: score_in_batches(lists, test.users, test.targets, ks) for name, lists in baselines.items()},
         }
         frames = []
         for system, scored in scores.items():
@@ -284,16 +294,33 @@ def _run_protocol(
 
 
 def baseline_rankings(cutoff: Cutoff, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
-                      top_k: int) -> dict[str, pl.DataFrame]:
+                      top_k: int) -> dict[str, BaselineLists]:
     """The baselines that can recommend a cold item (evaluation/baselines.py): the content-only
-    kNN on text (when the run has text) and random, over every item the user has not seen."""
-    lists = {}
+    kNN on text (when the run has text) and random, over every item the user has not seen;
+    each as a `BaselineLists` over the cut-off's history."""
+    lists: dict[str, BaselineLists] = {}
     if "text" in content:
-        lists["content_knn"] = content_knn_rankings(cutoff.history, cutoff.users, content["text"].align(item_ids),
-                                                    top_k, config.retrieval.query_items,
-                                                    config.retrieval.recency_half_life)
-    lists["random"] = random_rankings(cutoff.history, cutoff.users, item_ids, top_k, config.seed)
+        text = content["text"].align(item_ids)
+        lists["content_knn"] = lambda users, _: content_knn_rankings(
+            cutoff.history, users, text, top_k, config.retrieval.query_items, config.retrieval.recency_half_life)
+    lists["random"] = lambda users, start: random_rankings(cutoff.history, users, item_ids, top_k, config.seed,
+                                                           start=start)
     return lists
+
+
+def score_in_batches(lists: BaselineLists, users: Sequence[str], targets: pl.DataFrame, ks: Sequence[int],
+                     batch_users: int = BASELINE_BATCH_USERS) -> Scored:
+    """`scoring.score_ranked` of a baseline's lists, built and scored `batch_users` users at a
+    time in sorted order, so that only one batch's lists are held; the same as scoring the
+    lists of every user at once."""
+    users = sorted(set(users))
+    wanted = targets[schema.USER_ID]
+    parts = []
+    for start in range(0, max(len(users), 1), batch_users):
+        batch = users[start:start + batch_users]
+        mine = targets.filter(wanted.is_in(pl.Series(batch, dtype=pl.String).implode()))
+        parts.append(score_ranked(lists(batch, start), mine, ks))
+    return concat_scored(parts)
 
 
 def cold_user_metrics(cutoffs: Cutoffs, ks: Sequence[int], n_items: int, top_k: int) -> dict[str, float]:
