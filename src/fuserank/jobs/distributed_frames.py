@@ -3,9 +3,9 @@
 A cut-off's candidates, features and labels are built on the workers by the local chain
 (`pipeline.stage_frame` on each partition's users, `cutoff_parts`) and kept there as futures;
 the driver holds only their row counts. Stage 1 can be fitted there too (`FitOnWorker`), on one
-worker from the history sent to the cluster, and copied to the others. Whatever reads them (the ranker's training partitions,
-validation and test scoring) runs as tasks beside them, and only small results come back
-(`gather_parts`, `cutoff_scores_dask`).
+worker from the history sent to the cluster, and copied to the others. Whatever reads the
+frames (the ranker's training partitions, validation and test scoring) runs as tasks beside
+them, and only small results come back (`gather_parts`, `cutoff_scores_dask`).
 
 Every partition holds a contiguous run of the users in the order of `query_key`, the same runs
 at every cut-off of a run (`user_bounds`): a lambdarank query `user#j` then lies in one
