@@ -127,6 +127,7 @@ def test_one_partition_gives_the_local_model(client, base_scale, negatives):
     local = fit_ranker(train, None, FEATURES, config, seed=5)
     remote = fit_ranker_dask(client, train, None, FEATURES, config, seed=5, n_partitions=1)
     assert tree_text(remote) == tree_text(local)
+    assert remote.train_rows == local.train_rows
 
 
 def feature_infos(ranker) -> str:

@@ -191,6 +191,8 @@ def test_popularity_features_count_only_the_allowed_history(protocol_run):
 
 
 def test_ranker_labels_come_from_train_and_early_stopping_from_validation(protocol_run):
+    from fuserank.evaluation.protocol import QUERY
+
     recorder, split, result, _ = protocol_run
     (fit, valid), = recorder.fits
     test_pairs = split.test.select(PAIR)
@@ -200,6 +202,8 @@ def test_ranker_labels_come_from_train_and_early_stopping_from_validation(protoc
     assert set(valid[schema.USER_ID].unique()) <= set(split.valid[schema.USER_ID])
     assert positives(valid).join(test_pairs, on=PAIR, how="semi").is_empty()
     assert result.metrics["ranker_train_rows"] == fit.height
+    # The trees see only the queries with a positive (no negatives drawn by default).
+    assert result.metrics["ranker_fit_rows"] == fit.filter((pl.col(schema.LABEL) > 0).any().over(QUERY)).height
 
 
 def test_share_labels_are_train_rows_missing_from_their_own_history(tmp_path, monkeypatch):

@@ -220,6 +220,9 @@ def test_fit_ranker_trains_on_the_drawn_negatives(data: dict[str, pl.DataFrame])
     by_hand = fit_ranker(sample_negatives(train, 5, seed=0), None, FEATURES, CONFIG, seed=0)
     np.testing.assert_array_equal(sampled.score(data["test"]), by_hand.score(data["test"]))
     assert top1_hit_rate(sampled, data["test"]) > 0.9
+    # The rows the trees saw: the drawn ones of the queries with a positive.
+    with_positive = sample_negatives(train, 5, seed=0).filter((pl.col(LABEL) > 0).any().over(USER_ID))
+    assert sampled.train_rows == with_positive.height < train.height
 
 
 def test_errors(data: dict[str, pl.DataFrame]) -> None:

@@ -145,7 +145,8 @@ class Trained:
 
     Attributes:
         ranker, names: the fitted ranker and its feature names.
-        rows: ranker training rows; queries: training queries with a positive label.
+        rows: rows of the ranker's training frames (every candidate of every label cut-off);
+            queries: training queries with a positive label.
         valid, test: the cut-offs' scores and stage-1 counts (`scoring.cutoff_scores`; test keeps
             the ranker's top `eval.top_k` lists).
     """
@@ -178,7 +179,7 @@ def train_local(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str,
     test_frame, _, _ = evaluation_frame(config, cutoffs.test, item_ids, content, llm)
     with step("train ranker") as s:
         ranker = fit_ranker(fit_frame, valid_frame, names, config.ranker, seed=config.seed, group=QUERY)
-        s.done(fit_note(ranker, fit_frame.height, config.ranker.train_negatives))
+        s.done(fit_note(ranker))
     queries = fit_frame.filter(pl.col(schema.LABEL) > 0)[QUERY].n_unique()
     ks, n, slots = config.eval.ks, config.retrieval.ann_candidates, config.slots.new_items
     return Trained(ranker, names, fit_frame.height, queries,
@@ -186,9 +187,8 @@ def train_local(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str,
                    cutoff_scores(test_frame, cutoffs.test.targets, ranker, ks, n, config.eval.top_k, slots))
 
 
-def fit_note(ranker: Ranker, rows: int, negatives: int) -> str:
-    drawn = f", at most {negatives} negatives a query drawn from them" if negatives else ""
-    return f"{ranker.best_iteration} trees on {rows:,} rows{drawn}"
+def fit_note(ranker: Ranker) -> str:
+    return f"{ranker.best_iteration} trees on {ranker.train_rows:,} rows"
 
 
 def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings],
@@ -222,7 +222,7 @@ def train_on_cluster(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping
                                            time_out=config.dask.ranker_time_out,
                                            attempts=config.dask.ranker_attempts)
         rows = sum(t.height for t in train)
-        s.done(fit_note(ranker, rows, config.ranker.train_negatives))
+        s.done(fit_note(ranker))
     del train
     ks, n, slots = config.eval.ks, config.retrieval.ann_candidates, config.slots.new_items
     return Trained(ranker, names, rows, queries,
@@ -260,6 +260,8 @@ def _run_protocol(
         "n_test_users": float(test.targets[schema.USER_ID].n_unique()),
         "n_train_interactions": float(valid.history.height),
         "ranker_train_rows": float(trained.rows),
+        # Fewer: queries without a positive are dropped and at most ranker.train_negatives are drawn.
+        "ranker_fit_rows": float(ranker.train_rows),
         "ranker_train_queries_with_positive": float(trained.queries),
         "ranker_best_iteration": float(ranker.best_iteration),
     }
@@ -270,11 +272,13 @@ def _run_protocol(
 
         # The baselines' lists are built here on the driver, from the test history, a batch of
         # users at a time (`score_in_batches`).
-        baselines = {"popular": lambda users, _: most_popular_rankings(test.history, users, top_k),
-                     **baseline_rankings(test, item_ids, content, config, top_k)}
+        def popular(users: Sequence[str], _: int) -> pl.DataFrame:
+            return most_popular_rankings(test.history, users, top_k)
+
+        baselines = baseline_rankings(test, item_ids, content, config, top_k)
         scores: dict[str, Scored] = {
             "fuserank": trained.test.ranker,
-            "popular": score_in_batches(baselines.pop("popular"), test.users, test.targets, ks),
+            "popular": score_in_batches(popular, test.users, test.targets, ks),
             "retrieval": trained.test.retrieval,
             **{name: score_in_batches(lists, test.users, test.targets, ks) for name, lists in baselines.items()},
         }

@@ -281,7 +281,8 @@ def fit_ranker_parts(
             raise ValueError("valid has no user with a positive label; early stopping has nothing to measure")
         curve = np.sum([c for c, n in sums if n], axis=0) / total
         best = best_iteration(curve, config.early_stopping_rounds)
-    ranker = Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best), base=base)
+    ranker = Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best), base=base,
+                    train_rows=int(sum(rows)))
     return ranker, n_queries
 
 

@@ -55,12 +55,15 @@ class Ranker:
         feature_names: feature columns in the order the booster expects them.
         best_iteration: number of boosting rounds used for scoring (early-stopping best, 1-based).
         base: the starting score the trees were fitted on top of (None: 0).
+        train_rows: the rows the trees were fitted on, after negatives were drawn
+            (`RankerConfig.train_negatives`); None for a ranker read back from disk.
     """
 
     booster: Any
     feature_names: tuple[str, ...]
     best_iteration: int
     base: ScoreBase | None = None
+    train_rows: int | None = None
 
     def score(self, frame: pl.DataFrame) -> np.ndarray:
         """Relevance scores of every row of `frame` (higher = better).
@@ -231,7 +234,8 @@ def fit_ranker(
             "or JSON special characters"
         )
     best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
-    return Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best), base=base)
+    return Ranker(booster=booster, feature_names=feature_names, best_iteration=int(best), base=base,
+                  train_rows=int(x.shape[0]))
 
 
 def save_ranker(ranker: Ranker, folder: Path) -> None:
