@@ -131,7 +131,7 @@ def tuned_axes(grid: Sequence[dict]) -> list[str]:
 def benchmark_protocol(
     protocol: str, items: pl.DataFrame, interactions: pl.DataFrame, config: RunConfig, peers: list[str],
     recbole_overrides: Sequence[str] = RECBOLE_FUSERANK, seeds: Sequence[int] = (42,),
-    rectools_env: PeerEnv | None = None, fuserank_configurations: int = 1,
+    rectools_env: PeerEnv | None = None, fuserank_configurations: int = 1, rectools_threads: int = 1,
 ) -> dict:
     """Every system on one protocol's cut-offs: the summary rows and the details for the record."""
     cutoffs, fuserank_cutoffs = protocol_cutoffs(protocol, interactions, config)
@@ -168,9 +168,10 @@ def benchmark_protocol(
     for name in peers:
         if name == "rectools_sasrec":
             assert rectools_env is not None, "rectools_sasrec needs its venv (peer_env.ensure_env)"
-            result = run_rectools_sasrec(cutoffs, item_ids, config.seed, rectools_env, RECTOOLS_WORKER,
+            grid = tuple(params | {"threads": rectools_threads} for params in RECTOOLS_SASREC_GRID)
+            result = run_rectools_sasrec(cutoffs, item_ids, config.seed, rectools_env, RECTOOLS_WORKER, grid,
                                          cache_dir=cache / "peer_results")
-            grid, library = RECTOOLS_SASREC_GRID, result.test_meta.get("library", "rectools")
+            library = result.test_meta.get("library", "rectools")
         elif name == "fuserank_sasrec":
             # The sequence section as configured, threads included: with sequence.enabled this is the very
             # model the ranker's test features come from, read back from the sequence cache, not a second fit.
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"fuserank's settings on the recbole protocol only (default: {' '.join(RECBOLE_FUSERANK)})")
     parser.add_argument("--fuserank-configurations", type=int, default=1,
                         help="configurations fuserank's --set settings were chosen among on validation (1: defaults)")
+    parser.add_argument("--rectools-threads", type=int, default=1,
+                        help="torch threads of RecTools' SASRec fits (1: as the ML-100K record)")
     parser.add_argument("--out", help="output JSON (default benchmarks/peers_<dataset>.json)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     for protocol in args.protocols:
         report["protocols"][protocol] = benchmark_protocol(protocol, items, interactions, config, args.peers,
                                                            recbole_overrides, args.seeds, rectools_env,
-                                                           args.fuserank_configurations)
+                                                           args.fuserank_configurations, args.rectools_threads)
         done = report["protocols"][protocol]
         print(f"\n{protocol} protocol, {args.dataset}:\n{done['table']}\n\n{done['budget_table']}\n", flush=True)
         # Written after every protocol, so a run stopped later keeps what it finished.
