@@ -123,8 +123,7 @@ def build_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
     if cutoffs.test.targets.is_empty():
         raise ProtocolError(_nobody_to_evaluate(interactions, split))
     if not cutoffs.labels:
-        raise ProtocolError("no user has enough train interactions to give the ranker a label; lower "
-                            "split.label_window (or split.label_share), or raise split.min_interactions")
+        raise ProtocolError(NO_LABELS)
     return share_history(cutoffs)
 
 
@@ -144,25 +143,37 @@ def share_history(cutoffs: Cutoffs) -> Cutoffs:
     )
 
 
+NO_LABELS = ("no user has enough train interactions to give the ranker a label; lower split.label_window (or "
+             "split.label_share), or raise split.min_interactions")
+
+
 def _nobody_to_evaluate(interactions: pl.DataFrame, split: SplitConfig) -> str:
     if split.protocol == "global_time":
         return (f"no user has both an interaction before the test cut and one after it "
                 f"({interactions[schema.USER_ID].n_unique():,} users); set split.test_quantile or "
                 f"split.test_time so that returning users fall on both sides")
-    most = int(interactions.group_by(schema.USER_ID).len()["len"].max() or 0)
+    return too_short(int(interactions.group_by(schema.USER_ID).len()["len"].max() or 0), split)
+
+
+def too_short(most: int, split: SplitConfig) -> str:
+    """Why leave-last-out evaluates nobody, when the longest user history has `most` rows."""
     return (f"no user has split.min_interactions = {split.min_interactions} interactions (the most any "
             f"user has is {most}), so nobody can be evaluated; lower split.min_interactions or add data")
 
 
-def cutoffs_from_split(split: Split, config: SplitConfig) -> Cutoffs:
+def cutoffs_from_split(split: Split, config: SplitConfig, keep_empty: bool = False) -> Cutoffs:
     """Leave-last-out cut-offs of a per-user split (leave_last_out, or a random split ordered as
     time): labels step back through train, validation is (train, valid), test is (train +
-    valid, test); each query's reference time is the user's newest history interaction."""
+    valid, test); each query's reference time is the user's newest history interaction.
+
+    The label cut-offs stop at the first without a target; with `keep_empty` there are always
+    split.label_cutoffs of them (for a user partition's share of a split, where the whole
+    decides where they stop: jobs/distributed_cutoffs.py)."""
     labels = []
     history = split.train
     for j in range(1, config.label_cutoffs + 1):
         history, targets = holdout_labels(history, config.label_window, config.label_share)
-        if targets.is_empty():
+        if targets.is_empty() and not keep_empty:
             break
         labels.append(_per_user_cutoff(f"ranker labels {j}", history, targets))
     test_history = sort_interactions(pl.concat([split.train, split.valid]))

@@ -94,6 +94,15 @@ def validate_interactions(
             negative or future timestamp, duplicate (user_id, item_id, timestamp), item id
             missing from the catalog.
     """
+    out = conform_interactions(interactions, file, latest)
+    check_duplicate_events(out, file)
+    check_known_items(out, item_ids, file)
+    return out
+
+
+def conform_interactions(interactions: pl.DataFrame, file: str, latest: int | None = None) -> pl.DataFrame:
+    """`validate_interactions`' checks of each row on its own (shape, types, missing values,
+    timestamps), and the conformed frame; rows are numbered from the frame's first."""
     required = {c: t for c, t in schema.INTERACTIONS.items() if c != schema.RATING}
     _check_shape(interactions, required, file)
     if schema.RATING not in interactions.columns:
@@ -104,13 +113,20 @@ def validate_interactions(
               "negative timestamp {value} (expected seconds since 1970-01-01 UTC)")
     _raise_at(out[schema.TIMESTAMP] > latest, out, file, schema.TIMESTAMP,
               f"timestamp {{value}} is in the future (after {latest}); milliseconds instead of seconds?")
-
-    _raise_duplicate(out, (schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP), file)
-
-    known = _known_ids(item_ids, file)
-    _raise_at(~out[schema.ITEM_ID].is_in(known.implode()), out, file, schema.ITEM_ID,
-              "item_id {value!r} is not in the items table")
     return out
+
+
+def check_duplicate_events(interactions: pl.DataFrame, file: str, rows: pl.Series | None = None) -> None:
+    """Raise a DataError at the first repeated (user_id, item_id, timestamp) of a conformed
+    frame; `rows`: each row's 1-based row in `file` (None: its position in the frame)."""
+    _raise_duplicate(interactions, (schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP), file, rows)
+
+
+def check_known_items(interactions: pl.DataFrame, item_ids: pl.Series, file: str) -> None:
+    """Raise a DataError at the first row of a conformed frame whose item is not in `item_ids`."""
+    known = _known_ids(item_ids, file)
+    _raise_at(~interactions[schema.ITEM_ID].is_in(known.implode()), interactions, file, schema.ITEM_ID,
+              "item_id {value!r} is not in the items table")
 
 
 def _check_shape(frame: pl.DataFrame, required: dict[str, pl.DataType], file: str) -> None:
@@ -225,16 +241,18 @@ def _raise_at(mask: pl.Series, frame: pl.DataFrame | pl.Series, file: str, colum
     raise DataError(file, index + 1, column, reason.format(value=series[index]))
 
 
-def _raise_duplicate(frame: pl.DataFrame, keys: tuple[str, ...], file: str) -> None:
-    """Raise a DataError at the first row whose `keys` repeat an earlier row."""
+def _raise_duplicate(frame: pl.DataFrame, keys: tuple[str, ...], file: str, rows: pl.Series | None = None) -> None:
+    """Raise a DataError at the first row whose `keys` repeat an earlier row (`rows`: each
+    row's 1-based row in `file`; None: its position in the frame)."""
     repeated = frame.select(~pl.struct(*keys).is_first_distinct()).to_series().arg_true()
     if len(repeated) == 0:
         return
     index = int(repeated[0])
     row = frame.row(index, named=True)
     same = frame.select(pl.all_horizontal([pl.col(k) == row[k] for k in keys])).to_series()
-    first = int(same.arg_true()[0]) + 1
+    first = int(same.arg_true()[0])
+    at, first_at = (index + 1, first + 1) if rows is None else (int(rows[index]), int(rows[first]))
     values = tuple(row[k] for k in keys)
     label = keys[0] if len(keys) == 1 else f"({', '.join(keys)})"
     shown = repr(values[0]) if len(keys) == 1 else repr(values)
-    raise DataError(file, index + 1, keys[-1], f"duplicate {label} {shown} (first seen in row {first})")
+    raise DataError(file, at, keys[-1], f"duplicate {label} {shown} (first seen in row {first_at})")

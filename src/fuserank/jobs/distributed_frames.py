@@ -46,7 +46,11 @@ def user_bounds(users: Sequence[str], n_parts: int) -> list[str]:
     Returns:
         Sorted keys, the first the smallest; `split_users` cuts any cut-off's users at them.
     """
-    keys = sorted({query_key(u) for u in users})
+    return bounds_of_keys(sorted({query_key(u) for u in users}), n_parts)
+
+
+def bounds_of_keys(keys: Sequence[str], n_parts: int) -> list[str]:
+    """`user_bounds` of users given by their sorted, distinct `query_key`s."""
     if not keys:
         return []
     starts = np.linspace(0, len(keys), max(1, min(n_parts, len(keys))) + 1).round().astype(int)[:-1]

@@ -1,0 +1,147 @@
+"""Interactions read and cut into user partitions by the workers, against the local load."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from fuserank import schema
+from fuserank.config import DaskConfig
+from fuserank.data.catalog import load_catalog
+from fuserank.data.split import sort_interactions
+from fuserank.data.synthetic import generate_catalog
+from fuserank.data.validate import DataError
+
+pytest.importorskip("distributed")
+
+from fuserank.jobs.distributed import dask_client  # noqa: E402
+from fuserank.jobs.distributed_data import read_user_parts  # noqa: E402
+from fuserank.jobs.distributed_frames import split_users, user_bounds  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    with dask_client(DaskConfig(enabled=True, n_workers=2, threads_per_worker=1)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """Items, and interactions in shuffled row order (every user's rows spread over the file's
+    row groups) with a block of tied timestamps, whose order the file alone decides."""
+    root = tmp_path_factory.mktemp("distributed_data")
+    items, interactions = generate_catalog(n_items=120, n_users=90, seed=4)
+    shuffled = interactions.sample(fraction=1.0, shuffle=True, seed=1)
+    tied = shuffled.with_columns(
+        pl.when(pl.int_range(pl.len()) % 7 == 0).then(pl.lit(1_000_000)).otherwise(pl.col(schema.TIMESTAMP))
+        .alias(schema.TIMESTAMP)).unique([schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP], maintain_order=True)
+    items_path = root / "items.parquet"
+    items.write_parquet(items_path)
+    return root, items_path, items[schema.ITEM_ID].to_list(), tied
+
+
+def write(frame: pl.DataFrame, path, row_group_size: int = 97):
+    if path.suffix == ".csv":
+        frame.write_csv(path)
+    else:
+        frame.write_parquet(path, row_group_size=row_group_size)
+    return path
+
+
+def gathered(client, parts) -> list[pl.DataFrame]:
+    return client.gather(parts.futures)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_partitions_hold_the_sorted_interactions_of_their_users(client, catalog, suffix):
+    root, items_path, item_ids, interactions = catalog
+    path = write(interactions, root / f"interactions{suffix}")
+    _, local = load_catalog(items_path, path)
+    parts = read_user_parts(client, path, item_ids, n_parts=3, chunk_rows=300)
+    users = local[schema.USER_ID].unique().to_list()
+    # Every read task saw all of its users, so the bounds are those of all users, exactly.
+    assert parts.bounds == user_bounds(users, 3)
+    frames = gathered(client, parts)
+    for frame, mine in zip(frames, split_users(users, parts.bounds), strict=True):
+        assert sorted(frame[schema.USER_ID].unique().to_list()) == sorted(mine)
+    assert_frame_equal(pl.concat(frames), sort_interactions(local))
+    assert parts.rows == [f.height for f in frames] and sum(parts.users) == len(users)
+
+
+def test_sampled_bounds_still_cut_whole_users(client, catalog):
+    root, _, item_ids, interactions = catalog
+    path = write(interactions, root / "sampled.parquet", row_group_size=50)
+    parts = read_user_parts(client, path, item_ids, n_parts=4, chunk_rows=50, sample=3)
+    frames = gathered(client, parts)
+    assert len(frames) == len(parts.bounds) >= 2 and all(f.height for f in frames)
+    assert_frame_equal(pl.concat(frames), sort_interactions(interactions.select(list(schema.INTERACTIONS))),
+                       check_dtypes=False)
+    owners = [set(f[schema.USER_ID].unique().to_list()) for f in frames]
+    assert sum(len(o) for o in owners) == len(set().union(*owners))
+
+
+def test_bad_rows_are_named_by_their_row_in_the_file(client, catalog):
+    root, items_path, item_ids, interactions = catalog
+    n = interactions.height
+    # An unknown item in a later row group: the file row, as the local load names it.
+    unknown = interactions.with_columns(
+        pl.when(pl.int_range(pl.len()) == n - 5).then(pl.lit("nope")).otherwise(pl.col(schema.ITEM_ID))
+        .alias(schema.ITEM_ID))
+    path = write(unknown, root / "unknown.parquet")
+    with pytest.raises(DataError) as local:
+        load_catalog(items_path, path)
+    with pytest.raises(DataError) as spread:
+        read_user_parts(client, path, item_ids, n_parts=2, chunk_rows=100)
+    assert (spread.value.row, spread.value.column, str(spread.value)) == (n - 4, schema.ITEM_ID, str(local.value))
+    # The same event twice, far apart in the file (two read tasks): found where the user lies.
+    repeated = pl.concat([interactions, interactions.slice(3, 1)])
+    path = write(repeated, root / "repeated.parquet")
+    with pytest.raises(DataError) as local:
+        load_catalog(items_path, path)
+    with pytest.raises(DataError) as spread:
+        read_user_parts(client, path, item_ids, n_parts=2, chunk_rows=100)
+    assert str(spread.value) == str(local.value)
+    assert f"row {n + 1}" in str(spread.value) and "first seen in row 4" in str(spread.value)
+
+
+# The second asks for 4 label cut-offs of 9 rows each: the fourth has no target anywhere, and
+# the third's one user lies in one partition.
+@pytest.mark.parametrize("overrides", [[], ["split.label_cutoffs=4", "split.label_window=9"]])
+def test_cutoff_shares_are_the_cutoffs_of_the_whole(client, catalog, overrides):
+    from fuserank.config import load_config
+    from fuserank.data.cutoffs import build_cutoffs
+    from fuserank.jobs.distributed_cutoffs import cutoff_of, cutoff_shares
+
+    root, _, item_ids, interactions = catalog
+    split = load_config(None, overrides).split
+    parts = read_user_parts(client, write(interactions, root / "cut.parquet"), item_ids, n_parts=3, chunk_rows=300)
+    whole = build_cutoffs(interactions.select(list(schema.INTERACTIONS)), split)
+    shares = cutoff_shares(client, parts, split)
+    expected = [*whole.labels, whole.valid, whole.test]
+    assert shares.names == [c.name for c in expected]
+    assert shares.targets == {c.name: c.targets.height for c in expected}
+    got = client.gather(shares.futures)
+    if overrides:
+        assert len(expected) == 5 and any(cutoff_of(s, "ranker labels 3").targets.is_empty() for s in got)
+    for cutoff in expected:
+        mine = [cutoff_of(share, cutoff.name) for share in got]
+        for field in ("history", "targets", "ref_times", "shared_history"):
+            assert_frame_equal(pl.concat([getattr(m, field) for m in mine]), getattr(cutoff, field),
+                               check_dtypes=False)
+    assert_frame_equal(pl.concat([s.interactions for s in got]), whole.interactions, check_dtypes=False)
+
+
+def test_cutoff_shares_refuse_what_they_cannot_cut(client, catalog):
+    from fuserank.config import load_config
+    from fuserank.data.cutoffs import ProtocolError
+    from fuserank.jobs.distributed_cutoffs import cutoff_shares
+
+    root, _, item_ids, interactions = catalog
+    parts = read_user_parts(client, write(interactions, root / "refuse.parquet"), item_ids, n_parts=2)
+    with pytest.raises(ProtocolError, match="the most any user has is"):
+        cutoff_shares(client, parts, load_config(None, ["split.min_interactions=1000"]).split)
+    with pytest.raises(ProtocolError, match="ranker a label"):
+        cutoff_shares(client, parts, load_config(None, ["split.label_window=1000"]).split)
+    with pytest.raises(ProtocolError, match="on the driver"):
+        cutoff_shares(client, parts, load_config(None, ["split.protocol=global_time"]).split)
