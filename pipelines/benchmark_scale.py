@@ -1,26 +1,31 @@
 """Scaling benchmark: wall time and peak RSS of the driver and of each worker, per step, on a
 2-worker LocalCluster, for synthetic catalogs of growing user counts; writes benchmarks/scale.json.
 
-Each size runs in a fresh driver process with a fresh cluster. A thread samples the RSS of the
-driver and of every worker process (psutil, every 0.2 s); a step's peak is the largest sample
-taken while it ran, and `driver_start_mb` the driver's RSS when it began. Steps, as a Dask
-train-evaluate distributes them (evaluation/protocol.py's `train_on_cluster`), on one cut-off:
+Each size's catalog is generated and written to Parquet by a separate process first (data
+preparation, not measured); then a fresh driver process with a fresh cluster runs the steps. A
+thread samples the RSS of the driver and of every worker process (psutil, every 0.2 s); a
+step's peak is the largest sample taken while it ran, and `driver_start_mb` the driver's RSS
+when it began. Steps, on the leave-last-out test cut-off (one ranker-label cut-off besides):
 
-- catalog: generate the synthetic catalog (about 20 interactions per user) on the driver;
-- cut-off (driver): each user's last interaction is the target, the rest the history;
-- stage 1 and features (workers, kept there): the history sent to the cluster, stage 1
-  (behaviour SVD, FAISS index) fitted on one worker and copied to the other, then candidates,
-  features and labels over user partitions (jobs/distributed_frames.py's `cutoff_parts` with
-  `FitOnWorker`); the driver gets row counts;
+- read (workers): the interactions file read, checked and cut into 2 user partitions by the
+  workers (jobs/distributed_data.py's `read_user_parts`); the driver reads the items and the
+  file's metadata;
+- cut-offs (workers): every cut-off built on each partition (jobs/distributed_cutoffs.py's
+  `cutoff_shares`); the driver gets target counts;
+- stage 1 and features (workers, kept there): the test cut-off's history put together on a
+  worker, stage 1 (behaviour SVD, FAISS index) fitted there and copied to the other, then
+  candidates, features and labels of each partition's users where they lie
+  (`cluster_cutoff`, jobs/distributed_frames.py's `frames_on_workers` with `FitOnWorker`); the
+  driver gets row counts;
 - ranker (workers): data-parallel LightGBM from those partitions (`fit_ranker_parts`); the
   driver fetches the bin sample's rows (at most 200,000);
-- score (workers): the same users' candidates scored where they lie (`cutoff_scores_dask`): the
+- score (workers): the same users' candidates scored where they lie (`scores_on_workers`): the
   per-user metrics of the ranker's and stage 1's lists and the per-user stage-1 counts come back,
   no list (in-sample: a measure of where memory goes, not of quality);
-- export lists (workers): as `fuserank export` does it on a cluster, stage 1 fitted on a worker
-  from the history sent there (export.ArmLists), then retrieval-only lists of every user built
-  batch by batch on the workers and counted on the driver (jobs/distributed_export.py), nothing
-  written.
+- export lists (driver reads the data): as `fuserank export` does it on a cluster today, the
+  interactions read on the driver, stage 1 fitted on a worker from the history sent there
+  (export.ArmLists), then retrieval-only lists of every user built batch by batch on the
+  workers and counted on the driver (jobs/distributed_export.py), nothing written.
 
 Candidates per user are fewer than the defaults and the same at every size (--ann, --popular).
 
@@ -35,6 +40,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -71,26 +77,26 @@ class RssSampler:
         self._thread.join()
 
 
-def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: int, rounds: int) -> dict:
-    """Every step for one catalog size, in this process (the driver)."""
+def run_size(folder: Path, ann: int, popular: int, batch_users: int, rounds: int) -> dict:
+    """Every step for the catalog written in `folder`, in this process (the driver)."""
     import polars as pl
 
     from fuserank import schema
     from fuserank.config import BehaviourConfig, DaskConfig, RankerConfig, RetrievalConfig, load_config
-    from fuserank.data.cutoffs import Cutoff
-    from fuserank.data.split import holdout_last
-    from fuserank.data.synthetic import generate_catalog
     from fuserank.jobs.arms import Server, assign_arms, plan_arms, popularity_pool
     from fuserank.jobs.distributed import dask_client, fit_ranker_parts
+    from fuserank.jobs.distributed_cutoffs import cluster_cutoff, cutoff_shares
+    from fuserank.jobs.distributed_data import read_user_parts
     from fuserank.jobs.distributed_export import export_batches_dask
+    from fuserank.jobs.distributed_frames import FitOnWorker, frames_on_workers, scores_on_workers
     from fuserank.jobs.export import ArmLists
-    from fuserank.jobs.distributed_frames import FitOnWorker, cutoff_parts, cutoff_scores_dask, split_users, user_bounds
-    from fuserank.retrieval.popularity import reference_times
 
     retrieval = RetrievalConfig(ann_candidates=ann, popular_candidates=popular, ease_candidates=0)
-    config = dataclasses.replace(load_config(None, ["seed=1"]), retrieval=retrieval,
+    config = dataclasses.replace(load_config(None, ["seed=1", "split.label_cutoffs=1"]), retrieval=retrieval,
                                  behaviour=BehaviourConfig(dim=32, ease_l2=0.0),
                                  ranker=RankerConfig(n_estimators=rounds, early_stopping_rounds=0, n_jobs=1))
+    item_ids = pl.read_parquet(folder / "items.parquet", columns=[schema.ITEM_ID])[schema.ITEM_ID].to_list()
+    path = folder / "interactions.parquet"
     steps: dict[str, dict] = {}
     with dask_client(DaskConfig(enabled=True, n_workers=2, threads_per_worker=1)) as client:
         pids = {"driver": os.getpid()} | {
@@ -108,30 +114,22 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
             sampler.current = None
             return result
 
-        items, interactions = timed("catalog", lambda: generate_catalog(
-            n_items=n_items, n_users=n_users, seed=5, interactions_per_user=(15, 25)))
-        n_interactions = interactions.height
-        def cut() -> Cutoff:
-            history, targets = holdout_last(interactions.select(list(schema.INTERACTIONS)), n=1, min_interactions=2)
-            users = targets[schema.USER_ID].unique().sort().to_list()
-            return Cutoff("scale", history, targets, reference_times(history, users))
-
-        cutoff = timed("cut-off (driver)", cut)
-        history = cutoff.history
-        del interactions
-        item_ids = items[schema.ITEM_ID].to_list()
-        users = cutoff.users
-        user_parts = split_users(users, user_bounds(users, 2))
-        parts, names = timed("stage 1 and features (workers, kept there)", lambda: cutoff_parts(
-            client, config, FitOnWorker(item_ids, {}), cutoff, user_parts))
+        parts = timed("read (workers)", lambda: read_user_parts(client, path, item_ids, 2))
+        shares = timed("cut-offs (workers)", lambda: cutoff_shares(client, parts, config.split))
+        del parts
+        test = cluster_cutoff(client, shares, "test")
+        frames, names = timed("stage 1 and features (workers, kept there)", lambda: frames_on_workers(
+            client, config, FitOnWorker(item_ids, {}), test))
         ranker, _ = timed("ranker (workers)", lambda: fit_ranker_parts(
-            client, [parts], None, names, config.ranker, config.seed))
-        scores = timed("score (workers, per-user metrics back)", lambda: cutoff_scores_dask(
-            client, parts, user_parts, cutoff.targets, ranker, (10, 20), ann, 0))
-        rows, scored_users = parts.height, scores.ranker.per_user.height
-        del parts, scores
+            client, [frames], None, names, config.ranker, config.seed))
+        scores = timed("score (workers, per-user metrics back)", lambda: scores_on_workers(
+            client, frames, test.targets, ranker, (10, 20), ann, 0))
+        rows, scored_users, test_targets = frames.height, scores.ranker.per_user.height, sum(shares.targets["test"])
+        del frames, scores, test, shares
 
         def export() -> int:
+            history = pl.read_parquet(path).select(list(schema.INTERACTIONS))
+            users = history[schema.USER_ID].unique().sort().to_list()
             build = ArmLists(client, history, item_ids, 20, True)
             plans = plan_arms({"plain": "retrieval"}, {"plain": 1.0}, 0.0)
             assignments = assign_arms(users, plans, "scale").with_columns(pl.lit(False).alias(schema.COLD_START))
@@ -141,14 +139,22 @@ def run_size(n_users: int, n_items: int, ann: int, popular: int, batch_users: in
             return sum(b.height for b in export_batches_dask(client, assignments, {"plain": server}, seen, pool,
                                                              20, True, batch_users))
 
-        list_rows = timed("export lists (workers)", export)
+        list_rows = timed("export lists (driver reads the data)", export)
         sampler.stop()
     for name, peaks in sampler.peaks.items():
         steps[name]["peak_rss_mb"] = {k: round(v) for k, v in sorted(peaks.items())}
-    return {"users": n_users, "items": n_items, "interactions": n_interactions, "ann_candidates": ann,
-            "popular_candidates": popular, "features": len(names), "feature_rows": rows,
-            "ranker_rounds": rounds, "scored_users": scored_users, "list_rows": list_rows,
-            "batch_users": batch_users, "steps": steps}
+    return {"ann_candidates": ann, "popular_candidates": popular, "features": len(names), "feature_rows": rows,
+            "test_targets": test_targets, "ranker_rounds": rounds, "scored_users": scored_users,
+            "list_rows": list_rows, "batch_users": batch_users, "steps": steps}
+
+
+def write_size(folder: Path, n_users: int, n_items: int) -> dict:
+    """Generate one size's catalog (about 20 interactions a user) and write it to `folder`."""
+    from fuserank.data.synthetic import generate_catalog, write_catalog
+
+    items, interactions = generate_catalog(n_items=n_items, n_users=n_users, seed=5, interactions_per_user=(15, 25))
+    write_catalog(folder, items, interactions)
+    return {"users": n_users, "items": n_items, "interactions": interactions.height}
 
 
 def main() -> None:
@@ -160,26 +166,33 @@ def main() -> None:
     parser.add_argument("--batch-users", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=50, help="ranker boosting rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/scale.json"))
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.write:
+        print(json.dumps(write_size(args.write, args.users[0], args.items)))
+        return
     if args.child:
         from fuserank.progress import set_quiet
 
         set_quiet(True)
-        print(json.dumps(run_size(args.child, args.items, args.ann, args.popular, args.batch_users, args.rounds)))
+        print(json.dumps(run_size(args.child, args.ann, args.popular, args.batch_users, args.rounds)))
         return
     results = {"machine": f"{os.cpu_count()} cores", "cluster": "LocalCluster, 2 workers x 1 thread", "runs": []}
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
     for n in args.users:
-        done = subprocess.run([sys.executable, __file__, "--child", str(n), "--items", str(args.items),
-                               "--ann", str(args.ann), "--popular", str(args.popular),
-                               "--batch-users", str(args.batch_users), "--rounds", str(args.rounds)],
-                              capture_output=True, text=True, env=env)
+        with tempfile.TemporaryDirectory(prefix="fuserank-scale-") as folder:
+            written = subprocess.run([sys.executable, __file__, "--write", folder, "--users", str(n),
+                                      "--items", str(args.items)], capture_output=True, text=True, env=env, check=True)
+            run = json.loads(written.stdout.strip().splitlines()[-1])
+            done = subprocess.run([sys.executable, __file__, "--child", folder, "--ann", str(args.ann),
+                                   "--popular", str(args.popular), "--batch-users", str(args.batch_users),
+                                   "--rounds", str(args.rounds)], capture_output=True, text=True, env=env)
         if done.returncode != 0:
-            results["runs"].append({"users": n, "failed": done.stderr[-2000:]})
+            results["runs"].append(run | {"failed": done.stderr[-2000:]})
             print(f"{n} users failed:\n{done.stderr[-2000:]}", flush=True)
             break  # a larger catalog would not fit either
-        results["runs"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results["runs"].append(run | json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results["runs"][-1]), flush=True)
     from fuserank import atomic
 

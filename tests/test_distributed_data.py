@@ -120,7 +120,7 @@ def test_cutoff_shares_are_the_cutoffs_of_the_whole(client, catalog, overrides):
     shares = cutoff_shares(client, parts, split)
     expected = [*whole.labels, whole.valid, whole.test]
     assert shares.names == [c.name for c in expected]
-    assert shares.targets == {c.name: c.targets.height for c in expected}
+    assert {name: sum(n) for name, n in shares.targets.items()} == {c.name: c.targets.height for c in expected}
     got = client.gather(shares.futures)
     if overrides:
         assert len(expected) == 5 and any(cutoff_of(s, "ranker labels 3").targets.is_empty() for s in got)
@@ -145,3 +145,35 @@ def test_cutoff_shares_refuse_what_they_cannot_cut(client, catalog):
         cutoff_shares(client, parts, load_config(None, ["split.label_window=1000"]).split)
     with pytest.raises(ProtocolError, match="on the driver"):
         cutoff_shares(client, parts, load_config(None, ["split.protocol=global_time"]).split)
+
+
+def test_frames_and_scores_from_the_shares_equal_the_local_ones(client, catalog):
+    """From the file to the per-user scores with nothing on the driver but futures: every
+    cut-off's frame (stage 1 fitted on a worker from the shares' history) and the ranker's
+    per-user metrics equal those of the local path."""
+    from fuserank.config import load_config
+    from fuserank.data.cutoffs import build_cutoffs
+    from fuserank.evaluation.scoring import cutoff_scores
+    from fuserank.jobs.distributed_cutoffs import cluster_cutoff, cutoff_shares
+    from fuserank.jobs.distributed_frames import FitOnWorker, collect, frames_on_workers, scores_on_workers
+    from fuserank.pipeline import fit_stage, stage_frame
+    from fuserank.ranking.ranker import fit_ranker
+
+    root, _, item_ids, interactions = catalog
+    config = load_config(None, ["seed=7", "retrieval.ann_candidates=40", "retrieval.popular_candidates=10",
+                                "ranker.n_estimators=20", "ranker.n_jobs=1", "ranker.early_stopping_rounds=0"])
+    parts = read_user_parts(client, write(interactions, root / "frames.parquet"), item_ids, n_parts=3, chunk_rows=300)
+    shares = cutoff_shares(client, parts, config.split)
+    whole = build_cutoffs(interactions.select(list(schema.INTERACTIONS)), config.split)
+    local = {}
+    for cutoff in (whole.labels[0], whole.test):
+        stage = fit_stage(config, cutoff.history, item_ids, {}, cutoff.shared_history)
+        local[cutoff.name], names, _ = stage_frame(config, stage, cutoff)
+        on_cluster = cluster_cutoff(client, shares, cutoff.name)
+        spread, spread_names = frames_on_workers(client, config, FitOnWorker(item_ids, {}), on_cluster)
+        assert spread_names == names
+        assert_frame_equal(collect(client, spread), local[cutoff.name], check_exact=False, rel_tol=0.0, abs_tol=1e-6)
+    ranker = fit_ranker(local["ranker labels 1"], None, names, config.ranker, seed=7)
+    expected = cutoff_scores(local["test"], whole.test.targets, ranker, (10,), 40, 0)
+    got = scores_on_workers(client, spread, on_cluster.targets, ranker, (10,), 40, 0)
+    assert_frame_equal(got.ranker.per_user, expected.ranker.per_user)

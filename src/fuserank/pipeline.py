@@ -252,12 +252,12 @@ def cutoff_frame(
 def cutoff_stage(config: ExperimentConfig, cutoff: Cutoff, item_ids: Sequence[str],
                  content: Mapping[str, Embeddings]) -> StageOne:
     """Stage 1 of one cut-off: fitted on its history alone, over `cutoff_catalog`."""
-    return fit_stage(config, cutoff.history, cutoff_catalog(cutoff, item_ids), content, cutoff.shared_history)
+    return fit_stage(config, cutoff.history, cutoff_catalog(cutoff.absent, item_ids), content, cutoff.shared_history)
 
 
-def cutoff_catalog(cutoff: Cutoff, item_ids: Sequence[str]) -> Sequence[str]:
-    """The catalog less the cut-off's `absent` items, so that no candidate names one."""
-    return [item for item in item_ids if item not in cutoff.absent] if cutoff.absent else item_ids
+def cutoff_catalog(absent: frozenset[str], item_ids: Sequence[str]) -> Sequence[str]:
+    """The catalog less a cut-off's `absent` items (`Cutoff.absent`), so that no candidate names one."""
+    return [item for item in item_ids if item not in absent] if absent else item_ids
 
 
 def stage_frame(

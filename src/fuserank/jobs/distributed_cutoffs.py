@@ -22,6 +22,7 @@ from fuserank.data.cutoffs import (
 )
 from fuserank.data.split import leave_last_out
 from fuserank.jobs.distributed_data import UserParts
+from fuserank.jobs.distributed_frames import ClusterCutoff
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,13 @@ class CutoffShares:
         futures: one `distributed.Future` per partition, of its share (a `Cutoffs` over the
             partition's users; `Cutoffs.interactions` is theirs).
         names: the cut-offs' names: the label cut-offs newest first, then validation and test.
-        targets: each cut-off's targets, summed over the partitions, by name.
+        targets: by name, each cut-off's targets in each partition.
     """
 
     bounds: list[str]
     futures: list[Any]
     names: list[str]
-    targets: dict[str, int]
+    targets: dict[str, list[int]]
 
 
 def cutoff_shares(client: Any, parts: UserParts, split: SplitConfig) -> CutoffShares:
@@ -58,14 +59,13 @@ def cutoff_shares(client: Any, parts: UserParts, split: SplitConfig) -> CutoffSh
     labels, valid, test, most = (list(x) for x in zip(*counts, strict=True))
     if sum(test) == 0:
         raise ProtocolError(too_short(max(most, default=0), split))
-    per_label = [sum(c) for c in zip(*labels, strict=True)]
-    kept = next((j for j, n in enumerate(per_label) if n == 0), len(per_label))
+    per_label = [list(c) for c in zip(*labels, strict=True)]  # by label cut-off, by partition
+    kept = next((j for j, n in enumerate(per_label) if sum(n) == 0), len(per_label))
     if kept == 0:
         raise ProtocolError(NO_LABELS)
     futures = [client.submit(_keep_labels, s, kept, pure=False) for s in shares]
     names = [f"ranker labels {j}" for j in range(1, kept + 1)] + ["validation", "test"]
-    return CutoffShares(parts.bounds, futures, names,
-                        dict(zip(names, [*per_label[:kept], sum(valid), sum(test)], strict=True)))
+    return CutoffShares(parts.bounds, futures, names, dict(zip(names, [*per_label[:kept], valid, test], strict=True)))
 
 
 def _share(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
@@ -86,3 +86,23 @@ def _keep_labels(share: Cutoffs, kept: int) -> Cutoffs:
 def cutoff_of(share: Cutoffs, name: str) -> Cutoff:
     """The cut-off called `name` in a partition's share."""
     return next(c for c in (*share.labels, share.valid, share.test) if c.name == name)
+
+
+def cluster_cutoff(client: Any, shares: CutoffShares, name: str) -> ClusterCutoff:
+    """The cut-off `name` for `distributed_frames.frames_on_workers`: its history and shared
+    history put together on a worker from the partitions' shares, and each partition's targets
+    and reference times left where they lie (None where the partition has no target)."""
+    history, shared = (client.submit(_whole, shares.futures, name, field, pure=False)
+                       for field in ("history", "shared_history"))
+    targets, ref_times = ([None if n == 0 else client.submit(_field, share, name, field, pure=False)
+                           for share, n in zip(shares.futures, shares.targets[name], strict=True)]
+                          for field in ("targets", "ref_times"))
+    return ClusterCutoff(name, history, shared, frozenset(), targets, ref_times)
+
+
+def _field(share: Cutoffs, name: str, field: str) -> pl.DataFrame:
+    return getattr(cutoff_of(share, name), field)
+
+
+def _whole(shares: list[Cutoffs], name: str, field: str) -> pl.DataFrame:
+    return pl.concat([_field(share, name, field) for share in shares], how="vertical", rechunk=True)

@@ -173,22 +173,44 @@ class FitOnWorker:
     content: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class ClusterCutoff:
+    """A cut-off as the feature tasks on the cluster read it (`frames_on_workers`).
+
+    Attributes:
+        name, absent: as in `data.cutoffs.Cutoff`.
+        history: a `distributed.Future` of the cut-off's whole history.
+        shared_history: its shared history, a frame still on the driver (sent only when stage
+            1 is fitted on a worker), a Future, or None.
+        targets, ref_times: by partition of the users, the partition's rows, each a frame or a
+            Future; None for a partition without users.
+    """
+
+    name: str
+    history: Any
+    shared_history: Any
+    absent: frozenset[str]
+    targets: list[Any]
+    ref_times: list[Any]
+
+
+def send_cutoff(client: Any, cutoff: Cutoff, user_parts: Sequence[list[str]]) -> ClusterCutoff:
+    """A driver's `cutoff` for `frames_on_workers`: its history sent once (`send_in_slices`),
+    each partition's targets and reference times to go with its task."""
+    return ClusterCutoff(cutoff.name, send_in_slices(client, cutoff.history), cutoff.shared_history, cutoff.absent,
+                         [_of_users(cutoff.targets, users) if users else None for users in user_parts],
+                         [_of_users(cutoff.ref_times, users) if users else None for users in user_parts])
+
+
 def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_parts: Sequence[list[str]],
                  llm: Any = None, query: str | None = None) -> tuple[Parts, list[str]]:
-    """`pipeline.stage_frame` (candidates, features as of the reference times, labels) per
-    partition of the cut-off's users, on the workers; the frames stay there.
-
-    The history goes once to the cluster (`send_in_slices`), stage 1 (its FAISS index included)
-    and the config to every worker once; each task gets its users' rows of the reference times
-    and targets. Those inputs are released once the frames are built, so Dask cannot compute a
-    partition lost with its worker again; `Parts.rebuild` sends them anew for the lost ones (and
-    fits stage 1 again on a worker where `stage` is a `FitOnWorker`).
+    """`frames_on_workers` of a cut-off held on the driver, cut at `user_parts`; a partition lost
+    with a worker is rebuilt from the driver's copy (`Parts.rebuild`).
 
     Args:
         client: a connected `distributed.Client`.
         config, llm: as in `pipeline.stage_frame` (an `ExperimentConfig`).
-        stage: stage 1 fitted on `cutoff.history` (sent from the driver), or a `FitOnWorker`
-            (fitted on a worker, then copied to every worker).
+        stage: stage 1 fitted on `cutoff.history` (sent from the driver), or a `FitOnWorker`.
         cutoff: the cut-off (its history, shared history, absent items, targets and reference
             times are read).
         user_parts: the cut-off's users by partition (`split_users`).
@@ -200,38 +222,68 @@ def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_part
     if not any(user_parts):
         raise ValueError(f"{cutoff.name}: no users to build features for")
     user_parts = [list(users) for users in user_parts]
-    pairs = _submit_parts(client, config, stage, cutoff, user_parts, llm, query)
+
+    def rebuild(lost: list[int]) -> list[Any]:
+        again = _submit_parts(client, config, stage, send_cutoff(client, cutoff, [user_parts[p] for p in lost]),
+                              llm, query)
+        return [client.submit(_first, pair, pure=False) for pair in again]
+
+    return frames_on_workers(client, config, stage, send_cutoff(client, cutoff, user_parts), llm, query, rebuild)
+
+
+def frames_on_workers(client: Any, config: Any, stage: Any, cutoff: ClusterCutoff, llm: Any = None,
+                      query: str | None = None,
+                      rebuild: Callable[[list[int]], list[Any]] | None = None) -> tuple[Parts, list[str]]:
+    """`pipeline.stage_frame` (candidates, features as of the reference times, labels) per
+    partition of the cut-off's users, on the workers; the frames stay there.
+
+    Stage 1 (its FAISS index included) and the config go to every worker once, and each task
+    reads the history where it lies. The inputs are released once the frames are built, so
+    Dask cannot compute a partition lost with its worker again; `rebuild` (kept as
+    `Parts.rebuild`) gives new futures of the lost ones.
+
+    Args:
+        client, config, llm, query: as in `cutoff_parts`.
+        stage: stage 1 already fitted (scattered from here), or a `FitOnWorker` (fitted on a
+            worker, then copied to every worker).
+        cutoff: the cut-off on the cluster (`send_cutoff`, `distributed_cutoffs.cluster_cutoff`).
+        rebuild: given partition indices, new futures of their frames; None: cannot be rebuilt.
+
+    Returns:
+        (the parts, the feature names).
+    """
+    if all(t is None for t in cutoff.targets):
+        raise ValueError(f"{cutoff.name}: no users to build features for")
+    pairs = _submit_parts(client, config, stage, cutoff, llm, query)
     futures = [None if p is None else client.submit(_first, p, pure=False) for p in pairs]
     names = client.submit(_second, next(p for p in pairs if p is not None), pure=False).result()
     del pairs  # the frames live on in `futures`
-
-    def rebuild(lost: list[int]) -> list[Any]:
-        again = _submit_parts(client, config, stage, cutoff, [user_parts[p] for p in lost], llm, query)
-        return [client.submit(_first, pair, pure=False) for pair in again]
-
     return _counted(client, Parts(futures, [0] * len(futures), rebuild)), list(names)
 
 
-def _submit_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_parts: Sequence[list[str]], llm: Any,
+def _submit_parts(client: Any, config: Any, stage: Any, cutoff: ClusterCutoff, llm: Any,
                   query: str | None) -> list[Any]:
-    """One `_cutoff_part` task per non-empty partition of the users (None for an empty one)."""
+    """One `_cutoff_part` task per partition with users (None for one without)."""
     config_f, llm_f = (client.scatter(a, broadcast=True, hash=False) for a in (config, llm))
-    history_f = send_in_slices(client, cutoff.history)
     if isinstance(stage, FitOnWorker):
-        stage_f = _fit_on_worker(client, config_f, stage, cutoff, history_f)
+        stage_f = _fit_on_worker(client, config_f, stage, cutoff)
     else:
         stage_f = client.scatter(stage, broadcast=True, hash=False)
-    return [client.submit(_cutoff_part, config_f, stage_f, cutoff.name, history_f, _of_users(cutoff.targets, users),
-                          _of_users(cutoff.ref_times, users), llm_f, query, pure=False) if users else None
-            for users in user_parts]
+    return [None if targets is None else
+            client.submit(_cutoff_part, config_f, stage_f, cutoff.name, cutoff.history, targets, ref_times, llm_f,
+                          query, pure=False)
+            for targets, ref_times in zip(cutoff.targets, cutoff.ref_times, strict=True)]
 
 
-def _fit_on_worker(client: Any, config_f: Any, fit: FitOnWorker, cutoff: Cutoff, history_f: Any) -> Any:
-    """Stage 1 of `cutoff` fitted on a worker from `history_f` and copied to every worker."""
-    shared_f = None if cutoff.shared_history is None else send_in_slices(client, cutoff.shared_history)
+def _fit_on_worker(client: Any, config_f: Any, fit: FitOnWorker, cutoff: ClusterCutoff) -> Any:
+    """Stage 1 of `cutoff` fitted on a worker from its history and copied to every worker."""
+    shared_f = cutoff.shared_history
+    if isinstance(shared_f, pl.DataFrame):
+        shared_f = send_in_slices(client, shared_f)
     # In a list, so that scatter sends the catalog and the embeddings as one object each.
-    catalog_f, content_f = client.scatter([list(cutoff_catalog(cutoff, fit.item_ids)), dict(fit.content)], hash=False)
-    stage_f = client.submit(fit_stage, config_f, history_f, catalog_f, content_f, shared_f, pure=False)
+    catalog_f, content_f = client.scatter([list(cutoff_catalog(cutoff.absent, fit.item_ids)), dict(fit.content)],
+                                          hash=False)
+    stage_f = client.submit(fit_stage, config_f, cutoff.history, catalog_f, content_f, shared_f, pure=False)
     client.replicate([stage_f])  # waits for the fit; the feature tasks then find it on every worker
     return stage_f
 
@@ -270,18 +322,24 @@ def gather_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: A
 def cutoff_scores_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]], targets: pl.DataFrame,
                        ranker: Any, ks: Sequence[int], n: int, keep: int,
                        new_item_slots: Sequence[int] = ()) -> CutoffScores:
+    """`scores_on_workers` of a cut-off whose targets the driver holds, cut at `user_parts`."""
+    return scores_on_workers(client, parts, [_of_users(targets, users) for users in user_parts], ranker, ks, n, keep,
+                             new_item_slots)
+
+
+def scores_on_workers(client: Any, parts: Parts, targets: Sequence[Any], ranker: Any, ks: Sequence[int], n: int,
+                      keep: int, new_item_slots: Sequence[int] = ()) -> CutoffScores:
     """`scoring.cutoff_scores` on every partition where it lies (the ranker sent once, each task
-    its users' targets); only per-user metrics and counts, covered items and the `keep` kept
-    lists come back, concatenated in user order.
+    its partition's targets); only per-user metrics and counts, covered items and the `keep`
+    kept lists come back, concatenated in user order.
 
     Args:
-        parts: a labelled cut-off frame (`cutoff_parts`) cut at `user_parts`.
-        targets: the cut-off's targets.
+        parts: a labelled cut-off frame (`frames_on_workers`).
+        targets: by partition, the cut-off's targets of its users (a frame or a Future).
         ranker, ks, n, keep, new_item_slots: as in `scoring.cutoff_scores`.
     """
-    mine = [(_of_users(targets, users),) for users in user_parts]
     return concat_scores(gather_parts(client, partial(cutoff_scores, new_item_slots=tuple(new_item_slots)),
-                                      parts, ranker, tuple(ks), n, keep, per_part=mine))
+                                      parts, ranker, tuple(ks), n, keep, per_part=[(t,) for t in targets]))
 
 
 def collect(client: Any, parts: Parts) -> pl.DataFrame:
