@@ -68,9 +68,9 @@ def read_user_parts(client: Any, path: Path, item_ids: Sequence[str], n_parts: i
         sample: user ids a read task reports for the bounds.
 
     Raises:
-        DataError: the first problem of the first read task (in file order) that finds one, or
-            the first repeated event of the first partition that holds one; each names the
-            file, its row and the column.
+        DataError: a problem a read task finds (its first), or the first repeated event of a
+            partition; each names the file, the row in the file and the column. With several
+            bad rows in different tasks, which one is named is not fixed.
     """
     path = Path(path)
     (items_f,) = client.scatter([pl.Series(schema.ITEM_ID, list(item_ids), dtype=pl.String)], broadcast=True)
