@@ -154,3 +154,19 @@ def test_benchmark_sequence_records_the_shared_history_model_and_reads_it_back(t
     assert read == trained
     assert json.loads(again.read_text())["by_seed"]["42"]["test"] | {"fit_seconds": 0, "rank_seconds": 0} == \
         json.loads(first.read_text())["by_seed"]["42"]["test"] | {"fit_seconds": 0, "rank_seconds": 0, "from_cache": True}
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs_every_step_from_the_file(tmp_path):
+    pytest.importorskip("distributed")
+    scale = _load("benchmark_scale")
+    written = scale.write_size(tmp_path, n_users=1500, n_items=200)
+    run = scale.run_size(tmp_path, ann=10, popular=5, batch_users=500, rounds=5)
+    assert list(run["steps"]) == ["read (workers)", "cut-offs (workers)", "stage 1 and features (workers, kept there)",
+                                  "ranker (workers)", "score (workers, per-user metrics back)",
+                                  "export lists (driver reads the data)"]
+    assert run["test_targets"] == run["scored_users"] == written["users"]
+    assert run["list_rows"] == 20 * written["users"]
+    assert run["feature_rows"] >= 10 * written["users"]
+    for step in run["steps"].values():
+        assert set(step["peak_rss_mb"]) == {"driver", "worker 0", "worker 1"} and step["peak_rss_mb"]["driver"] > 0
