@@ -106,8 +106,11 @@ def test_bad_rows_are_named_by_their_row_in_the_file(client, catalog):
 
 
 # The second asks for 4 label cut-offs of 9 rows each: the fourth has no target anywhere, and
-# the third's one user lies in one partition.
-@pytest.mark.parametrize("overrides", [[], ["split.label_cutoffs=4", "split.label_window=9"]])
+# the third's one user lies in one partition. Global time cuts at quantiles of all timestamps.
+@pytest.mark.parametrize("overrides", [[], ["split.label_cutoffs=4", "split.label_window=9"],
+                                       ["split.protocol=global_time", "split.label_cutoffs=6"],
+                                       ["split.protocol=global_time", "split.valid_quantile=0.63",
+                                        "split.test_quantile=0.77"]])
 def test_cutoff_shares_are_the_cutoffs_of_the_whole(client, catalog, overrides):
     from fuserank.config import load_config
     from fuserank.data.cutoffs import build_cutoffs
@@ -122,7 +125,7 @@ def test_cutoff_shares_are_the_cutoffs_of_the_whole(client, catalog, overrides):
     assert shares.names == [c.name for c in expected]
     assert {name: sum(n) for name, n in shares.targets.items()} == {c.name: c.targets.height for c in expected}
     got = client.gather(shares.futures)
-    if overrides:
+    if "split.label_window=9" in overrides:
         assert len(expected) == 5 and any(cutoff_of(s, "ranker labels 3").targets.is_empty() for s in got)
     for cutoff in expected:
         mine = [cutoff_of(share, cutoff.name) for share in got]
@@ -130,6 +133,7 @@ def test_cutoff_shares_are_the_cutoffs_of_the_whole(client, catalog, overrides):
             assert_frame_equal(pl.concat([getattr(m, field) for m in mine]), getattr(cutoff, field),
                                check_dtypes=False)
     assert_frame_equal(pl.concat([s.interactions for s in got]), whole.interactions, check_dtypes=False)
+    assert_frame_equal(pl.concat([s.cold_test for s in got]), whole.cold_test, check_dtypes=False)
 
 
 def test_cutoff_shares_refuse_what_they_cannot_cut(client, catalog):
@@ -143,8 +147,11 @@ def test_cutoff_shares_refuse_what_they_cannot_cut(client, catalog):
         cutoff_shares(client, parts, load_config(None, ["split.min_interactions=1000"]).split)
     with pytest.raises(ProtocolError, match="ranker a label"):
         cutoff_shares(client, parts, load_config(None, ["split.label_window=1000"]).split)
+    with pytest.raises(ProtocolError, match="both an interaction before the test cut"):
+        cutoff_shares(client, parts, load_config(None, ["split.protocol=global_time", "split.valid_time=1000000000",
+                                                        "split.test_time=1000000001"]).split)
     with pytest.raises(ProtocolError, match="on the driver"):
-        cutoff_shares(client, parts, load_config(None, ["split.protocol=global_time"]).split)
+        cutoff_shares(client, parts, load_config(None, ["split.cold_items=0.1"]).split)
 
 
 def test_frames_and_scores_from_the_shares_equal_the_local_ones(client, catalog):

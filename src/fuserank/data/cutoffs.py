@@ -38,6 +38,7 @@ so each cut-off's sequence model may continue from it (sequence.refit).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -149,10 +150,14 @@ NO_LABELS = ("no user has enough train interactions to give the ranker a label; 
 
 def _nobody_to_evaluate(interactions: pl.DataFrame, split: SplitConfig) -> str:
     if split.protocol == "global_time":
-        return (f"no user has both an interaction before the test cut and one after it "
-                f"({interactions[schema.USER_ID].n_unique():,} users); set split.test_quantile or "
-                f"split.test_time so that returning users fall on both sides")
+        return nobody_at_test_cut(interactions[schema.USER_ID].n_unique())
     return too_short(int(interactions.group_by(schema.USER_ID).len()["len"].max() or 0), split)
+
+
+def nobody_at_test_cut(users: int) -> str:
+    """Why global time evaluates nobody, among `users` users."""
+    return (f"no user has both an interaction before the test cut and one after it ({users:,} users); set "
+            f"split.test_quantile or split.test_time so that returning users fall on both sides")
 
 
 def too_short(most: int, split: SplitConfig) -> str:
@@ -210,40 +215,86 @@ def serving_cutoff(history: pl.DataFrame, users: list[str], protocol: str) -> Cu
     return Cutoff("serving", history, targets, serving_ref_times(history, users, protocol))
 
 
+@dataclass(frozen=True)
+class TimeOrder:
+    """What the global-time cuts read of all timestamps, however they are held (here in one
+    array, `time_order`; on a cluster, spread over partitions: jobs/distributed_cutoffs.py).
+
+    Attributes:
+        n: the number of timestamps.
+        nth: the k-th smallest (0-based).
+        before: how many are smaller than a time.
+    """
+
+    n: int
+    nth: Callable[[int], int]
+    before: Callable[[int], int]
+
+
+def time_order(times: np.ndarray) -> TimeOrder:
+    """The `TimeOrder` of timestamps held in one array."""
+    ordered = np.sort(times)
+    return TimeOrder(len(ordered), lambda k: int(ordered[k]), lambda t: int(np.searchsorted(ordered, t)))
+
+
 def cut_times(interactions: pl.DataFrame, split: SplitConfig) -> tuple[int, int]:
     """(valid cut, test cut) in seconds: split.valid_time and split.test_time, or the
     split.valid_quantile and split.test_quantile of all timestamps."""
+    return quantile_cuts(time_order(interactions[schema.TIMESTAMP].to_numpy()), split)
+
+
+def quantile_cuts(order: TimeOrder, split: SplitConfig) -> tuple[int, int]:
+    """`cut_times` from a `TimeOrder`; a quantile is numpy's method="higher" one."""
     if (split.valid_time is None) != (split.test_time is None):
         raise ProtocolError("split.valid_time and split.test_time must be set together (or both left unset)")
     if split.valid_time is not None and split.test_time is not None:
         valid, test = int(split.valid_time), int(split.test_time)
     else:
-        times = interactions[schema.TIMESTAMP].to_numpy()
-        valid, test = (int(np.quantile(times, q, method="higher")) for q in (split.valid_quantile, split.test_quantile))
+        # np.quantile(times, q, method="higher") is the ceil((n - 1) q)-th smallest.
+        valid, test = (order.nth(int(np.ceil((order.n - 1) * q))) for q in (split.valid_quantile, split.test_quantile))
     if not valid < test:
         raise ProtocolError(f"the validation cut ({valid}) must come before the test cut ({test}): check "
                          f"split.valid_time/test_time or split.valid_quantile/test_quantile")
     return valid, test
 
 
-def global_time_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
-    """Global-time cut-offs (see the module docstring)."""
-    ordered = sort_interactions(interactions)
-    valid_cut, test_cut = cut_times(ordered, split)
-    times = np.sort(ordered[schema.TIMESTAMP].to_numpy())
-    # Label cuts step back from the validation cut by the share of interactions between the cuts.
-    share = (np.searchsorted(times, test_cut) - np.searchsorted(times, valid_cut)) / max(len(times), 1)
-    level = np.searchsorted(times, valid_cut) / max(len(times), 1)
-    labels, upper = [], valid_cut
-    for j in range(1, split.label_cutoffs + 1):
+def label_cuts(order: TimeOrder, valid_cut: int, test_cut: int, most: int) -> list[int]:
+    """The ranker-label cut times, newest first, at most `most`: they step back from the
+    validation cut by the share of interactions between the two cuts, and stop before a cut
+    would not be earlier than the one after it. A caller keeps them up to the first whose
+    cut-off has no target."""
+    share = (order.before(test_cut) - order.before(valid_cut)) / max(order.n, 1)
+    level = order.before(valid_cut) / max(order.n, 1)
+    cuts, upper = [], valid_cut
+    for _ in range(most):
         level -= share
         if level <= 0 or share <= 0:
             break
-        cut = int(times[int(level * len(times))])
+        cut = order.nth(int(level * order.n))
         if cut >= upper:
             break
+        cuts.append(cut)
+        upper = cut
+    return cuts
+
+
+def global_time_cutoffs(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
+    """Global-time cut-offs (see the module docstring)."""
+    ordered = sort_interactions(interactions)
+    order = time_order(ordered[schema.TIMESTAMP].to_numpy())
+    valid_cut, test_cut = quantile_cuts(order, split)
+    return cutoffs_at_times(ordered, valid_cut, test_cut, label_cuts(order, valid_cut, test_cut, split.label_cutoffs))
+
+
+def cutoffs_at_times(ordered: pl.DataFrame, valid_cut: int, test_cut: int, cuts: Sequence[int],
+                     keep_empty: bool = False) -> Cutoffs:
+    """Global-time cut-offs of sorted interactions at given cut times (`label_cuts` for the
+    labels). The label cut-offs stop at the first without a target; with `keep_empty` there is
+    one per cut (for a user partition's share, where the whole decides where they stop)."""
+    labels, upper = [], valid_cut
+    for j, cut in enumerate(cuts, start=1):
         found = _time_cutoff(f"ranker labels {j}", ordered, cut, upper)
-        if found.targets.is_empty():
+        if found.targets.is_empty() and not keep_empty:
             break
         labels.append(found)
         upper = cut

@@ -4,8 +4,11 @@
 Under leave_last_out every cut-off is a per-user cut, so a partition's share is
 `data.cutoffs.build_cutoffs` of its own users' interactions, with one exception: the label
 cut-offs stop where no user of the whole data has a target, which the driver decides from the
-partitions' target counts. The shares of a cut-off, concatenated in partition order, are then
-exactly that cut-off of the whole (history, targets, reference times and shared history).
+partitions' target counts. Under global_time the cut times come from all the timestamps: the
+driver finds each quantile by bisection on the time, counting on the partitions
+(`cluster_time_order`), and each partition then cuts its users at those times. The shares of a
+cut-off, concatenated in partition order, are exactly that cut-off of the whole (history,
+targets, reference times and shared history).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import polars as pl
 from fuserank import schema
 from fuserank.config import SplitConfig
 from fuserank.data.cutoffs import (
-    NO_LABELS, Cutoff, Cutoffs, ProtocolError, cutoffs_from_split, share_history, too_short,
+    NO_LABELS, Cutoff, Cutoffs, ProtocolError, TimeOrder, cutoffs_at_times, cutoffs_from_split, label_cuts,
+    nobody_at_test_cut, quantile_cuts, share_history, too_short,
 )
 from fuserank.data.split import leave_last_out
 from fuserank.jobs.distributed_data import UserParts
@@ -47,18 +51,24 @@ def cutoff_shares(client: Any, parts: UserParts, split: SplitConfig) -> CutoffSh
     """`data.cutoffs.build_cutoffs` of the interactions in `parts`, built where they lie.
 
     Raises:
-        ProtocolError: as `build_cutoffs` raises it (nobody to evaluate, no ranker label), or
-            a protocol this does not build yet (global_time, cold items): build those on the
-            driver.
+        ProtocolError: as `build_cutoffs` raises it (nobody to evaluate, no ranker label, cut
+            times out of order), or under the cold-item protocol, which this does not build
+            yet (build it on the driver).
     """
-    if split.protocol != "leave_last_out" or split.cold_items > 0:
-        raise ProtocolError("cut-offs on the workers are built for split.protocol=leave_last_out without "
-                            "split.cold_items so far; build the others on the driver (data.cutoffs.build_cutoffs)")
-    shares = [client.submit(_share, f, split, pure=False) for f in parts.futures]
+    if split.cold_items > 0:
+        raise ProtocolError("cut-offs on the workers are not built under the cold-item protocol (split.cold_items) "
+                            "so far; build them on the driver (data.cutoffs.build_cutoffs)")
+    if split.protocol == "global_time":
+        order = cluster_time_order(client, parts)
+        valid_cut, test_cut = quantile_cuts(order, split)
+        cuts = label_cuts(order, valid_cut, test_cut, split.label_cutoffs)
+        shares = [client.submit(_time_share, f, valid_cut, test_cut, cuts, pure=False) for f in parts.futures]
+    else:
+        shares = [client.submit(_last_out_share, f, split, pure=False) for f in parts.futures]
     counts = client.gather([client.submit(_counts, s, pure=False) for s in shares])
     labels, valid, test, most = (list(x) for x in zip(*counts, strict=True))
     if sum(test) == 0:
-        raise ProtocolError(too_short(max(most, default=0), split))
+        raise ProtocolError(_nobody(split, sum(parts.users), max(most, default=0)))
     per_label = [list(c) for c in zip(*labels, strict=True)]  # by label cut-off, by partition
     kept = next((j for j, n in enumerate(per_label) if sum(n) == 0), len(per_label))
     if kept == 0:
@@ -68,8 +78,46 @@ def cutoff_shares(client: Any, parts: UserParts, split: SplitConfig) -> CutoffSh
     return CutoffShares(parts.bounds, futures, names, dict(zip(names, [*per_label[:kept], valid, test], strict=True)))
 
 
-def _share(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
+def _nobody(split: SplitConfig, users: int, most: int) -> str:
+    return nobody_at_test_cut(users) if split.protocol == "global_time" else too_short(most, split)
+
+
+def cluster_time_order(client: Any, parts: UserParts) -> TimeOrder:
+    """The `TimeOrder` of the timestamps in `parts`: counts come from the partitions, and the
+    k-th smallest is found by bisection on the time (a few dozen rounds of counts)."""
+    def count(t: int, side: str) -> int:
+        return sum(client.gather([client.submit(_count, f, t, side, pure=False) for f in parts.futures]))
+
+    ranges = client.gather([client.submit(_time_range, f, pure=False) for f in parts.futures])
+    low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+    def nth(k: int) -> int:
+        lo, hi = low, high  # the answer lies in [lo, hi]: the smallest t with k + 1 times <= t
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if count(mid, "right") > k else (mid + 1, hi)
+        return lo
+
+    return TimeOrder(sum(parts.rows), nth, lambda t: count(t, "left"))
+
+
+def _time_range(frame: pl.DataFrame) -> tuple[int, int]:
+    times = frame[schema.TIMESTAMP]
+    return int(times.min()), int(times.max())
+
+
+def _count(frame: pl.DataFrame, t: int, side: str) -> int:
+    """Timestamps smaller than `t` ("left") or not larger ("right")."""
+    times = frame[schema.TIMESTAMP]
+    return int((times < t).sum() if side == "left" else (times <= t).sum())
+
+
+def _last_out_share(interactions: pl.DataFrame, split: SplitConfig) -> Cutoffs:
     return cutoffs_from_split(leave_last_out(interactions, split.min_interactions), split, keep_empty=True)
+
+
+def _time_share(interactions: pl.DataFrame, valid_cut: int, test_cut: int, cuts: list[int]) -> Cutoffs:
+    return cutoffs_at_times(interactions, valid_cut, test_cut, cuts, keep_empty=True)
 
 
 def _counts(share: Cutoffs) -> tuple[list[int], int, int, int]:
