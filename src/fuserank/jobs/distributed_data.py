@@ -148,9 +148,13 @@ def _user_sample(frame: pl.DataFrame, size: int) -> list[str]:
 
 def _split_chunk(frame: pl.DataFrame, bounds: list[str]) -> list[pl.DataFrame]:
     """The chunk's rows by partition (bisect of the user's key in `bounds`), in file order."""
-    where = (pl.Series(bounds, dtype=pl.String).search_sorted(_keys(frame[schema.USER_ID]), side="right") - 1)
-    part = where.clip(lower_bound=0).alias("_part")
-    return [frame.filter(part == p) for p in range(len(bounds))]
+    # search_sorted counts in UInt32: widen before subtracting, or a key below the first bound wraps.
+    where = pl.Series(bounds, dtype=pl.String).search_sorted(_keys(frame[schema.USER_ID]), side="right").cast(
+        pl.Int64) - 1
+    # One pass over the rows (partition_by keeps their order), not one filter per partition.
+    parts = frame.with_columns(where.clip(lower_bound=0).alias("_part")).partition_by("_part", as_dict=True)
+    empty = frame.clear()
+    return [parts[(p,)].drop("_part") if (p,) in parts else empty for p in range(len(bounds))]
 
 
 def _piece(pieces: list[pl.DataFrame], p: int) -> pl.DataFrame:
