@@ -147,7 +147,8 @@ def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
         return popular_lists(pool, mine, us, top_k)
 
     if hasattr(arms, "popular_server"):  # the export's own most-popular arm, serving both arms
-        server = arms.popular_server(pool, seen, top_k)
+        takes_seen = "takes_seen" in Server.__dataclass_fields__  # older code: it held the seen pairs
+        server = arms.popular_server(pool, top_k) if takes_seen else arms.popular_server(pool, seen, top_k)
         servers = {arm: server for arm in ("control", "treatment")}
     else:
         clean = {"clean": True} if "clean" in Server.__dataclass_fields__ else {}  # older code: no flag
@@ -155,7 +156,11 @@ def run_write(n_users: int, n_items: int, top_k: int, per_user: int) -> dict:
     served = assignments.filter(pl.col(schema.ARM) != "holdout")
     batches = export_batches(served, servers, seen, pool, top_k, True, 10_000)
     out = WORK / f"write-{n_users}"
-    manifest = write_export(out, batches, assignments, plans, servers, {"salt": "bench"}, [], "parquet")
+    if hasattr(arms, "arm_users"):  # assignments streamed in batches, like the lists
+        manifest = write_export(out, batches, assignments.iter_slices(10_000), arms.arm_users(assignments), plans,
+                                servers, {"salt": "bench"}, [], "parquet")
+    else:
+        manifest = write_export(out, batches, assignments, plans, servers, {"salt": "bench"}, [], "parquet")
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "path": "assignment + most-popular lists (seen excluded) + batched Parquet writing, no model scoring",

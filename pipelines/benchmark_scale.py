@@ -22,10 +22,13 @@ when it began. Steps, on the leave-last-out test cut-off (one ranker-label cut-o
 - score (workers): the same users' candidates scored where they lie (`scores_on_workers`): the
   per-user metrics of the ranker's and stage 1's lists and the per-user stage-1 counts come back,
   no list (in-sample: a measure of where memory goes, not of quality);
-- export lists (driver reads the data): as `fuserank export` does it on a cluster today, the
-  interactions read on the driver, stage 1 fitted on a worker from the history sent there
-  (export.ArmLists), then retrieval-only lists of every user built batch by batch on the
-  workers and counted on the driver (jobs/distributed_export.py), nothing written.
+- export (workers read the data): the interactions read again by the workers, into user
+  partitions in user_id order; the whole history put together on a worker, where stage 1 is
+  fitted (export.ArmLists); the popularity pool from each partition's item counts; then every
+  user assigned to an arm (45% retrieval-only, 45% most-popular, 10% holdout) and each batch's
+  lists built on the workers from the partitions that hold its users
+  (jobs/distributed_export.py's `export_parts`), and the driver writes the lists and
+  assignments files, batch by batch, and the manifest.
 
 Candidates per user are fewer than the defaults and the same at every size (--ann, --popular).
 
@@ -83,13 +86,13 @@ def run_size(folder: Path, ann: int, popular: int, batch_users: int, rounds: int
 
     from fuserank import schema
     from fuserank.config import BehaviourConfig, DaskConfig, RankerConfig, RetrievalConfig, load_config
-    from fuserank.jobs.arms import Server, assign_arms, plan_arms, popularity_pool
+    from fuserank.jobs.arms import Server, plan_arms, popular_server
     from fuserank.jobs.distributed import dask_client, fit_ranker_parts
     from fuserank.jobs.distributed_cutoffs import cluster_cutoff, cutoff_shares
     from fuserank.jobs.distributed_data import read_user_parts
-    from fuserank.jobs.distributed_export import export_batches_dask
+    from fuserank.jobs.distributed_export import export_parts, pool_from_parts, whole_history
     from fuserank.jobs.distributed_frames import FitOnWorker, frames_on_workers, scores_on_workers
-    from fuserank.jobs.export import ArmLists
+    from fuserank.jobs.export import ArmLists, write_export
 
     retrieval = RetrievalConfig(ann_candidates=ann, popular_candidates=popular, ease_candidates=0)
     config = dataclasses.replace(load_config(None, ["seed=1", "split.label_cutoffs=1"]), retrieval=retrieval,
@@ -127,25 +130,28 @@ def run_size(folder: Path, ann: int, popular: int, batch_users: int, rounds: int
         rows, scored_users, test_targets = frames.height, scores.ranker.per_user.height, sum(shares.targets["test"])
         del frames, scores, test, shares
 
-        def export() -> int:
-            history = pl.read_parquet(path).select(list(schema.INTERACTIONS))
-            users = history[schema.USER_ID].unique().sort().to_list()
-            build = ArmLists(client, history, item_ids, 20, True)
-            plans = plan_arms({"plain": "retrieval"}, {"plain": 1.0}, 0.0)
-            assignments = assign_arms(users, plans, "scale").with_columns(pl.lit(False).alias(schema.COLD_START))
-            server = Server(None, "retrieval-only", build.retrieval(build.stage(config, {}, None), config))
-            pool = popularity_pool(history, item_ids)
-            seen = history.select(schema.USER_ID, schema.ITEM_ID)
-            return sum(b.height for b in export_batches_dask(client, assignments, {"plain": server}, seen, pool,
-                                                             20, True, batch_users))
+        def export() -> dict:
+            parts = read_user_parts(client, path, item_ids, 2, by_user=True)
+            whole = whole_history(client, parts)
+            build = ArmLists(client, whole, item_ids, 20, True)
+            plans = plan_arms({"plain": "retrieval", "control": "popular"}, {"plain": 0.45, "control": 0.45}, 0.1)
+            pool = pool_from_parts(client, parts, item_ids)
+            servers = {"plain": Server(None, "retrieval-only", build.retrieval(build.stage(config, {}, None), config)),
+                       "control": popular_server(pool, 20)}
+            built = export_parts(client, parts, plans, "scale", servers, pool, 20, True, batch_users)
+            with tempfile.TemporaryDirectory(prefix="fuserank-scale-export-") as out:
+                manifest = write_export(Path(out) / "export", built.lists, built.assignments, built.users, plans,
+                                        servers, {}, [], "parquet")
+            return {"list_rows": manifest["rows"], "exported_users": manifest["users"]["total"],
+                    "lists_mb": round(manifest["files"]["ranked_lists.parquet"]["bytes"] / 2**20, 1)}
 
-        list_rows = timed("export lists (driver reads the data)", export)
+        exported = timed("export (workers read the data)", export)
         sampler.stop()
     for name, peaks in sampler.peaks.items():
         steps[name]["peak_rss_mb"] = {k: round(v) for k, v in sorted(peaks.items())}
     return {"ann_candidates": ann, "popular_candidates": popular, "features": len(names), "feature_rows": rows,
             "test_targets": test_targets, "ranker_rounds": rounds, "scored_users": scored_users,
-            "list_rows": list_rows, "batch_users": batch_users, "steps": steps}
+            **exported, "batch_users": batch_users, "steps": steps}
 
 
 def write_size(folder: Path, n_users: int, n_items: int) -> dict:

@@ -15,6 +15,7 @@ from fuserank.jobs.arms import (
     BUCKETS,
     ExportError,
     Server,
+    arm_users,
     assign_arms,
     complete_lists,
     export_batches,
@@ -179,7 +180,7 @@ def test_batches_built_at_once_come_out_in_order_and_equal_one_at_a_time():
     plans = plan_arms({"t": "run", "c": "popular"}, {"t": 0.5, "c": 0.5}, 0.0)
     users = [f"u{i}" for i in range(1, 5)] + [f"n{i}" for i in range(30)]
     assignments = _assignments(users, plans, ["u1", "u2", "u3", "u4"])
-    servers = {"t": _fake_server(), "c": popular_server(pool, history.select(U, I), 3)}
+    servers = {"t": _fake_server(), "c": popular_server(pool, 3)}
     seen = history.select(U, I)
     alone = list(export_batches(assignments, servers, seen, pool, 3, True, 4, parallel_batches=1))
     at_once = list(export_batches(assignments, servers, seen, pool, 3, True, 4, parallel_batches=3))
@@ -241,7 +242,8 @@ def _write(folder, fmt="parquet", fail_after=None):
                 raise RuntimeError("disk full")
             yield frame
 
-    return write_export(folder, batches(), assignments, plans, servers, {"salt": "s"}, ["n1"], fmt)
+    return write_export(folder, batches(), assignments.iter_slices(7), arm_users(assignments), plans, servers,
+                        {"salt": "s"}, ["n1"], fmt)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
@@ -264,7 +266,8 @@ def test_parquet_is_written_in_one_row_group_per_batch(tmp_path):
     import pyarrow.parquet as pq
 
     _write(tmp_path / "out")
-    assert pq.ParquetFile(tmp_path / "out" / "ranked_lists.parquet").num_row_groups == 7  # 44 users / 7
+    for name in ("ranked_lists.parquet", "assignments.parquet"):
+        assert pq.ParquetFile(tmp_path / "out" / name).num_row_groups == 7, name  # 44 users / 7
 
 
 def test_a_failed_export_leaves_no_partial_folder_and_keeps_the_old_one(tmp_path):

@@ -155,9 +155,14 @@ def popularity_pool(history: pl.DataFrame, item_ids: Sequence[str]) -> pl.DataFr
         Frame item_id, _count (float32), _pop (int64, 0 = most popular), one row per catalog item
         (items never interacted with have count 0 and come last).
     """
+    return pool_of_counts(item_counts(history, item_ids), item_ids)
+
+
+def pool_of_counts(counts: np.ndarray, item_ids: Sequence[str]) -> pl.DataFrame:
+    """`popularity_pool` from each catalog item's interaction count (`item_counts`' array)."""
     return (
         pl.DataFrame({ITEM_ID: pl.Series(list(item_ids), dtype=pl.String),
-                      _COUNT: pl.Series(item_counts(history, item_ids), dtype=pl.Float32)})
+                      _COUNT: pl.Series(counts, dtype=pl.Float32)})
         .sort([_COUNT, ITEM_ID], descending=[True, False])
         .with_row_index(_POP)
         .with_columns(pl.col(_POP).cast(pl.Int64))
@@ -275,25 +280,27 @@ class Server:
         clean: the lists already keep the guarantees (no duplicate, no item the export drops as
             seen, ranks 1..n in row order, at most K), as `popular_lists` builds them; the
             export then only tops up short lists instead of cleaning every row again.
+        takes_seen: `lists` is called as lists(users, seen) with the batch's seen pairs to
+            leave out (None when the export keeps seen items), so the arm needs no history.
     """
 
     run_id: str | None
     model_version: str
-    lists: Callable[[Sequence[str]], pl.DataFrame]
+    lists: Callable[..., pl.DataFrame]
     booster_sha256: str | None = None
     registered: Mapping[str, str | None] | None = None
     clean: bool = False
+    takes_seen: bool = False
 
 
-def popular_server(pool: pl.DataFrame, seen: pl.DataFrame | None, k: int) -> Server:
-    """The most-popular arm: `popular_lists` of each batch, skipping the users' `seen` items
-    (user_id, item_id pairs; None: skipping nothing)."""
-    seen_of = None if seen is None else seen_lookup(seen)
+def popular_server(pool: pl.DataFrame, k: int) -> Server:
+    """The most-popular arm: `popular_lists` of each batch, leaving out the batch's seen items
+    when the export does."""
 
-    def lists(users: Sequence[str]) -> pl.DataFrame:
-        return popular_lists(pool, None if seen_of is None else seen_of(users), users, k)
+    def lists(users: Sequence[str], seen: pl.DataFrame | None) -> pl.DataFrame:
+        return popular_lists(pool, seen, users, k)
 
-    return Server(None, "most-popular", lists, clean=True)
+    return Server(None, "most-popular", lists, clean=True, takes_seen=True)
 
 
 def export_batches(
@@ -361,7 +368,7 @@ def _batch_lists(
         parts = []
         if warm:
             # Clean first (duplicates, seen items), then top up only the lists left short.
-            ranked = server.lists(warm)
+            ranked = server.lists(warm, drop) if server.takes_seen else server.lists(warm)
             if not server.clean:
                 ranked = complete_lists(ranked, schema.empty_frame(schema.RANKED_LIST), drop, k)
             full = set(ranked.group_by(USER_ID).len().filter(pl.col("len") >= k)[USER_ID].to_list())
@@ -470,10 +477,16 @@ def model_version(booster_text: str) -> str:
     return hashlib.sha256(booster_text.encode("utf-8")).hexdigest()[:12]
 
 
+def arm_users(assignments: pl.DataFrame) -> dict[str, tuple[int, int]]:
+    """Users and cold-start users of each arm in `assignments` (schema.ASSIGNMENTS rows)."""
+    per_arm = assignments.group_by(ARM).agg(pl.len().alias("users"), pl.col(COLD_START).sum().alias("cold"))
+    return {row[ARM]: (int(row["users"]), int(row["cold"])) for row in per_arm.iter_rows(named=True)}
+
+
 def build_manifest(
     plans: Sequence[ArmPlan],
     servers: Mapping[str, Server],
-    assignments: pl.DataFrame,
+    users: Mapping[str, tuple[int, int]],
     rows_per_arm: Mapping[str, int],
     files: Mapping[str, dict],
     settings: Mapping[str, object],
@@ -487,15 +500,13 @@ def build_manifest(
     Args:
         plans: the arm plans (holdout included).
         servers: arm name -> Server (not the holdout).
-        assignments: user_id, bucket, arm, cold_start of every exported user.
+        users: (users, cold-start users) of each arm that has any (`arm_users`).
         rows_per_arm: rows written per arm.
         files: file name -> {"sha256", "bytes", "rows"}.
         settings: run-level facts (run_id, config_hash, data_hash, salt, top_k, ...) copied as is.
         unknown_users: requested ids the data does not know (listed up to `max_listed`).
         created_at: ISO-8601 UTC time; the only entry that differs between identical exports.
     """
-    per_arm = assignments.group_by(ARM).agg(pl.len().alias("users"), pl.col(COLD_START).sum().alias("cold"))
-    users = {row[ARM]: (row["users"], row["cold"]) for row in per_arm.iter_rows(named=True)}
     arms = {}
     for plan in plans:
         server = servers.get(plan.name)
@@ -518,8 +529,8 @@ def build_manifest(
         "bucket_hash": f"sha256(salt + user_id), first 8 bytes big-endian, modulo {BUCKETS}",
         "arms": arms,
         "users": {
-            "total": assignments.height,
-            "cold_start": int(assignments[COLD_START].sum()),
+            "total": sum(n for n, _ in users.values()),
+            "cold_start": sum(cold for _, cold in users.values()),
             "unknown": len(unknown_users),
             "unknown_ids": sorted(unknown_users)[:max_listed],
         },

@@ -4,7 +4,8 @@ never holds them: it reads the file's metadata and a sample of the user ids, not
 A Parquet file is read in runs of row groups, one task each (a CSV or TSV file by one task).
 Each task checks its rows as `data.validate.validate_interactions` does and names the file's
 row in an error. The rows then move worker to worker into partitions that each hold a
-contiguous run of users in `query_key` order (`distributed_frames.user_bounds`' contract),
+contiguous run of users in `query_key` order (`distributed_frames.user_bounds`' contract;
+in user_id order with `by_user`, as export writes them),
 where repeated events are looked for (a user's rows all lie in one partition) and the rows are
 sorted as `data.split.sort_interactions` sorts them. Within a user the rows keep the file's
 order before that stable sort, so a partition is exactly the sorted interactions of its users
@@ -41,7 +42,7 @@ class UserParts:
 
     Attributes:
         bounds: `query_key` of each partition's first user (`distributed_frames.split_users`
-            cuts any list of users at them).
+            cuts any list of users at them); the user_id itself when read `by_user`.
         futures: one `distributed.Future` per partition, of its users' schema.INTERACTIONS rows
             sorted as `data.split.sort_interactions` sorts them.
         rows: rows of each partition; users: users of each partition.
@@ -54,7 +55,7 @@ class UserParts:
 
 
 def read_user_parts(client: Any, path: Path, item_ids: Sequence[str], n_parts: int,
-                    chunk_rows: int = 1_000_000, sample: int = 1024) -> UserParts:
+                    chunk_rows: int = 1_000_000, sample: int = 1024, by_user: bool = False) -> UserParts:
     """The interactions of `path` read, checked and cut into `n_parts` user partitions on the
     workers of `client` (see the module docstring).
 
@@ -66,6 +67,8 @@ def read_user_parts(client: Any, path: Path, item_ids: Sequence[str], n_parts: i
         n_parts: wanted partitions (fewer when there are fewer users).
         chunk_rows: rows a read task takes at most (whole row groups; at least one).
         sample: user ids a read task reports for the bounds.
+        by_user: partitions in user_id order rather than `query_key` order (the two differ
+            only for ids that extend another id with a character below "#").
 
     Raises:
         DataError: a problem a read task finds (its first), or the first repeated event of a
@@ -76,9 +79,10 @@ def read_user_parts(client: Any, path: Path, item_ids: Sequence[str], n_parts: i
     (items_f,) = client.scatter([pl.Series(schema.ITEM_ID, list(item_ids), dtype=pl.String)], broadcast=True)
     chunks = [client.submit(_read_chunk, str(path), groups, first_row, items_f, pure=False)
               for groups, first_row in _plan_chunks(path, chunk_rows)]
-    samples = client.gather([client.submit(_user_sample, c, sample, pure=False) for c in chunks])
+    suffix = "" if by_user else "#"
+    samples = client.gather([client.submit(_user_sample, c, sample, suffix, pure=False) for c in chunks])
     bounds = bounds_of_keys(sorted(set().union(*samples)), n_parts)
-    split = [client.submit(_split_chunk, c, bounds, pure=False) for c in chunks]
+    split = [client.submit(_split_chunk, c, bounds, suffix, pure=False) for c in chunks]
     del chunks
     futures = [client.submit(_assemble, [client.submit(_piece, s, p, pure=False) for s in split], str(path),
                              pure=False) for p in range(len(bounds))]
@@ -134,22 +138,22 @@ def _read_chunk(path: str, groups: list[int] | None, first_row: int, item_ids: p
     return frame.with_columns(pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(_FILE_ROW))
 
 
-def _keys(users: pl.Series) -> pl.Series:
-    return users + "#"  # distributed_frames.query_key, for a whole column
+def _keys(users: pl.Series, suffix: str) -> pl.Series:
+    return users + suffix  # "#": distributed_frames.query_key, for a whole column
 
 
-def _user_sample(frame: pl.DataFrame, size: int) -> list[str]:
+def _user_sample(frame: pl.DataFrame, size: int, suffix: str) -> list[str]:
     """At most `size` of the chunk's user keys, evenly spread in sorted order (all when fewer)."""
-    keys = _keys(frame[schema.USER_ID].unique()).sort()
+    keys = _keys(frame[schema.USER_ID].unique(), suffix).sort()
     if keys.len() <= size:
         return keys.to_list()
     return keys.gather(np.linspace(0, keys.len() - 1, size).round().astype(np.int64)).to_list()
 
 
-def _split_chunk(frame: pl.DataFrame, bounds: list[str]) -> list[pl.DataFrame]:
+def _split_chunk(frame: pl.DataFrame, bounds: list[str], suffix: str) -> list[pl.DataFrame]:
     """The chunk's rows by partition (bisect of the user's key in `bounds`), in file order."""
     # search_sorted counts in UInt32: widen before subtracting, or a key below the first bound wraps.
-    where = pl.Series(bounds, dtype=pl.String).search_sorted(_keys(frame[schema.USER_ID]), side="right").cast(
+    where = pl.Series(bounds, dtype=pl.String).search_sorted(_keys(frame[schema.USER_ID], suffix), side="right").cast(
         pl.Int64) - 1
     # One pass over the rows (partition_by keeps their order), not one filter per partition.
     parts = frame.with_columns(where.clip(lower_bound=0).alias("_part")).partition_by("_part", as_dict=True)

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +30,7 @@ from fuserank.data.cutoffs import Cutoffs, build_cutoffs
 from fuserank.jobs.arms import (
     ExportError,
     Server,
+    arm_users,
     assign_arms,
     build_manifest,
     config_digest,
@@ -261,7 +262,7 @@ def export(
                 if plan.source in ("holdout",):
                     continue
                 if plan.source == "popular":
-                    servers[plan.name] = popular_server(pool, history if exclude else None, k)
+                    servers[plan.name] = popular_server(pool, k)
                     continue
                 run = arm_runs[plan.source]
                 if run.run_id not in stages:
@@ -309,7 +310,8 @@ def export(
             else:
                 batches = export_batches(served, servers, seen, pool, k, exclude, settings.batch_users,
                                          settings.parallel_batches)
-            manifest = write_export(out, bar(batches, desc="export", total=n_batches, unit="batch"), assignments,
+            manifest = write_export(out, bar(batches, desc="export", total=n_batches, unit="batch"),
+                                    assignments.iter_slices(settings.batch_users), arm_users(assignments),
                                     plans, servers, facts, unknown, settings.format)
     return manifest, out
 
@@ -323,18 +325,19 @@ class ArmLists:
 
     Args:
         client: a connected `distributed.Client`, or None to build everything here.
-        history: every known interaction (schema.INTERACTIONS).
+        history: every known interaction (schema.INTERACTIONS); with a client, also a future
+            of it already on the cluster (distributed_export.whole_history).
         item_ids: the catalog.
         k, exclude_seen: the export's list length and whether seen items are left out.
     """
 
-    def __init__(self, client: Any, history: pl.DataFrame, item_ids: Sequence[str], k: int,
-                 exclude_seen: bool) -> None:
+    def __init__(self, client: Any, history: Any, item_ids: Sequence[str], k: int, exclude_seen: bool) -> None:
         self.client, self.k, self.exclude_seen = client, k, exclude_seen
         if client is None:
             self.history, self.item_ids = history, list(item_ids)
         else:
-            self.history = send_in_slices(client, history)
+            on_cluster = not isinstance(history, pl.DataFrame)
+            self.history = history if on_cluster else send_in_slices(client, history)
             (self.item_ids,) = client.scatter([list(item_ids)], hash=False)
 
     def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -377,9 +380,16 @@ def _content_for(config: RunConfig, data_hash: str) -> dict:
     return data.content
 
 
-def write_export(out: Path, batches: Iterable[pl.DataFrame], assignments: pl.DataFrame, plans, servers, facts: dict,
-                 unknown: Sequence[str], fmt: str) -> dict:
-    """Write lists (streamed by batch), assignments and the manifest into a temp folder, then move it to `out`."""
+def write_export(out: Path, batches: Iterable[pl.DataFrame], assignments: Iterable[pl.DataFrame],
+                 users: Mapping[str, tuple[int, int]], plans, servers, facts: dict, unknown: Sequence[str],
+                 fmt: str) -> dict:
+    """Write lists and assignments (each streamed by batch, a Parquet row group each) and the
+    manifest into a temp folder, then move it to `out`.
+
+    Args:
+        batches: schema.EXPORT_LIST frames in user_id order; assignments: schema.ASSIGNMENTS
+            frames in user_id order; users: (users, cold-start users) per arm (`arms.arm_users`).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.sweep_stale(out.parent)
@@ -387,18 +397,16 @@ def write_export(out: Path, batches: Iterable[pl.DataFrame], assignments: pl.Dat
     try:
         lists_name, assign_name = f"{LISTS}.{fmt}", f"{ASSIGNMENTS}.{fmt}"
         with step("write ranked lists") as s:
-            rows = _write_lists(tmp / lists_name, batches, fmt)
+            rows: dict[str, int] = {}
+            _write_frames(tmp / lists_name, _counted(batches, rows), schema.EXPORT_LIST, fmt)
             s.done(f"{sum(rows.values()):,} rows")
-        if fmt == "parquet":
-            assignments.write_parquet(tmp / assign_name, compression="zstd", statistics=False)
-        else:
-            assignments.write_csv(tmp / assign_name)
+        _write_frames(tmp / assign_name, assignments, schema.ASSIGNMENTS, fmt)
         files = {name: {"sha256": _file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                  for name in (lists_name, assign_name)}
         files[lists_name]["rows"] = int(sum(rows.values()))
-        files[assign_name]["rows"] = assignments.height
+        files[assign_name]["rows"] = sum(n for n, _ in users.values())
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        manifest = build_manifest(plans, servers, assignments, rows, files, facts, unknown, created)
+        manifest = build_manifest(plans, servers, users, rows, files, facts, unknown, created)
         atomic.write_json(tmp / MANIFEST, manifest)
         _replace_folder(tmp, out)
     finally:
@@ -406,14 +414,13 @@ def write_export(out: Path, batches: Iterable[pl.DataFrame], assignments: pl.Dat
     return manifest
 
 
-def _write_lists(path: Path, batches: Iterable[pl.DataFrame], fmt: str) -> dict[str, int]:
-    """Stream batches into one file (a Parquet row group per batch); returns rows per arm."""
+def _write_frames(path: Path, frames: Iterable[pl.DataFrame], columns: Mapping[str, Any], fmt: str) -> None:
+    """Stream frames of `columns` (a schema dict) into one file, a Parquet row group per frame."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     arrow_schema = pa.schema([(c, pa.string() if t == pl.String else pa.bool_() if t == pl.Boolean else
-                               pa.int32() if t == pl.Int32 else pa.float32()) for c, t in schema.EXPORT_LIST.items()])
-    rows: dict[str, int] = {}
+                               pa.int32() if t == pl.Int32 else pa.float32()) for c, t in columns.items()])
     if fmt == "parquet":
         writer = pq.ParquetWriter(path, arrow_schema, compression="zstd")
 
@@ -421,12 +428,11 @@ def _write_lists(path: Path, batches: Iterable[pl.DataFrame], fmt: str) -> dict[
             writer.write_table(frame.to_arrow().cast(arrow_schema), row_group_size=max(frame.height, 1))
 
         try:
-            # One thread encodes and writes a batch (Arrow releases the GIL) while the next batch
-            # is built; batches still reach the file one at a time, in order.
+            # One thread encodes and writes a frame (Arrow releases the GIL) while the next is
+            # built; frames still reach the file one at a time, in order.
             with ThreadPoolExecutor(max_workers=1) as writing:
                 pending = None
-                for frame in batches:
-                    _count(rows, frame)
+                for frame in frames:
                     if pending is not None:
                         pending.result()  # a failed write stops the export here
                     pending = writing.submit(write, frame)
@@ -436,16 +442,17 @@ def _write_lists(path: Path, batches: Iterable[pl.DataFrame], fmt: str) -> dict[
             writer.close()  # after the thread is done: leaving the `with` waits for it
     else:
         with open(path, "wb") as handle:
-            handle.write((",".join(schema.EXPORT_LIST) + "\n").encode("utf-8"))
-            for frame in batches:
-                _count(rows, frame)
+            handle.write((",".join(columns) + "\n").encode("utf-8"))
+            for frame in frames:
                 frame.write_csv(handle, include_header=False)
-    return rows
 
 
-def _count(rows: dict[str, int], frame: pl.DataFrame) -> None:
-    for arm, n in frame.group_by(schema.ARM).len().iter_rows():
-        rows[arm] = rows.get(arm, 0) + n
+def _counted(frames: Iterable[pl.DataFrame], rows: dict[str, int]) -> Iterator[pl.DataFrame]:
+    """`frames` unchanged, adding each one's rows per arm to `rows` as it passes."""
+    for frame in frames:
+        for arm, n in frame.group_by(schema.ARM).len().iter_rows():
+            rows[arm] = rows.get(arm, 0) + n
+        yield frame
 
 
 def _file_sha256(path: Path) -> str:
