@@ -184,3 +184,15 @@ def test_frames_and_scores_from_the_shares_equal_the_local_ones(client, catalog)
     expected = cutoff_scores(local["test"], whole.test.targets, ranker, (10,), 40, 0)
     got = scores_on_workers(client, spread, on_cluster.targets, ranker, (10,), 40, 0)
     assert_frame_equal(got.ranker.per_user, expected.ranker.per_user)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_the_data_hash_read_by_the_workers_is_the_local_loads(client, catalog, suffix):
+    from fuserank.jobs.train_evaluate import frame_digest
+
+    root, items_path, item_ids, interactions = catalog
+    path = write(interactions, root / f"hashed{suffix}", row_group_size=53)
+    _, local = load_catalog(items_path, path)
+    parts = read_user_parts(client, path, item_ids, 2, chunk_rows=150, digest=True)
+    assert parts.digest == frame_digest(local.select(list(schema.INTERACTIONS)))
+    assert read_user_parts(client, path, item_ids, 2).digest is None

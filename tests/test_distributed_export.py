@@ -56,16 +56,19 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.slow  # trains a tiny run (~30 s on 2 busy cores), then exports it twice
 def test_cluster_export_writes_the_local_files_byte_for_byte(client, tiny_run):
-    """Stage 1 and the arms' lists are built on a worker: the driver's stage-1 fit fails if called."""
+    """The workers read the interactions, and stage 1 and the arms' lists are built on a worker:
+    the driver's load and stage-1 fit fail if called."""
+    import fuserank.jobs.export
     import fuserank.pipeline
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("stage 1 fitted on the driver")
+        raise AssertionError("data loaded or stage 1 fitted on the driver")
 
     root, path, run_id = tiny_run
     local, local_dir = export(load_config(path, ARMS), root / "local", run_id=run_id)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(fuserank.pipeline, "fit_stage_one", forbidden)
+        patch.setattr(fuserank.jobs.export, "prepare", forbidden)
         spread, spread_dir = export(load_config(path, [*ARMS, "dask.enabled=true"]), root / "spread", run_id=run_id)
     assert local["users"]["total"] == 80 and local["rows"] > 0
     for name in ("ranked_lists.parquet", "assignments.parquet"):
@@ -82,11 +85,11 @@ def test_a_worker_killed_mid_export_is_retried_and_the_files_do_not_change(clien
     before = set(client.scheduler_info()["workers"])
     killed: list = []
     with get_task_stream(client) as stream:
-        thread = killer(client, "_export_batch", killed)
+        thread = killer(client, "_export_piece", killed)
         _, spread_dir = export(load_config(path, [*ARMS, "dask.enabled=true"]), root / "killed", run_id=run_id)
         thread.join()
     assert killed and killed[0] in before, "no worker was running an export batch"
-    assert any("_export_batch" in str(task["key"]) for task in stream.data)  # batches ran on the workers
+    assert any("_export_piece" in str(task["key"]) for task in stream.data)  # batches ran on the workers
     client.wait_for_workers(2, timeout=60)
     assert set(client.scheduler_info()["workers"]) != before  # the killed worker came back as a new one
     for name in ("ranked_lists.parquet", "assignments.parquet"):

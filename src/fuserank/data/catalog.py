@@ -101,6 +101,11 @@ def read_delimited(
         raise DataError(str(path), row, column, f"malformed file: {_first_line(err)}") from err
 
 
+def load_items(items_path: Path) -> pl.DataFrame:
+    """Read and validate a catalog's items table (see schema.ITEMS); DataError names the problem."""
+    return validate_items(read_table(items_path), str(items_path))
+
+
 def load_catalog(items_path: Path, interactions_path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read and validate a catalog.
 
@@ -115,7 +120,7 @@ def load_catalog(items_path: Path, interactions_path: Path) -> tuple[pl.DataFram
     Raises:
         DataError: naming the file, row and column of the first problem.
     """
-    items = validate_items(read_table(items_path), str(items_path))
+    items = load_items(items_path)
     raw = read_table(interactions_path)
     interactions = validate_interactions(raw, items[schema.ITEM_ID], str(interactions_path))
     return items, interactions

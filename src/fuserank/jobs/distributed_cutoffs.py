@@ -154,3 +154,14 @@ def _field(share: Cutoffs, name: str, field: str) -> pl.DataFrame:
 
 def _whole(shares: list[Cutoffs], name: str, field: str) -> pl.DataFrame:
     return pl.concat([_field(share, name, field) for share in shares], how="vertical", rechunk=True)
+
+
+def training_items(client: Any, shares: CutoffShares) -> pl.Series:
+    """The items of the validation cut-off's history, over every partition: what train-evaluate
+    fits the content embeddings' statistics on (`encoders.content.encode_content`)."""
+    found = client.gather([client.submit(_valid_items, f, pure=False) for f in shares.futures])
+    return pl.concat(found).unique().sort()
+
+
+def _valid_items(share: Cutoffs) -> pl.Series:
+    return share.valid.history[schema.ITEM_ID].unique()

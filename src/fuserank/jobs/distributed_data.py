@@ -18,6 +18,7 @@ users, and otherwise only the partitions' sizes depend on the sample.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from fuserank import schema
 from fuserank.data.catalog import read_table
 from fuserank.data.split import sort_interactions
 from fuserank.data.validate import DataError, check_duplicate_events, check_known_items, conform_interactions
+from fuserank.jobs.distributed import kept
 from fuserank.jobs.distributed_frames import bounds_of_keys
 
 _FILE_ROW = "_file_row"
@@ -46,16 +48,20 @@ class UserParts:
         futures: one `distributed.Future` per partition, of its users' schema.INTERACTIONS rows
             sorted as `data.split.sort_interactions` sorts them.
         rows: rows of each partition; users: users of each partition.
+        digest: when read with `digest`, the sha256 of the interactions' CSV form in the file's
+            order (`train_evaluate.frame_digest` of the local load), else None.
     """
 
     bounds: list[str]
     futures: list[Any]
     rows: list[int]
     users: list[int]
+    digest: str | None = None
 
 
 def read_user_parts(client: Any, path: Path, item_ids: Sequence[str], n_parts: int,
-                    chunk_rows: int = 1_000_000, sample: int = 1024, by_user: bool = False) -> UserParts:
+                    chunk_rows: int = 1_000_000, sample: int = 1024, by_user: bool = False,
+                    digest: bool = False) -> UserParts:
     """The interactions of `path` read, checked and cut into `n_parts` user partitions on the
     workers of `client` (see the module docstring).
 
@@ -69,6 +75,8 @@ def read_user_parts(client: Any, path: Path, item_ids: Sequence[str], n_parts: i
         sample: user ids a read task reports for the bounds.
         by_user: partitions in user_id order rather than `query_key` order (the two differ
             only for ids that extend another id with a character below "#").
+        digest: also hash the rows as the local load's data hash does: each read task's rows
+            in CSV form reach the driver one task at a time, in the file's order.
 
     Raises:
         DataError: a problem a read task finds (its first), or the first repeated event of a
@@ -76,10 +84,11 @@ def read_user_parts(client: Any, path: Path, item_ids: Sequence[str], n_parts: i
             bad rows in different tasks, which one is named is not fixed.
     """
     path = Path(path)
-    (items_f,) = client.scatter([pl.Series(schema.ITEM_ID, list(item_ids), dtype=pl.String)], broadcast=True)
+    items_f = kept(client, pl.Series(schema.ITEM_ID, list(item_ids), dtype=pl.String))
     chunks = [client.submit(_read_chunk, str(path), groups, first_row, items_f, pure=False)
               for groups, first_row in _plan_chunks(path, chunk_rows)]
     suffix = "" if by_user else "#"
+    hashed = _digest(client, chunks) if digest else None
     samples = client.gather([client.submit(_user_sample, c, sample, suffix, pure=False) for c in chunks])
     bounds = bounds_of_keys(sorted(set().union(*samples)), n_parts)
     split = [client.submit(_split_chunk, c, bounds, suffix, pure=False) for c in chunks]
@@ -88,7 +97,19 @@ def read_user_parts(client: Any, path: Path, item_ids: Sequence[str], n_parts: i
                              pure=False) for p in range(len(bounds))]
     del split
     shapes = client.gather([client.submit(_shape, f, pure=False) for f in futures])
-    return UserParts(bounds, futures, [r for r, _ in shapes], [u for _, u in shapes])
+    return UserParts(bounds, futures, [r for r, _ in shapes], [u for _, u in shapes], hashed)
+
+
+def _digest(client: Any, chunks: list[Any]) -> str:
+    """sha256 of the chunks' rows as one CSV (a header, then each chunk's rows in order)."""
+    digest = hashlib.sha256()
+    for i, chunk in enumerate(chunks):
+        digest.update(client.submit(_csv, chunk, i == 0, pure=False).result())
+    return digest.hexdigest()
+
+
+def _csv(frame: pl.DataFrame, header: bool) -> bytes:
+    return frame.select(list(schema.INTERACTIONS)).write_csv(include_header=header).encode("utf-8")
 
 
 def _plan_chunks(path: Path, chunk_rows: int) -> list[tuple[list[int] | None, int]]:

@@ -36,7 +36,7 @@ from fuserank import schema
 from fuserank.data.split import sort_interactions
 from fuserank.jobs.arms import ArmPlan, ExportError, Server, arm_users, assign_arms, export_batches, pool_of_counts, \
     seen_lookup
-from fuserank.jobs.distributed import n_workers
+from fuserank.jobs.distributed import kept, n_workers
 from fuserank.jobs.distributed_data import UserParts
 from fuserank.retrieval.popularity import item_counts
 from fuserank.schema import ARM, COLD_START, ITEM_ID, USER_ID
@@ -146,7 +146,7 @@ def export_parts(client: Any, parts: UserParts, plans: Sequence[ArmPlan], salt: 
     ahead = ahead or 2 * n_workers(client)
     held = {arm: server.lists for arm, server in servers.items() if isinstance(server.lists, Future)}
     servers = {arm: replace(server, lists=None) if arm in held else server for arm, server in servers.items()}
-    (shared,) = client.scatter([(servers, pool, k, exclude_seen)], broadcast=True)
+    shared = kept(client, (servers, pool, k, exclude_seen))
     arms = sorted(servers)
     assigned = [client.submit(_assign, f, list(plans), salt, pure=False) for f in parts.futures]
     served = [client.submit(_served, a, arms, pure=False) for a in assigned]

@@ -26,7 +26,9 @@ import yaml
 
 from fuserank import atomic, registry, schema, tracking
 from fuserank.config import ConfigError, RunConfig, from_dict
+from fuserank.data.catalog import load_items
 from fuserank.data.cutoffs import Cutoffs, build_cutoffs
+from fuserank.encoders.content import encode_content
 from fuserank.jobs.arms import (
     ExportError,
     Server,
@@ -42,10 +44,12 @@ from fuserank.jobs.arms import (
     ranker_lists,
     retrieval_lists,
 )
-from fuserank.jobs.distributed import dask_client
-from fuserank.jobs.distributed_export import export_batches_dask
+from fuserank.jobs.distributed import dask_client, kept, n_workers
+from fuserank.jobs.distributed_cutoffs import cutoff_shares, training_items
+from fuserank.jobs.distributed_data import read_user_parts
+from fuserank.jobs.distributed_export import export_batches_dask, export_parts, pool_from_parts, whole_history
 from fuserank.jobs.distributed_frames import send_in_slices
-from fuserank.jobs.train_evaluate import prepare
+from fuserank.jobs.train_evaluate import frame_digest, prepare
 from fuserank.pipeline import fit_stage
 from fuserank.progress import bar, is_quiet, step
 from fuserank.ranking.ranker import MODEL_FILE, load_ranker
@@ -242,33 +246,32 @@ def export(
                 recorded, arm_runs[plan.source] = load_registered_run(config, plan.source, folder)
                 runs.setdefault(recorded.run_id, recorded)
         main = runs[main_id]
-        data = prepare(main.config)
-        history = data.cutoffs.interactions.select(list(schema.INTERACTIONS))
-        data_hash = data.tags["data_hash"]
-        for run in runs.values():
-            if run.data_hash and run.data_hash != data_hash:
-                print(f"fuserank export: run {run.run_id} was trained on data {run.data_hash[:12]}; "
-                      f"exporting with the data known now, {data_hash[:12]}", file=sys.stderr)
-        item_ids = data.items[schema.ITEM_ID].to_list()
-        pool = popularity_pool(history, item_ids)
         k, exclude = settings.top_k, settings.exclude_seen
         with contextlib.ExitStack() as cluster:
             # On a cluster, stage 1 and each arm's lists are built on a worker (`ArmLists`).
             client = cluster.enter_context(dask_client(config.dask)) if config.dask.enabled else None
-            build = ArmLists(client, history, item_ids, k, exclude)
+            spread = client is not None and reads_on_workers(main.config, [r.config for r in runs.values()],
+                                                             users_file)
+            source = worker_source(client, main.config) if spread else driver_source(main.config)
+            data_hash = source.data_hash
+            for run in runs.values():
+                if run.data_hash and run.data_hash != data_hash:
+                    print(f"fuserank export: run {run.run_id} was trained on data {run.data_hash[:12]}; "
+                          f"exporting with the data known now, {data_hash[:12]}", file=sys.stderr)
+            item_ids = source.items[schema.ITEM_ID].to_list()
+            build = ArmLists(client, source.history, item_ids, k, exclude)
             servers: dict[str, Server] = {}
             stages: dict[str, object] = {}
             for plan in plans:
                 if plan.source in ("holdout",):
                     continue
                 if plan.source == "popular":
-                    servers[plan.name] = popular_server(pool, k)
+                    servers[plan.name] = popular_server(source.pool, k)
                     continue
                 run = arm_runs[plan.source]
                 if run.run_id not in stages:
-                    content = data.content if run.run_id == main.run_id else _content_for(run.config, data_hash)
-                    stages[run.run_id] = build.stage(run.config, content,
-                                                     _shared_history(run.config, main.config, data.cutoffs, history))
+                    content = source.content if run.run_id == main.run_id else source.content_for(run.config)
+                    stages[run.run_id] = build.stage(run.config, content, source.shared_history(run.config))
                 stage = stages[run.run_id]
                 if plan.source == "retrieval":
                     servers[plan.name] = Server(run.run_id, "retrieval-only", build.retrieval(stage, run.config))
@@ -276,24 +279,13 @@ def export(
                     servers[plan.name] = Server(run.run_id, run.model_version, booster_sha256=run.booster_sha256,
                                                 registered=run.registered,
                                                 lists=build.ranked(stage, run.config, load_ranker(run.ranker_dir),
-                                                                   data.llm))
-
-            known = set(history[schema.USER_ID].unique().to_list())
-            wanted = read_user_list(users_file) if users_file else sorted(known)
-            unknown = [u for u in wanted if u not in known]
-            if unknown:
-                shown = ", ".join(unknown[:10]) + (", ..." if len(unknown) > 10 else "")
-                print(f"fuserank export: {len(unknown):,} user id(s) not in the data get the cold-start "
-                      f"(most-popular) list: {shown}", file=sys.stderr)
-            assignments = assign_arms(wanted, plans, settings.salt).with_columns(
-                (~pl.col(schema.USER_ID).is_in(list(known))).alias(schema.COLD_START))
-            served = assignments.filter(pl.col(schema.ARM).is_in(list(servers)))
+                                                                   source.llm))
             facts = {
                 "run_id": main_id,
                 "config_hash": main.config_hash,
                 "config_hashes": {r.run_id: r.config_hash for r in runs.values()},
                 "data_hash": data_hash,
-                "items_hash": data.tags["items_hash"],
+                "items_hash": source.items_hash,
                 "trained_data_hashes": {r.run_id: r.data_hash for r in runs.values()},
                 "salt": settings.salt,
                 "shares": dict(settings.shares),
@@ -303,17 +295,110 @@ def export(
                 "format": settings.format,
                 "cold_start_fallback": "most-popular items of the whole catalog (interaction count, ties by item_id)",
             }
-            n_batches = -(-served.height // settings.batch_users)
-            seen = history.select(schema.USER_ID, schema.ITEM_ID)
-            if client is not None:  # each batch scored on a worker, written here in order
-                batches = export_batches_dask(client, served, servers, seen, pool, k, exclude, settings.batch_users)
+            if spread:  # every user, assigned and listed where their interactions lie
+                built = export_parts(client, source.parts, plans, settings.salt, servers, source.pool, k, exclude,
+                                     settings.batch_users)
+                batches, n_batches, assignments, users, unknown = (built.lists, built.batches, built.assignments,
+                                                                   built.users, [])
             else:
-                batches = export_batches(served, servers, seen, pool, k, exclude, settings.batch_users,
-                                         settings.parallel_batches)
-            manifest = write_export(out, bar(batches, desc="export", total=n_batches, unit="batch"),
-                                    assignments.iter_slices(settings.batch_users), arm_users(assignments),
-                                    plans, servers, facts, unknown, settings.format)
+                batches, n_batches, assignments, users, unknown = _driver_batches(
+                    client, source, plans, servers, users_file, settings)
+            manifest = write_export(out, bar(batches, desc="export", total=n_batches, unit="batch"), assignments,
+                                    users, plans, servers, facts, unknown, settings.format)
     return manifest, out
+
+
+def _driver_batches(client: Any, source: Source, plans, servers: dict[str, Server], users_file: Path | None,
+                    settings: Any) -> tuple[Iterable[pl.DataFrame], int, Iterable[pl.DataFrame], dict, list[str]]:
+    """The lists, their batch count, the assignments, users per arm and unknown users, from the
+    users known on the driver (every user, or those of `users_file`); each batch built on a
+    worker when there is a client."""
+    history = source.history
+    known = set(history[schema.USER_ID].unique().to_list())
+    wanted = read_user_list(users_file) if users_file else sorted(known)
+    unknown = [u for u in wanted if u not in known]
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        print(f"fuserank export: {len(unknown):,} user id(s) not in the data get the cold-start "
+              f"(most-popular) list: {shown}", file=sys.stderr)
+    assignments = assign_arms(wanted, plans, settings.salt).with_columns(
+        (~pl.col(schema.USER_ID).is_in(list(known))).alias(schema.COLD_START))
+    served = assignments.filter(pl.col(schema.ARM).is_in(list(servers)))
+    seen = history.select(schema.USER_ID, schema.ITEM_ID)
+    k, exclude, batch_users = settings.top_k, settings.exclude_seen, settings.batch_users
+    if client is not None:  # each batch scored on a worker, written here in order
+        batches = export_batches_dask(client, served, servers, seen, source.pool, k, exclude, batch_users)
+    else:
+        batches = export_batches(served, servers, seen, source.pool, k, exclude, batch_users,
+                                 settings.parallel_batches)
+    return (batches, -(-served.height // batch_users), assignments.iter_slices(batch_users), arm_users(assignments),
+            unknown)
+
+
+@dataclass(frozen=True)
+class Source:
+    """The data an export serves from, read on the driver (`driver_source`) or by the workers
+    (`worker_source`).
+
+    Attributes:
+        items: the catalog; history: every known interaction, sorted (schema.INTERACTIONS): a
+            frame on the driver, or a future of it on a worker; parts: the interactions in user
+            partitions when the workers read them, else None.
+        data_hash, items_hash: as train-evaluate records them.
+        content: the main run's content embeddings; pool: `arms.popularity_pool` of the history.
+        content_for, shared_history: another run's content embeddings, and what a run's
+            sequence model continues from (None without one).
+        llm: the main run's LLM signals (None without).
+    """
+
+    items: pl.DataFrame
+    history: Any
+    parts: Any
+    data_hash: str
+    items_hash: str
+    content: dict
+    pool: pl.DataFrame
+    content_for: Callable[[RunConfig], dict]
+    shared_history: Callable[[RunConfig], Any]
+    llm: Any = None
+
+
+def driver_source(main: RunConfig) -> Source:
+    """Everything loaded and split here (`train_evaluate.prepare`)."""
+    data = prepare(main)
+    history = data.cutoffs.interactions.select(list(schema.INTERACTIONS))
+    return Source(data.items, history, None, data.tags["data_hash"], data.tags["items_hash"], data.content,
+                  popularity_pool(history, data.items[schema.ITEM_ID].to_list()),
+                  lambda config: _content_for(config, data.tags["data_hash"]),
+                  lambda config: _shared_history(config, main, data.cutoffs, history), data.llm)
+
+
+def reads_on_workers(main: RunConfig, configs: Sequence[RunConfig], users_file: Path | None) -> bool:
+    """Whether the workers can read the interactions for this export (`worker_source`): a
+    catalog file, every user exported, and runs that share the main run's split and use no LLM
+    or sequence model (their signals are still built on the driver)."""
+    return (main.data.dataset == "catalog" and users_file is None
+            and all(c.split == main.split and not c.llm.enabled and not c.sequence.enabled for c in configs))
+
+
+def worker_source(client: Any, main: RunConfig) -> Source:
+    """The interactions read by the workers into user partitions in user_id order; the driver
+    reads the items, and gets back the data hash, the training items (whose statistics
+    standardise the content embeddings) and the item counts."""
+    items = load_items(Path(main.data.items_path))
+    item_ids = items[schema.ITEM_ID].to_list()
+    with step("read interactions on the workers") as s:
+        parts = read_user_parts(client, Path(main.data.interactions_path), item_ids,
+                                main.dask.user_partitions or n_workers(client), by_user=True, digest=True)
+        s.done(f"{sum(parts.rows):,} interactions, {sum(parts.users):,} users in {len(parts.futures)} partitions")
+    train_items = training_items(client, cutoff_shares(client, parts, main.split))
+
+    def content_for(config: RunConfig) -> dict:
+        return encode_content(items, train_items, config)[0]
+
+    return Source(items, whole_history(client, parts), parts, parts.digest or "", frame_digest(
+        items.select(schema.ITEM_ID, schema.TEXT)), content_for(main), pool_from_parts(client, parts, item_ids),
+        content_for, lambda config: None)
 
 
 class ArmLists:
@@ -338,7 +423,7 @@ class ArmLists:
         else:
             on_cluster = not isinstance(history, pl.DataFrame)
             self.history = history if on_cluster else send_in_slices(client, history)
-            (self.item_ids,) = client.scatter([list(item_ids)], hash=False)
+            self.item_ids = kept(client, list(item_ids))
 
     def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.client is None:
@@ -348,7 +433,7 @@ class ArmLists:
     def stage(self, config: RunConfig, content: dict, shared_history: pl.DataFrame | None) -> Any:
         """Stage 1 of `config` fitted on the history (`pipeline.fit_stage`)."""
         if self.client is not None:
-            (content,) = self.client.scatter([dict(content)], hash=False)
+            content = kept(self.client, dict(content))
             if shared_history is not None:
                 shared_history = send_in_slices(self.client, shared_history)
         return self._run(fit_stage, config, self.history, self.item_ids, content, shared_history)
