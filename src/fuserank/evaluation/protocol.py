@@ -245,64 +245,100 @@ def _run_protocol(
         config: the run configuration (only its stage sections are handed further down).
         llm: LLM signals (llm_features.prepare_llm); used only while `config.llm.enabled`.
     """
-    n_items = len(item_ids)
-    ks = config.eval.ks
-    valid, test = cutoffs.valid, cutoffs.test
-    top_k = max(max(ks), config.eval.top_k)
     train = train_on_cluster if config.dask.enabled else train_local
     trained = train(cutoffs, item_ids, content, config, llm)
-    ranker = trained.ranker
+    with step("baselines") as s:
+        inputs = local_inputs(cutoffs, item_ids, content, config)
+        s.done(f"{len(inputs.baselines)} baselines, {len(cutoffs.test.users):,} test users")
+    return evaluate(trained, inputs, len(item_ids), config)
 
-    metrics: dict[str, float] = {
-        "n_items": float(n_items),
+
+@dataclass(frozen=True)
+class EvaluationInputs:
+    """What evaluation reads besides the ranker's scores, from the driver's cut-offs
+    (`local_inputs`) or from their shares on the workers (jobs/distributed_protocol.py).
+
+    Attributes:
+        counts: n_interactions, n_users, n_test_users, n_train_interactions.
+        valid_targets, test_targets: the cut-offs' targets.
+        baselines: each baseline's test lists scored, by name, most popular first.
+        cold: the cold test users' most-popular lists scored (global time), None without any.
+        slices: `slices.user_slices` of the test cut-off.
+    """
+
+    counts: dict[str, float]
+    valid_targets: pl.DataFrame
+    test_targets: pl.DataFrame
+    baselines: dict[str, Scored]
+    cold: Scored | None
+    slices: pl.DataFrame
+
+
+def local_inputs(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings],
+                 config: RunConfig) -> EvaluationInputs:
+    """`EvaluationInputs` of cut-offs held here. The baselines' lists are built from the test
+    history a batch of users at a time (`score_in_batches`)."""
+    test = cutoffs.test
+    counts = {
         "n_interactions": float(cutoffs.interactions.height),
         "n_users": float(cutoffs.interactions[schema.USER_ID].n_unique()),
         "n_test_users": float(test.targets[schema.USER_ID].n_unique()),
-        "n_train_interactions": float(valid.history.height),
+        "n_train_interactions": float(cutoffs.valid.history.height),
+    }
+    top_k = max(max(config.eval.ks), config.eval.top_k)
+    baselines = {name: score_in_batches(lists, test.users, test.targets, config.eval.ks)
+                 for name, lists in baseline_rankings(test, item_ids, content, config, top_k).items()}
+    return EvaluationInputs(counts, cutoffs.valid.targets, test.targets, baselines,
+                            cold_user_scores(cutoffs.cold_test, test.history, config.eval.ks, top_k),
+                            user_slices(test))
+
+
+def evaluate(trained: Trained, inputs: EvaluationInputs, n_items: int, config: RunConfig) -> ProtocolResult:
+    """The run's metrics: validation and test of the ranker, stage-1 recall, the baselines on
+    the same split, bootstrap CIs of the gains, cold users and slices."""
+    n = config.retrieval.ann_candidates
+    ranker = trained.ranker
+    metrics: dict[str, float] = {
+        "n_items": float(n_items),
+        "n_interactions": inputs.counts["n_interactions"],
+        "n_users": inputs.counts["n_users"],
+        "n_test_users": inputs.counts["n_test_users"],
+        "n_train_interactions": inputs.counts["n_train_interactions"],
         "ranker_train_rows": float(trained.rows),
         # Fewer: queries without a positive are dropped and at most ranker.train_negatives are drawn.
         "ranker_fit_rows": float(ranker.train_rows),
         "ranker_train_queries_with_positive": float(trained.queries),
         "ranker_best_iteration": float(ranker.best_iteration),
     }
-    n = config.retrieval.ann_candidates
     with step("evaluate") as s:
         metrics.update(summary_of(trained.valid.ranker, n_items, "valid_"))
-        metrics.update(stage_one_recall(trained.valid.stage1, valid.targets, n, "valid_"))
-
-        # The baselines' lists are built here on the driver, from the test history, a batch of
-        # users at a time (`score_in_batches`).
-        def popular(users: Sequence[str], _: int) -> pl.DataFrame:
-            return most_popular_rankings(test.history, users, top_k)
-
-        baselines = baseline_rankings(test, item_ids, content, config, top_k)
-        scores: dict[str, Scored] = {
-            "fuserank": trained.test.ranker,
-            "popular": score_in_batches(popular, test.users, test.targets, ks),
-            "retrieval": trained.test.retrieval,
-            **{name: score_in_batches(lists, test.users, test.targets, ks) for name, lists in baselines.items()},
-        }
+        metrics.update(stage_one_recall(trained.valid.stage1, inputs.valid_targets, n, "valid_"))
+        popular, *others = inputs.baselines.items()
+        scores: dict[str, Scored] = {"fuserank": trained.test.ranker, popular[0]: popular[1],
+                                     "retrieval": trained.test.retrieval, **dict(others)}
         frames = []
         for system, scored in scores.items():
             prefix = "test_" if system == "fuserank" else f"test_{system}_"
             metrics.update(summary_of(scored, n_items, prefix))
             frames.append(scored.per_user.with_columns(pl.lit(system).alias("system")))
-        metrics.update(stage_one_recall(trained.test.stage1, test.targets, n, "test_"))
+        metrics.update(stage_one_recall(trained.test.stage1, inputs.test_targets, n, "test_"))
         per_user = pl.concat(frames)
         metrics.update(confidence_intervals(per_user, "fuserank", "ndcg_at_10", "test_", seed=config.seed))
-        metrics.update(cold_user_metrics(cutoffs, ks, n_items, top_k))
-        metrics.update(slice_metrics(per_user, user_slices(test), trained.test.stage1, test.targets, "test_",
+        if inputs.cold is not None:
+            metrics["n_test_cold_users"] = float(inputs.cold.per_user.height)
+            metrics.update(summary_of(inputs.cold, n_items, "test_cold_"))
+        metrics.update(slice_metrics(per_user, inputs.slices, trained.test.stage1, inputs.test_targets, "test_",
                                      config.seed))
-        s.done(f"{len(test.users):,} test users, {len(scores)} systems")
+        s.done(f"{int(inputs.counts['n_test_users']):,} test users, {len(scores)} systems")
     return ProtocolResult(metrics, per_user, trained.test.ranked, ranker, trained.names)
 
 
 def baseline_rankings(cutoff: Cutoff, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,
                       top_k: int) -> dict[str, BaselineLists]:
-    """The baselines that can recommend a cold item (evaluation/baselines.py): the content-only
-    kNN on text (when the run has text) and random, over every item the user has not seen;
-    each as a `BaselineLists` over the cut-off's history."""
-    lists: dict[str, BaselineLists] = {}
+    """The baselines, each as a `BaselineLists` over the cut-off's history: the most popular
+    unseen items, then those that can recommend a cold item (evaluation/baselines.py): the
+    content-only kNN on text (when the run has text) and random, over every unseen item."""
+    lists: dict[str, BaselineLists] = {"popular": lambda users, _: most_popular_rankings(cutoff.history, users, top_k)}
     if "text" in content:
         text = content["text"].align(item_ids)
         lists["content_knn"] = lambda users, _: content_knn_rankings(
@@ -313,26 +349,27 @@ def baseline_rankings(cutoff: Cutoff, item_ids: Sequence[str], content: Mapping[
 
 
 def score_in_batches(lists: BaselineLists, users: Sequence[str], targets: pl.DataFrame, ks: Sequence[int],
-                     batch_users: int = BASELINE_BATCH_USERS) -> Scored:
+                     batch_users: int = BASELINE_BATCH_USERS, offset: int = 0) -> Scored:
     """`scoring.score_ranked` of a baseline's lists, built and scored `batch_users` users at a
     time in sorted order, so that only one batch's lists are held; the same as scoring the
-    lists of every user at once."""
+    lists of every user at once. `offset`: where `users` start among all the users listed (a
+    partition's users: see `BaselineLists`)."""
     users = sorted(set(users))
     wanted = targets[schema.USER_ID]
     parts = []
     for start in range(0, max(len(users), 1), batch_users):
         batch = users[start:start + batch_users]
         mine = targets.filter(wanted.is_in(pl.Series(batch, dtype=pl.String).implode()))
-        parts.append(score_ranked(lists(batch, start), mine, ks))
+        parts.append(score_ranked(lists(batch, offset + start), mine, ks))
     return concat_scored(parts)
 
 
-def cold_user_metrics(cutoffs: Cutoffs, ks: Sequence[int], n_items: int, top_k: int) -> dict[str, float]:
-    """test_cold_* metrics: users with no history before the test cut (global_time), served the
-    most-popular list at the cut, which is all a system knows of them. Empty when there are none."""
-    if cutoffs.cold_test.is_empty():
-        return {}
-    users = cutoffs.cold_test[schema.USER_ID].unique().sort().to_list()
-    ranked = most_popular_rankings(cutoffs.test.history, users, top_k)
-    _, summary = score_lists(ranked, cutoffs.cold_test, ks, n_items, "test_cold_")
-    return {"n_test_cold_users": float(len(users)), **summary}
+def cold_user_scores(cold_test: pl.DataFrame, history: pl.DataFrame, ks: Sequence[int], top_k: int
+                     ) -> Scored | None:
+    """The cold test users (global_time: no history before the test cut) served the
+    most-popular list of `history` at the cut, which is all a system knows of them, scored
+    against `cold_test` (their targets); None when there are none."""
+    if cold_test.is_empty():
+        return None
+    users = cold_test[schema.USER_ID].unique().sort().to_list()
+    return score_ranked(most_popular_rankings(history, users, top_k), cold_test, ks)
