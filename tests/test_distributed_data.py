@@ -196,3 +196,39 @@ def test_the_data_hash_read_by_the_workers_is_the_local_loads(client, catalog, s
     parts = read_user_parts(client, path, item_ids, 2, chunk_rows=150, digest=True)
     assert parts.digest == frame_digest(local.select(list(schema.INTERACTIONS)))
     assert read_user_parts(client, path, item_ids, 2).digest is None
+
+
+@pytest.mark.parametrize("overrides", [[], ["split.protocol=global_time", "split.valid_quantile=0.63",
+                                            "split.test_quantile=0.77"]])
+def test_train_evaluate_from_the_shares_equals_the_driver_path(client, catalog, overrides):
+    """Every metric (ranker, baselines, cold users, slices, CIs), the per-user rows and the test
+    lists equal those of the Dask path from the driver's cut-offs, cut at the same 2 partitions
+    (the same data-parallel ranker)."""
+    import numpy as np
+
+    from fuserank.config import load_config
+    from fuserank.data.cutoffs import build_cutoffs
+    from fuserank.encoders.base import Embeddings
+    from fuserank.evaluation.protocol import run_protocol
+    from fuserank.jobs.distributed_cutoffs import cutoff_shares
+    from fuserank.jobs.distributed_protocol import run_protocol_on_shares
+
+    root, _, item_ids, interactions = catalog
+    config = load_config(None, ["seed=7", "retrieval.ann_candidates=30", "retrieval.popular_candidates=10",
+                                "ranker.n_estimators=15", "ranker.n_jobs=1", "dask.enabled=true", *overrides])
+    # Five users who arrive after every other interaction: cold test users under global time.
+    late = pl.col(schema.USER_ID).is_in([f"u{i:05d}" for i in range(80, 85)])
+    interactions = interactions.with_columns(
+        pl.when(late).then(pl.col(schema.TIMESTAMP) + 10**9).otherwise(pl.col(schema.TIMESTAMP)))
+    vectors = np.random.default_rng(0).normal(size=(len(item_ids), 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    content = {"text": Embeddings(list(item_ids), vectors, np.ones(len(item_ids), dtype=bool))}
+    parts = read_user_parts(client, write(interactions, root / "protocol.parquet"), item_ids, n_parts=2)
+    spread = run_protocol_on_shares(client, cutoff_shares(client, parts, config.split), item_ids, content, config)
+    local = run_protocol(build_cutoffs(interactions.select(list(schema.INTERACTIONS)), config.split), item_ids,
+                         content, config)
+    assert_frame_equal(spread.per_user, local.per_user)
+    assert_frame_equal(spread.ranked, local.ranked)
+    assert spread.metrics == local.metrics
+    if overrides:
+        assert local.metrics["n_test_cold_users"] == 5

@@ -70,9 +70,11 @@ def score_ranked(ranked: pl.DataFrame, targets: pl.DataFrame, ks: Sequence[int])
 
 
 def concat_scored(parts: Sequence[Scored]) -> Scored:
-    """`Scored` of disjoint sets of users as one (per-user rows by user)."""
+    """`Scored` of disjoint sets of users as one (per-user rows by user, in one chunk: a mean
+    over several chunks adds in another order, and may differ in the last bit)."""
     covered = {k: sorted({item for p in parts for item in p.covered[k]}) for k in parts[0].covered}
-    return Scored(pl.concat([p.per_user for p in parts]).sort(schema.USER_ID, maintain_order=True), covered)
+    per_user = pl.concat([p.per_user for p in parts]).sort(schema.USER_ID, maintain_order=True).rechunk()
+    return Scored(per_user, covered)
 
 
 def summary_of(scored: Scored, n_items: int, prefix: str) -> dict[str, float]:

@@ -1,0 +1,128 @@
+"""train-evaluate from interactions the workers read (`distributed_data.read_user_parts`): the
+cut-offs' shares (`distributed_cutoffs.cutoff_shares`) feed the frames, the ranker, the scores
+and the evaluation inputs where they lie, so the driver holds no interaction.
+
+Each cut-off's history is put together on a worker, stage 1 is fitted there and copied to
+every worker, and each partition's candidates and features are built from the partition's
+targets and reference times (`distributed_frames.frames_on_workers`). The baselines, the cold
+users and the slices are built per partition too, on the worker that holds the test
+cut-off's whole history (the most-popular counts and the slices' cold targets read every
+user's interactions). What comes back: per-user metric rows of every system, per-user stage-1
+counts, the targets, and the test's top `eval.top_k` lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fuserank import schema
+from fuserank.config import RunConfig
+from fuserank.data.cutoffs import Cutoffs
+from fuserank.encoders.base import Embeddings
+from fuserank.evaluation.protocol import (
+    EvaluationInputs,
+    ProtocolResult,
+    Trained,
+    baseline_rankings,
+    cold_user_scores,
+    evaluate,
+    fit_note,
+    score_in_batches,
+)
+from fuserank.evaluation.scoring import concat_scored
+from fuserank.evaluation.slices import user_slices
+from fuserank.jobs.distributed import fit_ranker_parts, kept
+from fuserank.jobs.distributed_cutoffs import CutoffShares, cluster_cutoff
+from fuserank.jobs.distributed_frames import ClusterCutoff, FitOnWorker, Parts, frames_on_workers, scores_on_workers
+from fuserank.progress import step
+from fuserank.schema import QUERY
+
+
+def run_protocol_on_shares(client: Any, shares: CutoffShares, item_ids: Sequence[str],
+                           content: Mapping[str, Embeddings], config: RunConfig) -> ProtocolResult:
+    """`protocol.run_protocol` of cut-offs held on the workers as shares."""
+    trained, test = train_on_shares(client, shares, item_ids, content, config)
+    with step("baselines (workers)") as s:
+        inputs = inputs_on_workers(client, shares, test, item_ids, content, config)
+        s.done(f"{len(inputs.baselines)} baselines, {int(inputs.counts['n_test_users']):,} test users")
+    return evaluate(trained, inputs, len(item_ids), config)
+
+
+def train_on_shares(client: Any, shares: CutoffShares, item_ids: Sequence[str], content: Mapping[str, Embeddings],
+                    config: RunConfig) -> tuple[Trained, ClusterCutoff]:
+    """`protocol.train_on_cluster` from the shares: the ranker trained from every label
+    cut-off's frames, validation and test scored where they lie. Returns also the test
+    cut-off on the cluster, whose whole history the evaluation inputs read."""
+    fit = FitOnWorker(item_ids, content)
+
+    def on_workers(name: str, query: str | None = None) -> tuple[Parts, list[str], ClusterCutoff]:
+        with step(f"stage 1 [{name}]") as s:
+            cutoff = cluster_cutoff(client, shares, name)
+            parts, names = frames_on_workers(client, config, fit, cutoff, None, query)
+            s.done(f"{sum(shares.targets[name]):,} targets, {parts.height:,} candidates x {len(names)} features "
+                   "(on the workers)")
+        return parts, names, cutoff
+
+    labels = shares.names[:-2]  # then validation and test
+    train = [on_workers(name, f"#{j}")[0] for j, name in enumerate(labels, start=1)]
+    valid, names, valid_cutoff = on_workers(shares.names[-2])
+    test, _, test_cutoff = on_workers(shares.names[-1])
+    with step("train ranker") as s:
+        ranker, queries = fit_ranker_parts(client, train, valid, names, config.ranker, config.seed, group=QUERY,
+                                           n_partitions=config.dask.ranker_partitions,
+                                           time_out=config.dask.ranker_time_out, attempts=config.dask.ranker_attempts)
+        s.done(fit_note(ranker))
+    rows = sum(t.height for t in train)
+    del train
+    ks, n, slots = config.eval.ks, config.retrieval.ann_candidates, config.slots.new_items
+    trained = Trained(ranker, names, rows, queries,
+                      scores_on_workers(client, valid, valid_cutoff.targets, ranker, ks, n, 0, slots),
+                      scores_on_workers(client, test, test_cutoff.targets, ranker, ks, n, config.eval.top_k, slots))
+    return trained, test_cutoff
+
+
+def inputs_on_workers(client: Any, shares: CutoffShares, test: ClusterCutoff, item_ids: Sequence[str],
+                      content: Mapping[str, Embeddings], config: RunConfig) -> EvaluationInputs:
+    """`protocol.local_inputs` built per partition, each next to the test cut-off's whole
+    history; a partition's random lists start where its users start among all the test users
+    (partitions follow each other in user order), so they are those of the whole."""
+    users = client.gather([client.submit(_test_users, f, pure=False) for f in shares.futures])
+    offsets = np.concatenate([[0], np.cumsum(users)[:-1]]).astype(int).tolist()
+    text = {"text": content["text"]} if "text" in content else {}
+    shared = kept(client, (list(item_ids), text, config))
+    parts = client.gather([client.submit(_part_inputs, test.history, share, offset, shared, pure=False)
+                           for share, offset in zip(shares.futures, offsets, strict=True)])
+    counts = {key: float(sum(p[0][key] for p in parts)) for key in parts[0][0]}
+    baselines = {name: concat_scored([p[3][name] for p in parts]) for name in parts[0][3]}
+    colds = [p[4] for p in parts if p[4] is not None]
+    return EvaluationInputs(counts, pl.concat([p[1] for p in parts]), pl.concat([p[2] for p in parts]), baselines,
+                            concat_scored(colds) if colds else None,
+                            pl.concat([p[5] for p in parts]).sort(schema.USER_ID, maintain_order=True))
+
+
+def _test_users(share: Cutoffs) -> int:
+    return len(share.test.users)
+
+
+def _part_inputs(history: pl.DataFrame, share: Cutoffs, offset: int, shared: tuple) -> tuple:
+    """(counts, validation targets, test targets, baselines scored, cold users scored, slices)
+    of one partition's users, reading the test cut-off's whole `history`."""
+    item_ids, content, config = shared
+    ks = config.eval.ks
+    top_k = max(max(ks), config.eval.top_k)
+    test = replace(share.test, history=history)
+    counts = {
+        "n_interactions": share.interactions.height,
+        "n_users": share.interactions[schema.USER_ID].n_unique(),
+        "n_test_users": share.test.targets[schema.USER_ID].n_unique(),
+        "n_train_interactions": share.valid.history.height,
+    }
+    baselines = {name: score_in_batches(lists, test.users, test.targets, ks, offset=offset)
+                 for name, lists in baseline_rankings(test, item_ids, content, config, top_k).items()}
+    return (counts, share.valid.targets, share.test.targets, baselines,
+            cold_user_scores(share.cold_test, history, ks, top_k), user_slices(test))
