@@ -214,18 +214,19 @@ def gathered_frames(value) -> list[pl.DataFrame]:
 
 
 def test_train_evaluate_on_a_cluster_never_builds_features_on_the_driver(client, catalog, monkeypatch):
-    """Stage 1, features, the ranker's matrix, scoring and stage-1 counts stay on the workers: in
-    the driver process stage 1's fit, the feature builder, the matrix builder and `collect` fail
-    if called, and nothing the driver gathers holds a feature column or more rows than the
-    per-user results."""
+    """The interactions, stage 1, features, the ranker's matrix, scoring and stage-1 counts stay
+    on the workers: in the driver process the catalog's load, the local cut-offs, stage 1's fit,
+    the feature builder, the matrix builder and `collect` fail if called, and nothing the driver
+    gathers holds a feature column or more rows than the per-user results."""
     import fuserank.pipeline
     import fuserank.ranking.ranker
-    from fuserank.jobs import distributed, distributed_frames
+    from fuserank.jobs import distributed, distributed_frames, train_evaluate
 
     def forbidden(*args, **kwargs):
         raise AssertionError("called on the driver")
 
-    for module, name in ((fuserank.pipeline, "fit_stage_one"),
+    for module, name in ((train_evaluate, "load_catalog"), (train_evaluate, "prepare"),
+                         (fuserank.pipeline, "fit_stage_one"),
                          (fuserank.pipeline, "candidate_features"), (fuserank.pipeline, "stage_frame"),
                          (distributed_frames, "stage_frame"),
                          (fuserank.ranking.ranker, "_query_groups"), (distributed, "_query_groups"),

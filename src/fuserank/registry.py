@@ -199,6 +199,8 @@ class DatasetRecord:
             with a path (relative to the working folder where possible).
         table: "items" or "interactions". context: "training" or "evaluation".
         frame: the rows (only their schema and counts are recorded, never the data).
+        profile: the counts (`dataset_profile`) when `frame` holds only the schema (a table
+            that lies on Dask workers); None: counted from `frame`.
     """
 
     name: str
@@ -208,6 +210,7 @@ class DatasetRecord:
     table: str
     context: str
     frame: pl.DataFrame
+    profile: dict[str, int] | None = None
 
 
 def dataset_profile(frame: pl.DataFrame) -> dict[str, int]:
@@ -230,7 +233,7 @@ def log_datasets(run_id: str, config: TrackingConfig, records: Sequence[DatasetR
             name=record.name, digest=record.digest[:36], source_type=record.source_type,
             source=json.dumps({"uri": record.source}),
             schema=json.dumps({"mlflow_colspec": infer_schema(record.frame).to_dict()}),
-            profile=json.dumps(dataset_profile(record.frame)),
+            profile=json.dumps(record.profile or dataset_profile(record.frame)),
         )
         inputs.append(DatasetInput(dataset, tags=[InputTag(CONTEXT_TAG, record.context),
                                                   InputTag(TABLE_TAG, record.table)]))

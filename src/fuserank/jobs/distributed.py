@@ -428,17 +428,3 @@ def encode_dask(client: Any, encoder_cls: Any, kwargs: dict[str, Any], items: pl
     parts = map_partitions(client, _encode_chunk, chunks, encoder_cls, kwargs)
     return _concatenate(parts)
 
-
-def kept(client: Any, value: Any) -> Any:
-    """`value` as a future on the cluster that a lost worker cannot take with it.
-
-    A scattered value lives only in workers' memory (and Dask's memory manager may drop a
-    broadcast copy again), so a worker that dies can take the last copy, and with it everything
-    that would have to be computed again from it. A task's input is kept by the scheduler:
-    each worker that needs the value computes it again from there.
-    """
-    return client.submit(_value, value, pure=False)
-
-
-def _value(value: Any) -> Any:
-    return value

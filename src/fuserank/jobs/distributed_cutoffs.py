@@ -13,6 +13,7 @@ targets, reference times and shared history).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -136,14 +137,16 @@ def cutoff_of(share: Cutoffs, name: str) -> Cutoff:
     return next(c for c in (*share.labels, share.valid, share.test) if c.name == name)
 
 
-def cluster_cutoff(client: Any, shares: CutoffShares, name: str) -> ClusterCutoff:
+def cluster_cutoff(client: Any, shares: CutoffShares, name: str, only: Sequence[int] | None = None) -> ClusterCutoff:
     """The cut-off `name` for `distributed_frames.frames_on_workers`: its history and shared
     history put together on a worker from the partitions' shares, and each partition's targets
-    and reference times left where they lie (None where the partition has no target)."""
+    and reference times left where they lie (None where the partition has no target); `only`:
+    those of these partitions alone, in this order (a rebuild's)."""
     history, shared = (client.submit(_whole, shares.futures, name, field, pure=False)
                        for field in ("history", "shared_history"))
-    targets, ref_times = ([None if n == 0 else client.submit(_field, share, name, field, pure=False)
-                           for share, n in zip(shares.futures, shares.targets[name], strict=True)]
+    picked = range(len(shares.futures)) if only is None else only
+    targets, ref_times = ([None if shares.targets[name][p] == 0 else
+                           client.submit(_field, shares.futures[p], name, field, pure=False) for p in picked]
                           for field in ("targets", "ref_times"))
     return ClusterCutoff(name, history, shared, frozenset(), targets, ref_times)
 

@@ -31,8 +31,7 @@ from fuserank import schema
 from fuserank.data.catalog import read_table
 from fuserank.data.split import sort_interactions
 from fuserank.data.validate import DataError, check_duplicate_events, check_known_items, conform_interactions
-from fuserank.jobs.distributed import kept
-from fuserank.jobs.distributed_frames import bounds_of_keys
+from fuserank.jobs.distributed_frames import bounds_of_keys, kept
 
 _FILE_ROW = "_file_row"
 _PARQUET_SUFFIXES = (".parquet", ".pq")

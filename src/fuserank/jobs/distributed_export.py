@@ -36,8 +36,9 @@ from fuserank import schema
 from fuserank.data.split import sort_interactions
 from fuserank.jobs.arms import ArmPlan, ExportError, Server, arm_users, assign_arms, export_batches, pool_of_counts, \
     seen_lookup
-from fuserank.jobs.distributed import kept, n_workers
+from fuserank.jobs.distributed import n_workers
 from fuserank.jobs.distributed_data import UserParts
+from fuserank.jobs.distributed_frames import kept
 from fuserank.retrieval.popularity import item_counts
 from fuserank.schema import ARM, COLD_START, ITEM_ID, USER_ID
 

@@ -222,13 +222,21 @@ def cutoff_parts(client: Any, config: Any, stage: Any, cutoff: Cutoff, user_part
     if not any(user_parts):
         raise ValueError(f"{cutoff.name}: no users to build features for")
     user_parts = [list(users) for users in user_parts]
+    rebuild = rebuilder(client, config, stage, lambda lost: send_cutoff(client, cutoff, [user_parts[p] for p in lost]),
+                        llm, query)
+    return frames_on_workers(client, config, stage, send_cutoff(client, cutoff, user_parts), llm, query, rebuild)
 
+
+def rebuilder(client: Any, config: Any, stage: Any, cutoff_of: Callable[[list[int]], ClusterCutoff], llm: Any = None,
+              query: str | None = None) -> Callable[[list[int]], list[Any]]:
+    """A `Parts.rebuild` for `frames_on_workers`: the lost partitions' frames built again
+    (stage 1 fitted again when it is a `FitOnWorker`) from `cutoff_of(lost)`, the cut-off on
+    the cluster for those partitions alone, in that order."""
     def rebuild(lost: list[int]) -> list[Any]:
-        again = _submit_parts(client, config, stage, send_cutoff(client, cutoff, [user_parts[p] for p in lost]),
-                              llm, query)
+        again = _submit_parts(client, config, stage, cutoff_of(lost), llm, query)
         return [client.submit(_first, pair, pure=False) for pair in again]
 
-    return frames_on_workers(client, config, stage, send_cutoff(client, cutoff, user_parts), llm, query, rebuild)
+    return rebuild
 
 
 def frames_on_workers(client: Any, config: Any, stage: Any, cutoff: ClusterCutoff, llm: Any = None,
@@ -280,9 +288,7 @@ def _fit_on_worker(client: Any, config_f: Any, fit: FitOnWorker, cutoff: Cluster
     shared_f = cutoff.shared_history
     if isinstance(shared_f, pl.DataFrame):
         shared_f = send_in_slices(client, shared_f)
-    # In a list, so that scatter sends the catalog and the embeddings as one object each.
-    catalog_f, content_f = client.scatter([list(cutoff_catalog(cutoff.absent, fit.item_ids)), dict(fit.content)],
-                                          hash=False)
+    catalog_f, content_f = kept(client, list(cutoff_catalog(cutoff.absent, fit.item_ids))), kept(client, dict(fit.content))
     stage_f = client.submit(fit_stage, config_f, cutoff.history, catalog_f, content_f, shared_f, pure=False)
     client.replicate([stage_f])  # waits for the fit; the feature tasks then find it on every worker
     return stage_f
@@ -347,3 +353,18 @@ def collect(client: Any, parts: Parts) -> pl.DataFrame:
     it is what the distributed path exists to avoid."""
     heal(parts)
     return pl.concat(client.gather(parts.held), how="vertical")
+
+
+def kept(client: Any, value: Any) -> Any:
+    """`value` as a future on the cluster that a lost worker cannot take with it.
+
+    A scattered value lives only in workers' memory (and Dask's memory manager may drop a
+    broadcast copy again), so a worker that dies can take the last copy, and with it everything
+    that would have to be computed again from it. A task's input is kept by the scheduler:
+    each worker that needs the value computes it again from there.
+    """
+    return client.submit(_value, value, pure=False)
+
+
+def _value(value: Any) -> Any:
+    return value

@@ -36,9 +36,17 @@ from fuserank.evaluation.protocol import (
 )
 from fuserank.evaluation.scoring import concat_scored
 from fuserank.evaluation.slices import user_slices
-from fuserank.jobs.distributed import fit_ranker_parts, kept
+from fuserank.jobs.distributed import fit_ranker_parts
 from fuserank.jobs.distributed_cutoffs import CutoffShares, cluster_cutoff
-from fuserank.jobs.distributed_frames import ClusterCutoff, FitOnWorker, Parts, frames_on_workers, scores_on_workers
+from fuserank.jobs.distributed_frames import (
+    ClusterCutoff,
+    FitOnWorker,
+    Parts,
+    frames_on_workers,
+    kept,
+    rebuilder,
+    scores_on_workers,
+)
 from fuserank.progress import step
 from fuserank.schema import QUERY
 
@@ -63,7 +71,11 @@ def train_on_shares(client: Any, shares: CutoffShares, item_ids: Sequence[str], 
     def on_workers(name: str, query: str | None = None) -> tuple[Parts, list[str], ClusterCutoff]:
         with step(f"stage 1 [{name}]") as s:
             cutoff = cluster_cutoff(client, shares, name)
-            parts, names = frames_on_workers(client, config, fit, cutoff, None, query)
+            # A partition lost with a worker: built again from the shares, which Dask computes
+            # again from the file where they were lost too.
+            rebuild = rebuilder(client, config, fit, lambda lost: cluster_cutoff(client, shares, name, lost), None,
+                                query)
+            parts, names = frames_on_workers(client, config, fit, cutoff, None, query, rebuild)
             s.done(f"{sum(shares.targets[name]):,} targets, {parts.height:,} candidates x {len(names)} features "
                    "(on the workers)")
         return parts, names, cutoff

@@ -25,8 +25,7 @@ import polars as pl
 import yaml
 
 from fuserank import atomic, registry, schema, tracking
-from fuserank.config import ConfigError, RunConfig, from_dict
-from fuserank.data.catalog import load_items
+from fuserank.config import ConfigError, DaskConfig, RunConfig, from_dict
 from fuserank.data.cutoffs import Cutoffs, build_cutoffs
 from fuserank.encoders.content import encode_content
 from fuserank.jobs.arms import (
@@ -44,12 +43,10 @@ from fuserank.jobs.arms import (
     ranker_lists,
     retrieval_lists,
 )
-from fuserank.jobs.distributed import dask_client, kept, n_workers
-from fuserank.jobs.distributed_cutoffs import cutoff_shares, training_items
-from fuserank.jobs.distributed_data import read_user_parts
+from fuserank.jobs.distributed import dask_client
 from fuserank.jobs.distributed_export import export_batches_dask, export_parts, pool_from_parts, whole_history
-from fuserank.jobs.distributed_frames import send_in_slices
-from fuserank.jobs.train_evaluate import frame_digest, prepare
+from fuserank.jobs.distributed_frames import kept, send_in_slices
+from fuserank.jobs.train_evaluate import prepare, prepare_on_workers, workers_can_read
 from fuserank.pipeline import fit_stage
 from fuserank.progress import bar, is_quiet, step
 from fuserank.ranking.ranker import MODEL_FILE, load_ranker
@@ -250,9 +247,10 @@ def export(
         with contextlib.ExitStack() as cluster:
             # On a cluster, stage 1 and each arm's lists are built on a worker (`ArmLists`).
             client = cluster.enter_context(dask_client(config.dask)) if config.dask.enabled else None
-            spread = client is not None and reads_on_workers(main.config, [r.config for r in runs.values()],
-                                                             users_file)
-            source = worker_source(client, main.config) if spread else driver_source(main.config)
+            # The workers read the data when every run could, sharing the main run's split.
+            spread = client is not None and users_file is None and all(
+                workers_can_read(r.config) and r.config.split == main.config.split for r in runs.values())
+            source = worker_source(client, main.config, config.dask) if spread else driver_source(main.config)
             data_hash = source.data_hash
             for run in runs.values():
                 if run.data_hash and run.data_hash != data_hash:
@@ -373,32 +371,20 @@ def driver_source(main: RunConfig) -> Source:
                   lambda config: _shared_history(config, main, data.cutoffs, history), data.llm)
 
 
-def reads_on_workers(main: RunConfig, configs: Sequence[RunConfig], users_file: Path | None) -> bool:
-    """Whether the workers can read the interactions for this export (`worker_source`): a
-    catalog file, every user exported, and runs that share the main run's split and use no LLM
-    or sequence model (their signals are still built on the driver)."""
-    return (main.data.dataset == "catalog" and users_file is None
-            and all(c.split == main.split and not c.llm.enabled and not c.sequence.enabled for c in configs))
-
-
-def worker_source(client: Any, main: RunConfig) -> Source:
-    """The interactions read by the workers into user partitions in user_id order; the driver
-    reads the items, and gets back the data hash, the training items (whose statistics
-    standardise the content embeddings) and the item counts."""
-    items = load_items(Path(main.data.items_path))
-    item_ids = items[schema.ITEM_ID].to_list()
-    with step("read interactions on the workers") as s:
-        parts = read_user_parts(client, Path(main.data.interactions_path), item_ids,
-                                main.dask.user_partitions or n_workers(client), by_user=True, digest=True)
-        s.done(f"{sum(parts.rows):,} interactions, {sum(parts.users):,} users in {len(parts.futures)} partitions")
-    train_items = training_items(client, cutoff_shares(client, parts, main.split))
+def worker_source(client: Any, main: RunConfig, dask: DaskConfig) -> Source:
+    """The interactions read by the workers into user partitions in user_id order
+    (`train_evaluate.prepare_on_workers`, `dask.user_partitions` of them); the driver reads the
+    items and gets back the data hash, the training items (whose statistics standardise the
+    content embeddings) and the item counts."""
+    data = prepare_on_workers(client, dataclasses.replace(main, dask=dask), by_user=True)
+    item_ids = data.items[schema.ITEM_ID].to_list()
 
     def content_for(config: RunConfig) -> dict:
-        return encode_content(items, train_items, config)[0]
+        return encode_content(data.items, data.train_items, config)[0]
 
-    return Source(items, whole_history(client, parts), parts, parts.digest or "", frame_digest(
-        items.select(schema.ITEM_ID, schema.TEXT)), content_for(main), pool_from_parts(client, parts, item_ids),
-        content_for, lambda config: None)
+    return Source(data.items, whole_history(client, data.parts), data.parts, data.tags["data_hash"],
+                  data.tags["items_hash"], data.content, pool_from_parts(client, data.parts, item_ids), content_for,
+                  lambda config: None)
 
 
 class ArmLists:

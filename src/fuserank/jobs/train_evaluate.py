@@ -3,12 +3,14 @@ records the MLflow run around the pure protocol in protocol.py."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import yaml
@@ -16,7 +18,7 @@ import yaml
 from fuserank import atomic, provenance, registry, schema, tracking
 from fuserank.config import RunConfig, cache_dir, flatten, to_dict
 from fuserank.data import movielens
-from fuserank.data.catalog import load_catalog
+from fuserank.data.catalog import load_catalog, load_items
 from fuserank.data.cutoffs import Cutoffs
 from fuserank.data.sources import resolve
 from fuserank.encoders.base import Embeddings
@@ -26,6 +28,10 @@ from fuserank.evaluation.ablation import format_table, run_ablation
 from fuserank.evaluation.plots import gain_by_group
 from fuserank.evaluation.protocol import ProtocolResult, make_cutoffs, run_protocol
 from fuserank.evaluation.slices import format_slices
+from fuserank.jobs.distributed import dask_client, n_workers
+from fuserank.jobs.distributed_cutoffs import CutoffShares, cutoff_shares, training_items
+from fuserank.jobs.distributed_data import UserParts, read_user_parts
+from fuserank.jobs.distributed_protocol import run_protocol_on_shares
 from fuserank.progress import step
 from fuserank.ranking.llm_features import VIEWS as LLM_VIEWS
 from fuserank.ranking.llm_features import LLMSignals, prepare_llm
@@ -112,17 +118,63 @@ def prepare(config: RunConfig) -> Prepared:
     llm = prepare_llm(items, train, earliest, content["text"], config)
     if llm is not None:  # extra content views: fused by their fusion weight, features always
         content.update({name: view for name, view in llm.views().items() if name in LLM_VIEWS})
-    tags = {
+    tags = run_tags(config, frame_digest(interactions.select(list(schema.INTERACTIONS))), items)
+    if llm is not None:
+        tags["llm_model"] = config.llm.model
+    return Prepared(items, cutoffs, content, media, tags, llm)
+
+
+def run_tags(config: RunConfig, data_hash: str, items: pl.DataFrame) -> dict[str, str]:
+    """The run record's tags: code, data and items hashes, weights, command line."""
+    return {
         "git_commit": provenance.code_version(),
-        "data_hash": frame_digest(interactions.select(list(schema.INTERACTIONS))),
+        "data_hash": data_hash,
         "items_hash": frame_digest(items.select(schema.ITEM_ID, schema.TEXT)),
         "text_model": config.sources.text_model,
         "image_weights": str(config.image.clip_weights),
         "command": provenance.command_line(sys.argv),
     }
-    if llm is not None:
-        tags["llm_model"] = config.llm.model
-    return Prepared(items, cutoffs, content, media, tags, llm)
+
+
+def workers_can_read(config: RunConfig) -> bool:
+    """Whether the Dask workers can read this run's interactions (`prepare_on_workers`): a
+    catalog file; the LLM, the sequence model and the cold-item protocol still need the data
+    on the driver."""
+    return (config.data.dataset == "catalog" and not config.llm.enabled and not config.sequence.enabled
+            and config.split.cold_items == 0)
+
+
+@dataclass(frozen=True)
+class SpreadPrepared:
+    """`Prepared` with the interactions on the workers: their user partitions and the cut-offs'
+    shares (jobs/distributed_data.py, jobs/distributed_cutoffs.py) instead of frames here."""
+
+    items: pl.DataFrame
+    parts: UserParts
+    shares: CutoffShares
+    train_items: pl.Series
+    content: dict[str, Embeddings]
+    media: dict[str, float]
+    tags: dict[str, str]
+
+
+def prepare_on_workers(client: Any, config: RunConfig, by_user: bool = False) -> SpreadPrepared:
+    """`prepare` with the interactions read, checked, hashed and cut on the workers; the driver
+    reads the items and encodes them (the statistics that standardise the embeddings fitted on
+    the validation history's items, which the workers report). `by_user`: partitions in
+    user_id order (export's), else in `query_key` order."""
+    items = load_items(Path(config.data.items_path))
+    with step("read interactions on the workers") as s:
+        parts = read_user_parts(client, Path(config.data.interactions_path), items[schema.ITEM_ID],
+                                config.dask.user_partitions or n_workers(client), by_user=by_user, digest=True)
+        s.done(f"{sum(parts.rows):,} interactions, {sum(parts.users):,} users in {len(parts.futures)} partitions")
+    with step("cut-offs on the workers") as s:
+        shares = cutoff_shares(client, parts, config.split)
+        s.done(", ".join(f"{name}: {sum(n):,} targets" for name, n in shares.targets.items()))
+    train_items = training_items(client, shares)
+    content, media = encode_content(items, train_items, config)
+    return SpreadPrepared(items, parts, shares, train_items, content, media,
+                          run_tags(config, parts.digest or "", items))
 
 
 def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tuple[dict[str, float], Path]:
@@ -134,21 +186,34 @@ def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tup
     start = time.perf_counter()
     run_name = config.run_name or f"train-evaluate-{config.data.dataset}"
     folder = tracking.check_outputs(config.tracking, Path(config.output_dir) / run_name)  # before any work
-    data = prepare(config)
-    run_tags = data.tags | {"kind": "train-evaluate"} | (tags or {})
-    with tracking.tracked_run(config.tracking, run_name, run_tags) as run_id:
+    with contextlib.ExitStack() as cluster:
+        spread = config.dask.enabled and workers_can_read(config)
+        client = cluster.enter_context(dask_client(config.dask)) if spread else None
+        data = prepare_on_workers(client, config) if spread else prepare(config)
+        return _train_evaluate(config, data, client, run_name, folder, start, tags)
+
+
+def _train_evaluate(config: RunConfig, data: Prepared | SpreadPrepared, client: Any, run_name: str, folder: Path,
+                    start: float, tags: dict[str, str] | None) -> tuple[dict[str, float], Path]:
+    item_ids = data.items[schema.ITEM_ID].to_list()
+    llm = data.llm if isinstance(data, Prepared) else None
+    with tracking.tracked_run(config.tracking, run_name, data.tags | {"kind": "train-evaluate"} | (tags or {})
+                              ) as run_id:
         if run_id is not None:
             tracking.log_params(flatten(config))
-            registry.log_datasets(run_id, config.tracking, dataset_records(config, data))
-        result = run_protocol(data.cutoffs, data.items[schema.ITEM_ID].to_list(), data.content, config, data.llm)
+            registry.log_datasets(run_id, config.tracking, dataset_records(config, data, client))
+        if isinstance(data, Prepared):
+            result = run_protocol(data.cutoffs, item_ids, data.content, config, llm)
+        else:
+            result = run_protocol_on_shares(client, data.shares, item_ids, data.content, config)
         metrics = {**result.metrics, **data.media, "wall_seconds": time.perf_counter() - start}
         result = dataclasses.replace(result, metrics=metrics)
         with step("write outputs") as s:
             paths = write_outputs(result, config, folder, run_id)
             figures = plots.write_run_figures(metrics, result.ranker.gain_importance(), folder / "plots",
                                               prefixes=("test_", "valid_"))
-            if data.llm is not None:  # a sample of generated profiles and descriptions, to read
-                paths["llm_samples"] = atomic.write_json(folder / "llm_samples.json", data.llm.samples)
+            if llm is not None:  # a sample of generated profiles and descriptions, to read
+                paths["llm_samples"] = atomic.write_json(folder / "llm_samples.json", llm.samples)
             s.done(str(folder))
         if run_id is not None:
             with step("log to mlflow") as s:
@@ -175,10 +240,12 @@ def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tup
     return metrics, folder
 
 
-def dataset_records(config: RunConfig, data: Prepared) -> list[registry.DatasetRecord]:
+def dataset_records(config: RunConfig, data: Prepared | SpreadPrepared,
+                    client: Any = None) -> list[registry.DatasetRecord]:
     """The tables a train-evaluate run reads, for its MLflow run page: the items and the test
     cut-off's history ("training": what stage 1 and the ranker learn from), and the test targets
-    ("evaluation"), each with a content digest and where it came from."""
+    ("evaluation"), each with a content digest and where it came from. Tables on the workers
+    are hashed and counted there (`client`)."""
     name = config.data.dataset
     if name == "catalog":
         items_source = ("local", provenance.portable_path(str(config.data.items_path)))
@@ -188,18 +255,41 @@ def dataset_records(config: RunConfig, data: Prepared) -> list[registry.DatasetR
                      "movielens-1m": config.sources.movielens_1m}[name]
         kind = "pypi" if reference.startswith("pypi:") else "local"
         items_source = interactions_source = (kind, reference if kind == "pypi" else provenance.portable_path(reference))
-    columns = list(schema.INTERACTIONS)
-    history = data.cutoffs.test.history.select(columns)
-    targets = pl.concat([data.cutoffs.test.targets.select(columns), data.cutoffs.cold_test.select(columns)])
+    if isinstance(data, Prepared):
+        tables = [table_facts([evaluation_table(data.cutoffs, field)]) for field in ("history", "targets")]
+    else:
+        tables = client.gather([client.submit(_shares_facts, data.shares.futures, field, pure=False)
+                                for field in ("history", "targets")])
+    (history, history_hash, history_profile), (targets, targets_hash, targets_profile) = tables
     protocol = config.split.protocol
     return [
         registry.DatasetRecord(f"{name} items", data.tags["items_hash"][:16], *items_source, "items", "training",
                                data.items),
-        registry.DatasetRecord(f"{name} interactions (history, {protocol})", frame_digest(history)[:16],
-                               *interactions_source, "interactions", "training", history),
-        registry.DatasetRecord(f"{name} interactions (test targets, {protocol})", frame_digest(targets)[:16],
-                               *interactions_source, "interactions", "evaluation", targets),
+        registry.DatasetRecord(f"{name} interactions (history, {protocol})", history_hash[:16],
+                               *interactions_source, "interactions", "training", history, history_profile),
+        registry.DatasetRecord(f"{name} interactions (test targets, {protocol})", targets_hash[:16],
+                               *interactions_source, "interactions", "evaluation", targets, targets_profile),
     ]
+
+
+def evaluation_table(cutoffs: Cutoffs, field: str) -> pl.DataFrame:
+    """The test cut-off's "history", or its "targets" with the cold test users' (schema.INTERACTIONS)."""
+    columns = list(schema.INTERACTIONS)
+    if field == "history":
+        return cutoffs.test.history.select(columns)
+    return pl.concat([cutoffs.test.targets.select(columns), cutoffs.cold_test.select(columns)])
+
+
+def table_facts(pieces: list[pl.DataFrame]) -> tuple[pl.DataFrame, str, dict[str, int]]:
+    """(the table's schema as an empty frame, its `frame_digest`, its `registry.dataset_profile`)
+    of the pieces put together in order."""
+    table = pl.concat(pieces) if len(pieces) > 1 else pieces[0]
+    return table.clear(), frame_digest(table), registry.dataset_profile(table)
+
+
+def _shares_facts(shares: list[Cutoffs], field: str) -> tuple[pl.DataFrame, str, dict[str, int]]:
+    """`table_facts` of a test table over every partition's share (on a worker)."""
+    return table_facts([evaluation_table(share, field) for share in shares])
 
 
 def ablate(config: RunConfig) -> tuple[pl.DataFrame, Path]:
