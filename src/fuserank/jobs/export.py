@@ -521,9 +521,13 @@ def _write_frames(path: Path, frames: Iterable[pl.DataFrame], columns: Mapping[s
 def _counted(frames: Iterable[pl.DataFrame], rows: dict[str, int]) -> Iterator[pl.DataFrame]:
     """`frames` unchanged, adding each one's rows per arm to `rows` as it passes."""
     for frame in frames:
-        for arm, n in frame.group_by(schema.ARM).len().iter_rows():
-            rows[arm] = rows.get(arm, 0) + n
+        _count(rows, frame)
         yield frame
+
+
+def _count(rows: dict[str, int], frame: pl.DataFrame) -> None:
+    for arm, n in frame.group_by(schema.ARM).len().iter_rows():
+        rows[arm] = rows.get(arm, 0) + n
 
 
 def _file_sha256(path: Path) -> str:
