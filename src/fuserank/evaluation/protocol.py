@@ -57,14 +57,15 @@ class ProtocolResult:
     Attributes:
         metrics: flat name -> value (test_*, valid_*, counts).
         per_user: one row per (system, user) with the test metrics of that user.
-        ranked: top-k test lists of the ranker (schema.RANKED_LIST).
+        ranked: top-k test lists of the ranker (schema.RANKED_LIST); with `dask.enabled` left
+            on the workers, partition by partition (`distributed_frames.HeldFrame`).
         ranker: the fitted LightGBM ranker.
         feature_names: ordered feature list the ranker was trained on.
     """
 
     metrics: dict[str, float]
     per_user: pl.DataFrame
-    ranked: pl.DataFrame
+    ranked: Any
     ranker: Ranker
     feature_names: list[str]
 

@@ -155,13 +155,13 @@ class CutoffScores:
 
     Attributes:
         ranked: the ranker's top `keep` per user (schema.RANKED_LIST, by user then rank); None
-            when none are kept.
+            when none are kept; on a Dask cluster, left there (`distributed_frames.HeldFrame`).
         ranker: the ranker's lists scored (`score_ranked`).
         retrieval: the stage-1 lists (`stage_one_rankings`) scored.
         stage1: `stage_one_counts` of the candidates.
     """
 
-    ranked: pl.DataFrame | None
+    ranked: Any
     ranker: Scored
     retrieval: Scored
     stage1: pl.DataFrame

@@ -16,8 +16,8 @@ rows of the whole frame sorted by query, as a local fit orders them.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -317,12 +317,29 @@ def gather_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: A
     """`func(frame, *per_part[p], *shared)` on every partition p that holds users; the (small)
     results, in partition order, come back to the driver. Partitions lost with a worker before
     the call are rebuilt first (`heal`)."""
+    return client.gather(submit_parts(client, func, parts, *shared, per_part=per_part))
+
+
+def submit_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: Any,
+                 per_part: Sequence[Sequence[Any]] | None = None) -> list[Any]:
+    """`gather_parts` with the results left on the workers: a future each, in partition order."""
     heal(parts)
     args = [client.scatter(a, broadcast=True, hash=False) for a in shared]
     own = per_part or [()] * len(parts.futures)
-    futures = [client.submit(func, f, *mine, *args, pure=False)
-               for f, mine in zip(parts.futures, own, strict=True) if f is not None]
-    return client.gather(futures)
+    return [client.submit(func, f, *mine, *args, pure=False)
+            for f, mine in zip(parts.futures, own, strict=True) if f is not None]
+
+
+@dataclass(frozen=True)
+class HeldFrame:
+    """A frame left on the workers in partitions of the users, in order (such as the test's
+    top-k lists, `scores_on_workers`): read one partition at a time, never whole."""
+
+    futures: list[Any]
+
+    def frames(self) -> Iterator[pl.DataFrame]:
+        for future in self.futures:
+            yield future.result()
 
 
 def cutoff_scores_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]], targets: pl.DataFrame,
@@ -336,16 +353,27 @@ def cutoff_scores_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]
 def scores_on_workers(client: Any, parts: Parts, targets: Sequence[Any], ranker: Any, ks: Sequence[int], n: int,
                       keep: int, new_item_slots: Sequence[int] = ()) -> CutoffScores:
     """`scoring.cutoff_scores` on every partition where it lies (the ranker sent once, each task
-    its partition's targets); only per-user metrics and counts, covered items and the `keep`
-    kept lists come back, concatenated in user order.
+    its partition's targets); per-user metrics and counts and covered items come back,
+    concatenated in user order, and the `keep` kept lists stay on the workers (`HeldFrame`).
 
     Args:
         parts: a labelled cut-off frame (`frames_on_workers`).
         targets: by partition, the cut-off's targets of its users (a frame or a Future).
         ranker, ks, n, keep, new_item_slots: as in `scoring.cutoff_scores`.
     """
-    return concat_scores(gather_parts(client, partial(cutoff_scores, new_item_slots=tuple(new_item_slots)),
-                                      parts, ranker, tuple(ks), n, keep, per_part=[(t,) for t in targets]))
+    scores = submit_parts(client, partial(cutoff_scores, new_item_slots=tuple(new_item_slots)), parts, ranker,
+                          tuple(ks), n, keep, per_part=[(t,) for t in targets])
+    small = client.gather([client.submit(_without_lists, f, pure=False) for f in scores])
+    lists = HeldFrame([client.submit(_lists, f, pure=False) for f in scores]) if keep else None
+    return replace(concat_scores(small), ranked=lists)
+
+
+def _without_lists(scores: CutoffScores) -> CutoffScores:
+    return replace(scores, ranked=None)
+
+
+def _lists(scores: CutoffScores) -> pl.DataFrame:
+    return scores.ranked.sort(schema.USER_ID, schema.RANK, maintain_order=True)
 
 
 def collect(client: Any, parts: Parts) -> pl.DataFrame:

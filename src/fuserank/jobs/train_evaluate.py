@@ -31,6 +31,7 @@ from fuserank.evaluation.slices import format_slices
 from fuserank.jobs.distributed import dask_client, n_workers
 from fuserank.jobs.distributed_cutoffs import CutoffShares, cutoff_shares, training_items
 from fuserank.jobs.distributed_data import UserParts, read_user_parts
+from fuserank.jobs.distributed_frames import HeldFrame
 from fuserank.jobs.distributed_protocol import run_protocol_on_shares
 from fuserank.progress import step
 from fuserank.ranking.llm_features import VIEWS as LLM_VIEWS
@@ -85,7 +86,7 @@ def frame_digest(frame: pl.DataFrame) -> str:
 def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_id: str | None) -> dict[str, Path]:
     """Write ranked lists, metrics, per-user metrics, model and resolved config; returns the paths."""
     paths = {
-        "ranked_lists": atomic.write_parquet(folder / "ranked_lists.parquet", result.ranked),
+        "ranked_lists": write_frame(folder / "ranked_lists.parquet", result.ranked),
         "per_user_metrics": atomic.write_parquet(folder / "per_user_metrics.parquet", result.per_user),
         "metrics": atomic.write_json(folder / "metrics.json", {"run_id": run_id, **result.metrics}),
         "config": atomic.write_text(folder / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=True)),
@@ -94,6 +95,30 @@ def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_i
     paths["model"] = folder / "model" / "model.txt"
     paths["features"] = folder / "model" / "features.json"
     return paths
+
+
+def write_frame(path: Path, frame: pl.DataFrame | HeldFrame) -> Path:
+    """`atomic.write_parquet` of a frame here, or of one left on the workers, streamed a
+    partition at a time (a row group each) so that the driver never holds it whole."""
+    if isinstance(frame, pl.DataFrame):
+        return atomic.write_parquet(path, frame)
+
+    def stream(tmp: Path) -> None:
+        import pyarrow.parquet as pq
+
+        writer = None
+        try:
+            for part in frame.frames():
+                table = part.to_arrow()
+                writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd", write_statistics=False)
+                writer.write_table(table, row_group_size=max(part.height, 1))
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:  # no partition
+            schema.empty_frame(schema.RANKED_LIST).write_parquet(tmp, compression="zstd", statistics=False)
+
+    return atomic.write_atomic(path, stream)
 
 
 @dataclass(frozen=True)
