@@ -28,7 +28,12 @@ when it began. Steps, on the leave-last-out test cut-off (one ranker-label cut-o
   user assigned to an arm (45% retrieval-only, 45% most-popular, 10% holdout) and each batch's
   lists built on the workers from the partitions that hold its users
   (jobs/distributed_export.py's `export_parts`), and the driver writes the lists and
-  assignments files, batch by batch, and the manifest.
+  assignments files, batch by batch, and the manifest;
+- train-evaluate, the whole command (`data.dataset=catalog`, `dask.enabled`, the same
+  candidates and ranker): the workers read the file again, build every cut-off, the frames,
+  the ranker, the scores and the baselines (jobs/distributed_protocol.py), and the driver
+  encodes the items, computes the metrics from the per-user rows that come back and writes
+  the outputs (the test's top-k lists a partition at a time).
 
 Candidates per user are fewer than the defaults and the same at every size (--ann, --popular).
 
@@ -93,6 +98,7 @@ def run_size(folder: Path, ann: int, popular: int, batch_users: int, rounds: int
     from fuserank.jobs.distributed_export import export_parts, pool_from_parts, whole_history
     from fuserank.jobs.distributed_frames import FitOnWorker, frames_on_workers, scores_on_workers
     from fuserank.jobs.export import ArmLists, write_export
+    from fuserank.jobs.train_evaluate import train_evaluate
 
     retrieval = RetrievalConfig(ann_candidates=ann, popular_candidates=popular, ease_candidates=0)
     config = dataclasses.replace(load_config(None, ["seed=1", "split.label_cutoffs=1"]), retrieval=retrieval,
@@ -146,12 +152,26 @@ def run_size(folder: Path, ann: int, popular: int, batch_users: int, rounds: int
                     "lists_mb": round(manifest["files"]["ranked_lists.parquet"]["bytes"] / 2**20, 1)}
 
         exported = timed("export (workers read the data)", export)
+
+        def command() -> dict:
+            with tempfile.TemporaryDirectory(prefix="fuserank-scale-run-") as out:
+                metrics, _ = train_evaluate(load_config(None, [
+                    "data.dataset=catalog", f"data.items_path={folder / 'items.parquet'}",
+                    f"data.interactions_path={path}", f"output_dir={out}", "tracking.enabled=false",
+                    "dask.enabled=true", "seed=1", "split.label_cutoffs=1", f"retrieval.ann_candidates={ann}",
+                    f"retrieval.popular_candidates={popular}", "retrieval.ease_candidates=0", "behaviour.dim=32",
+                    "behaviour.ease_l2=0.0", f"ranker.n_estimators={rounds}", "ranker.early_stopping_rounds=0",
+                    "ranker.n_jobs=1"]))
+            return {key: metrics[key] for key in ("n_test_users", "ranker_train_rows", "test_ndcg_at_10",
+                                                  "test_popular_ndcg_at_10", "test_stage1_recall")}
+
+        run = timed("train-evaluate, the whole command (workers read the data)", command)
         sampler.stop()
     for name, peaks in sampler.peaks.items():
         steps[name]["peak_rss_mb"] = {k: round(v) for k, v in sorted(peaks.items())}
     return {"ann_candidates": ann, "popular_candidates": popular, "features": len(names), "feature_rows": rows,
             "test_targets": test_targets, "ranker_rounds": rounds, "scored_users": scored_users,
-            **exported, "batch_users": batch_users, "steps": steps}
+            **exported, "batch_users": batch_users, "train_evaluate": run, "steps": steps}
 
 
 def write_size(folder: Path, n_users: int, n_items: int) -> dict:

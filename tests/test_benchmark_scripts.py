@@ -164,7 +164,9 @@ def test_scale_benchmark_runs_every_step_from_the_file(tmp_path):
     run = scale.run_size(tmp_path, ann=10, popular=5, batch_users=500, rounds=5)
     assert list(run["steps"]) == ["read (workers)", "cut-offs (workers)", "stage 1 and features (workers, kept there)",
                                   "ranker (workers)", "score (workers, per-user metrics back)",
-                                  "export (workers read the data)"]
+                                  "export (workers read the data)",
+                                  "train-evaluate, the whole command (workers read the data)"]
+    assert run["train_evaluate"]["n_test_users"] == written["users"]
     assert run["test_targets"] == run["scored_users"] == run["exported_users"] == written["users"]
     served = run["list_rows"] / 20  # 20 items to every user outside the 10% holdout
     assert served == int(served) and 0.8 * written["users"] < served < 0.97 * written["users"]
