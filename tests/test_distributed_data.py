@@ -183,7 +183,7 @@ def test_frames_and_scores_from_the_shares_equal_the_local_ones(client, catalog)
     ranker = fit_ranker(local["ranker labels 1"], None, names, config.ranker, seed=7)
     expected = cutoff_scores(local["test"], whole.test.targets, ranker, (10,), 40, 0)
     got = scores_on_workers(client, spread, on_cluster.targets, ranker, (10,), 40, 0)
-    assert_frame_equal(got.ranker.per_user, expected.ranker.per_user)
+    assert_frame_equal(pl.concat(list(got.ranker.per_user.frames())), expected.ranker.per_user)
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
@@ -228,7 +228,14 @@ def test_train_evaluate_from_the_shares_equals_the_driver_path(client, catalog, 
     spread = run_protocol_on_shares(client, cutoff_shares(client, parts, config.split), item_ids, content, config)
     local = run_protocol(build_cutoffs(interactions.select(list(schema.INTERACTIONS)), config.split), item_ids,
                          content, config)
-    assert_frame_equal(spread.per_user, local.per_user)
+    assert_frame_equal(spread.per_user, local.per_user)  # the columns the intervals and slices read
+    assert list(spread.per_user_rows) == list(local.per_user_rows) == ["fuserank", "popular", "retrieval",
+                                                                      "content_knn", "random"]
+    for system, rows in spread.per_user_rows.items():  # every column, held on the workers
+        assert isinstance(rows, HeldFrame) and isinstance(local.per_user_rows[system], (HeldFrame, pl.DataFrame))
+        theirs = local.per_user_rows[system]
+        theirs = theirs if isinstance(theirs, pl.DataFrame) else pl.concat(list(theirs.frames()))
+        assert_frame_equal(pl.concat(list(rows.frames())), theirs)
     # The test lists stay on the workers, a partition at a time.
     assert isinstance(spread.ranked, HeldFrame) and isinstance(local.ranked, HeldFrame)
     assert_frame_equal(pl.concat(list(spread.ranked.frames())), pl.concat(list(local.ranked.frames())))

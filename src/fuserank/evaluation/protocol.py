@@ -33,6 +33,7 @@ from fuserank.evaluation.scoring import (
     stage_one_recall,
     summary_of,
 )
+from fuserank.evaluation.slices import METRICS as SLICE_METRICS
 from fuserank.evaluation.slices import slice_metrics, user_slices
 from fuserank.jobs.distributed import dask_client, fit_ranker_parts, n_workers
 from fuserank.jobs.distributed_frames import FitOnWorker, cutoff_parts, cutoff_scores_dask, split_users, user_bounds
@@ -56,11 +57,17 @@ class ProtocolResult:
 
     Attributes:
         metrics: flat name -> value (test_*, valid_*, counts).
-        per_user: one row per (system, user) with the test metrics of that user.
+        per_user: one row per (system, user) with the test metrics of that user; with
+            `dask.enabled` only user_id, the slices' metrics (ndcg and recall at 10) and system,
+            the whole rows staying on the workers (`per_user_rows`).
         ranked: top-k test lists of the ranker (schema.RANKED_LIST); with `dask.enabled` left
             on the workers, partition by partition (`distributed_frames.HeldFrame`).
         ranker: the fitted LightGBM ranker.
         feature_names: ordered feature list the ranker was trained on.
+        per_user_rows: with `dask.enabled`, each system's whole per-user rows by system, in
+            `per_user`'s order: held on the workers (`distributed_frames.HeldFrame`) or, for the
+            baselines of cut-offs held on the driver, a frame here; None when `per_user` holds
+            them.
     """
 
     metrics: dict[str, float]
@@ -68,6 +75,7 @@ class ProtocolResult:
     ranked: Any
     ranker: Ranker
     feature_names: list[str]
+    per_user_rows: dict[str, Any] | None = None
 
 
 def evaluation_frame(config: RunConfig, cutoff: Cutoff, item_ids: Sequence[str],
@@ -317,11 +325,15 @@ def evaluate(trained: Trained, inputs: EvaluationInputs, n_items: int, config: R
         popular, *others = inputs.baselines.items()
         scores: dict[str, Scored] = {"fuserank": trained.test.ranker, popular[0]: popular[1],
                                      "retrieval": trained.test.retrieval, **dict(others)}
+        # Per-user rows held on the workers come here only as the columns the intervals and
+        # slices read (and then every system's do, so that they stack).
+        spread = any(not isinstance(scored.per_user, pl.DataFrame) for scored in scores.values())
         frames = []
         for system, scored in scores.items():
             prefix = "test_" if system == "fuserank" else f"test_{system}_"
             metrics.update(summary_of(scored, n_items, prefix))
-            frames.append(scored.per_user.with_columns(pl.lit(system).alias("system")))
+            mine = scored.per_user.select([schema.USER_ID, *SLICE_METRICS]) if spread else scored.per_user
+            frames.append(mine.with_columns(pl.lit(system).alias("system")))
         metrics.update(stage_one_recall(trained.test.stage1, inputs.test_targets, n, "test_"))
         per_user = pl.concat(frames)
         metrics.update(confidence_intervals(per_user, "fuserank", "ndcg_at_10", "test_", seed=config.seed))
@@ -331,7 +343,8 @@ def evaluate(trained: Trained, inputs: EvaluationInputs, n_items: int, config: R
         metrics.update(slice_metrics(per_user, inputs.slices, trained.test.stage1, inputs.test_targets, "test_",
                                      config.seed))
         s.done(f"{int(inputs.counts['n_test_users']):,} test users, {len(scores)} systems")
-    return ProtocolResult(metrics, per_user, trained.test.ranked, ranker, trained.names)
+    rows = {system: scored.per_user for system, scored in scores.items()} if spread else None
+    return ProtocolResult(metrics, per_user, trained.test.ranked, ranker, trained.names, rows)
 
 
 def baseline_rankings(cutoff: Cutoff, item_ids: Sequence[str], content: Mapping[str, Embeddings], config: RunConfig,

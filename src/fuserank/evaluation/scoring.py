@@ -47,11 +47,12 @@ class Scored:
     """One system's lists scored against a cut-off's targets, a row per target user.
 
     Attributes:
-        per_user: `metrics.evaluate_rankings` (user_id and one column per metric and k), by user.
+        per_user: `metrics.evaluate_rankings` (user_id and one column per metric and k), by user;
+            on a Dask cluster, left there (`distributed_frames.HeldFrame`).
         covered: k -> the distinct items in the top k of the target users' lists (for coverage).
     """
 
-    per_user: pl.DataFrame
+    per_user: Any
     covered: dict[int, list[str]]
 
 

@@ -25,6 +25,7 @@ the row groups, and so the files, are those of the local export.
 from __future__ import annotations
 
 from collections import deque
+from itertools import pairwise
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -202,7 +203,7 @@ def _facts(assigned: pl.DataFrame, arms: list[str]) -> _Facts:
 def _check_order(facts: Sequence[_Facts]) -> None:
     """Partitions must follow each other in user_id order for their batches to follow."""
     filled = [f for f in facts if f.users]
-    for before, after in zip(filled, filled[1:]):
+    for before, after in pairwise(filled):
         if not before.last < after.first:
             raise ExportError(f"user partitions overlap in user_id order ({before.last!r} before "
                               f"{after.first!r}): read them with read_user_parts(by_user=True)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -26,7 +26,7 @@ import polars as pl
 
 from fuserank import schema
 from fuserank.data.cutoffs import Cutoff
-from fuserank.evaluation.scoring import CutoffScores, concat_scores, cutoff_scores
+from fuserank.evaluation.scoring import CutoffScores, Scored, cutoff_scores
 from fuserank.pipeline import cutoff_catalog, fit_stage, stage_frame
 
 
@@ -332,14 +332,57 @@ def submit_parts(client: Any, func: Callable[..., Any], parts: Parts, *shared: A
 
 @dataclass(frozen=True)
 class HeldFrame:
-    """A frame left on the workers in partitions of the users, in order (such as the test's
-    top-k lists, `scores_on_workers`): read one partition at a time, never whole."""
+    """A frame left on the workers in partitions of the users, in order (the test's top-k lists
+    and every system's per-user metric rows, `scores_on_workers`): read a partition at a time
+    (`frames`) or a few columns at a time (`select`; `columns` and `frame[column]` as a polars
+    frame has them, so `metrics.summarise` reads it column by column), never whole."""
 
     futures: list[Any]
+    columns: list[str]
 
     def frames(self) -> Iterator[pl.DataFrame]:
         for future in self.futures:
             yield future.result()
+
+    def select(self, columns: Sequence[str]) -> pl.DataFrame:
+        """These columns of every partition, in order, as one frame (one chunk)."""
+        if not self.futures:
+            raise ValueError("a frame held on no partition")
+        client = self.futures[0].client
+        parts = client.gather([client.submit(_select, f, list(columns), pure=False) for f in self.futures])
+        return pl.concat(parts, how="vertical", rechunk=True)
+
+    def __getitem__(self, column: str) -> pl.Series:
+        return self.select([column])[column]
+
+
+def held(client: Any, futures: list[Any]) -> HeldFrame:
+    """The frames of `futures` (one per partition, in order) as a `HeldFrame`."""
+    return HeldFrame(futures, client.submit(_names, futures[0], pure=False).result())
+
+
+def held_scored(client: Any, futures: list[Any]) -> Scored:
+    """Per-partition `scoring.Scored` futures as one `Scored` whose per-user rows stay on the
+    workers (a `HeldFrame`) and whose covered items (items-sized) come here."""
+    covered = client.gather([client.submit(_covered, f, pure=False) for f in futures])
+    merged = {k: sorted({item for c in covered for item in c[k]}) for k in covered[0]}
+    return Scored(held(client, [client.submit(_per_user, f, pure=False) for f in futures]), merged)
+
+
+def _select(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    return frame.select(columns)
+
+
+def _names(frame: pl.DataFrame) -> list[str]:
+    return frame.columns
+
+
+def _covered(scored: Scored) -> dict[int, list[str]]:
+    return scored.covered
+
+
+def _per_user(scored: Scored) -> pl.DataFrame:
+    return scored.per_user
 
 
 def cutoff_scores_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]], targets: pl.DataFrame,
@@ -353,8 +396,9 @@ def cutoff_scores_dask(client: Any, parts: Parts, user_parts: Sequence[list[str]
 def scores_on_workers(client: Any, parts: Parts, targets: Sequence[Any], ranker: Any, ks: Sequence[int], n: int,
                       keep: int, new_item_slots: Sequence[int] = ()) -> CutoffScores:
     """`scoring.cutoff_scores` on every partition where it lies (the ranker sent once, each task
-    its partition's targets); per-user metrics and counts and covered items come back,
-    concatenated in user order, and the `keep` kept lists stay on the workers (`HeldFrame`).
+    its partition's targets); the per-user stage-1 counts and the covered items come back, and
+    the per-user metric rows and the `keep` kept lists stay on the workers (`HeldFrame`s, in
+    user order).
 
     Args:
         parts: a labelled cut-off frame (`frames_on_workers`).
@@ -363,13 +407,16 @@ def scores_on_workers(client: Any, parts: Parts, targets: Sequence[Any], ranker:
     """
     scores = submit_parts(client, partial(cutoff_scores, new_item_slots=tuple(new_item_slots)), parts, ranker,
                           tuple(ks), n, keep, per_part=[(t,) for t in targets])
-    small = client.gather([client.submit(_without_lists, f, pure=False) for f in scores])
-    lists = HeldFrame([client.submit(_lists, f, pure=False) for f in scores]) if keep else None
-    return replace(concat_scores(small), ranked=lists)
+    stage1 = client.gather([client.submit(_field, f, "stage1", pure=False) for f in scores])
+    lists = held(client, [client.submit(_lists, f, pure=False) for f in scores]) if keep else None
+    ranker_scored, retrieval = (held_scored(client, [client.submit(_field, f, name, pure=False) for f in scores])
+                                for name in ("ranker", "retrieval"))
+    return CutoffScores(lists, ranker_scored, retrieval,
+                        pl.concat(stage1).sort(schema.USER_ID, maintain_order=True).rechunk())
 
 
-def _without_lists(scores: CutoffScores) -> CutoffScores:
-    return replace(scores, ranked=None)
+def _field(value: Any, name: str) -> Any:
+    return getattr(value, name)
 
 
 def _lists(scores: CutoffScores) -> pl.DataFrame:

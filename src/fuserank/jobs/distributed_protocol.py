@@ -7,8 +7,10 @@ every worker, and each partition's candidates and features are built from the pa
 targets and reference times (`distributed_frames.frames_on_workers`). The baselines, the cold
 users and the slices are built per partition too, on the worker that holds the test
 cut-off's whole history (the most-popular counts and the slices' cold targets read every
-user's interactions). What comes back: per-user metric rows of every system, per-user stage-1
-counts, the targets, and the test's top `eval.top_k` lists.
+user's interactions). What comes back: per-user stage-1 counts, the targets, the slices'
+rows, and each system's metric columns one at a time (for the means) and the few that the
+intervals and slices read; every system's per-user rows and the test's top `eval.top_k` lists
+stay on the workers until the outputs are written from them, a partition at a time.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from fuserank.jobs.distributed_frames import (
     FitOnWorker,
     Parts,
     frames_on_workers,
+    held_scored,
     kept,
     rebuilder,
     scores_on_workers,
@@ -107,14 +110,32 @@ def inputs_on_workers(client: Any, shares: CutoffShares, test: ClusterCutoff, it
     offsets = np.concatenate([[0], np.cumsum(users)[:-1]]).astype(int).tolist()
     text = {"text": content["text"]} if "text" in content else {}
     shared = kept(client, (list(item_ids), text, config))
-    parts = client.gather([client.submit(_part_inputs, test.history, share, offset, shared, pure=False)
-                           for share, offset in zip(shares.futures, offsets, strict=True)])
+    inputs = [client.submit(_part_inputs, test.history, share, offset, shared, pure=False)
+              for share, offset in zip(shares.futures, offsets, strict=True)]
+    # The baselines' per-user rows stay on the workers (`distributed_frames.held_scored`).
+    parts = client.gather([client.submit(_small, f, pure=False) for f in inputs])
+    names = client.submit(_baseline_names, inputs[0], pure=False).result()
+    baselines = {name: held_scored(client, [client.submit(_baseline, f, name, pure=False) for f in inputs])
+                 for name in names}
     counts = {key: float(sum(p[0][key] for p in parts)) for key in parts[0][0]}
-    baselines = {name: concat_scored([p[3][name] for p in parts]) for name in parts[0][3]}
-    colds = [p[4] for p in parts if p[4] is not None]
+    colds = [p[3] for p in parts if p[3] is not None]
     return EvaluationInputs(counts, pl.concat([p[1] for p in parts]), pl.concat([p[2] for p in parts]), baselines,
                             concat_scored(colds) if colds else None,
-                            pl.concat([p[5] for p in parts]).sort(schema.USER_ID, maintain_order=True))
+                            pl.concat([p[4] for p in parts]).sort(schema.USER_ID, maintain_order=True))
+
+
+def _small(inputs: tuple) -> tuple:
+    """A partition's inputs but the baselines' per-user rows."""
+    counts, valid_targets, test_targets, _, cold, slices = inputs
+    return counts, valid_targets, test_targets, cold, slices
+
+
+def _baseline_names(inputs: tuple) -> list[str]:
+    return list(inputs[3])
+
+
+def _baseline(inputs: tuple, name: str) -> Any:
+    return inputs[3][name]
 
 
 def _test_users(share: Cutoffs) -> int:

@@ -9,6 +9,7 @@ import hashlib
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,15 @@ def frame_digest(frame: pl.DataFrame) -> str:
 
 def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_id: str | None) -> dict[str, Path]:
     """Write ranked lists, metrics, per-user metrics, model and resolved config; returns the paths."""
+    if result.per_user_rows is None:
+        per_user = atomic.write_parquet(folder / "per_user_metrics.parquet", result.per_user)
+    else:  # each system's rows, a partition at a time where they are held on the workers
+        per_user = write_frames(folder / "per_user_metrics.parquet", (
+            part.with_columns(pl.lit(system).alias("system")) for system, rows in result.per_user_rows.items()
+            for part in ([rows] if isinstance(rows, pl.DataFrame) else rows.frames())), empty=result.per_user)
     paths = {
         "ranked_lists": write_frame(folder / "ranked_lists.parquet", result.ranked),
-        "per_user_metrics": atomic.write_parquet(folder / "per_user_metrics.parquet", result.per_user),
+        "per_user_metrics": per_user,
         "metrics": atomic.write_json(folder / "metrics.json", {"run_id": run_id, **result.metrics}),
         "config": atomic.write_text(folder / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=True)),
     }
@@ -99,24 +106,29 @@ def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_i
 
 def write_frame(path: Path, frame: pl.DataFrame | HeldFrame) -> Path:
     """`atomic.write_parquet` of a frame here, or of one left on the workers, streamed a
-    partition at a time (a row group each) so that the driver never holds it whole."""
+    partition at a time (`write_frames`) so that the driver never holds it whole."""
     if isinstance(frame, pl.DataFrame):
         return atomic.write_parquet(path, frame)
+    return write_frames(path, frame.frames(), empty=schema.empty_frame(schema.RANKED_LIST))
 
+
+def write_frames(path: Path, frames: Iterable[pl.DataFrame], empty: pl.DataFrame) -> Path:
+    """Frames of one schema into one Parquet file, a row group each, atomically (`empty`: what
+    to write, its schema, when there is no frame)."""
     def stream(tmp: Path) -> None:
         import pyarrow.parquet as pq
 
         writer = None
         try:
-            for part in frame.frames():
+            for part in frames:
                 table = part.to_arrow()
                 writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd", write_statistics=False)
                 writer.write_table(table, row_group_size=max(part.height, 1))
         finally:
             if writer is not None:
                 writer.close()
-        if writer is None:  # no partition
-            schema.empty_frame(schema.RANKED_LIST).write_parquet(tmp, compression="zstd", statistics=False)
+        if writer is None:
+            empty.clear().write_parquet(tmp, compression="zstd", statistics=False)
 
     return atomic.write_atomic(path, stream)
 
