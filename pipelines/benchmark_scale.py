@@ -20,8 +20,9 @@ when it began. Steps, on the leave-last-out test cut-off (one ranker-label cut-o
 - ranker (workers): data-parallel LightGBM from those partitions (`fit_ranker_parts`); the
   driver fetches the bin sample's rows (at most 200,000);
 - score (workers): the same users' candidates scored where they lie (`scores_on_workers`): the
-  per-user metrics of the ranker's and stage 1's lists and the per-user stage-1 counts come back,
-  no list (in-sample: a measure of where memory goes, not of quality);
+  per-user stage-1 counts and the covered items come back, and the per-user metric rows of the
+  ranker's and stage 1's lists stay on the workers, no list kept (in-sample: a measure of where
+  memory goes, not of quality);
 - export (workers read the data): the interactions read again by the workers, into user
   partitions in user_id order; the whole history put together on a worker, where stage 1 is
   fitted (export.ArmLists); the popularity pool from each partition's item counts; then every
@@ -131,9 +132,9 @@ def run_size(folder: Path, ann: int, popular: int, batch_users: int, rounds: int
             client, config, FitOnWorker(item_ids, {}), test))
         ranker, _ = timed("ranker (workers)", lambda: fit_ranker_parts(
             client, [frames], None, names, config.ranker, config.seed))
-        scores = timed("score (workers, per-user metrics back)", lambda: scores_on_workers(
+        scores = timed("score (workers, per-user rows kept there)", lambda: scores_on_workers(
             client, frames, test.targets, ranker, (10, 20), ann, 0))
-        rows, scored_users, test_targets = frames.height, scores.ranker.per_user.height, sum(shares.targets["test"])
+        rows, scored_users, test_targets = frames.height, scores.stage1.height, sum(shares.targets["test"])
         del frames, scores, test, shares
 
         def export() -> dict:

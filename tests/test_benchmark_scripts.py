@@ -163,7 +163,7 @@ def test_scale_benchmark_runs_every_step_from_the_file(tmp_path):
     written = scale.write_size(tmp_path, n_users=1500, n_items=200)
     run = scale.run_size(tmp_path, ann=10, popular=5, batch_users=500, rounds=5)
     assert list(run["steps"]) == ["read (workers)", "cut-offs (workers)", "stage 1 and features (workers, kept there)",
-                                  "ranker (workers)", "score (workers, per-user metrics back)",
+                                  "ranker (workers)", "score (workers, per-user rows kept there)",
                                   "export (workers read the data)",
                                   "train-evaluate, the whole command (workers read the data)"]
     assert run["train_evaluate"]["n_test_users"] == written["users"]
