@@ -427,4 +427,3 @@ def encode_dask(client: Any, encoder_cls: Any, kwargs: dict[str, Any], items: pl
     chunks = [items.slice(b[0], len(b)) for b in bounds] or [items]
     parts = map_partitions(client, _encode_chunk, chunks, encoder_cls, kwargs)
     return _concatenate(parts)
-

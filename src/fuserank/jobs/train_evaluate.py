@@ -8,8 +8,8 @@ import dataclasses
 import hashlib
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,7 @@ def train_evaluate(config: RunConfig, tags: dict[str, str] | None = None) -> tup
 
 def _train_evaluate(config: RunConfig, data: Prepared | SpreadPrepared, client: Any, run_name: str, folder: Path,
                     start: float, tags: dict[str, str] | None) -> tuple[dict[str, float], Path]:
+    """The run on prepared data, recorded in MLflow (`client`: the cluster holding `data`'s shares)."""
     item_ids = data.items[schema.ITEM_ID].to_list()
     llm = data.llm if isinstance(data, Prepared) else None
     with tracking.tracked_run(config.tracking, run_name, data.tags | {"kind": "train-evaluate"} | (tags or {})
