@@ -86,15 +86,9 @@ def frame_digest(frame: pl.DataFrame) -> str:
 
 def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_id: str | None) -> dict[str, Path]:
     """Write ranked lists, metrics, per-user metrics, model and resolved config; returns the paths."""
-    if result.per_user_rows is None:
-        per_user = atomic.write_parquet(folder / "per_user_metrics.parquet", result.per_user)
-    else:  # each system's rows, a partition at a time where they are held on the workers
-        per_user = write_frames(folder / "per_user_metrics.parquet", (
-            part.with_columns(pl.lit(system).alias("system")) for system, rows in result.per_user_rows.items()
-            for part in ([rows] if isinstance(rows, pl.DataFrame) else rows.frames())), empty=result.per_user)
     paths = {
         "ranked_lists": write_frame(folder / "ranked_lists.parquet", result.ranked),
-        "per_user_metrics": per_user,
+        "per_user_metrics": write_per_user(folder / "per_user_metrics.parquet", result),
         "metrics": atomic.write_json(folder / "metrics.json", {"run_id": run_id, **result.metrics}),
         "config": atomic.write_text(folder / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=True)),
     }
@@ -102,6 +96,17 @@ def write_outputs(result: ProtocolResult, config: RunConfig, folder: Path, run_i
     paths["model"] = folder / "model" / "model.txt"
     paths["features"] = folder / "model" / "features.json"
     return paths
+
+
+def write_per_user(path: Path, result: ProtocolResult) -> Path:
+    """The per-user metrics: `result.per_user`, or each system's rows a partition at a time
+    where they are held on the workers (`result.per_user_rows`)."""
+    if result.per_user_rows is None:
+        return atomic.write_parquet(path, result.per_user)
+    return write_frames(path, (part.with_columns(pl.lit(system).alias("system"))
+                               for system, rows in result.per_user_rows.items()
+                               for part in ([rows] if isinstance(rows, pl.DataFrame) else rows.frames())),
+                        empty=result.per_user)
 
 
 def write_frame(path: Path, frame: pl.DataFrame | HeldFrame) -> Path:
