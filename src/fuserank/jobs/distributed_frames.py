@@ -5,7 +5,9 @@ A cut-off's candidates, features and labels are built on the workers by the loca
 the driver holds only their row counts. Stage 1 can be fitted there too (`FitOnWorker`), on one
 worker from the history sent to the cluster, and copied to the others. Whatever reads the
 frames (the ranker's training partitions, validation and test scoring) runs as tasks beside
-them, and only small results come back (`gather_parts`, `cutoff_scores_dask`).
+them, and only small results come back (`gather_parts`, `scores_on_workers`); what is per user
+and large (metric rows, top-k lists) stays there as a `HeldFrame`, read a column or a
+partition at a time.
 
 Every partition holds a contiguous run of the users in the order of `query_key`, the same runs
 at every cut-off of a run (`user_bounds`): a lambdarank query `user#j` then lies in one
