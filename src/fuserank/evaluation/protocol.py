@@ -284,9 +284,10 @@ class EvaluationInputs:
 
 
 def local_inputs(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str, Embeddings],
-                 config: RunConfig) -> EvaluationInputs:
+                 config: RunConfig, offset: int = 0) -> EvaluationInputs:
     """`EvaluationInputs` of cut-offs held here. The baselines' lists are built from the test
-    history a batch of users at a time (`score_in_batches`)."""
+    history a batch of users at a time (`score_in_batches`); `offset`: where the test users
+    start among all of them, when `cutoffs` is a partition's share."""
     test = cutoffs.test
     counts = {
         "n_interactions": float(cutoffs.interactions.height),
@@ -295,7 +296,7 @@ def local_inputs(cutoffs: Cutoffs, item_ids: Sequence[str], content: Mapping[str
         "n_train_interactions": float(cutoffs.valid.history.height),
     }
     top_k = max(max(config.eval.ks), config.eval.top_k)
-    baselines = {name: score_in_batches(lists, test.users, test.targets, config.eval.ks)
+    baselines = {name: score_in_batches(lists, test.users, test.targets, config.eval.ks, offset=offset)
                  for name, lists in baseline_rankings(test, item_ids, content, config, top_k).items()}
     return EvaluationInputs(counts, cutoffs.valid.targets, test.targets, baselines,
                             cold_user_scores(cutoffs.cold_test, test.history, config.eval.ks, top_k),

@@ -182,15 +182,6 @@ def cutoff_scores(frame: pl.DataFrame, targets: pl.DataFrame, ranker: Any, ks: S
                         stage_one_counts(candidates, targets, n))
 
 
-def concat_scores(parts: Sequence[CutoffScores]) -> CutoffScores:
-    """The scores of partitions of the users as one, users in order."""
-    ranked = None
-    if parts[0].ranked is not None:
-        ranked = pl.concat([p.ranked for p in parts]).sort(schema.USER_ID, schema.RANK, maintain_order=True)
-    return CutoffScores(ranked, concat_scored([p.ranker for p in parts]), concat_scored([p.retrieval for p in parts]),
-                        pl.concat([p.stage1 for p in parts]).sort(schema.USER_ID, maintain_order=True))
-
-
 def confidence_intervals(
     per_user: pl.DataFrame, system: str, metric: str, prefix: str, seed: int, n_boot: int = 1000
 ) -> dict[str, float]:

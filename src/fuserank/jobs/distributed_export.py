@@ -25,9 +25,9 @@ the row groups, and so the files, are those of the local export.
 from __future__ import annotations
 
 from collections import deque
-from itertools import pairwise
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -109,7 +109,7 @@ def _whole(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 def pool_from_parts(client: Any, parts: UserParts, item_ids: Sequence[str]) -> pl.DataFrame:
     """`arms.popularity_pool` of the whole history, from each partition's item counts."""
-    (items,) = client.scatter([list(item_ids)], broadcast=True, hash=False)
+    items = kept(client, list(item_ids))
     counts = client.gather([client.submit(item_counts, f, items, pure=False) for f in parts.futures])
     return pool_of_counts(np.sum(counts, axis=0), item_ids)
 

@@ -26,18 +26,8 @@ from fuserank import schema
 from fuserank.config import RunConfig
 from fuserank.data.cutoffs import Cutoffs
 from fuserank.encoders.base import Embeddings
-from fuserank.evaluation.protocol import (
-    EvaluationInputs,
-    ProtocolResult,
-    Trained,
-    baseline_rankings,
-    cold_user_scores,
-    evaluate,
-    fit_note,
-    score_in_batches,
-)
+from fuserank.evaluation.protocol import EvaluationInputs, ProtocolResult, Trained, evaluate, fit_note, local_inputs
 from fuserank.evaluation.scoring import concat_scored
-from fuserank.evaluation.slices import user_slices
 from fuserank.jobs.distributed import fit_ranker_parts
 from fuserank.jobs.distributed_cutoffs import CutoffShares, cluster_cutoff
 from fuserank.jobs.distributed_frames import (
@@ -113,49 +103,36 @@ def inputs_on_workers(client: Any, shares: CutoffShares, test: ClusterCutoff, it
     inputs = [client.submit(_part_inputs, test.history, share, offset, shared, pure=False)
               for share, offset in zip(shares.futures, offsets, strict=True)]
     # The baselines' per-user rows stay on the workers (`distributed_frames.held_scored`).
-    parts = client.gather([client.submit(_small, f, pure=False) for f in inputs])
+    parts = client.gather([client.submit(_without_baselines, f, pure=False) for f in inputs])
     names = client.submit(_baseline_names, inputs[0], pure=False).result()
     baselines = {name: held_scored(client, [client.submit(_baseline, f, name, pure=False) for f in inputs])
                  for name in names}
-    counts = {key: float(sum(p[0][key] for p in parts)) for key in parts[0][0]}
-    colds = [p[3] for p in parts if p[3] is not None]
-    return EvaluationInputs(counts, pl.concat([p[1] for p in parts]), pl.concat([p[2] for p in parts]), baselines,
-                            concat_scored(colds) if colds else None,
-                            pl.concat([p[4] for p in parts]).sort(schema.USER_ID, maintain_order=True))
+    colds = [p.cold for p in parts if p.cold is not None]
+    return EvaluationInputs({key: sum(p.counts[key] for p in parts) for key in parts[0].counts},
+                            pl.concat([p.valid_targets for p in parts]), pl.concat([p.test_targets for p in parts]),
+                            baselines, concat_scored(colds) if colds else None,
+                            pl.concat([p.slices for p in parts]).sort(schema.USER_ID, maintain_order=True))
 
 
-def _small(inputs: tuple) -> tuple:
-    """A partition's inputs but the baselines' per-user rows."""
-    counts, valid_targets, test_targets, _, cold, slices = inputs
-    return counts, valid_targets, test_targets, cold, slices
+def _part_inputs(history: pl.DataFrame, share: Cutoffs, offset: int, shared: tuple) -> EvaluationInputs:
+    """`protocol.local_inputs` of one partition's share, its test cut-off reading the whole
+    test `history` (the most-popular counts, the slices' cold targets, the cold users' lists)."""
+    item_ids, content, config = shared
+    whole = replace(share, test=replace(share.test, history=history))
+    return local_inputs(whole, item_ids, content, config, offset=offset)
 
 
-def _baseline_names(inputs: tuple) -> list[str]:
-    return list(inputs[3])
+def _without_baselines(inputs: EvaluationInputs) -> EvaluationInputs:
+    return replace(inputs, baselines={})
 
 
-def _baseline(inputs: tuple, name: str) -> Any:
-    return inputs[3][name]
+def _baseline_names(inputs: EvaluationInputs) -> list[str]:
+    return list(inputs.baselines)
+
+
+def _baseline(inputs: EvaluationInputs, name: str) -> Any:
+    return inputs.baselines[name]
 
 
 def _test_users(share: Cutoffs) -> int:
     return len(share.test.users)
-
-
-def _part_inputs(history: pl.DataFrame, share: Cutoffs, offset: int, shared: tuple) -> tuple:
-    """(counts, validation targets, test targets, baselines scored, cold users scored, slices)
-    of one partition's users, reading the test cut-off's whole `history`."""
-    item_ids, content, config = shared
-    ks = config.eval.ks
-    top_k = max(max(ks), config.eval.top_k)
-    test = replace(share.test, history=history)
-    counts = {
-        "n_interactions": share.interactions.height,
-        "n_users": share.interactions[schema.USER_ID].n_unique(),
-        "n_test_users": share.test.targets[schema.USER_ID].n_unique(),
-        "n_train_interactions": share.valid.history.height,
-    }
-    baselines = {name: score_in_batches(lists, test.users, test.targets, ks, offset=offset)
-                 for name, lists in baseline_rankings(test, item_ids, content, config, top_k).items()}
-    return (counts, share.valid.targets, share.test.targets, baselines,
-            cold_user_scores(share.cold_test, history, ks, top_k), user_slices(test))
